@@ -1,0 +1,106 @@
+# qkv - build, test, bench, install.
+#
+#   make            libqkv.a, libqkv.so and the qkv CLI in build/
+#   make test       builds and runs every test (C unit, gradient checks, PyTorch parity)
+#   make test SAN=1 the same suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make bench      speed and memory side by side with PyTorch
+#   make demo       the seed's experiments, short
+#   make install PREFIX=/usr/local
+#
+# BLAS=openblas (default when found) or BLAS=none for the built-in GEMM.
+
+CC      ?= gcc
+PREFIX  ?= /usr/local
+SAN     ?= 0
+PYTHON  ?= /usr/bin/python3
+
+ifeq ($(SAN),1)
+BUILD   ?= build-san
+OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LDSAN   := -fsanitize=address,undefined
+else
+BUILD   ?= build
+OPT     ?= -O3 -march=native -g
+LDSAN   :=
+endif
+
+BLAS ?= $(shell pkg-config --exists openblas 2>/dev/null && echo openblas || echo none)
+ifeq ($(BLAS),openblas)
+BLAS_CFLAGS := -DQKV_OPENBLAS $(shell pkg-config --cflags openblas)
+BLAS_LIBS   := $(shell pkg-config --libs openblas)
+endif
+
+CJSON_CFLAGS := $(shell pkg-config --cflags libcjson 2>/dev/null)
+CJSON_LIBS   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
+
+WARN    := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
+CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -fPIC -fopenmp -fvisibility=hidden \
+           -Iinclude -Isrc $(BLAS_CFLAGS) $(CJSON_CFLAGS)
+LDLIBS  := $(BLAS_LIBS) $(CJSON_LIBS) -lpng -ljpeg -lz -lm
+LDFLAGS += -fopenmp $(LDSAN)
+
+SRC     := $(sort $(wildcard src/*/*.c))
+OBJ     := $(SRC:%.c=$(BUILD)/obj/%.o)
+CLI_SRC := $(sort $(wildcard tools/qkv/*.c))
+CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_SRC := $(sort $(wildcard tests/test_*.c)) tests/runner.c tests/testlib.c
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
+DEPS_OK := $(BUILD)/.deps-ok
+
+.PHONY: all test bench demo install clean deps fixtures experiments fuzz
+all: $(BUILD)/libqkv.a $(BUILD)/libqkv.so $(BUILD)/qkv
+
+# Installs the Debian packages the project needs when something is missing.
+$(DEPS_OK): scripts/install-deps.sh
+	@bash scripts/install-deps.sh
+	@mkdir -p $(BUILD) && touch $@
+deps: ; @bash scripts/install-deps.sh
+
+$(BUILD)/obj/%.o: %.c include/qkv.h $(wildcard src/*.h src/*/*.h tests/*.h) | $(DEPS_OK)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libqkv.a: $(OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libqkv.so: $(OBJ)
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/qkv: $(CLI_OBJ) $(BUILD)/libqkv.a
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libqkv.a $(LDLIBS)
+
+$(BUILD)/test_qkv: $(TEST_OBJ) $(BUILD)/libqkv.a
+	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libqkv.a $(LDLIBS)
+
+$(BUILD)/example: tests/example.c $(BUILD)/libqkv.a
+	$(CC) $(CFLAGS) -fvisibility=default $(LDFLAGS) -o $@ $< $(BUILD)/libqkv.a $(LDLIBS)
+
+# PyTorch fixtures for the parity tests (Debian's python3-torch).
+fixtures: $(BUILD)/parity/.stamp
+$(BUILD)/parity/.stamp: $(wildcard tests/parity/*.py) | $(DEPS_OK)
+	@mkdir -p $(BUILD)/parity
+	$(PYTHON) tests/parity/gen.py $(BUILD)/parity
+	@touch $@
+
+test: $(BUILD)/test_qkv $(BUILD)/example $(BUILD)/qkv fixtures
+	$(BUILD)/example
+	QKV_FIXTURES=$(BUILD)/parity QKV_BIN=$(BUILD)/qkv $(BUILD)/test_qkv
+
+bench: all
+	@bash bench/run.sh $(BUILD)
+
+demo: all
+	@bash scripts/demo.sh $(BUILD)
+
+install: all
+	install -d $(PREFIX)/include $(PREFIX)/lib/pkgconfig $(PREFIX)/bin
+	install -m 644 include/qkv.h $(PREFIX)/include/
+	install -m 644 $(BUILD)/libqkv.a $(PREFIX)/lib/
+	install -m 755 $(BUILD)/libqkv.so $(PREFIX)/lib/
+	install -m 755 $(BUILD)/qkv $(PREFIX)/bin/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' -e 's|@LIBS@|$(LDLIBS)|' \
+	    qkv.pc.in > $(PREFIX)/lib/pkgconfig/qkv.pc
+
+clean:
+	rm -rf build build-san

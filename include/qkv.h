@@ -1,0 +1,551 @@
+/*
+ * qkv.h - attention mechanisms and Transformer-family models in C.
+ *
+ * This one header is the whole public API. Read it top to bottom.
+ *
+ * OVERVIEW
+ *
+ *   A qkv_ctx holds a step arena and a tape. Every tensor made by an op comes
+ *   from the arena; with gradients enabled each op also appends a node to the
+ *   tape. qkv_backward(ctx, loss) walks the tape backwards and accumulates into
+ *   each tensor's grad. qkv_ctx_reset(ctx) frees every step tensor at once, so a
+ *   steady-state training step calls no malloc.
+ *
+ *   Parameters live in a qkv_params store, one flat buffer for values and one
+ *   for gradients, named with the keys PyTorch's state_dict uses.
+ *
+ *   Worked example (compiled and run by `make test` as tests/example.c):
+ *
+ *     qkv_ctx *ctx = qkv_ctx_new();
+ *     qkv_params *ps = qkv_params_new();
+ *     qkv_tensor *w = qkv_params_add(ps, "weight", 2, (int64_t[]){1, 3}, 0);
+ *     qkv_tensor *b = qkv_params_add(ps, "bias", 1, (int64_t[]){1}, 0);
+ *     qkv_params_alloc(ps);                     // one allocation for all
+ *     qkv_rng rng; qkv_rng_seed(&rng, 42);
+ *     qkv_init_normal(&rng, w, 0.0f, 0.1f);
+ *     qkv_optim *opt = qkv_optim_new(ps, &(qkv_optim_config){
+ *         .kind = QKV_ADAMW, .lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f,
+ *         .eps = 1e-8f, .weight_decay = 0.01f});
+ *     for (int step = 0; step < 100; step++) {
+ *         qkv_tensor *x = qkv_from_data(ctx, 2, (int64_t[]){4, 3}, xs);
+ *         qkv_tensor *y = qkv_from_data(ctx, 2, (int64_t[]){4, 1}, ys);
+ *         qkv_tensor *p = qkv_add(ctx, qkv_matmul(ctx, x, w, 0, 1), b);
+ *         qkv_tensor *loss = qkv_mse_loss(ctx, p, y, QKV_REDUCE_MEAN);
+ *         if (!loss || qkv_backward(ctx, loss) != QKV_OK) {
+ *             fprintf(stderr, "%s\n", qkv_error()); break;
+ *         }
+ *         qkv_optim_step(opt);
+ *         qkv_params_zero_grad(ps);
+ *         qkv_ctx_reset(ctx);
+ *     }
+ *
+ * SHAPES
+ *
+ *   Shapes are written outermost first, as PyTorch writes them. Legend used in
+ *   the comments below and in every kernel:
+ *     B batch, T or N sequence length (queries), M keys, C channels or width,
+ *     H heads, D head size, V vocabulary, K classes, (H,W) image height, width.
+ *   Tensors are float32 with up to QKV_MAX_DIMS dimensions. Sizes, counts and
+ *   offsets are int64_t. An axis argument may be negative (counted from the end).
+ *
+ * ERRORS
+ *
+ *   No qkv function exits or aborts on bad input. Functions returning a pointer
+ *   return NULL on error; functions returning qkv_status return non-zero. In
+ *   both cases qkv_error() gives a message naming what was wrong (the op and
+ *   both shapes, or the file, the tensor and the byte offset). An op given a
+ *   NULL input returns NULL and keeps the first message, so a chain of ops can
+ *   be checked once at its end.
+ *
+ * THREADS
+ *
+ *   Kernels use OpenMP. The thread count comes from QKV_THREADS, else from
+ *   the number of cores; qkv_set_threads() changes it. The same seed, machine
+ *   and thread count give bit-identical training.
+ */
+#ifndef QKV_H
+#define QKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(QKV_BUILD_SHARED)
+#define QKV_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define QKV_API __attribute__((visibility("default")))
+#else
+#define QKV_API
+#endif
+
+#define QKV_VERSION "0.1.0"
+#define QKV_MAX_DIMS 6
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+    QKV_OK = 0,
+    QKV_ERR_ARG,    /* invalid argument (NULL, out of range, unknown name)  */
+    QKV_ERR_SHAPE,  /* shapes do not fit the op                            */
+    QKV_ERR_NOMEM,  /* an allocation failed                                */
+    QKV_ERR_IO,     /* a file could not be opened, read or written         */
+    QKV_ERR_FORMAT, /* a file is malformed, truncated or of the wrong kind */
+    QKV_ERR_NAN,    /* a NaN or infinity appeared where it must not        */
+    QKV_ERR_STATE,  /* a call made in the wrong state (e.g. no grad)       */
+} qkv_status;
+
+/* The last error message set on this thread ("" if none). */
+QKV_API const char *qkv_error(void);
+/* The status of the last error on this thread (QKV_OK if none). */
+QKV_API qkv_status qkv_error_status(void);
+/* Sets the message (printf format) and returns `status`. */
+QKV_API qkv_status qkv_set_error(qkv_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+QKV_API void qkv_clear_error(void);
+QKV_API const char *qkv_status_name(qkv_status s);
+
+/* ------------------------------------------------------------------------ */
+/* Threads, memory accounting                                               */
+/* ------------------------------------------------------------------------ */
+
+/* Sets the number of threads used by kernels and BLAS (n >= 1). */
+QKV_API void qkv_set_threads(int n);
+/* The thread count in force: qkv_set_threads, else $QKV_THREADS, else cores. */
+QKV_API int qkv_threads(void);
+/* Number of heap allocations qkv has made since start (for the no-malloc
+ * test: a steady-state training step leaves it unchanged). */
+QKV_API uint64_t qkv_malloc_count(void);
+
+/* ------------------------------------------------------------------------ */
+/* Random numbers: xoshiro256** seeded through splitmix64. Deterministic      */
+/* across machines; normal() uses Box-Muller in double precision.            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    uint64_t s[4];
+    int has_spare; /* Box-Muller keeps its second value */
+    double spare;
+} qkv_rng;
+
+QKV_API void qkv_rng_seed(qkv_rng *r, uint64_t seed);
+QKV_API uint64_t qkv_rng_u64(qkv_rng *r);
+/* Uniform in [0, 1). */
+QKV_API double qkv_rng_uniform(qkv_rng *r);
+/* Standard normal. */
+QKV_API double qkv_rng_normal(qkv_rng *r);
+/* Uniform integer in [0, n). */
+QKV_API uint64_t qkv_rng_below(qkv_rng *r, uint64_t n);
+/* Fisher-Yates shuffle of idx[0..n). */
+QKV_API void qkv_rng_shuffle(qkv_rng *r, int64_t *idx, int64_t n);
+
+/* ------------------------------------------------------------------------ */
+/* Arena: a bump allocator that grows by chunks. Reset frees everything at   */
+/* once; after a reset it keeps one chunk as large as the peak, so that the  */
+/* next step of the same shape allocates nothing.                            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct qkv_arena qkv_arena;
+
+/* chunk_bytes: size of the first chunk (0: 1 MiB). NULL if out of memory. */
+QKV_API qkv_arena *qkv_arena_new(size_t chunk_bytes);
+QKV_API void qkv_arena_free(qkv_arena *a);
+/* 64-byte aligned; NULL (with qkv_error) if out of memory. */
+QKV_API void *qkv_arena_alloc(qkv_arena *a, size_t bytes);
+QKV_API void qkv_arena_reset(qkv_arena *a);
+/* Bytes in use now, and the most ever in use between two resets. */
+QKV_API size_t qkv_arena_used(const qkv_arena *a);
+QKV_API size_t qkv_arena_peak(const qkv_arena *a);
+
+/* ------------------------------------------------------------------------ */
+/* Tensors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+struct qkv_node;
+
+typedef struct qkv_tensor {
+    float *data;                   /* element [i0,i1,..] at sum(i_k*stride[k]) */
+    float *grad;                   /* NULL until a gradient reaches it;
+                                      always contiguous in `shape`            */
+    int64_t shape[QKV_MAX_DIMS];
+    int64_t stride[QKV_MAX_DIMS];  /* in elements */
+    int ndim;
+    int requires_grad;
+    struct qkv_node *node;         /* the op that made it (NULL for leaves)   */
+    const char *name;              /* parameters: the state_dict key          */
+} qkv_tensor;
+
+QKV_API int64_t qkv_numel(const qkv_tensor *t);
+QKV_API int qkv_is_contiguous(const qkv_tensor *t);
+/* Writes "(2, 3, 4)" into buf; returns buf. */
+QKV_API char *qkv_shape_str(const qkv_tensor *t, char *buf, size_t n);
+/* Same shape (ndim and every size). */
+QKV_API int qkv_same_shape(const qkv_tensor *a, const qkv_tensor *b);
+/* Normalises a possibly negative axis; -1 (with qkv_error) if out of range. */
+QKV_API int qkv_axis(const qkv_tensor *t, int axis, const char *op);
+/* Element at a flat index of the logical (row-major) order, for views too. */
+QKV_API float qkv_get(const qkv_tensor *t, int64_t flat_index);
+
+/* ------------------------------------------------------------------------ */
+/* Context: step arena, tape, mode                                           */
+/* ------------------------------------------------------------------------ */
+
+typedef struct qkv_ctx qkv_ctx;
+
+QKV_API qkv_ctx *qkv_ctx_new(void);
+QKV_API void qkv_ctx_free(qkv_ctx *ctx);
+/* Frees every tensor made since the last reset and clears the tape. */
+QKV_API void qkv_ctx_reset(qkv_ctx *ctx);
+QKV_API qkv_arena *qkv_ctx_arena(qkv_ctx *ctx);
+/* With gradients off (inference) nothing is recorded on the tape. Returns the
+ * previous setting. Default: on. */
+QKV_API int qkv_set_grad_enabled(qkv_ctx *ctx, int enabled);
+QKV_API int qkv_grad_enabled(const qkv_ctx *ctx);
+/* Training mode: dropout active, batch norm uses batch statistics. Returns
+ * the previous setting. Default: on. */
+QKV_API int qkv_set_training(qkv_ctx *ctx, int training);
+QKV_API int qkv_training(const qkv_ctx *ctx);
+/* The context's RNG (dropout). Seed it for reproducible runs. */
+QKV_API qkv_rng *qkv_ctx_rng(qkv_ctx *ctx);
+/* Debug: trap the first op whose output holds a NaN or infinity (error
+ * QKV_ERR_NAN naming the op). Off by default; on when $QKV_CHECK_NAN is set. */
+QKV_API void qkv_set_check_nan(qkv_ctx *ctx, int on);
+
+/* Tensors in the step arena (freed by qkv_ctx_reset). */
+QKV_API qkv_tensor *qkv_new(qkv_ctx *ctx, int ndim, const int64_t *shape);
+QKV_API qkv_tensor *qkv_zeros(qkv_ctx *ctx, int ndim, const int64_t *shape);
+QKV_API qkv_tensor *qkv_full(qkv_ctx *ctx, int ndim, const int64_t *shape, float value);
+/* Copies n = prod(shape) floats from data. */
+QKV_API qkv_tensor *qkv_from_data(qkv_ctx *ctx, int ndim, const int64_t *shape,
+                                  const float *data);
+/* Wraps caller-owned memory without copying (contiguous). */
+QKV_API qkv_tensor *qkv_wrap(qkv_ctx *ctx, int ndim, const int64_t *shape, float *data);
+/* Uniform [lo, hi) or normal(mean, std) from the context's RNG. */
+QKV_API qkv_tensor *qkv_rand(qkv_ctx *ctx, int ndim, const int64_t *shape, float lo, float hi);
+QKV_API qkv_tensor *qkv_randn(qkv_ctx *ctx, int ndim, const int64_t *shape, float mean,
+                              float std);
+/* Marks a leaf as needing a gradient (its grad is allocated and zeroed when
+ * the first gradient reaches it). Returns t. */
+QKV_API qkv_tensor *qkv_requires_grad(qkv_tensor *t);
+/* A view sharing data with t, cut off from the tape (no gradient flows). */
+QKV_API qkv_tensor *qkv_detach(qkv_ctx *ctx, qkv_tensor *t);
+
+/* Runs backward from a scalar (one-element) tensor: seeds its grad with 1 and
+ * accumulates (+=) into every tensor of the tape that needs a gradient. */
+QKV_API qkv_status qkv_backward(qkv_ctx *ctx, qkv_tensor *loss);
+/* As qkv_backward, seeding the output's gradient with `grad` (same shape). */
+QKV_API qkv_status qkv_backward_with(qkv_ctx *ctx, qkv_tensor *out, const float *grad);
+
+/* ------------------------------------------------------------------------ */
+/* Ops. Each returns a new tensor (NULL on error) and, when gradients are on  */
+/* and an input needs one, records its backward rule.                        */
+/* ------------------------------------------------------------------------ */
+
+/* Elementwise with NumPy broadcasting: a (..), b (..) -> broadcast shape. */
+QKV_API qkv_tensor *qkv_add(qkv_ctx *ctx, qkv_tensor *a, qkv_tensor *b);
+QKV_API qkv_tensor *qkv_sub(qkv_ctx *ctx, qkv_tensor *a, qkv_tensor *b);
+QKV_API qkv_tensor *qkv_mul(qkv_ctx *ctx, qkv_tensor *a, qkv_tensor *b);
+QKV_API qkv_tensor *qkv_div(qkv_ctx *ctx, qkv_tensor *a, qkv_tensor *b);
+/* y = a*x + b elementwise with scalars (covers add/mul by a scalar, neg). */
+QKV_API qkv_tensor *qkv_affine(qkv_ctx *ctx, qkv_tensor *x, float a, float b);
+QKV_API qkv_tensor *qkv_scale(qkv_ctx *ctx, qkv_tensor *x, float a);
+QKV_API qkv_tensor *qkv_neg(qkv_ctx *ctx, qkv_tensor *x);
+
+/* Unary, elementwise. */
+QKV_API qkv_tensor *qkv_exp(qkv_ctx *ctx, qkv_tensor *x);
+QKV_API qkv_tensor *qkv_log(qkv_ctx *ctx, qkv_tensor *x);
+QKV_API qkv_tensor *qkv_sqrt(qkv_ctx *ctx, qkv_tensor *x);
+/* x^p for a scalar exponent p. */
+QKV_API qkv_tensor *qkv_pow(qkv_ctx *ctx, qkv_tensor *x, float p);
+/* |x|; gradient sign(x), 0 at 0 (as PyTorch). */
+QKV_API qkv_tensor *qkv_abs(qkv_ctx *ctx, qkv_tensor *x);
+QKV_API qkv_tensor *qkv_tanh(qkv_ctx *ctx, qkv_tensor *x);
+QKV_API qkv_tensor *qkv_sigmoid(qkv_ctx *ctx, qkv_tensor *x);
+QKV_API qkv_tensor *qkv_relu(qkv_ctx *ctx, qkv_tensor *x);
+/* max(x, 0) + slope * min(x, 0). */
+QKV_API qkv_tensor *qkv_leaky_relu(qkv_ctx *ctx, qkv_tensor *x, float slope);
+/* x * Phi(x) with the erf (exact) form. */
+QKV_API qkv_tensor *qkv_gelu(qkv_ctx *ctx, qkv_tensor *x);
+/* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), PyTorch approximate='tanh'. */
+QKV_API qkv_tensor *qkv_gelu_tanh(qkv_ctx *ctx, qkv_tensor *x);
+/* x * sigmoid(x). */
+QKV_API qkv_tensor *qkv_silu(qkv_ctx *ctx, qkv_tensor *x);
+/* log(1 + exp(beta x)) / beta, linear where beta x > threshold (PyTorch: 1, 20). */
+QKV_API qkv_tensor *qkv_softplus(qkv_ctx *ctx, qkv_tensor *x, float beta, float threshold);
+
+/* Reductions over one axis (keepdim keeps it with size 1). */
+QKV_API qkv_tensor *qkv_sum(qkv_ctx *ctx, qkv_tensor *x, int axis, int keepdim);
+QKV_API qkv_tensor *qkv_mean(qkv_ctx *ctx, qkv_tensor *x, int axis, int keepdim);
+/* Max over an axis; the gradient goes to the first maximal element (as
+ * torch.max(x, dim)). If argmax is not NULL it receives the indices
+ * (numel of the output, row-major). */
+QKV_API qkv_tensor *qkv_max(qkv_ctx *ctx, qkv_tensor *x, int axis, int keepdim,
+                            int64_t *argmax);
+/* Reductions over several axes (naxes, axes may repeat sign conventions). */
+QKV_API qkv_tensor *qkv_sum_axes(qkv_ctx *ctx, qkv_tensor *x, int naxes, const int *axes,
+                                 int keepdim);
+QKV_API qkv_tensor *qkv_mean_axes(qkv_ctx *ctx, qkv_tensor *x, int naxes, const int *axes,
+                                  int keepdim);
+/* Over all elements: shape (). */
+QKV_API qkv_tensor *qkv_sum_all(qkv_ctx *ctx, qkv_tensor *x);
+QKV_API qkv_tensor *qkv_mean_all(qkv_ctx *ctx, qkv_tensor *x);
+
+/* Matrix product with transpose flags.
+ * a (..., n, k) [or (..., k, n) if trans_a], b (..., k, m) [or (..., m, k) if
+ * trans_b] -> (..., n, m). Leading (batch) dims broadcast; a 1-D b is not
+ * promoted (use reshape). */
+QKV_API qkv_tensor *qkv_matmul(qkv_ctx *ctx, qkv_tensor *a, qkv_tensor *b, int trans_a,
+                               int trans_b);
+/* x (..., in) @ w^T (out, in) + bias (out) -> (..., out): nn.Linear. bias may
+ * be NULL. */
+QKV_API qkv_tensor *qkv_linear(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *w, qkv_tensor *bias);
+
+/* Shape ops. Reshape and transpose return views when no copy is needed. */
+/* One size may be -1 (inferred). */
+QKV_API qkv_tensor *qkv_reshape(qkv_ctx *ctx, qkv_tensor *x, int ndim, const int64_t *shape);
+QKV_API qkv_tensor *qkv_transpose(qkv_ctx *ctx, qkv_tensor *x, int axis0, int axis1);
+/* perm[i] = which input axis becomes output axis i. */
+QKV_API qkv_tensor *qkv_permute(qkv_ctx *ctx, qkv_tensor *x, const int *perm);
+/* A contiguous copy (or x itself if already contiguous). */
+QKV_API qkv_tensor *qkv_contiguous(qkv_ctx *ctx, qkv_tensor *x);
+/* Concatenation of n tensors along axis (all other sizes equal). */
+QKV_API qkv_tensor *qkv_concat(qkv_ctx *ctx, int n, qkv_tensor *const *xs, int axis);
+/* Elements start, start+step, .. < end along axis (a view). */
+QKV_API qkv_tensor *qkv_slice(qkv_ctx *ctx, qkv_tensor *x, int axis, int64_t start,
+                              int64_t end, int64_t step);
+/* Rows of x along axis picked by idx[0..n): x.index_select(axis, idx).
+ * Embedding lookup is qkv_embedding. Indices out of range: error. */
+QKV_API qkv_tensor *qkv_index_select(qkv_ctx *ctx, qkv_tensor *x, int axis,
+                                     const int64_t *idx, int64_t n);
+/* weight (V, C), ids (n) -> (n, C); reshape the result for (B, T, C). */
+QKV_API qkv_tensor *qkv_embedding(qkv_ctx *ctx, qkv_tensor *weight, const int64_t *ids,
+                                  int64_t n);
+/* Where mask != 0, value; else x. mask broadcasts to x; no gradient to mask. */
+QKV_API qkv_tensor *qkv_masked_fill(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *mask, float value);
+/* cond != 0 ? a : b, all three broadcast. */
+QKV_API qkv_tensor *qkv_where(qkv_ctx *ctx, qkv_tensor *cond, qkv_tensor *a, qkv_tensor *b);
+
+/* Normalisation and activations over the last axis. */
+QKV_API qkv_tensor *qkv_softmax(qkv_ctx *ctx, qkv_tensor *x);
+QKV_API qkv_tensor *qkv_log_softmax(qkv_ctx *ctx, qkv_tensor *x);
+/* Over the last axis of size C: (x - mean) / sqrt(var + eps) * weight + bias;
+ * weight, bias (C) may be NULL. */
+QKV_API qkv_tensor *qkv_layer_norm(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
+                                   qkv_tensor *bias, float eps);
+/* x (B, C, ...) normalised per channel. In training mode (and not frozen) it
+ * uses batch statistics and updates running_mean/var (unbiased variance) with
+ * `momentum` (PyTorch's convention: new = (1-m) old + m batch); otherwise the
+ * running statistics. running_* may be NULL in training mode. weight, bias (C)
+ * may be NULL. */
+QKV_API qkv_tensor *qkv_batch_norm(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
+                                   qkv_tensor *bias, qkv_tensor *running_mean,
+                                   qkv_tensor *running_var, float momentum, float eps);
+/* Frozen batch norm (DETR's backbone): always running statistics, no update,
+ * gradients flow to x only. */
+QKV_API qkv_tensor *qkv_batch_norm_frozen(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
+                                          qkv_tensor *bias, qkv_tensor *running_mean,
+                                          qkv_tensor *running_var, float eps);
+/* Inverted dropout with probability p from the context RNG; identity when
+ * not training or p == 0. */
+QKV_API qkv_tensor *qkv_dropout(qkv_ctx *ctx, qkv_tensor *x, float p);
+
+/* Convolution and pooling, NCHW.
+ * x (B, Cin, H, W), w (Cout, Cin/groups, kh, kw), bias (Cout) or NULL
+ * -> (B, Cout, Ho, Wo), Ho = (H + 2 pad_h - dil_h (kh - 1) - 1) / stride_h + 1. */
+typedef struct {
+    int stride_h, stride_w;   /* 0 means 1 */
+    int pad_h, pad_w;
+    int dil_h, dil_w;         /* 0 means 1 */
+    int groups;               /* 0 means 1 */
+} qkv_conv2d_opts;
+QKV_API qkv_tensor *qkv_conv2d(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *w, qkv_tensor *bias,
+                               const qkv_conv2d_opts *opts);
+/* Pooling windows k, stride s (0 means k), padding pad (max pools pad with -inf,
+ * average pools count padding as PyTorch's default count_include_pad=True). */
+QKV_API qkv_tensor *qkv_max_pool2d(qkv_ctx *ctx, qkv_tensor *x, int kh, int kw, int sh,
+                                   int sw, int ph, int pw);
+QKV_API qkv_tensor *qkv_avg_pool2d(qkv_ctx *ctx, qkv_tensor *x, int kh, int kw, int sh,
+                                   int sw, int ph, int pw);
+/* x (B, C, H, W) -> (B, C, oh, ow), bins as torch's adaptive_avg_pool2d. */
+QKV_API qkv_tensor *qkv_adaptive_avg_pool2d(qkv_ctx *ctx, qkv_tensor *x, int oh, int ow);
+
+/* Losses. */
+typedef enum { QKV_REDUCE_MEAN = 0, QKV_REDUCE_SUM, QKV_REDUCE_NONE } qkv_reduction;
+typedef struct {
+    const float *class_weight;  /* K weights or NULL                          */
+    int64_t ignore_index;       /* targets equal to it count for nothing;
+                                   use QKV_NO_IGNORE for none                 */
+    float label_smoothing;      /* 0..1                                        */
+    qkv_reduction reduction;    /* mean divides by the sum of target weights,
+                                   as PyTorch                                  */
+} qkv_ce_opts;
+#define QKV_NO_IGNORE INT64_MIN
+/* logits (N, K), target (N) class indices -> () or (N) with REDUCE_NONE.
+ * opts may be NULL (mean, no weights, no ignore, no smoothing). */
+QKV_API qkv_tensor *qkv_cross_entropy(qkv_ctx *ctx, qkv_tensor *logits, const int64_t *target,
+                                      const qkv_ce_opts *opts);
+/* pred, target same shape; target gets no gradient. */
+QKV_API qkv_tensor *qkv_mse_loss(qkv_ctx *ctx, qkv_tensor *pred, qkv_tensor *target,
+                                 qkv_reduction r);
+QKV_API qkv_tensor *qkv_l1_loss(qkv_ctx *ctx, qkv_tensor *pred, qkv_tensor *target,
+                                qkv_reduction r);
+/* 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta (PyTorch, beta = 1). */
+QKV_API qkv_tensor *qkv_smooth_l1_loss(qkv_ctx *ctx, qkv_tensor *pred, qkv_tensor *target,
+                                       float beta, qkv_reduction r);
+
+/* ------------------------------------------------------------------------ */
+/* Parameters: named tensors in flat buffers                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct qkv_params qkv_params;
+
+enum {
+    QKV_PARAM_BUFFER = 1, /* not trained (BatchNorm running statistics) */
+    QKV_PARAM_FROZEN = 2, /* a parameter the optimizer leaves alone      */
+};
+
+QKV_API qkv_params *qkv_params_new(void);
+QKV_API void qkv_params_free(qkv_params *ps);
+/* Declares a tensor under `name` (copied). Values and grads get memory at
+ * qkv_params_alloc; until then data and grad are NULL. flags: QKV_PARAM_*. */
+QKV_API qkv_tensor *qkv_params_add(qkv_params *ps, const char *name, int ndim,
+                                   const int64_t *shape, int flags);
+/* One allocation for every value, one for every gradient (zeroed). */
+QKV_API qkv_status qkv_params_alloc(qkv_params *ps);
+QKV_API int64_t qkv_params_count(const qkv_params *ps);
+QKV_API qkv_tensor *qkv_params_at(qkv_params *ps, int64_t i);
+QKV_API int qkv_params_flags(const qkv_params *ps, int64_t i);
+/* Sets flags of entry i (e.g. freeze a backbone). */
+QKV_API void qkv_params_set_flags(qkv_params *ps, int64_t i, int flags);
+/* Optimizer group of entry i (default 0); groups have their own lr scale. */
+QKV_API void qkv_params_set_group(qkv_params *ps, int64_t i, int group);
+QKV_API int qkv_params_group(const qkv_params *ps, int64_t i);
+QKV_API qkv_tensor *qkv_params_find(qkv_params *ps, const char *name);
+/* Total trainable elements (excludes buffers). */
+QKV_API int64_t qkv_params_numel(const qkv_params *ps);
+QKV_API void qkv_params_zero_grad(qkv_params *ps);
+
+/* ------------------------------------------------------------------------ */
+/* Initialisers (PyTorch's definitions; fan_in/fan_out as torch.nn.init)      */
+/* ------------------------------------------------------------------------ */
+
+QKV_API void qkv_init_constant(qkv_tensor *t, float v);
+QKV_API void qkv_init_uniform(qkv_rng *r, qkv_tensor *t, float lo, float hi);
+QKV_API void qkv_init_normal(qkv_rng *r, qkv_tensor *t, float mean, float std);
+/* Normal(mean, std) redrawn until inside [lo, hi]. */
+QKV_API void qkv_init_trunc_normal(qkv_rng *r, qkv_tensor *t, float mean, float std, float lo,
+                                   float hi);
+QKV_API void qkv_init_xavier_uniform(qkv_rng *r, qkv_tensor *t, float gain);
+QKV_API void qkv_init_xavier_normal(qkv_rng *r, qkv_tensor *t, float gain);
+typedef enum { QKV_FAN_IN = 0, QKV_FAN_OUT } qkv_fan_mode;
+/* gain = sqrt(2 / (1 + a^2)) (leaky_relu with slope a; a = 0 for relu). */
+QKV_API void qkv_init_kaiming_uniform(qkv_rng *r, qkv_tensor *t, float a, qkv_fan_mode mode);
+QKV_API void qkv_init_kaiming_normal(qkv_rng *r, qkv_tensor *t, float a, qkv_fan_mode mode);
+
+/* ------------------------------------------------------------------------ */
+/* Optimizers, gradient clipping, learning-rate schedules                    */
+/* ------------------------------------------------------------------------ */
+
+typedef enum { QKV_SGD = 0, QKV_ADAM, QKV_ADAMW } qkv_optim_kind;
+
+typedef struct {
+    qkv_optim_kind kind;
+    float lr;
+    float momentum;      /* SGD */
+    float dampening;     /* SGD */
+    int nesterov;        /* SGD */
+    float beta1, beta2;  /* Adam(W); 0 and 0 mean 0.9 and 0.999 */
+    float eps;           /* Adam(W); 0 means 1e-8 */
+    float weight_decay;  /* SGD/Adam: added to the gradient; AdamW: decoupled */
+} qkv_optim_config;
+
+typedef struct qkv_optim qkv_optim;
+
+/* Moments are allocated here, once, as flat buffers. */
+QKV_API qkv_optim *qkv_optim_new(qkv_params *ps, const qkv_optim_config *cfg);
+QKV_API void qkv_optim_free(qkv_optim *o);
+/* One update of every trainable, unfrozen parameter with lr * group scale. */
+QKV_API qkv_status qkv_optim_step(qkv_optim *o);
+QKV_API void qkv_optim_set_lr(qkv_optim *o, float lr);
+QKV_API float qkv_optim_lr(const qkv_optim *o);
+/* lr multiplier of a parameter group (default 1). */
+QKV_API void qkv_optim_set_group_scale(qkv_optim *o, int group, float scale);
+QKV_API int64_t qkv_optim_steps(const qkv_optim *o);
+/* Moments as flat buffers (for checkpoints): count floats each; NULL if the
+ * optimizer has none. */
+QKV_API float *qkv_optim_state(qkv_optim *o, int which, int64_t *count);
+QKV_API void qkv_optim_set_steps(qkv_optim *o, int64_t steps);
+
+/* Scales all gradients so that their global L2 norm is at most max_norm;
+ * returns the norm before clipping (as torch.nn.utils.clip_grad_norm_). */
+QKV_API float qkv_clip_grad_norm(qkv_params *ps, float max_norm);
+
+/* Schedules: the learning rate at `step` (0-based). */
+QKV_API float qkv_lr_step_decay(float base, int64_t step, int64_t step_size, float gamma);
+/* Linear warmup from 0 over `warmup` steps, then cosine from base to min_lr
+ * at `total`. */
+QKV_API float qkv_lr_cosine(float base, int64_t step, int64_t warmup, int64_t total,
+                            float min_lr);
+/* Transformer: d_model^-0.5 * min(s^-0.5, s * warmup^-1.5), s = step + 1. */
+QKV_API float qkv_lr_inverse_sqrt(int64_t d_model, int64_t step, int64_t warmup);
+
+/* ------------------------------------------------------------------------ */
+/* safetensors                                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+    QKV_DT_F32 = 0, QKV_DT_F16, QKV_DT_BF16, QKV_DT_F64, QKV_DT_I64, QKV_DT_I32,
+    QKV_DT_U8, QKV_DT_I8, QKV_DT_BOOL
+} qkv_dtype;
+
+typedef struct qkv_st_file qkv_st_file;
+
+/* Opens (memory-maps) and validates a file: header length, JSON, dtypes,
+ * shapes against byte ranges, ranges inside the file, no overlaps. NULL with
+ * a message naming the file, the tensor and the problem. */
+QKV_API qkv_st_file *qkv_st_open(const char *path);
+QKV_API void qkv_st_close(qkv_st_file *f);
+QKV_API int64_t qkv_st_count(const qkv_st_file *f);
+QKV_API const char *qkv_st_name(const qkv_st_file *f, int64_t i);
+/* Index of a tensor by name, or -1. */
+QKV_API int64_t qkv_st_find(const qkv_st_file *f, const char *name);
+QKV_API qkv_dtype qkv_st_dtype(const qkv_st_file *f, int64_t i);
+/* Returns ndim; fills shape (QKV_MAX_DIMS entries). */
+QKV_API int qkv_st_shape(const qkv_st_file *f, int64_t i, int64_t *shape);
+QKV_API int64_t qkv_st_numel(const qkv_st_file *f, int64_t i);
+/* Converts tensor i to float32 into out (numel floats). */
+QKV_API qkv_status qkv_st_read_f32(const qkv_st_file *f, int64_t i, float *out);
+/* Converts an integer or bool tensor to int64 into out. */
+QKV_API qkv_status qkv_st_read_i64(const qkv_st_file *f, int64_t i, int64_t *out);
+/* __metadata__ value for key, or NULL. */
+QKV_API const char *qkv_st_meta(const qkv_st_file *f, const char *key);
+/* Loads tensor `name` into a new arena tensor (float32). NULL if absent. */
+QKV_API qkv_tensor *qkv_st_load(qkv_ctx *ctx, const qkv_st_file *f, const char *name);
+
+typedef struct qkv_st_writer qkv_st_writer;
+QKV_API qkv_st_writer *qkv_st_writer_new(void);
+QKV_API void qkv_st_writer_free(qkv_st_writer *w);
+/* Adds a tensor; the data is copied, converted from float32 to `dtype`
+ * (F32, F16 or BF16). */
+QKV_API qkv_status qkv_st_add_f32(qkv_st_writer *w, const char *name, qkv_dtype dtype,
+                                  int ndim, const int64_t *shape, const float *data);
+QKV_API qkv_status qkv_st_add_i64(qkv_st_writer *w, const char *name, int ndim,
+                                  const int64_t *shape, const int64_t *data);
+/* Adds a contiguous or strided tensor as F32. */
+QKV_API qkv_status qkv_st_add_tensor(qkv_st_writer *w, const char *name, const qkv_tensor *t);
+QKV_API qkv_status qkv_st_set_meta(qkv_st_writer *w, const char *key, const char *value);
+/* Writes to path.tmp, flushes, fsyncs and renames to path. */
+QKV_API qkv_status qkv_st_write(qkv_st_writer *w, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QKV_H */

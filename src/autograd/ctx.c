@@ -1,0 +1,335 @@
+/* ctx.c - the context: step arena, tape, modes; making step tensors. */
+#include "../qkv_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define QKV__NAME(e, s) s,
+const char *const qkv_op_names[QKV_OP_COUNT] = {QKV_OP_LIST(QKV__NAME)};
+#undef QKV__NAME
+
+qkv_ctx *qkv_ctx_new(void)
+{
+    qkv__threads_init();
+    qkv_ctx *ctx = qkv__calloc(1, sizeof *ctx);
+    if (!ctx)
+        return NULL;
+    ctx->arena = qkv_arena_new(0);
+    if (!ctx->arena) {
+        qkv__free(ctx);
+        return NULL;
+    }
+    ctx->grad_enabled = 1;
+    ctx->training = 1;
+    const char *nan = getenv("QKV_CHECK_NAN");
+    ctx->check_nan = nan && *nan && *nan != '0';
+    qkv_rng_seed(&ctx->rng, 0);
+    return ctx;
+}
+
+void qkv_ctx_free(qkv_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    qkv_arena_free(ctx->arena);
+    qkv__free(ctx);
+}
+
+void qkv_ctx_reset(qkv_ctx *ctx)
+{
+    qkv_arena_reset(ctx->arena);
+    ctx->tape = NULL;
+    ctx->n_nodes = 0;
+}
+
+qkv_arena *qkv_ctx_arena(qkv_ctx *ctx) { return ctx->arena; }
+
+int qkv_set_grad_enabled(qkv_ctx *ctx, int enabled)
+{
+    int old = ctx->grad_enabled;
+    ctx->grad_enabled = enabled != 0;
+    return old;
+}
+
+int qkv_grad_enabled(const qkv_ctx *ctx) { return ctx->grad_enabled; }
+
+int qkv_set_training(qkv_ctx *ctx, int training)
+{
+    int old = ctx->training;
+    ctx->training = training != 0;
+    return old;
+}
+
+int qkv_training(const qkv_ctx *ctx) { return ctx->training; }
+
+qkv_rng *qkv_ctx_rng(qkv_ctx *ctx) { return &ctx->rng; }
+
+void qkv_set_check_nan(qkv_ctx *ctx, int on) { ctx->check_nan = on != 0; }
+
+void *qkv__alloc(qkv_ctx *ctx, size_t bytes) { return qkv_arena_alloc(ctx->arena, bytes); }
+
+float *qkv__floats(qkv_ctx *ctx, int64_t n)
+{
+    return qkv_arena_alloc(ctx->arena, (size_t)(n > 0 ? n : 1) * sizeof(float));
+}
+
+static bool shape_ok(int ndim, const int64_t *shape, const char *op)
+{
+    if (ndim < 0 || ndim > QKV_MAX_DIMS) {
+        qkv_set_error(QKV_ERR_SHAPE, "%s: %d dimensions (at most %d)", op, ndim, QKV_MAX_DIMS);
+        return false;
+    }
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0) {
+            qkv_set_error(QKV_ERR_SHAPE, "%s: negative size %lld in dimension %d", op,
+                          (long long)shape[i], i);
+            return false;
+        }
+    return true;
+}
+
+qkv_tensor *qkv__tensor(qkv_ctx *ctx, int ndim, const int64_t *shape)
+{
+    if (!shape_ok(ndim, shape, "tensor"))
+        return NULL;
+    qkv_tensor *t = qkv__alloc(ctx, sizeof *t);
+    if (!t)
+        return NULL;
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++)
+        t->shape[i] = shape[i];
+    int64_t n = qkv__contig_strides(ndim, shape, t->stride);
+    t->data = qkv__floats(ctx, n);
+    return t->data ? t : NULL;
+}
+
+qkv_tensor *qkv__view(qkv_ctx *ctx, qkv_tensor *x, int ndim, const int64_t *shape,
+                      const int64_t *stride, int64_t offset)
+{
+    qkv_tensor *t = qkv__alloc(ctx, sizeof *t);
+    if (!t)
+        return NULL;
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = shape[i];
+        t->stride[i] = stride[i];
+    }
+    t->data = x->data + offset;
+    return t;
+}
+
+qkv_tensor *qkv_new(qkv_ctx *ctx, int ndim, const int64_t *shape)
+{
+    return qkv__tensor(ctx, ndim, shape);
+}
+
+qkv_tensor *qkv_full(qkv_ctx *ctx, int ndim, const int64_t *shape, float value)
+{
+    qkv_tensor *t = qkv__tensor(ctx, ndim, shape);
+    if (!t)
+        return NULL;
+    int64_t n = qkv_numel(t);
+    for (int64_t i = 0; i < n; i++)
+        t->data[i] = value;
+    return t;
+}
+
+qkv_tensor *qkv_zeros(qkv_ctx *ctx, int ndim, const int64_t *shape)
+{
+    return qkv_full(ctx, ndim, shape, 0.0f);
+}
+
+qkv_tensor *qkv_from_data(qkv_ctx *ctx, int ndim, const int64_t *shape, const float *data)
+{
+    if (!data) {
+        qkv_set_error(QKV_ERR_ARG, "from_data: data is NULL");
+        return NULL;
+    }
+    qkv_tensor *t = qkv__tensor(ctx, ndim, shape);
+    if (t)
+        memcpy(t->data, data, (size_t)qkv_numel(t) * sizeof(float));
+    return t;
+}
+
+qkv_tensor *qkv_wrap(qkv_ctx *ctx, int ndim, const int64_t *shape, float *data)
+{
+    if (!data) {
+        qkv_set_error(QKV_ERR_ARG, "wrap: data is NULL");
+        return NULL;
+    }
+    if (!shape_ok(ndim, shape, "wrap"))
+        return NULL;
+    qkv_tensor *t = qkv__alloc(ctx, sizeof *t);
+    if (!t)
+        return NULL;
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++)
+        t->shape[i] = shape[i];
+    qkv__contig_strides(ndim, shape, t->stride);
+    t->data = data;
+    return t;
+}
+
+qkv_tensor *qkv_rand(qkv_ctx *ctx, int ndim, const int64_t *shape, float lo, float hi)
+{
+    qkv_tensor *t = qkv__tensor(ctx, ndim, shape);
+    if (!t)
+        return NULL;
+    int64_t n = qkv_numel(t);
+    for (int64_t i = 0; i < n; i++)
+        t->data[i] = lo + (hi - lo) * (float)qkv_rng_uniform(&ctx->rng);
+    return t;
+}
+
+qkv_tensor *qkv_randn(qkv_ctx *ctx, int ndim, const int64_t *shape, float mean, float std)
+{
+    qkv_tensor *t = qkv__tensor(ctx, ndim, shape);
+    if (!t)
+        return NULL;
+    int64_t n = qkv_numel(t);
+    for (int64_t i = 0; i < n; i++)
+        t->data[i] = mean + std * (float)qkv_rng_normal(&ctx->rng);
+    return t;
+}
+
+qkv_tensor *qkv_requires_grad(qkv_tensor *t)
+{
+    if (t)
+        t->requires_grad = 1;
+    return t;
+}
+
+qkv_tensor *qkv_detach(qkv_ctx *ctx, qkv_tensor *x)
+{
+    QKV_INPUTS("detach", x);
+    qkv_tensor *t = qkv__view(ctx, x, x->ndim, x->shape, x->stride, 0);
+    return t;
+}
+
+bool qkv__null_input(const char *op, int n, qkv_tensor *const *in)
+{
+    for (int i = 0; i < n; i++)
+        if (!in[i]) {
+            /* keep the first error of a chain; name the op if there is none */
+            if (qkv_error_status() == QKV_OK)
+                qkv_set_error(QKV_ERR_ARG, "%s: input %d is NULL", op, i);
+            return true;
+        }
+    return false;
+}
+
+qkv_node *qkv__record(qkv_ctx *ctx, qkv_op op, qkv_backward_fn backward, qkv_tensor *out,
+                      int n_in, qkv_tensor *const *in)
+{
+    if (!ctx->grad_enabled || !out)
+        return NULL;
+    bool any = false;
+    for (int i = 0; i < n_in; i++)
+        if (in[i] && in[i]->requires_grad)
+            any = true;
+    if (!any)
+        return NULL;
+    qkv_node *n = qkv__alloc(ctx, sizeof *n);
+    if (!n)
+        return NULL;
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->backward = backward;
+    n->out = out;
+    n->n_in = n_in;
+    for (int i = 0; i < n_in; i++)
+        n->in[i] = in[i];
+    n->prev = ctx->tape;
+    ctx->tape = n;
+    ctx->n_nodes++;
+    out->requires_grad = 1;
+    out->node = n;
+    return n;
+}
+
+float *qkv__grad(qkv_ctx *ctx, qkv_tensor *t)
+{
+    if (!t->grad) {
+        int64_t n = qkv_numel(t);
+        t->grad = qkv__floats(ctx, n);
+        if (t->grad)
+            memset(t->grad, 0, (size_t)n * sizeof(float));
+    }
+    return t->grad;
+}
+
+qkv_tensor *qkv__done(qkv_ctx *ctx, qkv_op op, qkv_tensor *out)
+{
+    if (!out || !ctx->check_nan)
+        return out;
+    int64_t n = qkv_numel(out);
+    for (int64_t i = 0; i < n; i++) {
+        float v = qkv_get(out, i);
+        if (!isfinite(v)) {
+            char s[128];
+            qkv_set_error(QKV_ERR_NAN, "%s: output %s holds %f at flat index %lld",
+                          qkv_op_names[op], qkv_shape_str(out, s, sizeof s), (double)v,
+                          (long long)i);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static qkv_status run_backward(qkv_ctx *ctx)
+{
+    for (qkv_node *n = ctx->tape; n; n = n->prev) {
+        if (!n->out->grad)
+            continue; /* no gradient reached this op */
+        n->backward(ctx, n);
+        if (qkv_error_status() == QKV_ERR_NOMEM)
+            return QKV_ERR_NOMEM;
+        if (ctx->check_nan)
+            for (int i = 0; i < n->n_in; i++) {
+                qkv_tensor *in = n->in[i];
+                if (!in || !in->grad)
+                    continue;
+                int64_t m = qkv_numel(in);
+                for (int64_t k = 0; k < m; k++)
+                    if (!isfinite(in->grad[k]))
+                        return qkv_set_error(QKV_ERR_NAN,
+                                             "%s backward: gradient of input %d holds %f",
+                                             qkv_op_names[n->op], i, (double)in->grad[k]);
+            }
+    }
+    return QKV_OK;
+}
+
+qkv_status qkv_backward_with(qkv_ctx *ctx, qkv_tensor *out, const float *grad)
+{
+    if (!out || !grad)
+        return qkv_set_error(QKV_ERR_ARG, "backward: %s is NULL", out ? "grad" : "output");
+    if (!out->requires_grad)
+        return qkv_set_error(QKV_ERR_STATE,
+                             "backward: the output does not depend on anything that "
+                             "requires a gradient (or gradients were off)");
+    float *g = qkv__grad(ctx, out);
+    if (!g)
+        return QKV_ERR_NOMEM;
+    int64_t n = qkv_numel(out);
+    for (int64_t i = 0; i < n; i++)
+        g[i] += grad[i];
+    return run_backward(ctx);
+}
+
+qkv_status qkv_backward(qkv_ctx *ctx, qkv_tensor *loss)
+{
+    if (!loss)
+        return qkv_set_error(qkv_error_status() ? qkv_error_status() : QKV_ERR_ARG,
+                             "%s", qkv_error()[0] ? qkv_error() : "backward: loss is NULL");
+    if (qkv_numel(loss) != 1) {
+        char s[128];
+        return qkv_set_error(QKV_ERR_SHAPE, "backward: loss must have one element, has shape %s",
+                             qkv_shape_str(loss, s, sizeof s));
+    }
+    float one = 1.0f;
+    return qkv_backward_with(ctx, loss, &one);
+}

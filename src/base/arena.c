@@ -1,0 +1,111 @@
+/* arena.c - the step arena: a bump allocator over a list of chunks.
+ *
+ * Allocation never fails for lack of a preset size: a full chunk is followed
+ * by a new one. On reset, if the step needed more than one chunk, they are
+ * replaced by a single chunk as large as the peak, so the next step of the
+ * same shape runs in one chunk and calls no malloc. */
+#include "../qkv_internal.h"
+
+typedef struct chunk {
+    struct chunk *next;
+    size_t size, used;
+    unsigned char *mem;
+} chunk;
+
+struct qkv_arena {
+    chunk *head;     /* the chunk being filled; older ones follow */
+    size_t first;    /* size of a fresh chunk */
+    size_t used;     /* bytes handed out since reset (with padding) */
+    size_t peak;
+};
+
+static chunk *chunk_new(size_t size)
+{
+    chunk *c = qkv__malloc(sizeof *c);
+    if (!c)
+        return NULL;
+    c->mem = qkv__aligned_alloc(size);
+    if (!c->mem) {
+        qkv__free(c);
+        return NULL;
+    }
+    c->size = size;
+    c->used = 0;
+    c->next = NULL;
+    return c;
+}
+
+static void chunks_free(chunk *c)
+{
+    while (c) {
+        chunk *n = c->next;
+        qkv__free(c->mem);
+        qkv__free(c);
+        c = n;
+    }
+}
+
+qkv_arena *qkv_arena_new(size_t chunk_bytes)
+{
+    qkv_arena *a = qkv__calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    a->first = chunk_bytes ? chunk_bytes : ((size_t)1 << 20);
+    a->head = chunk_new(a->first);
+    if (!a->head) {
+        qkv__free(a);
+        return NULL;
+    }
+    return a;
+}
+
+void qkv_arena_free(qkv_arena *a)
+{
+    if (!a)
+        return;
+    chunks_free(a->head);
+    qkv__free(a);
+}
+
+void *qkv_arena_alloc(qkv_arena *a, size_t bytes)
+{
+    size_t need = (bytes + 63) & ~(size_t)63;
+    if (need == 0)
+        need = 64;
+    chunk *c = a->head;
+    if (c->used + need > c->size) {
+        size_t size = c->size * 2 > need ? c->size * 2 : need;
+        chunk *n = chunk_new(size);
+        if (!n)
+            return NULL;
+        n->next = c;
+        a->head = c = n;
+    }
+    void *p = c->mem + c->used;
+    c->used += need;
+    a->used += need;
+    if (a->used > a->peak)
+        a->peak = a->used;
+    return p;
+}
+
+void qkv_arena_reset(qkv_arena *a)
+{
+    if (a->head->next) {
+        /* several chunks: replace them by one that holds the peak */
+        chunk *one = chunk_new(a->peak);
+        if (one) {
+            chunks_free(a->head);
+            a->head = one;
+        } else {
+            chunks_free(a->head->next);
+            a->head->next = NULL;
+        }
+    }
+    a->head->used = 0;
+    a->used = 0;
+}
+
+size_t qkv_arena_used(const qkv_arena *a) { return a->used; }
+
+size_t qkv_arena_peak(const qkv_arena *a) { return a->peak; }

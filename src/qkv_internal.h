@@ -1,0 +1,137 @@
+/*
+ * qkv_internal.h - what the layers of qkv share and users do not see:
+ * the context, the tape node, allocation helpers and the op enum.
+ */
+#ifndef QKV_INTERNAL_H
+#define QKV_INTERNAL_H
+
+#include "qkv.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <string.h>
+
+/* ---- allocation (counted, for the no-malloc test) ---- */
+void *qkv__malloc(size_t bytes);
+void *qkv__calloc(size_t n, size_t size);
+void *qkv__aligned_alloc(size_t bytes); /* 64-byte aligned */
+void qkv__free(void *p);
+char *qkv__strdup(const char *s);
+
+/* ---- ops: one enum, one name table ---- */
+#define QKV_OP_LIST(X)                                                          \
+    X(LEAF, "leaf") X(ADD, "add") X(SUB, "sub") X(MUL, "mul") X(DIV, "div")     \
+    X(AFFINE, "affine") X(EXP, "exp") X(LOG, "log") X(SQRT, "sqrt")             \
+    X(POW, "pow") X(ABS, "abs") X(TANH, "tanh") X(SIGMOID, "sigmoid")           \
+    X(RELU, "relu") X(LEAKY_RELU, "leaky_relu") X(GELU, "gelu")                 \
+    X(GELU_TANH, "gelu_tanh") X(SILU, "silu") X(SOFTPLUS, "softplus")           \
+    X(SUM, "sum") X(MEAN, "mean") X(MAX, "max") X(MATMUL, "matmul")             \
+    X(LINEAR, "linear") X(RESHAPE, "reshape") X(TRANSPOSE, "transpose")         \
+    X(PERMUTE, "permute") X(CONTIGUOUS, "contiguous") X(CONCAT, "concat")       \
+    X(SLICE, "slice") X(INDEX_SELECT, "index_select")                           \
+    X(EMBEDDING, "embedding") X(MASKED_FILL, "masked_fill") X(WHERE, "where")   \
+    X(SOFTMAX, "softmax") X(LOG_SOFTMAX, "log_softmax")                         \
+    X(LAYER_NORM, "layer_norm") X(BATCH_NORM, "batch_norm")                     \
+    X(DROPOUT, "dropout") X(CONV2D, "conv2d") X(MAX_POOL2D, "max_pool2d")       \
+    X(AVG_POOL2D, "avg_pool2d") X(ADAPTIVE_AVG_POOL2D, "adaptive_avg_pool2d")   \
+    X(CROSS_ENTROPY, "cross_entropy") X(MSE_LOSS, "mse_loss")                   \
+    X(L1_LOSS, "l1_loss") X(SMOOTH_L1_LOSS, "smooth_l1_loss")                   \
+    X(MASKED_SOFTMAX, "masked_softmax") X(ATTENTION, "attention")               \
+    X(CUSTOM, "custom")
+
+#define QKV__ENUM(e, s) QKV_OP_##e,
+typedef enum { QKV_OP_LIST(QKV__ENUM) QKV_OP_COUNT } qkv_op;
+#undef QKV__ENUM
+extern const char *const qkv_op_names[QKV_OP_COUNT];
+
+/* ---- the tape ---- */
+#define QKV_MAX_INPUTS 4
+
+typedef struct qkv_node qkv_node;
+/* Reads n->out->grad and accumulates (+=) into the grads of n->in[i] that
+ * need one (qkv__grad allocates them). */
+typedef void (*qkv_backward_fn)(qkv_ctx *ctx, qkv_node *n);
+
+struct qkv_node {
+    qkv_op op;
+    qkv_backward_fn backward;
+    qkv_tensor *out;
+    qkv_tensor *in[QKV_MAX_INPUTS];
+    int n_in;
+    void *saved[4];     /* arena memory the backward needs */
+    int64_t iarg[8];    /* integer arguments of the op */
+    float farg[4];      /* float arguments of the op */
+    qkv_node *prev;     /* the tape is a list, newest first */
+};
+
+struct qkv_ctx {
+    qkv_arena *arena;
+    qkv_node *tape;
+    int64_t n_nodes;
+    int grad_enabled;
+    int training;
+    int check_nan;
+    qkv_rng rng;
+};
+
+/* Arena memory of the step; NULL with an error if out of memory. */
+void *qkv__alloc(qkv_ctx *ctx, size_t bytes);
+float *qkv__floats(qkv_ctx *ctx, int64_t n);
+/* A new contiguous arena tensor, uninitialised. */
+qkv_tensor *qkv__tensor(qkv_ctx *ctx, int ndim, const int64_t *shape);
+/* A view of x's data with the given shape and strides (no node). */
+qkv_tensor *qkv__view(qkv_ctx *ctx, qkv_tensor *x, int ndim, const int64_t *shape,
+                      const int64_t *stride, int64_t offset);
+/* Records op `op` producing `out` from in[0..n_in) if gradients are on and an
+ * input needs one; returns the node (fill saved/iarg/farg) or NULL if nothing
+ * is recorded. Sets out->requires_grad. */
+qkv_node *qkv__record(qkv_ctx *ctx, qkv_op op, qkv_backward_fn backward, qkv_tensor *out,
+                      int n_in, qkv_tensor *const *in);
+/* The gradient buffer of t (contiguous in t's shape), allocated zeroed from
+ * the arena on first use, unless t is a parameter (it already has one). */
+float *qkv__grad(qkv_ctx *ctx, qkv_tensor *t);
+/* Whether input i of node n wants a gradient. */
+static inline bool qkv__wants(const qkv_node *n, int i)
+{
+    return n->in[i] && n->in[i]->requires_grad;
+}
+/* Finishes an op: NaN trap when enabled. Returns out (or NULL). */
+qkv_tensor *qkv__done(qkv_ctx *ctx, qkv_op op, qkv_tensor *out);
+/* Error for shape mismatch naming the op and both shapes. Returns NULL. */
+qkv_tensor *qkv__shape_error(const char *op, const qkv_tensor *a, const qkv_tensor *b,
+                             const char *why);
+/* Null-input check for ops: returns true if any is NULL (error already set,
+ * or set now). */
+bool qkv__null_input(const char *op, int n, qkv_tensor *const *in);
+#define QKV_INPUTS(op, ...)                                                     \
+    do {                                                                        \
+        qkv_tensor *const qkv__in_[] = {__VA_ARGS__};                           \
+        if (qkv__null_input(op, (int)(sizeof qkv__in_ / sizeof qkv__in_[0]),    \
+                            qkv__in_))                                          \
+            return NULL;                                                        \
+    } while (0)
+
+/* Contiguous strides for a shape; returns numel. */
+int64_t qkv__contig_strides(int ndim, const int64_t *shape, int64_t *stride);
+int64_t qkv__shape_numel(int ndim, const int64_t *shape);
+
+/* Strided copy / accumulate: dst[i] (=|+=) src[i] over a shape, both with
+ * their own strides (in elements). */
+void qkv__strided_copy(float *dst, const int64_t *dst_stride, const float *src,
+                       const int64_t *src_stride, int ndim, const int64_t *shape,
+                       bool accumulate);
+
+/* Broadcasting: the output shape of a and b (NumPy rules). Returns ndim or -1. */
+int qkv__broadcast_shape(const qkv_tensor *a, const qkv_tensor *b, int64_t *shape);
+/* Strides of t seen as the broadcast shape (0 on broadcast axes). */
+void qkv__broadcast_strides(const qkv_tensor *t, int ndim, const int64_t *shape,
+                            int64_t *stride);
+/* Sums g (contiguous, shape `shape`) into dst (contiguous, shape of t), which
+ * broadcasts to `shape`: the backward of broadcasting. */
+void qkv__reduce_to(float *dst, const qkv_tensor *t, const float *g, int ndim,
+                    const int64_t *shape);
+
+/* ---- threads ---- */
+void qkv__threads_init(void);
+
+#endif

@@ -1,0 +1,216 @@
+/* test_core.c - arena, RNG, broadcasting arithmetic, matmul, linear, views:
+ * gradient checks (tol 2e-2 on central differences in float32 ops with the
+ * loss in double) and PyTorch parity (tol 1e-5 relative to max(1, |ref|)). */
+#include "test.h"
+
+#define SHAPE(...) ((int64_t[]){__VA_ARGS__})
+
+TEST(arena_grows_and_settles)
+{
+    qkv_arena *a = qkv_arena_new(1024);
+    REQUIRE(a, "arena_new");
+    for (int i = 0; i < 10; i++)
+        CHECK(qkv_arena_alloc(a, 700), "alloc");
+    size_t peak = qkv_arena_peak(a);
+    CHECK(peak >= 7000, "peak %zu", peak);
+    qkv_arena_reset(a);
+    uint64_t before = qkv_malloc_count();
+    for (int i = 0; i < 10; i++)
+        CHECK(qkv_arena_alloc(a, 700), "alloc after reset");
+    CHECK(qkv_malloc_count() == before, "a second step of the same size allocated");
+    qkv_arena_free(a);
+}
+
+TEST(rng_deterministic)
+{
+    qkv_rng a, b;
+    qkv_rng_seed(&a, 7);
+    qkv_rng_seed(&b, 7);
+    for (int i = 0; i < 100; i++)
+        CHECK(qkv_rng_u64(&a) == qkv_rng_u64(&b), "streams differ");
+    double m = 0, v = 0;
+    for (int i = 0; i < 100000; i++) {
+        double x = qkv_rng_normal(&a);
+        m += x;
+        v += x * x;
+    }
+    CHECK_NEAR(m / 1e5, 0.0, 0.02);
+    CHECK_NEAR(v / 1e5, 1.0, 0.02);
+}
+
+TEST(shape_errors_name_op_and_shapes)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *a = qkv_zeros(ctx, 2, SHAPE(2, 3)), *b = qkv_zeros(ctx, 2, SHAPE(4, 5));
+    CHECK(qkv_add(ctx, a, b) == NULL, "add of (2,3) and (4,5) succeeded");
+    CHECK(strstr(qkv_error(), "add") && strstr(qkv_error(), "(2, 3)") &&
+              strstr(qkv_error(), "(4, 5)"),
+          "message: %s", qkv_error());
+    CHECK(qkv_matmul(ctx, a, b, 0, 0) == NULL, "matmul (2,3)x(4,5) succeeded");
+    CHECK(strstr(qkv_error(), "matmul"), "message: %s", qkv_error());
+    /* a chain with a failed op keeps the first message */
+    qkv_tensor *c = qkv_mul(ctx, qkv_add(ctx, a, b), a);
+    CHECK(c == NULL && strstr(qkv_error(), "add"), "chain: %s", qkv_error());
+    qkv_ctx_free(ctx);
+}
+
+static qkv_tensor *f_add(qkv_ctx *c, qkv_tensor **t, void *u) { return qkv_add(c, t[0], t[1]); }
+static qkv_tensor *f_sub(qkv_ctx *c, qkv_tensor **t, void *u) { return qkv_sub(c, t[0], t[1]); }
+static qkv_tensor *f_mul(qkv_ctx *c, qkv_tensor **t, void *u) { return qkv_mul(c, t[0], t[1]); }
+static qkv_tensor *f_div(qkv_ctx *c, qkv_tensor **t, void *u) { return qkv_div(c, t[0], t[1]); }
+
+TEST(gradcheck_binary_broadcast)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 1);
+    gc_input in[2] = {gc_rand(&r, 3, SHAPE(2, 3, 4), -1, 1, true),
+                      gc_rand(&r, 2, SHAPE(3, 1), 0.5f, 1.5f, true)};
+    CHECK_GRAD(f_add, 2, in, NULL, 2e-2);
+    CHECK_GRAD(f_sub, 2, in, NULL, 2e-2);
+    CHECK_GRAD(f_mul, 2, in, NULL, 2e-2);
+    CHECK_GRAD(f_div, 2, in, NULL, 2e-2);
+    gc_free(2, in);
+}
+
+static qkv_tensor *f_matmul(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    int *fl = u;
+    return qkv_matmul(c, t[0], t[1], fl[0], fl[1]);
+}
+
+TEST(gradcheck_matmul_flags)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 2);
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            int fl[2] = {ta, tb};
+            gc_input in[2] = {gc_rand(&r, 3, ta ? SHAPE(2, 4, 3) : SHAPE(2, 3, 4), -1, 1, true),
+                              gc_rand(&r, 2, tb ? SHAPE(5, 4) : SHAPE(4, 5), -1, 1, true)};
+            CHECK_GRAD(f_matmul, 2, in, fl, 2e-2);
+            gc_free(2, in);
+        }
+}
+
+static qkv_tensor *f_matmul_views(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    /* a transposed view and a permuted view go to GEMM without copies */
+    qkv_tensor *a = qkv_transpose(c, t[0], 1, 2);                 /* (2,3,4) */
+    qkv_tensor *b = qkv_permute(c, t[1], (int[]){1, 0});          /* (4,5)   */
+    return qkv_matmul(c, a, b, 0, 0);
+}
+
+TEST(gradcheck_matmul_views)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 3);
+    gc_input in[2] = {gc_rand(&r, 3, SHAPE(2, 4, 3), -1, 1, true),
+                      gc_rand(&r, 2, SHAPE(5, 4), -1, 1, true)};
+    CHECK_GRAD(f_matmul_views, 2, in, NULL, 2e-2);
+    gc_free(2, in);
+}
+
+static qkv_tensor *f_linear(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    return qkv_linear(c, t[0], t[1], t[2]);
+}
+
+TEST(gradcheck_linear)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 4);
+    gc_input in[3] = {gc_rand(&r, 3, SHAPE(2, 3, 5), -1, 1, true),
+                      gc_rand(&r, 2, SHAPE(4, 5), -1, 1, true),
+                      gc_rand(&r, 1, SHAPE(4), -1, 1, true)};
+    CHECK_GRAD(f_linear, 3, in, NULL, 2e-2);
+    gc_free(3, in);
+}
+
+static qkv_tensor *f_reshape_permute(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    qkv_tensor *x = qkv_permute(c, t[0], (int[]){2, 0, 1});       /* (4,2,3) */
+    x = qkv_reshape(c, x, 2, SHAPE(8, -1));                       /* copy, (8,3) */
+    return qkv_mul(c, x, x);
+}
+
+TEST(gradcheck_views)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 5);
+    gc_input in[1] = {gc_rand(&r, 3, SHAPE(2, 3, 4), -1, 1, true)};
+    CHECK_GRAD(f_reshape_permute, 1, in, NULL, 2e-2);
+    gc_free(1, in);
+}
+
+TEST(views_share_data)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_randn(ctx, 2, SHAPE(3, 4), 0, 1);
+    qkv_tensor *t = qkv_transpose(ctx, x, 0, 1);
+    CHECK(t->data == x->data && !qkv_is_contiguous(t), "transpose copied");
+    qkv_tensor *v = qkv_reshape(ctx, x, 1, SHAPE(12));
+    CHECK(v->data == x->data, "reshape of contiguous copied");
+    CHECK(qkv_get(t, 1) == x->data[4], "transposed element");
+    qkv_ctx_free(ctx);
+}
+
+/* ---- parity with PyTorch ---- */
+
+typedef qkv_tensor *(*bin_fn)(qkv_ctx *, qkv_tensor *, qkv_tensor *);
+
+static void parity_binary(const char *name, bin_fn f)
+{
+    qkv_st_file *fx = fixture_open(name);
+    if (!fx)
+        return;
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *a = qkv_requires_grad(fixture_get(ctx, fx, "a"));
+    qkv_tensor *b = qkv_requires_grad(fixture_get(ctx, fx, "b"));
+    qkv_tensor *out = f(ctx, a, b);
+    qkv_tensor *want = fixture_get(ctx, fx, "out"), *gout = fixture_get(ctx, fx, "gout");
+    CHECK_TENSOR(out, want, 1e-5);
+    if (out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK) {
+        CHECK_GRADBUF(a->grad, fixture_get(ctx, fx, "grad_a"), 1e-5);
+        CHECK_GRADBUF(b->grad, fixture_get(ctx, fx, "grad_b"), 1e-5);
+    } else
+        CHECK(0, "%s: %s", name, qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_st_close(fx);
+}
+
+TEST(parity_binary_broadcast)
+{
+    parity_binary("add_broadcast", qkv_add);
+    parity_binary("sub_broadcast", qkv_sub);
+    parity_binary("mul_broadcast", qkv_mul);
+    parity_binary("div_broadcast", qkv_div);
+}
+
+static qkv_tensor *mm_tt(qkv_ctx *c, qkv_tensor *a, qkv_tensor *b) { return qkv_matmul(c, a, b, 1, 1); }
+static qkv_tensor *mm(qkv_ctx *c, qkv_tensor *a, qkv_tensor *b) { return qkv_matmul(c, a, b, 0, 0); }
+
+TEST(parity_matmul)
+{
+    parity_binary("matmul_tt", mm_tt);
+    parity_binary("matmul_batch_broadcast", mm);
+}
+
+TEST(parity_linear)
+{
+    qkv_st_file *fx = fixture_open("linear");
+    if (!fx)
+        return;
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_requires_grad(fixture_get(ctx, fx, "x"));
+    qkv_tensor *w = qkv_requires_grad(fixture_get(ctx, fx, "w"));
+    qkv_tensor *b = qkv_requires_grad(fixture_get(ctx, fx, "b"));
+    qkv_tensor *out = qkv_linear(ctx, x, w, b);
+    CHECK_TENSOR(out, fixture_get(ctx, fx, "out"), 1e-5);
+    qkv_tensor *gout = fixture_get(ctx, fx, "gout");
+    REQUIRE(out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK, "%s", qkv_error());
+    CHECK_GRADBUF(x->grad, fixture_get(ctx, fx, "grad_x"), 1e-5);
+    CHECK_GRADBUF(w->grad, fixture_get(ctx, fx, "grad_w"), 1e-5);
+    CHECK_GRADBUF(b->grad, fixture_get(ctx, fx, "grad_b"), 1e-5);
+    qkv_ctx_free(ctx);
+    qkv_st_close(fx);
+}

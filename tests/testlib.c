@@ -1,0 +1,179 @@
+/* testlib.c - gradient checks and PyTorch fixtures for the tests. */
+#include "test.h"
+
+gc_input gc_rand(qkv_rng *r, int ndim, const int64_t *shape, float lo, float hi, bool grad)
+{
+    gc_input in = {.ndim = ndim, .grad = grad};
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        in.shape[i] = shape[i];
+        n *= shape[i];
+    }
+    in.data = malloc((size_t)(n ? n : 1) * sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+        in.data[i] = lo + (hi - lo) * (float)qkv_rng_uniform(r);
+    return in;
+}
+
+void gc_free(int n, gc_input *in)
+{
+    for (int i = 0; i < n; i++) {
+        free(in[i].data);
+        in[i].data = NULL;
+    }
+}
+
+static int64_t numel_of(const gc_input *in)
+{
+    int64_t n = 1;
+    for (int i = 0; i < in->ndim; i++)
+        n *= in->shape[i];
+    return n;
+}
+
+/* loss = sum(out * R), R fixed by a seed; in double */
+static double eval_loss(qkv_ctx *ctx, gc_fn f, int n, gc_input *in, void *ud, bool grad,
+                        qkv_tensor **wrapped, float **grads)
+{
+    qkv_ctx_reset(ctx);
+    qkv_set_grad_enabled(ctx, grad);
+    qkv_tensor *ts[16];
+    for (int i = 0; i < n; i++) {
+        ts[i] = qkv_wrap(ctx, in[i].ndim, in[i].shape, in[i].data);
+        if (grad && in[i].grad)
+            qkv_requires_grad(ts[i]);
+        if (wrapped)
+            wrapped[i] = ts[i];
+    }
+    qkv_rng_seed(qkv_ctx_rng(ctx), 1234); /* same dropout masks every call */
+    qkv_tensor *out = f(ctx, ts, ud);
+    if (!out)
+        return NAN;
+    int64_t m = qkv_numel(out);
+    qkv_rng r;
+    qkv_rng_seed(&r, 99);
+    double loss = 0;
+    float *R = malloc((size_t)(m ? m : 1) * sizeof(float));
+    for (int64_t i = 0; i < m; i++) {
+        R[i] = (float)(qkv_rng_uniform(&r) * 2 - 1);
+        loss += (double)qkv_get(out, i) * R[i];
+    }
+    if (grad) {
+        if (qkv_backward_with(ctx, out, R) != QKV_OK) {
+            free(R);
+            return NAN;
+        }
+        for (int i = 0; i < n; i++)
+            grads[i] = in[i].grad ? ts[i]->grad : NULL;
+    }
+    free(R);
+    return loss;
+}
+
+double gradcheck(gc_fn f, int n, gc_input *in, void *ud, double eps)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    float *grads[16] = {0};
+    double worst = 0;
+    if (isnan(eval_loss(ctx, f, n, in, ud, true, NULL, grads))) {
+        fprintf(stderr, "    gradcheck: the op failed: %s\n", qkv_error());
+        qkv_ctx_free(ctx);
+        return NAN;
+    }
+    /* copy analytic grads out of the arena before it is reset */
+    float *ana[16] = {0};
+    for (int i = 0; i < n; i++) {
+        if (!in[i].grad)
+            continue;
+        int64_t m = numel_of(&in[i]);
+        ana[i] = calloc((size_t)(m ? m : 1), sizeof(float));
+        if (grads[i])
+            memcpy(ana[i], grads[i], (size_t)m * sizeof(float));
+    }
+    for (int i = 0; i < n && !isnan(worst); i++) {
+        if (!in[i].grad)
+            continue;
+        int64_t m = numel_of(&in[i]);
+        double *num = malloc((size_t)(m ? m : 1) * sizeof(double));
+        double scale = 0;
+        for (int64_t k = 0; k < m; k++) {
+            float x0 = in[i].data[k];
+            double h = eps * fmax(1.0, fabs(x0));
+            in[i].data[k] = (float)(x0 + h);
+            double hp = (double)in[i].data[k] - x0;
+            double lp = eval_loss(ctx, f, n, in, ud, false, NULL, NULL);
+            in[i].data[k] = (float)(x0 - h);
+            double hm = x0 - (double)in[i].data[k];
+            double lm = eval_loss(ctx, f, n, in, ud, false, NULL, NULL);
+            in[i].data[k] = x0;
+            num[k] = (lp - lm) / (hp + hm);
+            scale = fmax(scale, fabs(num[k]));
+        }
+        double floor = fmax(scale * 1e-2, 1e-6);
+        for (int64_t k = 0; k < m; k++) {
+            double e = fabs(ana[i][k] - num[k]) / fmax(floor, fabs(num[k]));
+            if (!(e <= worst)) {
+                worst = e;
+                if (e > 1e-2)
+                    fprintf(stderr, "    input %d element %lld: analytic %.6g numeric %.6g\n", i,
+                            (long long)k, ana[i][k], num[k]);
+            }
+        }
+        free(num);
+    }
+    for (int i = 0; i < n; i++)
+        free(ana[i]);
+    qkv_ctx_free(ctx);
+    return worst;
+}
+
+qkv_st_file *fixture_open(const char *name)
+{
+    const char *dir = getenv("QKV_FIXTURES");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s.safetensors", dir ? dir : "build/parity", name);
+    qkv_st_file *f = qkv_st_open(path);
+    if (!f)
+        test_fail(__FILE__, __LINE__, "fixture %s: %s (run `make fixtures`)", path, qkv_error());
+    return f;
+}
+
+qkv_tensor *fixture_get(qkv_ctx *ctx, qkv_st_file *f, const char *name)
+{
+    if (!f)
+        return NULL;
+    qkv_tensor *t = qkv_st_load(ctx, f, name);
+    if (!t)
+        test_fail(__FILE__, __LINE__, "fixture tensor %s: %s", name, qkv_error());
+    return t;
+}
+
+double max_rel_diff(const qkv_tensor *got, const qkv_tensor *want)
+{
+    if (qkv_numel(got) != qkv_numel(want))
+        return INFINITY;
+    int64_t n = qkv_numel(want);
+    double scale = 1, worst = 0;
+    for (int64_t i = 0; i < n; i++)
+        scale = fmax(scale, fabs(qkv_get(want, i)));
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)qkv_get(got, i) - qkv_get(want, i)) / scale;
+        if (!(d <= worst))
+            worst = d;
+    }
+    return worst;
+}
+
+double max_rel_diff_buf(const float *got, const qkv_tensor *want)
+{
+    int64_t n = qkv_numel(want);
+    double scale = 1, worst = 0;
+    for (int64_t i = 0; i < n; i++)
+        scale = fmax(scale, fabs(qkv_get(want, i)));
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - qkv_get(want, i)) / scale;
+        if (!(d <= worst))
+            worst = d;
+    }
+    return worst;
+}
