@@ -83,7 +83,7 @@ double gradcheck(gc_fn f, int n, gc_input *in, void *ud, double eps);
                       #f, e_, (double)(tol));                                   \
     } while (0)
 
-/* ---- PyTorch parity fixtures (tests/parity/*.py write them) ---- */
+/* ---- PyTorch parity fixtures (written by tests/parity/gen.py) ---- */
 
 /* Opens $QKV_FIXTURES/<name>.safetensors; fails the test if absent. */
 qkv_st_file *fixture_open(const char *name);

@@ -214,3 +214,33 @@ TEST(parity_linear)
     qkv_ctx_free(ctx);
     qkv_st_close(fx);
 }
+
+/* ---- the gradient check itself must catch a wrong backward ---- */
+#include "qkv_internal.h"
+
+static void wrong_backward(qkv_ctx *ctx, qkv_node *n)
+{
+    /* out = x * x, but claims dx += g * x (missing the factor 2) */
+    float *gx = qkv__grad(ctx, n->in[0]);
+    for (int64_t i = 0; i < qkv_numel(n->in[0]); i++)
+        gx[i] += n->out->grad[i] * n->in[0]->data[i];
+}
+
+static qkv_tensor *f_wrong_square(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    qkv_tensor *x = t[0], *out = qkv_new(c, x->ndim, x->shape);
+    for (int64_t i = 0; i < qkv_numel(x); i++)
+        out->data[i] = x->data[i] * x->data[i];
+    qkv__record(c, QKV_OP_CUSTOM, wrong_backward, out, 1, &x);
+    return out;
+}
+
+TEST(gradcheck_catches_wrong_backward)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 6);
+    gc_input in[1] = {gc_rand(&r, 1, SHAPE(5), 0.5f, 1.5f, true)};
+    double e = gradcheck(f_wrong_square, 1, in, NULL, 1e-3);
+    CHECK(e > 0.3, "a backward off by a factor 2 scored %g", e);
+    gc_free(1, in);
+}

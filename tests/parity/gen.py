@@ -12,6 +12,7 @@ OUTDIR/<name>.safetensors. Runs on Debian's python3-torch (/usr/bin/python3).
 import importlib.util
 import os
 import sys
+import zlib
 
 import torch
 
@@ -35,7 +36,7 @@ def main():
         for name, make in mod.CASES.items():
             if only and not any(s in name for s in only):
                 continue
-            g = torch.Generator().manual_seed(abs(hash(name)) % (2**31))
+            g = torch.Generator().manual_seed(zlib.crc32(name.encode()) % (2**31))
             tensors, meta = make(g)
             save(os.path.join(out, name + ".safetensors"), tensors, meta)
             n += 1
