@@ -431,24 +431,44 @@ QKV_API int qkv_params_group(const qkv_params *ps, int64_t i);
 QKV_API qkv_tensor *qkv_params_find(qkv_params *ps, const char *name);
 /* Total trainable elements (excludes buffers). */
 QKV_API int64_t qkv_params_numel(const qkv_params *ps);
+/* The flat buffers behind every entry (for checkpoints), NULL before
+ * qkv_params_alloc. Entries lie in declaration order, each starting on a
+ * 64-byte boundary; the gaps between them are zero. *count (if not NULL)
+ * receives the length in floats, gaps included. The store owns them. */
+QKV_API float *qkv_params_values(qkv_params *ps, int64_t *count);
+QKV_API float *qkv_params_grads(qkv_params *ps, int64_t *count);
 QKV_API void qkv_params_zero_grad(qkv_params *ps);
 
 /* ------------------------------------------------------------------------ */
 /* Initialisers (PyTorch's definitions; fan_in/fan_out as torch.nn.init)      */
 /* ------------------------------------------------------------------------ */
 
-QKV_API void qkv_init_constant(qkv_tensor *t, float v);
-QKV_API void qkv_init_uniform(qkv_rng *r, qkv_tensor *t, float lo, float hi);
-QKV_API void qkv_init_normal(qkv_rng *r, qkv_tensor *t, float mean, float std);
-/* Normal(mean, std) redrawn until inside [lo, hi]. */
-QKV_API void qkv_init_trunc_normal(qkv_rng *r, qkv_tensor *t, float mean, float std, float lo,
-                                   float hi);
-QKV_API void qkv_init_xavier_uniform(qkv_rng *r, qkv_tensor *t, float gain);
-QKV_API void qkv_init_xavier_normal(qkv_rng *r, qkv_tensor *t, float gain);
+/* Each fills t (a view too) in row-major order from r and returns QKV_OK, or
+ * an error leaving t untouched: t NULL or without data, lo > hi, std < 0, or
+ * fewer than 2 dimensions for the fan-based ones. fan_in = size(1) * r and
+ * fan_out = size(0) * r, r the product of the sizes after the second (a
+ * Linear weight (out, in), a Conv weight (out, in/groups, kh, kw)). */
+QKV_API qkv_status qkv_init_constant(qkv_tensor *t, float v);
+/* Uniform in [lo, hi). */
+QKV_API qkv_status qkv_init_uniform(qkv_rng *r, qkv_tensor *t, float lo, float hi);
+QKV_API qkv_status qkv_init_normal(qkv_rng *r, qkv_tensor *t, float mean, float std);
+/* Normal(mean, std) redrawn until inside [lo, hi] (lo, hi absolute, as
+ * torch.nn.init.trunc_normal_'s a, b). An error if [lo, hi] holds less than
+ * 1e-4 of the mass, where redrawing would take too long. */
+QKV_API qkv_status qkv_init_trunc_normal(qkv_rng *r, qkv_tensor *t, float mean, float std,
+                                         float lo, float hi);
+/* Uniform in +-gain sqrt(6 / (fan_in + fan_out)); normal with std
+ * gain sqrt(2 / (fan_in + fan_out)). */
+QKV_API qkv_status qkv_init_xavier_uniform(qkv_rng *r, qkv_tensor *t, float gain);
+QKV_API qkv_status qkv_init_xavier_normal(qkv_rng *r, qkv_tensor *t, float gain);
 typedef enum { QKV_FAN_IN = 0, QKV_FAN_OUT } qkv_fan_mode;
-/* gain = sqrt(2 / (1 + a^2)) (leaky_relu with slope a; a = 0 for relu). */
-QKV_API void qkv_init_kaiming_uniform(qkv_rng *r, qkv_tensor *t, float a, qkv_fan_mode mode);
-QKV_API void qkv_init_kaiming_normal(qkv_rng *r, qkv_tensor *t, float a, qkv_fan_mode mode);
+/* std = gain / sqrt(fan), gain = sqrt(2 / (1 + a^2)) (leaky_relu with slope
+ * a; a = 0 for relu): uniform in +-sqrt(3) std, or normal. nn.Linear and
+ * nn.Conv2d initialise their weights with kaiming_uniform, a = sqrt(5). */
+QKV_API qkv_status qkv_init_kaiming_uniform(qkv_rng *r, qkv_tensor *t, float a,
+                                            qkv_fan_mode mode);
+QKV_API qkv_status qkv_init_kaiming_normal(qkv_rng *r, qkv_tensor *t, float a,
+                                           qkv_fan_mode mode);
 
 /* ------------------------------------------------------------------------ */
 /* Optimizers, gradient clipping, learning-rate schedules                    */
@@ -498,6 +518,30 @@ QKV_API float qkv_lr_cosine(float base, int64_t step, int64_t warmup, int64_t to
 QKV_API float qkv_lr_inverse_sqrt(int64_t d_model, int64_t step, int64_t warmup);
 
 /* ------------------------------------------------------------------------ */
+/* Modules (nn). A module is a struct of parameter pointers with three steps: */
+/*   qkv_nn_X_init(m, ps, prefix, ...)  declares its parameters in a store    */
+/*                                      under PyTorch's state_dict names;     */
+/*   qkv_params_alloc(ps)               gives all of them memory at once;     */
+/*   qkv_nn_X_reset(m, rng)             PyTorch's default initialisation;     */
+/* then qkv_nn_X_forward(ctx, m, ...) as often as needed.                     */
+/* ------------------------------------------------------------------------ */
+
+/* Writes "prefix.leaf" (or "leaf" for an empty prefix) into buf. */
+QKV_API char *qkv_nn_name(char *buf, size_t n, const char *prefix, const char *leaf);
+
+/* nn.Linear: weight (out, in), bias (out) or NULL. */
+typedef struct {
+    qkv_tensor *weight, *bias;
+    int64_t in_features, out_features;
+} qkv_nn_linear;
+QKV_API qkv_status qkv_nn_linear_init(qkv_nn_linear *m, qkv_params *ps, const char *prefix,
+                                      int64_t in_features, int64_t out_features, int bias);
+/* weight and bias U(-1/sqrt(in), 1/sqrt(in)), as PyTorch. */
+QKV_API void qkv_nn_linear_reset(qkv_nn_linear *m, qkv_rng *r);
+/* x (..., in) -> (..., out) */
+QKV_API qkv_tensor *qkv_nn_linear_forward(qkv_ctx *ctx, const qkv_nn_linear *m, qkv_tensor *x);
+
+/* ------------------------------------------------------------------------ */
 /* safetensors                                                               */
 /* ------------------------------------------------------------------------ */
 
@@ -544,6 +588,129 @@ QKV_API qkv_status qkv_st_add_tensor(qkv_st_writer *w, const char *name, const q
 QKV_API qkv_status qkv_st_set_meta(qkv_st_writer *w, const char *key, const char *value);
 /* Writes to path.tmp, flushes, fsyncs and renames to path. */
 QKV_API qkv_status qkv_st_write(qkv_st_writer *w, const char *path);
+
+/* ------------------------------------------------------------------------ */
+/* Datasets                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Fashion-MNIST (or MNIST) from IDX files, gzip-compressed or not:
+ * dir/{train,t10k}-images-idx3-ubyte[.gz] and -labels-idx1-ubyte[.gz]. dir
+ * NULL means QKV_MNIST_DIR (Debian's dataset-fashion-mnist). train: 1 for
+ * the training set (60000), 0 for the test set (10000). images (n, rows,
+ * cols) and labels (n) are malloc'd; qkv_mnist_free releases them. A missing
+ * or truncated file, a wrong magic number or a label above 9 is an error
+ * naming the file. */
+typedef struct {
+    int64_t n, rows, cols;
+    uint8_t *images; /* (n, rows, cols), 0..255, row-major */
+    uint8_t *labels; /* (n), 0..9 */
+} qkv_mnist;
+#define QKV_MNIST_DIR "/usr/share/datasets/fashion-mnist"
+QKV_API qkv_status qkv_mnist_load(qkv_mnist *out, const char *dir, int train);
+QKV_API void qkv_mnist_free(qkv_mnist *m);
+
+/* A vocabulary as d2l's Vocab: id 0 is "<unk>", then the reserved tokens,
+ * then every token seen at least min_freq times, most frequent first (ties in
+ * order of first appearance). */
+typedef struct qkv_vocab qkv_vocab;
+QKV_API int64_t qkv_vocab_size(const qkv_vocab *v);
+/* The token of an id, or NULL if out of range. */
+QKV_API const char *qkv_vocab_token(const qkv_vocab *v, int64_t id);
+/* The id of a token, 0 ("<unk>") if unknown. */
+QKV_API int64_t qkv_vocab_id(const qkv_vocab *v, const char *token);
+
+/* English-French pairs (one "english TAB french" per line) prepared as d2l
+ * r0.17's load_data_nmt: U+202F and U+00A0 become spaces, text is lowercased,
+ * a space goes before , . ! ? not preceded by one; tokens split on single
+ * spaces; vocabularies with min_freq 2 and reserved <pad> <bos> <eos>; each
+ * sentence gets <eos>, then is truncated or padded with <pad> to num_steps;
+ * valid lengths count the non-pad ids. As d2l's tokenize_nmt, lines 0 to
+ * num_examples inclusive are read (so 600 gives 601 pairs); num_examples 0
+ * reads every line. path NULL means $QKV_FRA_ENG, else QKV_FRA_ENG_PATH. */
+typedef struct {
+    int64_t n, num_steps;
+    int64_t *src, *tgt;             /* (n, num_steps) token ids         */
+    int64_t *src_valid, *tgt_valid; /* (n) ids before the padding       */
+    qkv_vocab *src_vocab, *tgt_vocab;
+} qkv_nmt_data;
+#define QKV_FRA_ENG_PATH "../shared/data/fra-eng/fra.txt"
+QKV_API qkv_status qkv_nmt_load(qkv_nmt_data *out, const char *path, int64_t num_examples,
+                                int64_t num_steps);
+QKV_API void qkv_nmt_free(qkv_nmt_data *d);
+/* One sentence for inference, prepared as a source line above: ids
+ * (num_steps) get its ids, <eos> and padding. Returns the valid length. */
+QKV_API int64_t qkv_nmt_encode(const qkv_vocab *v, const char *sentence, int64_t num_steps,
+                               int64_t *ids);
+
+/* ------------------------------------------------------------------------ */
+/* Images                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* A float image (C, H, W) with values in [0, 1] as torchvision's ToTensor;
+ * data is malloc'd and released by qkv_image_free. */
+typedef struct {
+    int64_t c, h, w;
+    float *data;
+} qkv_image;
+
+/* Reads a PNG or JPEG file (told apart by content). Grey images give C = 1,
+ * colour ones C = 3; alpha is dropped, 16-bit samples are scaled to [0, 1]. */
+QKV_API qkv_status qkv_image_read(qkv_image *img, const char *path);
+/* The same from bytes in memory. */
+QKV_API qkv_status qkv_image_decode(qkv_image *img, const void *bytes, size_t len);
+/* Writes an 8-bit PNG (C 1 or 3), values clamped to [0, 1] and rounded. */
+QKV_API qkv_status qkv_image_write_png(const qkv_image *img, const char *path);
+QKV_API void qkv_image_free(qkv_image *img);
+/* Bilinear resize to (h, w) as torch.nn.functional.interpolate(mode=
+ * 'bilinear', align_corners=False, antialias=False). dst is a new image. */
+QKV_API qkv_status qkv_image_resize(qkv_image *dst, const qkv_image *src, int64_t h, int64_t w);
+/* The (h, w) window at (top, left), which must lie inside src. */
+QKV_API qkv_status qkv_image_crop(qkv_image *dst, const qkv_image *src, int64_t top,
+                                  int64_t left, int64_t h, int64_t w);
+/* Mirrors left to right, in place. */
+QKV_API void qkv_image_hflip(qkv_image *img);
+/* (x - mean[c]) / std[c] per channel, in place (torchvision Normalize). */
+QKV_API void qkv_image_normalize(qkv_image *img, const float *mean, const float *std);
+
+/* ------------------------------------------------------------------------ */
+/* Pictures and metrics                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Attention weights as d2l's show_heatmaps: w (rows, cols, Q, K), one panel
+ * per (row, col) (e.g. layer x head) with queries down and keys across, one
+ * colour scale for all panels with a bar, and axis labels. Writes a PNG. */
+typedef struct {
+    const char *xlabel;          /* NULL: "Keys"    */
+    const char *ylabel;          /* NULL: "Queries" */
+    const char *const *titles;   /* rows*cols panel titles, or NULL */
+    int cell;                    /* pixels per weight; 0 chooses */
+} qkv_heatmap_opts;
+QKV_API qkv_status qkv_plot_heatmaps(const char *path, const float *w, int64_t rows,
+                                     int64_t cols, int64_t nq, int64_t nk,
+                                     const qkv_heatmap_opts *opts);
+
+/* Training curves: one line per series, y against x (x NULL: 1, 2, .., n),
+ * with ticks, labels and a legend. Writes a PNG. */
+typedef struct {
+    const char *name;
+    const float *x, *y;
+    int64_t n;
+} qkv_series;
+typedef struct {
+    const char *xlabel, *ylabel, *title; /* NULL: "epoch", none, none */
+    int log_y;                           /* logarithmic y axis */
+} qkv_plot_opts;
+QKV_API qkv_status qkv_plot_lines(const char *path, int nseries, const qkv_series *series,
+                                  const qkv_plot_opts *opts);
+
+/* Metrics as JSON lines, one object per epoch: {"epoch": 3, "loss": 0.25}.
+ * Each line is flushed when written; NaN and infinities are written as null. */
+typedef struct qkv_metrics qkv_metrics;
+/* Creates (truncates) path. NULL with an error if it cannot. */
+QKV_API qkv_metrics *qkv_metrics_open(const char *path);
+QKV_API qkv_status qkv_metrics_write(qkv_metrics *m, int64_t epoch, int n,
+                                     const char *const *names, const double *values);
+QKV_API qkv_status qkv_metrics_close(qkv_metrics *m);
 
 #ifdef __cplusplus
 }
