@@ -583,6 +583,10 @@ QKV_API qkv_status qkv_st_add_f32(qkv_st_writer *w, const char *name, qkv_dtype 
                                   int ndim, const int64_t *shape, const float *data);
 QKV_API qkv_status qkv_st_add_i64(qkv_st_writer *w, const char *name, int ndim,
                                   const int64_t *shape, const int64_t *data);
+/* Adds integers stored as `dtype` (I64, I32, I8, U8 or BOOL); a value
+ * outside the dtype's range is an error and adds nothing. */
+QKV_API qkv_status qkv_st_add_int(qkv_st_writer *w, const char *name, qkv_dtype dtype,
+                                  int ndim, const int64_t *shape, const int64_t *data);
 /* Adds a contiguous or strided tensor as F32. */
 QKV_API qkv_status qkv_st_add_tensor(qkv_st_writer *w, const char *name, const qkv_tensor *t);
 QKV_API qkv_status qkv_st_set_meta(qkv_st_writer *w, const char *key, const char *value);
@@ -711,6 +715,39 @@ QKV_API qkv_metrics *qkv_metrics_open(const char *path);
 QKV_API qkv_status qkv_metrics_write(qkv_metrics *m, int64_t epoch, int n,
                                      const char *const *names, const double *values);
 QKV_API qkv_status qkv_metrics_close(qkv_metrics *m);
+
+/* ------------------------------------------------------------------------ */
+/* State dicts and checkpoints                                               */
+/* ------------------------------------------------------------------------ */
+
+/* Saves every parameter and buffer under its name, as `dtype` (F32, F16 or
+ * BF16): a file PyTorch's load_state_dict accepts. Atomic. */
+QKV_API qkv_status qkv_params_save(qkv_params *ps, const char *path, qkv_dtype dtype);
+/* Loads every parameter and buffer by name. Any missing key or shape
+ * mismatch is an error listing them all by name; with `strict`, so is any
+ * unexpected key (keys starting with "__" are never model keys). Nothing is
+ * changed unless everything fits. */
+QKV_API qkv_status qkv_params_load(qkv_params *ps, const char *path, int strict);
+/* Same from an open file; `what` names it in messages. */
+QKV_API qkv_status qkv_params_load_file(qkv_params *ps, const qkv_st_file *f, const char *what,
+                                        int strict);
+
+#define QKV_CKPT_RNGS 2
+typedef struct {
+    int64_t step, epoch;          /* where the run stands                      */
+    qkv_rng rng[QKV_CKPT_RNGS];   /* e.g. the ctx RNG (dropout), the data RNG  */
+    const char *config;           /* the run's configuration (JSON), or NULL   */
+    char config_buf[4096];        /* load: holds the configuration text        */
+} qkv_checkpoint_info;
+
+/* Writes model, optimizer moments and step count (opt may be NULL), and
+ * info, to `path` atomically: the previous file stays intact until the new
+ * one is complete on disk. */
+QKV_API qkv_status qkv_checkpoint_save(const char *path, qkv_params *ps, qkv_optim *opt,
+                                       const qkv_checkpoint_info *info);
+/* Restores what qkv_checkpoint_save wrote, strictly; opt and info may be NULL. */
+QKV_API qkv_status qkv_checkpoint_load(const char *path, qkv_params *ps, qkv_optim *opt,
+                                       qkv_checkpoint_info *info);
 
 #ifdef __cplusplus
 }
