@@ -1,0 +1,209 @@
+/* optim.c - SGD (momentum, dampening, Nesterov, weight decay), Adam and AdamW
+ * with torch.optim's update rules, float for float where it matters: the
+ * coefficients are computed in double as PyTorch does in Python, the
+ * elementwise updates in float.
+ *
+ * The moments are flat buffers parallel to the parameter values (same
+ * offsets), allocated once in qkv_optim_new: a step allocates nothing.
+ * PyTorch keeps a step count per parameter; here one count serves all, so a
+ * parameter frozen for a while is bias-corrected as if it had been updated
+ * throughout. */
+#include "params.h"
+
+#include <math.h>
+
+/* below this many elements an update runs on one thread */
+#define PARALLEL_MIN 32768
+
+struct qkv_optim {
+    qkv_params *ps;
+    qkv_optim_config cfg; /* defaults filled in */
+    float *m;             /* SGD momentum buffer or Adam exp_avg; NULL if none */
+    float *v;             /* Adam exp_avg_sq; NULL for SGD */
+    int64_t steps;        /* updates done (Adam's t before this step) */
+    float *group_scale;   /* n_groups lr multipliers; groups beyond are 1 */
+    int n_groups;
+};
+
+/* ---- the updates: p, g, m, v (n) ---- */
+
+/* torch.optim.SGD on one parameter. first: the momentum buffer is still
+ * empty and becomes the gradient itself (no dampening), as PyTorch's. */
+static void sgd_update(float *p, const float *g, float *buf, int64_t n, double lr,
+                       const qkv_optim_config *c, bool first)
+{
+    const float wd = c->weight_decay, mom = c->momentum;
+    const float damp = (float)(1.0 - c->dampening); /* alpha=1 - dampening */
+    const float neg_lr = (float)-lr;
+#pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float d = g[i];
+        if (wd != 0.0f)
+            d += wd * p[i]; /* d_p = d_p.add(param, alpha=weight_decay) */
+        if (mom != 0.0f) {
+            buf[i] = first ? d : buf[i] * mom + d * damp;
+            d = c->nesterov ? d + mom * buf[i] : buf[i];
+        }
+        p[i] += neg_lr * d; /* param.add_(d_p, alpha=-lr) */
+    }
+}
+
+/* torch.optim.Adam (decoupled = 0) and AdamW (decoupled = 1) on one
+ * parameter at step t >= 1. */
+static void adam_update(float *p, const float *g, float *m, float *v, int64_t n, double lr,
+                        const qkv_optim_config *c, int64_t t, bool decoupled)
+{
+    const double bc1 = 1.0 - pow(c->beta1, (double)t), bc2 = 1.0 - pow(c->beta2, (double)t);
+    const float b1 = c->beta1, b2 = c->beta2;
+    const float one_b1 = (float)(1.0 - c->beta1), one_b2 = (float)(1.0 - c->beta2);
+    const float neg_step = (float)(-lr / bc1), bc2_sqrt = (float)sqrt(bc2), eps = c->eps;
+    const float l2 = decoupled ? 0.0f : c->weight_decay;
+    const float shrink = (float)(1.0 - lr * (decoupled ? c->weight_decay : 0.0f));
+#pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float pi = p[i] * shrink;   /* AdamW: param.mul_(1 - lr * weight_decay) */
+        float gi = g[i] + l2 * pi;  /* Adam: grad = grad.add(param, alpha=wd) */
+        m[i] = m[i] * b1 + gi * one_b1;
+        v[i] = v[i] * b2 + one_b2 * gi * gi;
+        float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+        p[i] = pi + neg_step * m[i] / denom; /* addcdiv_: p + value * m / denom */
+    }
+}
+
+/* ---- the optimizer ---- */
+
+static float *moment(int64_t n)
+{
+    float *b = qkv__aligned_alloc((size_t)n * sizeof(float));
+    if (b)
+        memset(b, 0, (size_t)n * sizeof(float));
+    return b;
+}
+
+qkv_optim *qkv_optim_new(qkv_params *ps, const qkv_optim_config *cfg)
+{
+    if (!ps || !cfg) {
+        qkv_set_error(QKV_ERR_ARG, "optim_new: %s is NULL", ps ? "the config" : "the store");
+        return NULL;
+    }
+    if (!ps->values) {
+        qkv_set_error(QKV_ERR_STATE, "optim_new: qkv_params_alloc has not been called");
+        return NULL;
+    }
+    qkv_optim_config c = *cfg;
+    if (c.kind != QKV_SGD && c.beta1 == 0 && c.beta2 == 0) {
+        c.beta1 = 0.9f;
+        c.beta2 = 0.999f;
+    }
+    if (c.kind != QKV_SGD && c.eps == 0)
+        c.eps = 1e-8f;
+    const char *bad = c.kind != QKV_SGD && c.kind != QKV_ADAM && c.kind != QKV_ADAMW
+                          ? "unknown kind"
+                      : !(c.lr >= 0)                              ? "lr < 0"
+                      : !(c.weight_decay >= 0)                    ? "weight_decay < 0"
+                      : !(c.momentum >= 0)                        ? "momentum < 0"
+                      : c.nesterov && (c.momentum <= 0 || c.dampening != 0)
+                          ? "nesterov needs momentum > 0 and dampening 0"
+                      : !(c.beta1 >= 0 && c.beta1 < 1)            ? "beta1 outside [0, 1)"
+                      : !(c.beta2 >= 0 && c.beta2 < 1)            ? "beta2 outside [0, 1)"
+                      : !(c.eps >= 0)                             ? "eps < 0"
+                                                                  : NULL;
+    if (bad) {
+        qkv_set_error(QKV_ERR_ARG, "optim_new: %s", bad);
+        return NULL;
+    }
+    qkv_optim *o = qkv__calloc(1, sizeof *o);
+    if (!o)
+        return NULL;
+    o->ps = ps;
+    o->cfg = c;
+    bool has_m = c.kind != QKV_SGD || c.momentum != 0, has_v = c.kind != QKV_SGD;
+    if ((has_m && !(o->m = moment(ps->total))) || (has_v && !(o->v = moment(ps->total)))) {
+        qkv_optim_free(o);
+        return NULL;
+    }
+    return o;
+}
+
+void qkv_optim_free(qkv_optim *o)
+{
+    if (!o)
+        return;
+    qkv__free(o->m);
+    qkv__free(o->v);
+    qkv__free(o->group_scale);
+    qkv__free(o);
+}
+
+/* Parameters always have a gradient buffer (zero when nothing reached
+ * them), so unlike PyTorch, which skips parameters whose .grad is None,
+ * every trainable entry is updated: a zero gradient still moves it through
+ * momentum and weight decay. Freeze an entry (QKV_PARAM_FROZEN) to skip it. */
+qkv_status qkv_optim_step(qkv_optim *o)
+{
+    if (!o)
+        return qkv_set_error(QKV_ERR_ARG, "optim_step: the optimizer is NULL");
+    qkv_params *ps = o->ps;
+    int64_t t = o->steps + 1;
+    for (int64_t i = 0; i < ps->count; i++) {
+        const qkv__param *e = &ps->at[i];
+        if (!qkv__param_trainable(e))
+            continue;
+        double lr = o->cfg.lr;
+        if (e->group < o->n_groups)
+            lr *= o->group_scale[e->group];
+        float *p = ps->values + e->offset, *g = ps->grads + e->offset;
+        float *m = o->m ? o->m + e->offset : NULL, *v = o->v ? o->v + e->offset : NULL;
+        if (o->cfg.kind == QKV_SGD)
+            sgd_update(p, g, m, e->numel, lr, &o->cfg, o->steps == 0);
+        else
+            adam_update(p, g, m, v, e->numel, lr, &o->cfg, t, o->cfg.kind == QKV_ADAMW);
+    }
+    o->steps = t;
+    return QKV_OK;
+}
+
+void qkv_optim_set_lr(qkv_optim *o, float lr)
+{
+    if (o)
+        o->cfg.lr = lr;
+}
+
+float qkv_optim_lr(const qkv_optim *o) { return o ? o->cfg.lr : 0.0f; }
+
+void qkv_optim_set_group_scale(qkv_optim *o, int group, float scale)
+{
+    if (!o || group < 0) {
+        qkv_set_error(QKV_ERR_ARG, "optim_set_group_scale: %s",
+                      o ? "negative group" : "the optimizer is NULL");
+        return;
+    }
+    if (group >= o->n_groups) {
+        int n = group + 1;
+        float *s = qkv__malloc((size_t)n * sizeof *s);
+        if (!s)
+            return;
+        for (int k = 0; k < n; k++)
+            s[k] = k < o->n_groups ? o->group_scale[k] : 1.0f;
+        qkv__free(o->group_scale);
+        o->group_scale = s;
+        o->n_groups = n;
+    }
+    o->group_scale[group] = scale;
+}
+
+int64_t qkv_optim_steps(const qkv_optim *o) { return o ? o->steps : 0; }
+
+float *qkv_optim_state(qkv_optim *o, int which, int64_t *count)
+{
+    float *b = !o ? NULL : which == 0 ? o->m : which == 1 ? o->v : NULL;
+    if (count)
+        *count = b ? o->ps->total : 0;
+    return b;
+}
+
+void qkv_optim_set_steps(qkv_optim *o, int64_t steps)
+{
+    if (o && steps >= 0)
+        o->steps = steps;
+}
