@@ -1,0 +1,33 @@
+/*
+ * conv.h - 2-D convolution as im2col + GEMM, and a direct reference.
+ *
+ * Legend (outermost first): C channels of one group, (H, W) input height and
+ * width, (kh, kw) kernel, (Ho, Wo) output, K = C kh kw the rows of a column
+ * buffer. Geometry: output pixel (oh, ow) and tap (i, j) read input pixel
+ * (oh sh - ph + i dh, ow sw - pw + j dw); outside the image it reads 0.
+ */
+#ifndef QKV_KERNELS_CONV_H
+#define QKV_KERNELS_CONV_H
+
+#include <stdint.h>
+
+typedef struct {
+    int64_t H, W, Ho, Wo;
+    int kh, kw, sh, sw, ph, pw, dh, dw;
+} qkv_conv_geom;
+
+/* col (C kh kw, Ho Wo) = the input patch under each output pixel;
+ * x (C, H, W). */
+void qkv_k_im2col(float *col, const float *x, int64_t C, const qkv_conv_geom *g);
+/* Backward of im2col: dx (C, H, W) += every column entry at the pixel it
+ * was read from. */
+void qkv_k_col2im(float *dx, const float *col, int64_t C, const qkv_conv_geom *g);
+
+/* The plain definition, double accumulation, for tests:
+ * out (B, Cout, Ho, Wo) = sum over taps of w (Cout, Cin/groups, kh, kw) times
+ * x (B, Cin, H, W), plus bias (Cout) or nothing if NULL. */
+void qkv_k_conv2d_ref(float *out, const float *x, const float *w, const float *bias,
+                      int64_t B, int64_t Cin, int64_t Cout, int64_t groups,
+                      const qkv_conv_geom *g);
+
+#endif

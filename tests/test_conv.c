@@ -1,0 +1,313 @@
+/* test_conv.c - conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d.
+ *   - im2col + GEMM against the direct reference kernel over many option
+ *     combinations (tol 1e-5 relative to max(1, |ref|): float GEMM against
+ *     double accumulation over at most 100 terms);
+ *   - gradient checks per option (tol 2e-2, as test_core.c);
+ *   - PyTorch parity, forward and backward, tol 1e-5 for conv (GEMM sums in
+ *     another order than mkldnn) and 1e-6 for pooling (the same sums);
+ *   - errors name the op and the shapes. */
+#include "test.h"
+
+#include "kernels/conv.h"
+
+#define SHAPE(...) ((int64_t[]){__VA_ARGS__})
+
+/* ---- im2col + GEMM against the direct definition ---- */
+
+typedef struct {
+    int64_t B, Cin, H, W, Cout, kh, kw;
+    qkv_conv2d_opts o;
+    bool bias;
+} conv_case;
+
+static const conv_case conv_cases[] = {
+    {2, 3, 7, 6, 4, 3, 3, {0}, true},
+    {2, 3, 8, 7, 4, 3, 3, {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1}, true},
+    {1, 2, 9, 9, 3, 3, 3, {.pad_h = 2, .pad_w = 2, .dil_h = 2, .dil_w = 2}, true},
+    {2, 4, 6, 6, 6, 3, 3, {.stride_h = 2, .pad_h = 1, .pad_w = 1, .groups = 2}, true},
+    {2, 3, 6, 5, 6, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 3}, true}, /* depthwise x2 */
+    {2, 5, 4, 4, 3, 1, 1, {0}, false},                                    /* 1x1 direct */
+    {2, 5, 5, 4, 3, 1, 1, {.stride_h = 2, .stride_w = 2}, true},          /* 1x1 strided */
+    {1, 3, 8, 8, 5, 4, 4, {.stride_h = 4, .stride_w = 4}, true},          /* patches */
+    {1, 2, 5, 9, 3, 2, 3, {.stride_w = 3, .pad_h = 1, .dil_w = 2}, false},
+    {1, 1, 3, 3, 2, 5, 5, {.pad_h = 2, .pad_w = 2}, true}, /* window wider than the image */
+};
+#define N_CONV_CASES (int)(sizeof conv_cases / sizeof conv_cases[0])
+
+TEST(conv2d_matches_direct_reference)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    for (int i = 0; i < N_CONV_CASES; i++) {
+        const conv_case *c = &conv_cases[i];
+        int64_t groups = c->o.groups ? c->o.groups : 1;
+        qkv_tensor *x = qkv_randn(ctx, 4, SHAPE(c->B, c->Cin, c->H, c->W), 0, 1);
+        qkv_tensor *w = qkv_randn(ctx, 4, SHAPE(c->Cout, c->Cin / groups, c->kh, c->kw), 0, 1);
+        qkv_tensor *b = c->bias ? qkv_randn(ctx, 1, SHAPE(c->Cout), 0, 1) : NULL;
+        qkv_tensor *y = qkv_conv2d(ctx, x, w, b, &c->o);
+        REQUIRE(y, "case %d: %s", i, qkv_error());
+        qkv_conv_geom g = {
+            .H = c->H, .W = c->W, .Ho = y->shape[2], .Wo = y->shape[3],
+            .kh = (int)c->kh, .kw = (int)c->kw,
+            .sh = c->o.stride_h ? c->o.stride_h : 1, .sw = c->o.stride_w ? c->o.stride_w : 1,
+            .ph = c->o.pad_h, .pw = c->o.pad_w,
+            .dh = c->o.dil_h ? c->o.dil_h : 1, .dw = c->o.dil_w ? c->o.dil_w : 1,
+        };
+        CHECK(g.Ho == (c->H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1 &&
+                  g.Wo == (c->W + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1,
+              "case %d: output size %lldx%lld", i, (long long)g.Ho, (long long)g.Wo);
+        qkv_tensor *ref = qkv_new(ctx, 4, y->shape);
+        qkv_k_conv2d_ref(ref->data, x->data, w->data, b ? b->data : NULL, c->B, c->Cin,
+                         c->Cout, groups, &g);
+        double d = max_rel_diff(y, ref);
+        CHECK(d <= 1e-5, "case %d: max rel diff %.3g", i, d);
+    }
+    qkv_ctx_free(ctx);
+}
+
+/* ---- gradient checks ---- */
+
+static qkv_tensor *f_conv(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    const conv_case *cc = u;
+    return qkv_conv2d(c, t[0], t[1], cc->bias ? t[2] : NULL, &cc->o);
+}
+
+/* x as a channels-last buffer seen through a permuted NCHW view */
+static qkv_tensor *f_conv_nhwc(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    const conv_case *cc = u;
+    qkv_tensor *x = qkv_permute(c, t[0], (int[]){0, 3, 1, 2});
+    return qkv_conv2d(c, x, t[1], cc->bias ? t[2] : NULL, &cc->o);
+}
+
+TEST(gradcheck_conv2d_options)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 21);
+    for (int i = 0; i < N_CONV_CASES; i++) {
+        const conv_case *c = &conv_cases[i];
+        int64_t groups = c->o.groups ? c->o.groups : 1;
+        gc_input in[3] = {
+            gc_rand(&r, 4, SHAPE(c->B, c->Cin, c->H, c->W), -1, 1, true),
+            gc_rand(&r, 4, SHAPE(c->Cout, c->Cin / groups, c->kh, c->kw), -1, 1, true),
+            gc_rand(&r, 1, SHAPE(c->Cout), -1, 1, true),
+        };
+        double e = gradcheck(f_conv, c->bias ? 3 : 2, in, (void *)c, 1e-3);
+        CHECK(e <= 2e-2, "case %d: gradcheck error %.3g", i, e);
+        gc_free(3, in);
+    }
+    conv_case nhwc = {2, 3, 6, 5, 4, 2, 3, {.stride_w = 2, .pad_h = 1}, true};
+    gc_input in[3] = {gc_rand(&r, 4, SHAPE(2, 6, 5, 3), -1, 1, true),
+                      gc_rand(&r, 4, SHAPE(4, 3, 2, 3), -1, 1, true),
+                      gc_rand(&r, 1, SHAPE(4), -1, 1, true)};
+    CHECK_GRAD(f_conv_nhwc, 3, in, &nhwc, 2e-2);
+    gc_free(3, in);
+}
+
+typedef struct {
+    int kind; /* 0 max, 1 avg, 2 adaptive */
+    int k[2], s[2], p[2];
+    bool nhwc;
+} pool_case;
+
+static qkv_tensor *f_pool(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    const pool_case *pc = u;
+    qkv_tensor *x = pc->nhwc ? qkv_permute(c, t[0], (int[]){0, 3, 1, 2}) : t[0];
+    switch (pc->kind) {
+    case 0: return qkv_max_pool2d(c, x, pc->k[0], pc->k[1], pc->s[0], pc->s[1], pc->p[0], pc->p[1]);
+    case 1: return qkv_avg_pool2d(c, x, pc->k[0], pc->k[1], pc->s[0], pc->s[1], pc->p[0], pc->p[1]);
+    default: return qkv_adaptive_avg_pool2d(c, x, pc->k[0], pc->k[1]);
+    }
+}
+
+TEST(gradcheck_pooling)
+{
+    static const pool_case cases[] = {
+        {0, {3, 3}, {2, 2}, {1, 1}, false}, {0, {2, 3}, {0, 0}, {1, 0}, true},
+        {0, {3, 2}, {1, 1}, {0, 1}, false}, {1, {3, 3}, {2, 2}, {1, 1}, false},
+        {1, {2, 3}, {1, 2}, {1, 1}, true},  {2, {3, 4}, {0}, {0}, false},
+        {2, {8, 2}, {0}, {0}, true},
+    };
+    qkv_rng r;
+    qkv_rng_seed(&r, 22);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const pool_case *c = &cases[i];
+        gc_input in[1] = {c->nhwc ? gc_rand(&r, 4, SHAPE(2, 7, 5, 2), -1, 1, true)
+                                  : gc_rand(&r, 4, SHAPE(2, 2, 7, 5), -1, 1, true)};
+        if (c->kind == 0) {
+            /* distinct values 0.01 apart: the step of 1e-3 cannot move an argmax */
+            int64_t perm[140];
+            for (int j = 0; j < 140; j++)
+                perm[j] = j;
+            qkv_rng_shuffle(&r, perm, 140);
+            for (int j = 0; j < 140; j++)
+                in[0].data[j] = 0.01f * (float)perm[j] - 0.7f;
+        }
+        double e = gradcheck(f_pool, 1, in, (void *)c, 1e-3);
+        CHECK(e <= 2e-2, "pool case %zu: gradcheck error %.3g", i, e);
+        gc_free(1, in);
+    }
+}
+
+TEST(max_pool2d_ties_and_padding)
+{
+    /* all equal: the gradient goes to the first element of each window; the
+     * -inf padding never wins */
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_requires_grad(qkv_full(ctx, 4, SHAPE(1, 1, 3, 4), -5.0f));
+    qkv_tensor *y = qkv_max_pool2d(ctx, x, 2, 2, 2, 2, 1, 1); /* (1,1,2,3) */
+    REQUIRE(y && y->shape[2] == 2 && y->shape[3] == 3, "%s", qkv_error());
+    float ones[6] = {1, 1, 1, 1, 1, 1};
+    REQUIRE(qkv_backward_with(ctx, y, ones) == QKV_OK, "%s", qkv_error());
+    /* windows start at rows -1, 1 and columns -1, 1, 3 */
+    float want[12] = {1, 1, 0, 1, 1, 1, 0, 1, 0, 0, 0, 0};
+    for (int i = 0; i < 6; i++)
+        CHECK(y->data[i] == -5.0f, "y[%d] = %g", i, y->data[i]);
+    for (int i = 0; i < 12; i++)
+        CHECK(x->grad[i] == want[i], "grad[%d] = %g, expected %g", i, x->grad[i], want[i]);
+    qkv_ctx_free(ctx);
+}
+
+TEST(conv_and_pool_errors)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_zeros(ctx, 4, SHAPE(1, 3, 8, 8));
+    qkv_tensor *w = qkv_zeros(ctx, 4, SHAPE(4, 2, 3, 3));
+    CHECK(!qkv_conv2d(ctx, x, w, NULL, NULL), "3 channels into a 2-channel weight");
+    CHECK(strstr(qkv_error(), "conv2d") && strstr(qkv_error(), "(1, 3, 8, 8)") &&
+              strstr(qkv_error(), "(4, 2, 3, 3)"),
+          "message: %s", qkv_error());
+    CHECK(!qkv_conv2d(ctx, x, w, NULL, &(qkv_conv2d_opts){.groups = 2}),
+          "3 channels in 2 groups");
+    CHECK(!qkv_conv2d(ctx, qkv_zeros(ctx, 4, SHAPE(1, 4, 8, 8)), w,
+                      qkv_zeros(ctx, 1, SHAPE(3)), &(qkv_conv2d_opts){.groups = 2}) &&
+              strstr(qkv_error(), "bias"),
+          "bias of 3 for 4 outputs: %s", qkv_error());
+    CHECK(!qkv_conv2d(ctx, qkv_zeros(ctx, 4, SHAPE(1, 2, 2, 2)), w, NULL, NULL) &&
+              strstr(qkv_error(), "conv2d") && strstr(qkv_error(), "larger"),
+          "3x3 kernel on 2x2: %s", qkv_error());
+    CHECK(!qkv_conv2d(ctx, x, qkv_zeros(ctx, 3, SHAPE(4, 3, 3)), NULL, NULL), "3-D weight");
+    CHECK(!qkv_conv2d(ctx, x, qkv_zeros(ctx, 4, SHAPE(4, 3, 3, 3)), NULL,
+                      &(qkv_conv2d_opts){.pad_h = -1}) && strstr(qkv_error(), "conv2d"),
+          "negative padding: %s", qkv_error());
+    CHECK(!qkv_max_pool2d(ctx, x, 3, 3, 1, 1, 2, 2) && strstr(qkv_error(), "max_pool2d"),
+          "padding over half the window: %s", qkv_error());
+    CHECK(!qkv_avg_pool2d(ctx, qkv_zeros(ctx, 3, SHAPE(3, 8, 8)), 2, 2, 0, 0, 0, 0) &&
+              strstr(qkv_error(), "avg_pool2d") && strstr(qkv_error(), "(3, 8, 8)"),
+          "3-D input: %s", qkv_error());
+    CHECK(!qkv_adaptive_avg_pool2d(ctx, x, 0, 2) && strstr(qkv_error(), "adaptive"),
+          "output 0: %s", qkv_error());
+    qkv_ctx_free(ctx);
+}
+
+/* ---- parity with PyTorch ---- */
+
+/* "h,w" metadata of a fixture, or 0,0 if absent */
+static void meta_pair(qkv_st_file *fx, const char *key, int *v)
+{
+    const char *s = qkv_st_meta(fx, key);
+    v[0] = v[1] = 0;
+    if (s)
+        sscanf(s, "%d,%d", &v[0], &v[1]);
+}
+
+/* The fixture's x, or x_nhwc seen as an NCHW view. */
+static qkv_tensor *fixture_x(qkv_ctx *ctx, qkv_st_file *fx, qkv_tensor **leaf, const char **name)
+{
+    *name = qkv_st_find(fx, "x_nhwc") >= 0 ? "x_nhwc" : "x";
+    *leaf = qkv_requires_grad(fixture_get(ctx, fx, *name));
+    if (!*leaf)
+        return NULL;
+    return strcmp(*name, "x") ? qkv_permute(ctx, *leaf, (int[]){0, 3, 1, 2}) : *leaf;
+}
+
+static void check_grad(qkv_ctx *ctx, qkv_st_file *fx, const char *case_name,
+                       const char *input, const qkv_tensor *t, double tol)
+{
+    char key[64];
+    snprintf(key, sizeof key, "grad_%s", input);
+    qkv_tensor *want = fixture_get(ctx, fx, key);
+    double d = t && t->grad && want ? max_rel_diff_buf(t->grad, want) : INFINITY;
+    CHECK(d <= tol, "%s: %s max rel diff %.3g > %g", case_name, key, d, tol);
+}
+
+static void parity_conv(const char *name)
+{
+    qkv_st_file *fx = fixture_open(name);
+    if (!fx)
+        return;
+    qkv_ctx *ctx = qkv_ctx_new();
+    int s[2], p[2], d[2];
+    meta_pair(fx, "stride", s);
+    meta_pair(fx, "pad", p);
+    meta_pair(fx, "dil", d);
+    const char *groups = qkv_st_meta(fx, "groups");
+    qkv_conv2d_opts o = {s[0], s[1], p[0], p[1], d[0], d[1], groups ? atoi(groups) : 1};
+    const char *xname;
+    qkv_tensor *xleaf, *x = fixture_x(ctx, fx, &xleaf, &xname);
+    qkv_tensor *w = qkv_requires_grad(fixture_get(ctx, fx, "w"));
+    qkv_tensor *b = qkv_st_find(fx, "b") >= 0 ? qkv_requires_grad(fixture_get(ctx, fx, "b"))
+                                               : NULL;
+    qkv_tensor *out = qkv_conv2d(ctx, x, w, b, &o);
+    qkv_tensor *want = fixture_get(ctx, fx, "out"), *gout = fixture_get(ctx, fx, "gout");
+    double dout = out && want ? max_rel_diff(out, want) : INFINITY;
+    CHECK(dout <= 1e-5, "%s: out max rel diff %.3g (%s)", name, dout, qkv_error());
+    if (out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK) {
+        check_grad(ctx, fx, name, xname, xleaf, 1e-5);
+        check_grad(ctx, fx, name, "w", w, 1e-5);
+        if (b)
+            check_grad(ctx, fx, name, "b", b, 1e-5);
+    } else
+        CHECK(0, "%s: %s", name, qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_st_close(fx);
+}
+
+TEST(parity_conv2d)
+{
+    parity_conv("conv2d_basic");
+    parity_conv("conv2d_stride2_pad1");
+    parity_conv("conv2d_dil2");
+    parity_conv("conv2d_groups2");
+    parity_conv("conv2d_depthwise");
+    parity_conv("conv2d_1x1_nobias");
+    parity_conv("conv2d_1x1_stride2");
+    parity_conv("conv2d_patch");
+    parity_conv("conv2d_nhwc");
+}
+
+static void parity_pool(const char *name, int kind)
+{
+    qkv_st_file *fx = fixture_open(name);
+    if (!fx)
+        return;
+    qkv_ctx *ctx = qkv_ctx_new();
+    pool_case pc = {.kind = kind};
+    meta_pair(fx, kind == 2 ? "out" : "kernel", pc.k);
+    meta_pair(fx, "stride", pc.s);
+    meta_pair(fx, "pad", pc.p);
+    const char *xname;
+    qkv_tensor *xleaf, *x = fixture_x(ctx, fx, &xleaf, &xname);
+    qkv_tensor *out = x ? f_pool(ctx, &x, &pc) : NULL;
+    qkv_tensor *want = fixture_get(ctx, fx, "out"), *gout = fixture_get(ctx, fx, "gout");
+    double dout = out && want ? max_rel_diff(out, want) : INFINITY;
+    CHECK(dout <= 1e-6, "%s: out max rel diff %.3g (%s)", name, dout, qkv_error());
+    if (out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK)
+        check_grad(ctx, fx, name, xname, xleaf, 1e-6);
+    else
+        CHECK(0, "%s: %s", name, qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_st_close(fx);
+}
+
+TEST(parity_pooling)
+{
+    parity_pool("max_pool2d_k3s2p1", 0);
+    parity_pool("max_pool2d_ties", 0);
+    parity_pool("max_pool2d_nhwc", 0);
+    parity_pool("avg_pool2d_k3s2p1", 1);
+    parity_pool("avg_pool2d_rect_nhwc", 1);
+    parity_pool("adaptive_avg_pool2d_down", 2);
+    parity_pool("adaptive_avg_pool2d_up_nhwc", 2);
+}
