@@ -492,20 +492,29 @@ typedef struct qkv_optim qkv_optim;
 /* Moments are allocated here, once, as flat buffers. */
 QKV_API qkv_optim *qkv_optim_new(qkv_params *ps, const qkv_optim_config *cfg);
 QKV_API void qkv_optim_free(qkv_optim *o);
-/* One update of every trainable, unfrozen parameter with lr * group scale. */
+/* One update of every trainable, unfrozen parameter with lr * group scale.
+ * Every such entry is updated, also one no gradient reached this step (its
+ * gradient is zero, yet momentum and weight decay still move it); PyTorch
+ * skips parameters whose .grad is None: freeze an entry to skip it. Frozen
+ * entries and buffers get no gradient (requires_grad 0) and are not clipped. */
 QKV_API qkv_status qkv_optim_step(qkv_optim *o);
 QKV_API void qkv_optim_set_lr(qkv_optim *o, float lr);
 QKV_API float qkv_optim_lr(const qkv_optim *o);
 /* lr multiplier of a parameter group (default 1). */
 QKV_API void qkv_optim_set_group_scale(qkv_optim *o, int group, float scale);
 QKV_API int64_t qkv_optim_steps(const qkv_optim *o);
-/* Moments as flat buffers (for checkpoints): count floats each; NULL if the
- * optimizer has none. */
+/* Moments as flat buffers (for checkpoints): which 0 is SGD's momentum
+ * buffer or Adam's exp_avg, 1 Adam's exp_avg_sq; count floats each, laid out
+ * as qkv_params_values. NULL (count 0) if the optimizer has none. */
 QKV_API float *qkv_optim_state(qkv_optim *o, int which, int64_t *count);
+/* Restores the number of steps taken: Adam's bias correction uses it, and
+ * SGD fills its momentum buffer with the gradient itself only at step 0. */
 QKV_API void qkv_optim_set_steps(qkv_optim *o, int64_t steps);
 
 /* Scales all gradients so that their global L2 norm is at most max_norm;
- * returns the norm before clipping (as torch.nn.utils.clip_grad_norm_). */
+ * returns the norm before clipping (as torch.nn.utils.clip_grad_norm_:
+ * scale max_norm / (norm + 1e-6) when below 1). A NaN or infinite norm is
+ * returned with the gradients untouched; NaN with an error if max_norm < 0. */
 QKV_API float qkv_clip_grad_norm(qkv_params *ps, float max_norm);
 
 /* Schedules: the learning rate at `step` (0-based). */
