@@ -6,8 +6,13 @@
  * map of strings, then the data. Every file is checked before use: header
  * length, JSON, dtypes, shapes against byte ranges, ranges inside the file,
  * no overlaps and no gaps. Writes go to a temporary file, are flushed and
- * fsync'd, then renamed, so a crash never leaves a half-written file. */
-#include "../qkv_internal.h"
+ * fsync'd, then renamed, so a crash never leaves a half-written file.
+ *
+ * The validation runs on bytes in memory (qkv__st_open_memory), which is
+ * what fuzz/fuzz_safetensors.c feeds with arbitrary input. Data is read with
+ * memcpy, so tensors need no alignment; the host is assumed little-endian,
+ * as the format is. */
+#include "io_internal.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -34,6 +39,7 @@ typedef struct {
 
 struct qkv_st_file {
     char *path;
+    bool mapped;              /* map came from mmap (else: caller's memory) */
     const unsigned char *map; /* whole file */
     size_t size;
     const unsigned char *data; /* data section */
@@ -215,12 +221,17 @@ static qkv_status parse_entry(qkv_st_file *f, const cJSON *item, st_entry *e)
                  (unsigned long long)e->end, (unsigned long long)f->data_size);
         return bad(p, nm, "%s", d);
     }
-    uint64_t want = numel * (uint64_t)dtype_size(e->dtype);
-    if (e->end - e->begin != want) {
-        char d[160];
-        snprintf(d, sizeof d, "shape x %s size is %llu bytes but data_offsets span %llu",
-                 dtype_name(e->dtype), (unsigned long long)want,
-                 (unsigned long long)(e->end - e->begin));
+    /* numel * esize may wrap around 64 bits to the span of a small (even
+     * empty) range: compare by division first */
+    uint64_t span = e->end - e->begin, esize = (uint64_t)dtype_size(e->dtype);
+    if (numel > span / esize || numel * esize != span) {
+        char d[160], size[32];
+        if (numel > UINT64_MAX / esize)
+            snprintf(size, sizeof size, "over 2^64");
+        else
+            snprintf(size, sizeof size, "%llu", (unsigned long long)(numel * esize));
+        snprintf(d, sizeof d, "shape x %s size is %s bytes but data_offsets span %llu",
+                 dtype_name(e->dtype), size, (unsigned long long)span);
         return bad(p, nm, "%s", d);
     }
     e->name = qkv__strdup(nm);
@@ -229,10 +240,24 @@ static qkv_status parse_entry(qkv_st_file *f, const cJSON *item, st_entry *e)
 
 static qkv_status parse_header(qkv_st_file *f, const char *json, size_t len)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    if (!root)
-        return bad(f->path, NULL, "%s", "header is not valid JSON");
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, false);
+    if (!root) {
+        char d[96];
+        snprintf(d, sizeof d, "header is not valid JSON (near header byte %zu)",
+                 end && end >= json ? (size_t)(end - json) : (size_t)0);
+        return bad(f->path, NULL, "%s", d);
+    }
     qkv_status st = QKV_OK;
+    /* the writer may pad the header with spaces; anything else is garbage */
+    for (const char *c = end; c < json + len; c++)
+        if (*c != ' ' && *c != '\t' && *c != '\n' && *c != '\r' && *c != '\0') {
+            char d[96];
+            snprintf(d, sizeof d, "header holds bytes after its JSON object (at %zu)",
+                     (size_t)(c - json));
+            st = bad(f->path, NULL, "%s", d);
+            goto done;
+        }
     if (!cJSON_IsObject(root)) {
         st = bad(f->path, NULL, "%s", "header is not a JSON object");
         goto done;
@@ -249,8 +274,9 @@ static qkv_status parse_header(qkv_st_file *f, const char *json, size_t len)
             goto done;
         }
         if (!strcmp(item->string, "__metadata__")) {
-            if (!cJSON_IsObject(item)) {
-                st = bad(f->path, NULL, "%s", "__metadata__ is not an object");
+            if (!cJSON_IsObject(item) || f->meta) {
+                st = bad(f->path, NULL, "%s",
+                         f->meta ? "__metadata__ appears twice" : "__metadata__ is not an object");
                 goto done;
             }
             int m = cJSON_GetArraySize(item);
@@ -268,6 +294,10 @@ static qkv_status parse_header(qkv_st_file *f, const char *json, size_t len)
                 st_meta *mm = &f->meta[f->n_meta++];
                 mm->key = qkv__strdup(kv->string);
                 mm->value = qkv__strdup(kv->valuestring);
+                if (!mm->key || !mm->value) {
+                    st = QKV_ERR_NOMEM;
+                    goto done;
+                }
             }
             continue;
         }
@@ -310,6 +340,43 @@ done:
     return st;
 }
 
+/* Checks f->map (f->size bytes) and builds the tensor table. */
+static qkv_status validate(qkv_st_file *f)
+{
+    const char *path = f->path;
+    if (f->size < 8)
+        return bad(path, NULL, "%s", "file is shorter than the 8-byte header length (truncated?)");
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | f->map[i];
+    if (hlen > ST_MAX_HEADER || hlen > f->size - 8) {
+        char d[128];
+        snprintf(d, sizeof d, "header length %llu does not fit in a file of %zu bytes",
+                 (unsigned long long)hlen, f->size);
+        return bad(path, NULL, "%s", d);
+    }
+    f->data = f->map + 8 + hlen;
+    f->data_size = f->size - 8 - hlen;
+    return parse_header(f, (const char *)f->map + 8, (size_t)hlen);
+}
+
+qkv_st_file *qkv__st_open_memory(const void *bytes, size_t len, const char *name)
+{
+    qkv_st_file *f = qkv__calloc(1, sizeof *f);
+    if (!f)
+        return NULL;
+    f->path = qkv__strdup(name ? name : "(memory)");
+    f->map = bytes;
+    f->size = len;
+    if (!f->path || (len && !bytes) || validate(f) != QKV_OK) {
+        if (len && !bytes)
+            qkv_set_error(QKV_ERR_ARG, "safetensors: NULL buffer of %zu bytes", len);
+        qkv_st_close(f);
+        return NULL;
+    }
+    return f;
+}
+
 qkv_st_file *qkv_st_open(const char *path)
 {
     if (!path) {
@@ -334,29 +401,18 @@ qkv_st_file *qkv_st_open(const char *path)
     }
     f->path = qkv__strdup(path);
     f->size = (size_t)sb.st_size;
-    if (f->size < 8) {
-        bad(path, NULL, "%s", "file is shorter than the 8-byte header length (truncated?)");
+    if (!f->path)
         goto fail;
+    if (f->size >= 8) { /* mmap of an empty file fails; validate() reports it */
+        f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (f->map == MAP_FAILED) {
+            f->map = NULL;
+            qkv_set_error(QKV_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
+            goto fail;
+        }
+        f->mapped = true;
     }
-    f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (f->map == MAP_FAILED) {
-        f->map = NULL;
-        qkv_set_error(QKV_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
-        goto fail;
-    }
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = (hlen << 8) | f->map[i];
-    if (hlen > ST_MAX_HEADER || hlen > f->size - 8) {
-        char d[128];
-        snprintf(d, sizeof d, "header length %llu does not fit in a file of %zu bytes",
-                 (unsigned long long)hlen, f->size);
-        bad(path, NULL, "%s", d);
-        goto fail;
-    }
-    f->data = f->map + 8 + hlen;
-    f->data_size = f->size - 8 - hlen;
-    if (parse_header(f, (const char *)f->map + 8, (size_t)hlen) != QKV_OK)
+    if (validate(f) != QKV_OK)
         goto fail;
     close(fd);
     return f;
@@ -370,7 +426,7 @@ void qkv_st_close(qkv_st_file *f)
 {
     if (!f)
         return;
-    if (f->map)
+    if (f->mapped)
         munmap((void *)f->map, f->size);
     for (int64_t i = 0; i < f->n; i++)
         qkv__free(f->e[i].name);
@@ -384,49 +440,63 @@ void qkv_st_close(qkv_st_file *f)
     qkv__free(f);
 }
 
-int64_t qkv_st_count(const qkv_st_file *f) { return f->n; }
+static bool index_ok(const qkv_st_file *f, int64_t i)
+{
+    if (!f || i < 0 || i >= f->n) {
+        qkv_set_error(QKV_ERR_ARG, "safetensors: %s: tensor index %lld out of range",
+                      f ? f->path : "(NULL file)", (long long)i);
+        return false;
+    }
+    return true;
+}
+
+int64_t qkv_st_count(const qkv_st_file *f) { return f ? f->n : 0; }
 
 const char *qkv_st_name(const qkv_st_file *f, int64_t i)
 {
-    return i >= 0 && i < f->n ? f->e[i].name : NULL;
+    return f && i >= 0 && i < f->n ? f->e[i].name : NULL;
 }
 
 int64_t qkv_st_find(const qkv_st_file *f, const char *name)
 {
-    for (int64_t i = 0; i < f->n; i++)
+    for (int64_t i = 0; f && name && i < f->n; i++)
         if (!strcmp(f->e[i].name, name))
             return i;
     return -1;
 }
 
-qkv_dtype qkv_st_dtype(const qkv_st_file *f, int64_t i) { return f->e[i].dtype; }
+/* Out of range: F32 (with qkv_error set), so that callers switching on the
+ * dtype never read past the table. */
+qkv_dtype qkv_st_dtype(const qkv_st_file *f, int64_t i)
+{
+    return index_ok(f, i) ? f->e[i].dtype : QKV_DT_F32;
+}
 
+/* Out of range: -1 (with qkv_error set). */
 int qkv_st_shape(const qkv_st_file *f, int64_t i, int64_t *shape)
 {
+    if (!index_ok(f, i))
+        return -1;
     for (int d = 0; d < f->e[i].ndim; d++)
         shape[d] = f->e[i].shape[d];
     return f->e[i].ndim;
 }
 
+/* Out of range: -1 (with qkv_error set). */
 int64_t qkv_st_numel(const qkv_st_file *f, int64_t i)
 {
+    if (!index_ok(f, i))
+        return -1;
     return qkv__shape_numel(f->e[i].ndim, f->e[i].shape);
-}
-
-static bool index_ok(const qkv_st_file *f, int64_t i)
-{
-    if (!f || i < 0 || i >= f->n) {
-        qkv_set_error(QKV_ERR_ARG, "safetensors: tensor index %lld out of range",
-                      (long long)i);
-        return false;
-    }
-    return true;
 }
 
 qkv_status qkv_st_read_f32(const qkv_st_file *f, int64_t i, float *out)
 {
     if (!index_ok(f, i))
         return QKV_ERR_ARG;
+    if (!out && f->e[i].end > f->e[i].begin)
+        return qkv_set_error(QKV_ERR_ARG, "%s: tensor '%s': output buffer is NULL", f->path,
+                             f->e[i].name);
     const st_entry *e = &f->e[i];
     const unsigned char *p = f->data + e->begin;
     int64_t n = qkv_st_numel(f, i);
@@ -457,6 +527,7 @@ qkv_status qkv_st_read_f32(const qkv_st_file *f, int64_t i, float *out)
             case QKV_DT_I64: memcpy(&v, p + 8 * k, 8); break;
             case QKV_DT_I32: { int32_t w; memcpy(&w, p + 4 * k, 4); v = w; break; }
             case QKV_DT_I8: v = (int8_t)p[k]; break;
+            case QKV_DT_BOOL: v = p[k] != 0; break;
             default: v = p[k]; break;
             }
             out[k] = (float)v;
@@ -473,16 +544,20 @@ qkv_status qkv_st_read_i64(const qkv_st_file *f, int64_t i, int64_t *out)
     const st_entry *e = &f->e[i];
     const unsigned char *p = f->data + e->begin;
     int64_t n = qkv_st_numel(f, i);
+    qkv_dtype dt = e->dtype;
+    if (dt == QKV_DT_F32 || dt == QKV_DT_F16 || dt == QKV_DT_BF16 || dt == QKV_DT_F64)
+        return qkv_set_error(QKV_ERR_FORMAT, "%s: tensor '%s': dtype %s is not an integer",
+                             f->path, e->name, dtype_name(dt));
+    if (!out && n)
+        return qkv_set_error(QKV_ERR_ARG, "%s: tensor '%s': output buffer is NULL", f->path,
+                             e->name);
     for (int64_t k = 0; k < n; k++) {
-        switch (e->dtype) {
+        switch (dt) {
         case QKV_DT_I64: memcpy(&out[k], p + 8 * k, 8); break;
         case QKV_DT_I32: { int32_t w; memcpy(&w, p + 4 * k, 4); out[k] = w; break; }
         case QKV_DT_I8: out[k] = (int8_t)p[k]; break;
-        case QKV_DT_U8:
-        case QKV_DT_BOOL: out[k] = p[k]; break;
-        default:
-            return qkv_set_error(QKV_ERR_FORMAT, "%s: tensor '%s': dtype %s is not an integer",
-                                 f->path, e->name, dtype_name(e->dtype));
+        case QKV_DT_BOOL: out[k] = p[k] != 0; break; /* any nonzero byte is true */
+        default: out[k] = p[k]; break;
         }
     }
     return QKV_OK;
@@ -490,7 +565,7 @@ qkv_status qkv_st_read_i64(const qkv_st_file *f, int64_t i, int64_t *out)
 
 const char *qkv_st_meta(const qkv_st_file *f, const char *key)
 {
-    for (int64_t i = 0; i < f->n_meta; i++)
+    for (int64_t i = 0; f && key && i < f->n_meta; i++)
         if (!strcmp(f->meta[i].key, key))
             return f->meta[i].value;
     return NULL;
@@ -498,6 +573,11 @@ const char *qkv_st_meta(const qkv_st_file *f, const char *key)
 
 qkv_tensor *qkv_st_load(qkv_ctx *ctx, const qkv_st_file *f, const char *name)
 {
+    if (!ctx || !f || !name) {
+        qkv_set_error(QKV_ERR_ARG, "safetensors: load: NULL %s",
+                      !ctx ? "context" : !f ? "file" : "name");
+        return NULL;
+    }
     int64_t i = qkv_st_find(f, name);
     if (i < 0) {
         qkv_set_error(QKV_ERR_ARG, "%s: no tensor named '%s'", f->path, name);
@@ -549,11 +629,21 @@ void qkv_st_writer_free(qkv_st_writer *w)
 static wr_entry *add_entry(qkv_st_writer *w, const char *name, qkv_dtype dt, int ndim,
                            const int64_t *shape)
 {
-    if (!w || !name || ndim < 0 || ndim > QKV_MAX_DIMS) {
+    if (!w || !name || ndim < 0 || ndim > QKV_MAX_DIMS || (ndim && !shape)) {
         qkv_set_error(QKV_ERR_ARG, "safetensors writer: bad arguments for '%s'",
                       name ? name : "(null)");
         return NULL;
     }
+    if (!strcmp(name, "__metadata__")) {
+        qkv_set_error(QKV_ERR_ARG, "safetensors writer: '__metadata__' is reserved");
+        return NULL;
+    }
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0 || shape[i] > ((int64_t)1 << 40)) {
+            qkv_set_error(QKV_ERR_ARG, "safetensors writer: '%s': size %lld of axis %d",
+                          name, (long long)shape[i], i);
+            return NULL;
+        }
     for (int64_t i = 0; i < w->n; i++)
         if (!strcmp(w->e[i].name, name)) {
             qkv_set_error(QKV_ERR_ARG, "safetensors writer: '%s' added twice", name);
@@ -598,6 +688,12 @@ qkv_status qkv_st_add_f32(qkv_st_writer *w, const char *name, qkv_dtype dtype, i
     if (!e)
         return qkv_error_status();
     int64_t n = qkv__shape_numel(ndim, shape);
+    if (n && !data) {
+        w->n--; /* the entry is not kept */
+        qkv__free(e->name);
+        qkv__free(e->bytes);
+        return qkv_set_error(QKV_ERR_ARG, "safetensors writer: '%s': data is NULL", name);
+    }
     for (int64_t k = 0; k < n; k++) {
         if (dtype == QKV_DT_F32)
             memcpy(e->bytes + 4 * k, &data[k], 4);
@@ -613,10 +709,55 @@ qkv_status qkv_st_add_f32(qkv_st_writer *w, const char *name, qkv_dtype dtype, i
 qkv_status qkv_st_add_i64(qkv_st_writer *w, const char *name, int ndim, const int64_t *shape,
                           const int64_t *data)
 {
-    wr_entry *e = add_entry(w, name, QKV_DT_I64, ndim, shape);
+    return qkv_st_add_int(w, name, QKV_DT_I64, ndim, shape, data);
+}
+
+static bool int_fits(qkv_dtype dt, int64_t v, int64_t *lo, int64_t *hi)
+{
+    switch (dt) {
+    case QKV_DT_I32: *lo = INT32_MIN, *hi = INT32_MAX; break;
+    case QKV_DT_I8: *lo = INT8_MIN, *hi = INT8_MAX; break;
+    case QKV_DT_U8: *lo = 0, *hi = UINT8_MAX; break;
+    case QKV_DT_BOOL: *lo = 0, *hi = 1; break;
+    default: *lo = INT64_MIN, *hi = INT64_MAX; break;
+    }
+    return v >= *lo && v <= *hi;
+}
+
+qkv_status qkv_st_add_int(qkv_st_writer *w, const char *name, qkv_dtype dtype, int ndim,
+                          const int64_t *shape, const int64_t *data)
+{
+    if (dtype != QKV_DT_I64 && dtype != QKV_DT_I32 && dtype != QKV_DT_I8 &&
+        dtype != QKV_DT_U8 && dtype != QKV_DT_BOOL)
+        return qkv_set_error(QKV_ERR_ARG, "safetensors writer: '%s': integer data can be "
+                             "stored as I64, I32, I8, U8 or BOOL only", name ? name : "");
+    /* narrowing must not change a value: check all before adding anything */
+    int64_t n = ndim >= 0 && ndim <= QKV_MAX_DIMS && shape ? qkv__shape_numel(ndim, shape) : 0;
+    if (n > 0 && !data)
+        return qkv_set_error(QKV_ERR_ARG, "safetensors writer: '%s': data is NULL",
+                             name ? name : "");
+    for (int64_t k = 0; k < n; k++) {
+        int64_t lo, hi;
+        if (!int_fits(dtype, data[k], &lo, &hi))
+            return qkv_set_error(QKV_ERR_ARG, "safetensors writer: '%s': element %lld = %lld "
+                                 "is outside %s's range [%lld, %lld]", name ? name : "",
+                                 (long long)k, (long long)data[k], dtype_name(dtype),
+                                 (long long)lo, (long long)hi);
+    }
+    wr_entry *e = add_entry(w, name, dtype, ndim, shape);
     if (!e)
         return qkv_error_status();
-    memcpy(e->bytes, data, e->nbytes);
+    int size = dtype_size(dtype);
+    for (int64_t k = 0; k < n; k++) {
+        int32_t v32 = (int32_t)data[k];
+        unsigned char b = (unsigned char)(data[k] & 0xff);
+        if (size == 8)
+            memcpy(e->bytes + 8 * k, &data[k], 8);
+        else if (size == 4)
+            memcpy(e->bytes + 4 * k, &v32, 4);
+        else
+            e->bytes[k] = b;
+    }
     return QKV_OK;
 }
 
@@ -699,7 +840,10 @@ qkv_status qkv_st_write(qkv_st_writer *w, const char *path)
         return qkv_set_error(QKV_ERR_NOMEM, "safetensors writer: out of memory");
     size_t jl = strlen(json), padded = (jl + 7) / 8 * 8;
     char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        free(json);
+        return qkv_set_error(QKV_ERR_ARG, "safetensors writer: path too long: %.64s...", path);
+    }
     FILE *fp = fopen(tmp, "wb");
     if (!fp) {
         free(json);

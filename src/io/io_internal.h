@@ -1,0 +1,34 @@
+/*
+ * io_internal.h - what the loaders in src/io share: whole-file reading and
+ * the in-memory decoders that both the loaders and the fuzz harnesses call
+ * (fuzz/fuzz_*.c feed them arbitrary bytes, so every one of them must
+ * return an error, never crash, on any input).
+ */
+#ifndef QKV_IO_INTERNAL_H
+#define QKV_IO_INTERNAL_H
+
+#include "../qkv_internal.h"
+
+/* Reads a whole file into a qkv__malloc'd buffer (*len bytes, plus a
+ * terminating NUL not counted in *len, so text parsers may rely on it).
+ * `what` names the file's role in the error message ("fashion-mnist"). */
+qkv_status qkv__read_file(const char *path, const char *what, uint8_t **buf, size_t *len);
+
+/* Validates a safetensors image held in memory (the caller keeps `bytes`
+ * alive until qkv_st_close); `name` stands for the path in messages. */
+qkv_st_file *qkv__st_open_memory(const void *bytes, size_t len, const char *name);
+
+/* IDX (LeCun's MNIST format), gzip-compressed or raw: u32 big-endian magic
+ * 0x0000 0x08 ndim (unsigned bytes only), ndim u32 big-endian sizes, data.
+ * Checks that the file has exactly `ndim` dimensions and exactly the bytes
+ * they announce. On success *data (qkv__malloc'd) holds prod(dims) bytes.
+ * `name` (the file) is used in error messages. */
+qkv_status qkv__idx_decode(const uint8_t *buf, size_t len, const char *name, int ndim,
+                           int64_t *dims, uint8_t **data);
+
+/* fra-eng text (one "source \t target" pair per line) to the d2l r0.17
+ * arrays; text must be NUL-terminated at text[len]. */
+qkv_status qkv__nmt_parse(qkv_nmt_data *out, const char *text, size_t len, const char *name,
+                          int64_t num_examples, int64_t num_steps);
+
+#endif
