@@ -334,7 +334,12 @@ QKV_API qkv_tensor *qkv_masked_fill(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *mas
 QKV_API qkv_tensor *qkv_where(qkv_ctx *ctx, qkv_tensor *cond, qkv_tensor *a, qkv_tensor *b);
 
 /* Normalisation and activations over the last axis. */
+/* exp(x - max) / sum exp(x - max) along the last axis. -inf entries (masks)
+ * get exactly 0 and no gradient; a row that is all -inf gives NaN, as
+ * PyTorch. */
 QKV_API qkv_tensor *qkv_softmax(qkv_ctx *ctx, qkv_tensor *x);
+/* x - max - log(sum exp(x - max)): -inf entries stay -inf; an all -inf row
+ * gives NaN, as PyTorch. */
 QKV_API qkv_tensor *qkv_log_softmax(qkv_ctx *ctx, qkv_tensor *x);
 /* Over the last axis of size C: (x - mean) / sqrt(var + eps) * weight + bias;
  * weight, bias (C) may be NULL. */

@@ -1,0 +1,130 @@
+/* softmax.c - softmax and log-softmax over rows, forward and backward.
+ *
+ * Each row is read once from memory: at C floats it stays in L1 between the
+ * passes over it (max, then exp and sum, then scale). Rows are independent
+ * and run in parallel. Sums accumulate in double; `omp simd` lets the
+ * compiler split max and sum reductions across vector lanes. */
+#include "softmax.h"
+
+/* Rows below this many elements in total stay on one thread. */
+#define PAR_WORK 32768
+
+static float row_max(const float *x, int64_t C)
+{
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < C; j++)
+        m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+/* y (N, C) = softmax(x (N, C)) */
+void qkv_k_softmax_forward(float *y, const float *x, int64_t N, int64_t C)
+{
+#pragma omp parallel for if (N * C > PAR_WORK) schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        const float *xi = x + i * C;
+        float *yi = y + i * C;
+        /* a row of -inf has max -inf and gives NaN, as PyTorch */
+        float m = row_max(xi, C);
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < C; j++) {
+            float e = qkv_k_expf(xi[j] - m);
+            yi[j] = e;
+            s += e;
+        }
+        float inv = (float)(1.0 / s);
+#pragma omp simd
+        for (int64_t j = 0; j < C; j++)
+            yi[j] *= inv;
+    }
+}
+
+/* y = softmax(x): dx (N, C) += y * (dy - sum_j dy_j y_j),
+ * y (N, C), dy (N, C) */
+void qkv_k_softmax_backward(float *dx, const float *y, const float *dy, int64_t N, int64_t C)
+{
+#pragma omp parallel for if (N * C > PAR_WORK) schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        const float *yi = y + i * C, *gi = dy + i * C;
+        float *di = dx + i * C;
+        double dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < C; j++)
+            dot += gi[j] * yi[j];
+        float d = (float)dot;
+#pragma omp simd
+        for (int64_t j = 0; j < C; j++)
+            di[j] += yi[j] * (gi[j] - d);
+    }
+}
+
+/* y (N, C) = log_softmax(x (N, C)) = x - max - log(sum exp(x - max)) */
+void qkv_k_log_softmax_forward(float *y, const float *x, int64_t N, int64_t C)
+{
+#pragma omp parallel for if (N * C > PAR_WORK) schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        const float *xi = x + i * C;
+        float *yi = y + i * C;
+        float m = row_max(xi, C);
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < C; j++)
+            s += qkv_k_expf(xi[j] - m);
+        float shift = m + (float)log(s);
+#pragma omp simd
+        for (int64_t j = 0; j < C; j++)
+            yi[j] = xi[j] - shift;
+    }
+}
+
+/* y = log_softmax(x): dx (N, C) += dy - exp(y) * sum_j dy_j,
+ * y (N, C), dy (N, C) */
+void qkv_k_log_softmax_backward(float *dx, const float *y, const float *dy, int64_t N,
+                                int64_t C)
+{
+#pragma omp parallel for if (N * C > PAR_WORK) schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        const float *yi = y + i * C, *gi = dy + i * C;
+        float *di = dx + i * C;
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < C; j++)
+            s += gi[j];
+        float sf = (float)s;
+#pragma omp simd
+        for (int64_t j = 0; j < C; j++)
+            di[j] += gi[j] - qkv_k_expf(yi[j]) * sf;
+    }
+}
+
+/* ---- reference kernels for the tests: one element at a time, libm exp ---- */
+
+void qkv_k_softmax_forward_ref(float *y, const float *x, int64_t N, int64_t C)
+{
+    for (int64_t i = 0; i < N; i++) {
+        const float *xi = x + i * C;
+        double m = -INFINITY, s = 0;
+        for (int64_t j = 0; j < C; j++)
+            m = xi[j] > m ? xi[j] : m;
+        for (int64_t j = 0; j < C; j++)
+            s += exp((double)xi[j] - m);
+        for (int64_t j = 0; j < C; j++)
+            y[i * C + j] = (float)(exp((double)xi[j] - m) / s);
+    }
+}
+
+void qkv_k_log_softmax_forward_ref(float *y, const float *x, int64_t N, int64_t C)
+{
+    for (int64_t i = 0; i < N; i++) {
+        const float *xi = x + i * C;
+        double m = -INFINITY, s = 0;
+        for (int64_t j = 0; j < C; j++)
+            m = xi[j] > m ? xi[j] : m;
+        for (int64_t j = 0; j < C; j++)
+            s += exp((double)xi[j] - m);
+        for (int64_t j = 0; j < C; j++)
+            y[i * C + j] = (float)((double)xi[j] - m - log(s));
+    }
+}
