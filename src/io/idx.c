@@ -60,26 +60,31 @@ qkv_status qkv__idx_decode(const uint8_t *buf, size_t len, const char *name, int
 {
     *data = NULL;
     uint8_t head[4 + 4 * 4];
+    if (ndim < 1 || ndim > 4)
+        return qkv_set_error(QKV_ERR_ARG, "%s: IDX with %d dimensions asked for", name, ndim);
     size_t head_len = 4 + 4 * (size_t)ndim, got = 0;
     bool gz = is_gzip(buf, len);
+    const char *cut = "file ends";
     if (gz) {
         /* the header first, to learn how much to allocate */
         int rc = gunzip(buf, len, head, head_len, &got);
-        if (got < head_len)
-            return qkv_set_error(QKV_ERR_FORMAT, "%s: %s after %zu bytes of the %zu-byte IDX "
-                                 "header", name, rc == Z_BUF_ERROR ? "gzip stream ends"
-                                 : "gzip stream is corrupt", got, head_len);
+        if (rc != Z_BUF_ERROR && rc != Z_STREAM_END)
+            cut = "gzip stream is corrupt";
+        else
+            cut = "gzip stream ends";
     } else {
-        if (len < head_len)
-            return qkv_set_error(QKV_ERR_FORMAT, "%s: truncated: %zu bytes, the IDX header "
-                                 "alone takes %zu", name, len, head_len);
-        memcpy(head, buf, head_len);
+        got = len < head_len ? len : head_len;
+        memcpy(head, buf, got);
     }
-    uint32_t magic = be32(head);
+    /* the magic first: a wrong file is more likely than a cut one */
     uint32_t want_magic = (uint32_t)IDX_U8 << 8 | (uint32_t)ndim;
-    if (magic != want_magic)
+    if (got >= 4 && be32(head) != want_magic)
         return qkv_set_error(QKV_ERR_FORMAT, "%s: wrong magic number 0x%08x (an IDX file of "
-                             "u8 with %d dimensions has 0x%08x)", name, magic, ndim, want_magic);
+                             "u8 with %d dimensions has 0x%08x)", name, be32(head), ndim,
+                             want_magic);
+    if (got < head_len)
+        return qkv_set_error(QKV_ERR_FORMAT, "%s: truncated: %s after %zu bytes of the "
+                             "%zu-byte IDX header", name, cut, got, head_len);
     uint64_t total = 1;
     for (int i = 0; i < ndim; i++) {
         dims[i] = be32(head + 4 + 4 * i);
