@@ -1,4 +1,11 @@
-/* threads.c - one thread count for OpenMP kernels and for BLAS. */
+/* threads.c - one thread count for every parallel loop of qkv, GEMM
+ * included.
+ *
+ * OpenMP gets the count. OpenBLAS (when linked) is kept single-threaded:
+ * qkv_k_gemm cuts a large GEMM into one band per OpenMP thread and calls
+ * OpenBLAS on each band, so that one pool of threads serves every kernel.
+ * OpenBLAS's own pthread pool would spin after each call and fight the
+ * OpenMP workers for the cores (measured in BENCHMARKS.md). */
 #include "../qkv_internal.h"
 
 #include <stdlib.h>
@@ -19,7 +26,7 @@ static void apply(int n)
     omp_set_num_threads(n);
 #endif
 #ifdef QKV_OPENBLAS
-    openblas_set_num_threads(n);
+    openblas_set_num_threads(1);
 #endif
 }
 

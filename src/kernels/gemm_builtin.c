@@ -1,91 +1,291 @@
-/* gemm_builtin.c - the portable GEMM used when qkv is built without BLAS:
- * packs panels of A and B and runs a register-blocked micro-kernel that the
- * compiler vectorises; OpenMP over blocks of rows. */
+/* gemm_builtin.c - the GEMM used when qkv is built without BLAS, and tested
+ * against qkv_k_gemm_ref whatever the backend.
+ *
+ * Layout (the Goto/BLIS scheme): for each block of NC columns and KC of the
+ * inner axis, op(B) is packed into NR-wide panels (k-major, zero-padded) that
+ * all threads share; each thread packs MC rows of op(A) into MR-tall panels
+ * and runs the MR x NR register-tile micro-kernel over them. Sizes:
+ *   A micro-panel  MR x KC     stays in L1 while the kernel sweeps B panels
+ *   packed B block KC x NC     stays in L2 (1 MiB per core on the bench host)
+ * C is read and written once per KC block: the first block applies beta, the
+ * others add. OpenMP splits the blocks of rows (and, when there are fewer row
+ * blocks than threads, the columns too).
+ *
+ * Memory: one workspace per calling thread (packed B plus one A block per
+ * OpenMP thread), grown on first use and kept, so that a training step of
+ * unchanged shapes allocates nothing. If it cannot be allocated, the plain
+ * reference GEMM runs instead (slow, but never wrong).
+ */
+#include "gemm.h"
+
+#include "../qkv_internal.h"
 #include "kernels.h"
 
-#include <stdlib.h>
-#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
-#define MR 8
-#define NR 32
+/* MR x NR is the register tile: MR * NR / (floats per vector) accumulators
+ * plus NR / (floats per vector) B vectors and one broadcast must fit in the
+ * vector registers (32 with AVX-512, 16 with AVX2). */
+#if defined(__AVX512F__)
+#define MR 6
+#define NR 64
+#define ISA "avx512"
+#elif defined(__AVX2__) && defined(__FMA__)
+#define MR 6
+#define NR 16
+#define ISA "avx2"
+#else
+#define MR 4
+#define NR 16
+#define ISA "scalar"
+#endif
 #define KC 256
-#define MC 128
-#define NC 1024
+#define MC 192 /* a multiple of MR */
+#define NC 1024 /* a multiple of NR */
 
-static inline float at(const float *X, int64_t ld, bool trans, int64_t r, int64_t c)
-{
-    return trans ? X[c * ld + r] : X[r * ld + c];
-}
+const char *qkv_k_gemm_builtin_isa(void) { return ISA; }
 
-/* Ap (MR x kc per micro-panel, k-major) from op(A)[i0.., k0..] */
-static void pack_a(float *Ap, const float *A, int64_t lda, bool ta, int64_t i0, int64_t mc,
-                   int64_t k0, int64_t kc)
-{
-    for (int64_t i = 0; i < mc; i += MR)
-        for (int64_t k = 0; k < kc; k++)
-            for (int64_t r = 0; r < MR; r++)
-                *Ap++ = (i + r < mc) ? at(A, lda, ta, i0 + i + r, k0 + k) : 0.0f;
-}
+/* ---- packing ---- */
 
-static void pack_b(float *Bp, const float *B, int64_t ldb, bool tb, int64_t k0, int64_t kc,
-                   int64_t j0, int64_t nc)
+/* Ap (ceil(mc / MR), kc, MR) <- op(A)[i0 : i0 + mc, k0 : k0 + kc], rows past
+ * mc zero. A is (M, K) with lda, or (K, M) if ta. */
+static void pack_a(float *restrict Ap, const float *A, int64_t lda, bool ta, int64_t i0,
+                   int64_t mc, int64_t k0, int64_t kc)
 {
-    for (int64_t j = 0; j < nc; j += NR)
-        for (int64_t k = 0; k < kc; k++)
-            for (int64_t c = 0; c < NR; c++)
-                *Bp++ = (j + c < nc) ? at(B, ldb, tb, k0 + k, j0 + j + c) : 0.0f;
-}
-
-static void micro(int64_t kc, const float *restrict a, const float *restrict b,
-                  float *restrict acc)
-{
-    float c[MR][NR];
-    memset(c, 0, sizeof c);
-    for (int64_t k = 0; k < kc; k++) {
-        for (int r = 0; r < MR; r++) {
-            float av = a[k * MR + r];
-            for (int j = 0; j < NR; j++)
-                c[r][j] += av * b[k * NR + j];
+    for (int64_t p = 0; p < mc; p += MR, Ap += kc * MR) {
+        int64_t m = mc - p < MR ? mc - p : MR;
+        if (ta) { /* rows of the panel are adjacent in memory */
+            for (int64_t k = 0; k < kc; k++) {
+                const float *src = A + (k0 + k) * lda + i0 + p;
+                for (int64_t r = 0; r < MR; r++)
+                    Ap[k * MR + r] = r < m ? src[r] : 0.0f;
+            }
+        } else { /* each row is contiguous along k */
+            for (int64_t r = 0; r < MR; r++) {
+                const float *src = A + (i0 + p + r) * lda + k0;
+                for (int64_t k = 0; k < kc; k++)
+                    Ap[k * MR + r] = r < m ? src[k] : 0.0f;
+            }
         }
     }
-    memcpy(acc, c, sizeof c);
 }
+
+/* One NR-wide panel: Bp (kc, NR) <- op(B)[k0 : k0 + kc, j0 : j0 + n], columns
+ * past n zero. B is (K, N) with ldb, or (N, K) if tb. */
+static void pack_b_panel(float *restrict Bp, const float *B, int64_t ldb, bool tb, int64_t k0,
+                         int64_t kc, int64_t j0, int64_t n)
+{
+    if (tb) {
+        for (int64_t c = 0; c < NR; c++) {
+            const float *src = B + (j0 + c) * ldb + k0;
+            for (int64_t k = 0; k < kc; k++)
+                Bp[k * NR + c] = c < n ? src[k] : 0.0f;
+        }
+    } else {
+        for (int64_t k = 0; k < kc; k++) {
+            const float *src = B + (k0 + k) * ldb + j0;
+            for (int64_t c = 0; c < NR; c++)
+                Bp[k * NR + c] = c < n ? src[c] : 0.0f;
+        }
+    }
+}
+
+/* ---- micro-kernels: C (MR, NR) with ldc = beta C + alpha a b, where
+ * a (kc, MR) and b (kc, NR) are packed panels. beta == 0 does not read C. ---- */
+
+#if defined(__AVX512F__)
+#define NV (NR / 16)
+static void micro(int64_t kc, const float *restrict a, const float *restrict b, float *C,
+                  int64_t ldc, float alpha, float beta)
+{
+    __m512 acc[MR][NV];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = _mm512_setzero_ps();
+    /* C is needed only after the loop; ask for it now so that it is there */
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            _mm_prefetch((const char *)(C + r * ldc + 16 * v), _MM_HINT_T0);
+    for (int64_t k = 0; k < kc; k++, a += MR, b += NR) {
+        __m512 bv[NV];
+        for (int v = 0; v < NV; v++)
+            bv[v] = _mm512_load_ps(b + 16 * v);
+        for (int r = 0; r < MR; r++) {
+            __m512 av = _mm512_set1_ps(a[r]);
+            for (int v = 0; v < NV; v++)
+                acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) {
+            float *c = C + r * ldc + 16 * v;
+            __m512 x = _mm512_mul_ps(va, acc[r][v]);
+            if (beta != 0.0f)
+                x = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), x);
+            _mm512_storeu_ps(c, x);
+        }
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+#define NV (NR / 8)
+static void micro(int64_t kc, const float *restrict a, const float *restrict b, float *C,
+                  int64_t ldc, float alpha, float beta)
+{
+    __m256 acc[MR][NV];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < kc; k++, a += MR, b += NR) {
+        __m256 bv[NV];
+        for (int v = 0; v < NV; v++)
+            bv[v] = _mm256_load_ps(b + 8 * v);
+        for (int r = 0; r < MR; r++) {
+            __m256 av = _mm256_broadcast_ss(a + r);
+            for (int v = 0; v < NV; v++)
+                acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+    }
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) {
+            float *c = C + r * ldc + 8 * v;
+            __m256 x = _mm256_mul_ps(va, acc[r][v]);
+            if (beta != 0.0f)
+                x = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c), x);
+            _mm256_storeu_ps(c, x);
+        }
+}
+#else
+static void micro(int64_t kc, const float *restrict a, const float *restrict b, float *C,
+                  int64_t ldc, float alpha, float beta)
+{
+    float acc[MR][NR] = {{0}};
+    for (int64_t k = 0; k < kc; k++, a += MR, b += NR)
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                acc[r][c] += a[r] * b[c];
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NR; c++) {
+            float x = alpha * acc[r][c];
+            C[r * ldc + c] = beta != 0.0f ? beta * C[r * ldc + c] + x : x;
+        }
+}
+#endif
+
+/* A tile cut by the matrix edge (m <= MR rows, n <= NR columns): the kernel
+ * writes a whole tile to the stack and the valid part is merged into C. */
+static void micro_edge(int64_t kc, const float *a, const float *b, float *C, int64_t ldc,
+                       int64_t m, int64_t n, float alpha, float beta)
+{
+    _Alignas(64) float tile[MR * NR];
+    micro(kc, a, b, tile, NR, alpha, 0.0f);
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t c = 0; c < n; c++) {
+            float *y = C + r * ldc + c;
+            *y = beta != 0.0f ? beta * *y + tile[r * NR + c] : tile[r * NR + c];
+        }
+}
+
+/* ---- workspace ---- */
+
+/* Per calling thread: packed B (KC x NC) then one packed A block (MC x KC)
+ * per OpenMP thread. Kept for the life of the thread. */
+static _Thread_local float *ws;
+static _Thread_local int ws_threads;
+
+static float *workspace(int threads)
+{
+    if (ws_threads < threads) {
+        float *p = qkv__aligned_alloc(sizeof(float) * ((size_t)KC * NC +
+                                                       (size_t)threads * MC * KC));
+        if (!p)
+            return NULL;
+        qkv__free(ws);
+        ws = p;
+        ws_threads = threads;
+    }
+    return ws;
+}
+
+/* ---- driver ---- */
+
+static void scale_c(float *C, int64_t ldc, int64_t M, int64_t N, float beta)
+{
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++)
+            C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+}
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 void qkv_k_gemm_builtin(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                         float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                         float beta, float *C, int64_t ldc)
 {
-    /* C = beta C first, then accumulate alpha op(A) op(B) block by block */
-    for (int64_t i = 0; i < M; i++)
-        for (int64_t j = 0; j < N; j++)
-            C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-    if (K == 0)
+    if (M <= 0 || N <= 0)
         return;
+    if (K <= 0 || alpha == 0.0f) {
+        scale_c(C, ldc, M, N, beta);
+        return;
+    }
+    int threads = 1;
+#ifdef _OPENMP
+    if ((double)M * N * K >= QKV_GEMM_PARALLEL_WORK && !omp_in_parallel())
+        threads = omp_get_max_threads();
+#endif
+    float *Bp = workspace(threads);
+    if (!Bp) {
+        qkv_clear_error(); /* an answer is still given, through the slow path */
+        qkv_k_gemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* rows per task: MC, or fewer so that every thread gets some */
+    int64_t mc = min64(MC, ceil_div(ceil_div(M, threads), MR) * MR);
+    int64_t m_blocks = ceil_div(M, mc);
     for (int64_t j0 = 0; j0 < N; j0 += NC) {
-        int64_t nc = N - j0 < NC ? N - j0 : NC;
-        int64_t ncp = (nc + NR - 1) / NR * NR;
+        int64_t nc = min64(NC, N - j0), n_panels = ceil_div(nc, NR);
+        /* too few row blocks: split the columns among threads as well */
+        int64_t n_chunks = m_blocks >= threads ? 1 : min64(threads, n_panels);
+        int64_t chunk = ceil_div(n_panels, n_chunks);
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
-            int64_t kc = K - k0 < KC ? K - k0 : KC;
-            float *Bp = aligned_alloc(64, (size_t)((ncp * kc * 4 + 63) / 64 * 64));
-            if (!Bp)
-                return;
-            pack_b(Bp, B, ldb, trans_b, k0, kc, j0, nc);
-#pragma omp parallel for schedule(dynamic)
-            for (int64_t i0 = 0; i0 < M; i0 += MC) {
-                int64_t mc = M - i0 < MC ? M - i0 : MC;
-                int64_t mcp = (mc + MR - 1) / MR * MR;
-                float Ap[MC * KC];
-                float acc[MR * NR];
-                pack_a(Ap, A, lda, trans_a, i0, mc, k0, kc);
-                for (int64_t i = 0; i < mcp; i += MR)
-                    for (int64_t j = 0; j < ncp; j += NR) {
-                        micro(kc, Ap + i * kc, Bp + j * kc, acc);
-                        for (int r = 0; r < MR && i + r < mc; r++)
-                            for (int c = 0; c < NR && j + c < nc; c++)
-                                C[(i0 + i + r) * ldc + j0 + j + c] += alpha * acc[r * NR + c];
+            int64_t kc = min64(KC, K - k0);
+            float b_first = k0 == 0 ? beta : 1.0f;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+            {
+#pragma omp for schedule(static)
+                for (int64_t p = 0; p < n_panels; p++)
+                    pack_b_panel(Bp + p * kc * NR, B, ldb, trans_b, k0, kc, j0 + p * NR,
+                                 min64(NR, nc - p * NR));
+                int t = 0;
+#ifdef _OPENMP
+                t = omp_get_thread_num();
+#endif
+                float *Ap = Bp + (size_t)KC * NC + (size_t)t * MC * KC;
+#pragma omp for schedule(static)
+                for (int64_t task = 0; task < m_blocks * n_chunks; task++) {
+                    int64_t i0 = task / n_chunks * mc, m_blk = min64(mc, M - i0);
+                    int64_t p_lo = task % n_chunks * chunk, p_hi = min64(p_lo + chunk, n_panels);
+                    pack_a(Ap, A, lda, trans_a, i0, m_blk, k0, kc);
+                    for (int64_t p = p_lo; p < p_hi; p++) {
+                        int64_t j = j0 + p * NR, n = min64(NR, N - j);
+                        for (int64_t i = 0; i < m_blk; i += MR) {
+                            int64_t m = min64(MR, m_blk - i);
+                            float *c = C + (i0 + i) * ldc + j;
+                            const float *a = Ap + i * kc, *b = Bp + p * kc * NR;
+                            if (m == MR && n == NR)
+                                micro(kc, a, b, c, ldc, alpha, b_first);
+                            else
+                                micro_edge(kc, a, b, c, ldc, m, n, alpha, b_first);
+                        }
                     }
+                }
             }
-            free(Bp);
         }
     }
 }
