@@ -124,6 +124,34 @@ QKV_API int qkv_threads(void);
 /* Number of heap allocations qkv has made since start (for the no-malloc
  * test: a steady-state training step leaves it unchanged). */
 QKV_API uint64_t qkv_malloc_count(void);
+/* The GEMM behind matmul and linear: "openblas" or "builtin". */
+QKV_API const char *qkv_backend(void);
+
+/* ------------------------------------------------------------------------ */
+/* Progress: a one-line bar on stderr for long work, drawn only when stderr */
+/* is a terminal ($QKV_PROGRESS=1 forces it on, =0 off), at most ten times  */
+/* a second: "label  42% [=====     ] 21/50 00:03<00:04 7.0/s extra".       */
+/* The struct lives with the caller; nothing is allocated.                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    int64_t total, done;
+    char label[32];
+    double t_start, t_drawn; /* seconds, monotonic clock */
+    int enabled;             /* drawing at all */
+    int width;               /* last line's length, for clearing it */
+} qkv_progress;
+
+/* total <= 0: no percent, bar or ETA, only the count. */
+QKV_API void qkv_progress_start(qkv_progress *p, int64_t total, const char *label);
+/* done items so far; extra (may be NULL) is appended, e.g. "loss 0.251". */
+QKV_API void qkv_progress_update(qkv_progress *p, int64_t done, const char *extra);
+/* Draws the last state and ends the line (if drawing). */
+QKV_API void qkv_progress_finish(qkv_progress *p, const char *extra);
+/* The line qkv_progress_update would draw `elapsed` seconds after start,
+ * written into buf (no carriage return); returns buf. */
+QKV_API char *qkv_progress_format(const qkv_progress *p, double elapsed, const char *extra,
+                                  char *buf, size_t n);
 
 /* ------------------------------------------------------------------------ */
 /* Random numbers: xoshiro256** seeded through splitmix64. Deterministic      */
@@ -762,6 +790,64 @@ QKV_API qkv_status qkv_checkpoint_save(const char *path, qkv_params *ps, qkv_opt
 /* Restores what qkv_checkpoint_save wrote, strictly; opt and info may be NULL. */
 QKV_API qkv_status qkv_checkpoint_load(const char *path, qkv_params *ps, qkv_optim *opt,
                                        qkv_checkpoint_info *info);
+
+/* ------------------------------------------------------------------------ */
+/* Models: kernel regression (Nadaraya-Watson attention pooling, d2l r0.17   */
+/* "nadaraya-watson", kernels from v1.0.3 "attention-pooling")               */
+/* ------------------------------------------------------------------------ */
+
+/* The book's data: x_train = sort(U[0,1) * 5) (n_train), y_train = f(x) +
+ * N(0, noise^2), x_test = 0, 0.1, .., 4.9 (50 points), y_truth = f(x_test),
+ * f(x) = 2 sin x + x^0.8. Arrays are malloc'd; qkv_kreg_data_free. */
+typedef struct {
+    int64_t n_train, n_test;
+    float *x_train, *y_train; /* (n_train), x ascending */
+    float *x_test, *y_truth;  /* (n_test)               */
+} qkv_kreg_data;
+QKV_API float qkv_kreg_f(float x);
+QKV_API qkv_status qkv_kreg_data_make(qkv_kreg_data *d, qkv_rng *r, int64_t n_train,
+                                      float noise);
+QKV_API void qkv_kreg_data_free(qkv_kreg_data *d);
+
+typedef enum {
+    QKV_KERNEL_GAUSSIAN = 0, /* exp(-u^2 / 2)       */
+    QKV_KERNEL_BOXCAR,       /* [|u| < 1]           */
+    QKV_KERNEL_CONSTANT,     /* 1                   */
+    QKV_KERNEL_EPANECHNIKOV, /* max(0, 1 - |u|)     */
+} qkv_kernel;
+/* "gaussian", "boxcar", "constant", "epanechnikov"; and back (-1 if unknown). */
+QKV_API const char *qkv_kernel_name(qkv_kernel k);
+QKV_API int qkv_kernel_parse(const char *name);
+
+/* Nonparametric pooling: weights[i][j] = K((q_i - k_j) / sigma) / sum_j K(..),
+ * y_hat[i] = sum_j weights[i][j] v_j. queries (n_q), keys and values (n_k),
+ * shared by every query; y_hat (n_q); weights (n_q, n_k) or NULL. The
+ * Gaussian is computed as a softmax, so far queries do not underflow; a query
+ * that no key reaches (boxcar, Epanechnikov) gets NaN, as in PyTorch. */
+QKV_API qkv_status qkv_kreg_pool(float *y_hat, float *weights, const float *queries,
+                                 int64_t n_q, const float *keys, const float *values,
+                                 int64_t n_k, qkv_kernel kernel, float sigma);
+
+/* Parametric pooling (d2l's NWKernelRegression), recorded for autograd:
+ * queries (N), keys (N, M), values (N, M), w (1) -> y_hat (N) with
+ * y_hat_i = sum_j softmax_j(-((q_i - k_ij) w)^2 / 2) v_ij. If attention is not
+ * NULL it receives the weights (N, M). */
+QKV_API qkv_tensor *qkv_kreg_forward(qkv_ctx *ctx, qkv_tensor *queries, qkv_tensor *keys,
+                                     qkv_tensor *values, qkv_tensor *w,
+                                     qkv_tensor **attention);
+
+/* Trains *w (in place) as the book: leave-one-out keys and values (n,
+ * n - 1), loss = sum of squared errors over the n training points, SGD with
+ * lr, full batch, `epochs` steps. losses (epochs, or NULL) receives each
+ * epoch's loss before its update, as the book prints it. */
+QKV_API qkv_status qkv_kreg_train(float *w, const float *x_train, const float *y_train,
+                                  int64_t n, int epochs, float lr, float *losses);
+
+/* Evaluates the parametric model with every training pair as keys/values:
+ * y_hat (n_q), weights (n_q, n_k) or NULL. */
+QKV_API qkv_status qkv_kreg_predict(float *y_hat, float *weights, const float *queries,
+                                    int64_t n_q, const float *keys, const float *values,
+                                    int64_t n_k, float w);
 
 #ifdef __cplusplus
 }
