@@ -280,6 +280,73 @@ TEST(parity_sgd_dampening_group_lr) { check_optim_case("train_sgd_dampening"); }
 TEST(parity_adam_weight_decay) { check_optim_case("train_adam"); }
 TEST(parity_adamw_group_lr) { check_optim_case("train_adamw"); }
 
+/* ---- the vector Adam kernel against a plain loop ---- */
+
+/* torch.optim.Adam(W)'s rule one element at a time, in the operation order
+ * of optim.c's scalar loop */
+static void adam_ref(float *p, const float *g, float *m, float *v, int64_t n,
+                     const qkv_optim_config *c, int64_t t)
+{
+    bool decoupled = c->kind == QKV_ADAMW;
+    double lr = c->lr, bc1 = 1 - pow(c->beta1, (double)t), bc2 = 1 - pow(c->beta2, (double)t);
+    float shrink = (float)(1 - lr * (decoupled ? c->weight_decay : 0.0f));
+    float l2 = decoupled ? 0.0f : c->weight_decay;
+    float one_b1 = (float)(1.0 - c->beta1), one_b2 = (float)(1.0 - c->beta2);
+    for (int64_t i = 0; i < n; i++) {
+        float pi = p[i] * shrink;
+        float gi = g[i] + l2 * pi;
+        m[i] = m[i] * c->beta1 + gi * one_b1;
+        v[i] = v[i] * c->beta2 + one_b2 * gi * gi;
+        float denom = sqrtf(v[i]) / (float)sqrt(bc2) + c->eps;
+        p[i] = pi + (float)(-lr / bc1) * m[i] / denom;
+    }
+}
+
+TEST(adam_vector_kernel_matches_plain_loop)
+{
+    /* 40000 elements: one range per thread; 37: a vector tail */
+    enum { N = 40000, TAIL = 37 };
+    for (int kind = QKV_ADAM; kind <= QKV_ADAMW; kind++) {
+        qkv_params *ps = qkv_params_new();
+        qkv_tensor *a = qkv_params_add(ps, "a", 1, SHAPE(N), 0);
+        qkv_tensor *b = qkv_params_add(ps, "b", 1, SHAPE(TAIL), 0);
+        REQUIRE(qkv_params_alloc(ps) == QKV_OK, "alloc: %s", qkv_error());
+        qkv_optim_config cfg = {.kind = kind, .lr = 3e-2f, .beta1 = 0.85f, .beta2 = 0.98f,
+                                .eps = 1e-6f, .weight_decay = 0.05f};
+        qkv_optim *o = qkv_optim_new(ps, &cfg);
+        REQUIRE(o, "optim_new: %s", qkv_error());
+        int64_t total = 0;
+        float *val = qkv_params_values(ps, &total), *grad = qkv_params_grads(ps, NULL);
+        float *p = calloc((size_t)total, sizeof(float));
+        float *m = calloc((size_t)total, sizeof(float));
+        float *v = calloc((size_t)total, sizeof(float));
+        qkv_rng r;
+        qkv_rng_seed(&r, 11);
+        qkv_init_normal(&r, a, 0, 1);
+        qkv_init_normal(&r, b, 0, 1);
+        memcpy(p, val, (size_t)total * sizeof(float));
+        qkv_tensor *entry[2] = {a, b};
+        for (int t = 1; t <= 3; t++) {
+            for (int e = 0; e < 2; e++)
+                for (int64_t i = 0; i < qkv_numel(entry[e]); i++)
+                    entry[e]->grad[i] = (float)qkv_rng_normal(&r) * (i % 7 ? 1.0f : 1e-4f);
+            qkv_optim_step(o);
+            for (int e = 0; e < 2; e++) {
+                int64_t off = entry[e]->data - val;
+                adam_ref(p + off, grad + off, m + off, v + off, qkv_numel(entry[e]), &cfg, t);
+            }
+        }
+        CHECK(memcmp(p, val, (size_t)total * sizeof(float)) == 0 &&
+                  memcmp(m, qkv_optim_state(o, 0, NULL), (size_t)total * sizeof(float)) == 0 &&
+                  memcmp(v, qkv_optim_state(o, 1, NULL), (size_t)total * sizeof(float)) == 0,
+              "%s: the kernel's bits differ from the plain loop's",
+              kind == QKV_ADAM ? "Adam" : "AdamW");
+        free(p), free(m), free(v);
+        qkv_optim_free(o);
+        qkv_params_free(ps);
+    }
+}
+
 /* ---- optimizer semantics that torch.optim has no fixture for ---- */
 
 TEST(optim_skips_frozen_and_buffers)

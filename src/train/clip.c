@@ -4,9 +4,28 @@
 
 #include <math.h>
 
-/* Sum of squares in fixed blocks whose partial sums are added in order, so
- * the norm is the same bits for any thread count (an OpenMP reduction would
- * add the threads' sums in whatever order they finish). */
+/* Sum of squares in double. The terms go to LANES running sums, added in a
+ * fixed order at the end: a vector loop, and the same bits every run. */
+#define LANES 16
+
+static double block_squares(const float *g, int64_t n)
+{
+    double acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++)
+            acc[j] += (double)g[i + j] * g[i + j];
+    for (; i < n; i++)
+        acc[i % LANES] += (double)g[i] * g[i];
+    double s = 0;
+    for (int j = 0; j < LANES; j++)
+        s += acc[j];
+    return s;
+}
+
+/* Large entries in fixed blocks whose sums are added in order, so the norm
+ * is the same bits for any thread count (an OpenMP reduction would add the
+ * threads' sums in whatever order they finish). */
 #define BLOCK 65536
 #define MAX_BLOCKS 64
 
@@ -15,21 +34,14 @@ static double sum_squares(const float *g, int64_t n)
     int64_t nb = (n + BLOCK - 1) / BLOCK;
     if (nb > MAX_BLOCKS)
         nb = MAX_BLOCKS;
-    if (nb <= 1) {
-        double s = 0;
-        for (int64_t i = 0; i < n; i++)
-            s += (double)g[i] * g[i];
-        return s;
-    }
+    if (nb <= 1)
+        return block_squares(g, n);
     double part[MAX_BLOCKS];
     int64_t per = (n + nb - 1) / nb;
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         int64_t lo = b * per, hi = lo + per < n ? lo + per : n;
-        double s = 0;
-        for (int64_t i = lo; i < hi; i++)
-            s += (double)g[i] * g[i];
-        part[b] = s;
+        part[b] = block_squares(g + lo, hi - lo);
     }
     double s = 0;
     for (int64_t b = 0; b < nb; b++)

@@ -48,26 +48,93 @@ static void sgd_update(float *p, const float *g, float *buf, int64_t n, double l
     }
 }
 
+/* The coefficients of one Adam(W) step, in float as PyTorch applies them. */
+typedef struct {
+    float b1, b2, one_b1, one_b2; /* beta1, beta2, 1 - beta1, 1 - beta2 */
+    float neg_step;               /* -lr / (1 - beta1^t) */
+    float bc2_sqrt;               /* sqrt(1 - beta2^t) */
+    float eps;
+    float l2;                     /* Adam: weight decay added to the gradient */
+    float shrink;                 /* AdamW: 1 - lr * weight_decay */
+} adam_coef;
+
+/* Vectors for the Adam rule: its sqrtf keeps GCC from vectorising the loop
+ * (sqrtf may set errno, and the build keeps -fmath-errno), so it is written
+ * with intrinsics. Each lane does the scalar loop's operations in the same
+ * order (no FMA), so both give the same bits. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define VW 16
+typedef __m512 vf;
+#define V_LOAD _mm512_loadu_ps
+#define V_STORE _mm512_storeu_ps
+#define V_SET1 _mm512_set1_ps
+#define V_ADD _mm512_add_ps
+#define V_MUL _mm512_mul_ps
+#define V_DIV _mm512_div_ps
+#define V_SQRT _mm512_sqrt_ps
+#elif defined(__AVX__)
+#include <immintrin.h>
+#define VW 8
+typedef __m256 vf;
+#define V_LOAD _mm256_loadu_ps
+#define V_STORE _mm256_storeu_ps
+#define V_SET1 _mm256_set1_ps
+#define V_ADD _mm256_add_ps
+#define V_MUL _mm256_mul_ps
+#define V_DIV _mm256_div_ps
+#define V_SQRT _mm256_sqrt_ps
+#endif
+
+/* p, g, m, v (n): the elementwise rule on [lo, hi). */
+static void adam_range(const adam_coef *k, float *p, const float *g, float *m, float *v,
+                       int64_t lo, int64_t hi)
+{
+    const adam_coef c = *k;
+    int64_t i = lo;
+#ifdef VW
+    const vf b1 = V_SET1(c.b1), b2 = V_SET1(c.b2), one_b1 = V_SET1(c.one_b1);
+    const vf one_b2 = V_SET1(c.one_b2), neg_step = V_SET1(c.neg_step);
+    const vf bc2_sqrt = V_SET1(c.bc2_sqrt), eps = V_SET1(c.eps), l2 = V_SET1(c.l2);
+    const vf shrink = V_SET1(c.shrink);
+    for (; i + VW <= hi; i += VW) {
+        vf pi = V_MUL(V_LOAD(p + i), shrink);
+        vf gi = V_ADD(V_LOAD(g + i), V_MUL(l2, pi));
+        vf mi = V_ADD(V_MUL(V_LOAD(m + i), b1), V_MUL(gi, one_b1));
+        vf vi = V_ADD(V_MUL(V_LOAD(v + i), b2), V_MUL(V_MUL(one_b2, gi), gi));
+        vf denom = V_ADD(V_DIV(V_SQRT(vi), bc2_sqrt), eps);
+        V_STORE(m + i, mi);
+        V_STORE(v + i, vi);
+        V_STORE(p + i, V_ADD(pi, V_DIV(V_MUL(neg_step, mi), denom)));
+    }
+#endif
+    for (; i < hi; i++) {
+        float pi = p[i] * c.shrink;  /* AdamW: param.mul_(1 - lr * weight_decay) */
+        float gi = g[i] + c.l2 * pi; /* Adam: grad = grad.add(param, alpha=wd) */
+        m[i] = m[i] * c.b1 + gi * c.one_b1;
+        v[i] = v[i] * c.b2 + c.one_b2 * gi * gi;
+        float denom = sqrtf(v[i]) / c.bc2_sqrt + c.eps;
+        p[i] = pi + c.neg_step * m[i] / denom; /* addcdiv_: p + value * m / denom */
+    }
+}
+
 /* torch.optim.Adam (decoupled = 0) and AdamW (decoupled = 1) on one
  * parameter at step t >= 1. */
 static void adam_update(float *p, const float *g, float *m, float *v, int64_t n, double lr,
                         const qkv_optim_config *c, int64_t t, bool decoupled)
 {
     const double bc1 = 1.0 - pow(c->beta1, (double)t), bc2 = 1.0 - pow(c->beta2, (double)t);
-    const float b1 = c->beta1, b2 = c->beta2;
-    const float one_b1 = (float)(1.0 - c->beta1), one_b2 = (float)(1.0 - c->beta2);
-    const float neg_step = (float)(-lr / bc1), bc2_sqrt = (float)sqrt(bc2), eps = c->eps;
-    const float l2 = decoupled ? 0.0f : c->weight_decay;
-    const float shrink = (float)(1.0 - lr * (decoupled ? c->weight_decay : 0.0f));
-#pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float pi = p[i] * shrink;   /* AdamW: param.mul_(1 - lr * weight_decay) */
-        float gi = g[i] + l2 * pi;  /* Adam: grad = grad.add(param, alpha=wd) */
-        m[i] = m[i] * b1 + gi * one_b1;
-        v[i] = v[i] * b2 + one_b2 * gi * gi;
-        float denom = sqrtf(v[i]) / bc2_sqrt + eps;
-        p[i] = pi + neg_step * m[i] / denom; /* addcdiv_: p + value * m / denom */
-    }
+    const adam_coef k = {
+        .b1 = c->beta1, .b2 = c->beta2,
+        .one_b1 = (float)(1.0 - c->beta1), .one_b2 = (float)(1.0 - c->beta2),
+        .neg_step = (float)(-lr / bc1), .bc2_sqrt = (float)sqrt(bc2), .eps = c->eps,
+        .l2 = decoupled ? 0.0f : c->weight_decay,
+        .shrink = (float)(1.0 - lr * (decoupled ? c->weight_decay : 0.0f)),
+    };
+    int64_t parts = n > PARALLEL_MIN ? qkv_threads() : 1;
+#pragma omp parallel for if (parts > 1) schedule(static)
+    for (int64_t part = 0; part < parts; part++)
+        adam_range(&k, p, g, m, v, n * part / parts, n * (part + 1) / parts);
 }
 
 /* ---- the optimizer ---- */
