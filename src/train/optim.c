@@ -25,16 +25,18 @@ struct qkv_optim {
     int n_groups;
 };
 
-/* ---- the updates: p, g, m, v (n) ---- */
+/* ---- the updates ---- */
 
-/* torch.optim.SGD on one parameter. first: the momentum buffer is still
- * empty and becomes the gradient itself (no dampening), as PyTorch's. */
+/* p, g, buf (n): torch.optim.SGD on one parameter. first: the momentum
+ * buffer is still empty and becomes the gradient itself (no dampening), as
+ * PyTorch's. */
 static void sgd_update(float *p, const float *g, float *buf, int64_t n, double lr,
                        const qkv_optim_config *c, bool first)
 {
     const float wd = c->weight_decay, mom = c->momentum;
     const float damp = (float)(1.0 - c->dampening); /* alpha=1 - dampening */
     const float neg_lr = (float)-lr;
+    const bool nesterov = c->nesterov;
 #pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float d = g[i];
@@ -42,7 +44,7 @@ static void sgd_update(float *p, const float *g, float *buf, int64_t n, double l
             d += wd * p[i]; /* d_p = d_p.add(param, alpha=weight_decay) */
         if (mom != 0.0f) {
             buf[i] = first ? d : buf[i] * mom + d * damp;
-            d = c->nesterov ? d + mom * buf[i] : buf[i];
+            d = nesterov ? d + mom * buf[i] : buf[i];
         }
         p[i] += neg_lr * d; /* param.add_(d_p, alpha=-lr) */
     }
@@ -118,8 +120,8 @@ static void adam_range(const adam_coef *k, float *p, const float *g, float *m, f
     }
 }
 
-/* torch.optim.Adam (decoupled = 0) and AdamW (decoupled = 1) on one
- * parameter at step t >= 1. */
+/* p, g, m, v (n): torch.optim.Adam (decoupled = 0) and AdamW (decoupled = 1)
+ * on one parameter at step t >= 1. */
 static void adam_update(float *p, const float *g, float *m, float *v, int64_t n, double lr,
                         const qkv_optim_config *c, int64_t t, bool decoupled)
 {
