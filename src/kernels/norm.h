@@ -1,0 +1,47 @@
+/*
+ * norm.h - layer norm over rows and batch norm over channels, forward and
+ * backward.
+ *
+ * Shapes: N rows and C the normalised axis (layer norm); B batch, C
+ * channels and S every axis after the channels merged (batch norm: x is
+ * (B, C, S), S = H * W for images, 1 for (B, C)). Weight and bias are (C);
+ * layer norm needs them (ones and zeros for none), batch norm takes NULL.
+ * Backward kernels accumulate (+=) into every gradient that is not NULL.
+ */
+#ifndef QKV_KERNELS_NORM_H
+#define QKV_KERNELS_NORM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* y (N, C) = (x - mean) * rstd * w + b per row, mean and rstd (N) saved,
+ * rstd = 1 / sqrt(var + eps) with the biased variance. w, b (C). */
+void qkv_k_layer_norm_forward(float *y, float *mean, float *rstd, const float *x,
+                              const float *w, const float *b, int64_t N, int64_t C, float eps);
+/* The backward of the above from dy (N, C), x, mean, rstd and w:
+ * dx (N, C), dw (C), db (C). The rows are cut into `nblocks` runs that
+ * run in parallel, each summing its dw, db into its own part of scratch
+ * (2 * nblocks * C doubles); the parts are then added in order, so the
+ * result depends on nblocks but not on thread timing. */
+void qkv_k_layer_norm_backward(float *dx, float *dw, float *db, double *scratch, int nblocks,
+                               const float *dy, const float *x, const float *mean,
+                               const float *rstd, const float *w, int64_t N, int64_t C);
+
+/* mean (C) and biased variance var (C) of x (B, C, S) over B and S. */
+void qkv_k_batch_norm_stats(float *mean, float *var, const float *x, int64_t B, int64_t C,
+                            int64_t S);
+/* y (B, C, S) = x * scale[c] + shift[c]. */
+void qkv_k_channel_affine(float *y, const float *x, const float *scale, const float *shift,
+                          int64_t B, int64_t C, int64_t S);
+/* The backward of y = (x - mean) * rstd * w + b, x (B, C, S), from dy:
+ * dw (C) += sum dy * xhat, db (C) += sum dy, and dx (B, C, S) +=
+ *   w rstd (dy - mean(dy) - xhat mean(dy xhat))  if batch_stats (mean and
+ *                                                rstd came from x itself),
+ *   w rstd dy                                    otherwise (running stats).
+ * xhat = (x - mean) * rstd; means are over B and S. */
+void qkv_k_batch_norm_backward(float *dx, float *dw, float *db, const float *dy,
+                               const float *x, const float *mean, const float *rstd,
+                               const float *w, int64_t B, int64_t C, int64_t S,
+                               bool batch_stats);
+
+#endif

@@ -1,0 +1,251 @@
+/* test_loss.c - cross entropy (class weights, ignore_index, label
+ * smoothing, every reduction) and MSE, L1, smooth L1: gradient checks (tol
+ * 2e-2 on central differences: a reduced loss is one float32 whose rounding,
+ * ~1e-7 of it, is divided by the step h = 1e-3, so small gradient entries
+ * come out with percent-level noise; loss in double), PyTorch
+ * parity (tol 1e-5 relative to max(1, |ref|), forward and backward), and
+ * the errors. */
+#include "test.h"
+
+#define SHAPE(...) ((int64_t[]){__VA_ARGS__})
+
+/* ---- cross entropy ---- */
+
+typedef struct {
+    const int64_t *target;
+    qkv_ce_opts opts;
+    bool transposed; /* logits given as (K, N) */
+} ce_args;
+
+static qkv_tensor *f_ce(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    ce_args *a = u;
+    qkv_tensor *x = a->transposed ? qkv_transpose(c, t[0], 0, 1) : t[0];
+    return qkv_cross_entropy(c, x, a->target, &a->opts);
+}
+
+TEST(gradcheck_cross_entropy)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 31);
+    const int64_t target[6] = {0, 3, 2, 3, 1, 4};
+    const float weight[5] = {0.5f, 1.5f, 1.0f, 0.3f, 2.0f};
+    gc_input in[1] = {gc_rand(&r, 2, SHAPE(6, 5), -1.5f, 1.5f, true)};
+    ce_args plain = {target, {.ignore_index = QKV_NO_IGNORE}, false};
+    CHECK_GRAD(f_ce, 1, in, &plain, 2e-2);
+    for (int red = QKV_REDUCE_MEAN; red <= QKV_REDUCE_NONE; red++) {
+        ce_args full = {target,
+                        {.class_weight = weight, .ignore_index = 3, .label_smoothing = 0.15f,
+                         .reduction = (qkv_reduction)red},
+                        false};
+        CHECK_GRAD(f_ce, 1, in, &full, 2e-2);
+    }
+    gc_free(1, in);
+    /* logits (5, 6) used as their (6, 5) transpose */
+    gc_input tin[1] = {gc_rand(&r, 2, SHAPE(5, 6), -1.5f, 1.5f, true)};
+    ce_args tr = {target, {.ignore_index = QKV_NO_IGNORE, .label_smoothing = 0.1f}, true};
+    CHECK_GRAD(f_ce, 1, tin, &tr, 2e-2);
+    gc_free(1, tin);
+}
+
+TEST(cross_entropy_by_hand)
+{
+    /* one sample, K = 3, smoothing eps: (1 - eps) (lse - x_t) + eps/K sum_c (lse - x_c) */
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_from_data(ctx, 2, SHAPE(1, 3), (float[]){1.0f, 2.0f, 0.5f});
+    double lse = log(exp(1.0) + exp(2.0) + exp(0.5)), eps = 0.2;
+    double want = (1 - eps) * (lse - 1.0) + eps / 3 * (3 * lse - 3.5);
+    qkv_tensor *l = qkv_cross_entropy(ctx, x, (int64_t[]){0},
+                                      &(qkv_ce_opts){.ignore_index = QKV_NO_IGNORE,
+                                                     .label_smoothing = 0.2f});
+    REQUIRE(l && l->ndim == 0, "%s", qkv_error());
+    CHECK_NEAR(l->data[0], want, 1e-6);
+    /* opts NULL: mean, no weights, nothing ignored (not even -100) */
+    l = qkv_cross_entropy(ctx, x, (int64_t[]){1}, NULL);
+    REQUIRE(l, "%s", qkv_error());
+    CHECK_NEAR(l->data[0], lse - 2.0, 1e-6);
+    qkv_ctx_free(ctx);
+}
+
+TEST(cross_entropy_all_ignored_is_nan)
+{
+    /* the mean divides by a total weight of 0, as PyTorch: NaN */
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_randn(ctx, 2, SHAPE(2, 3), 0, 1);
+    qkv_tensor *l = qkv_cross_entropy(ctx, x, (int64_t[]){-100, -100},
+                                      &(qkv_ce_opts){.ignore_index = -100});
+    REQUIRE(l, "%s", qkv_error());
+    CHECK(isnan(l->data[0]), "all ignored: %g", l->data[0]);
+    l = qkv_cross_entropy(ctx, x, (int64_t[]){-100, -100},
+                          &(qkv_ce_opts){.ignore_index = -100, .reduction = QKV_REDUCE_SUM});
+    REQUIRE(l, "%s", qkv_error());
+    CHECK(l->data[0] == 0.0f, "all ignored, sum: %g", l->data[0]);
+    qkv_ctx_free(ctx);
+}
+
+TEST(cross_entropy_errors)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_zeros(ctx, 2, SHAPE(3, 4));
+    CHECK(!qkv_cross_entropy(ctx, x, (int64_t[]){0, 4, 1}, NULL) &&
+              strstr(qkv_error(), "cross_entropy") && strstr(qkv_error(), "target[1] = 4") &&
+              strstr(qkv_error(), "4 classes"),
+          "%s", qkv_error());
+    /* -100 is only ignored when asked */
+    CHECK(!qkv_cross_entropy(ctx, x, (int64_t[]){0, -100, 1}, NULL) &&
+              strstr(qkv_error(), "target[1] = -100"),
+          "%s", qkv_error());
+    CHECK(qkv_cross_entropy(ctx, x, (int64_t[]){0, -100, 1},
+                            &(qkv_ce_opts){.ignore_index = -100}),
+          "%s", qkv_error());
+    CHECK(!qkv_cross_entropy(ctx, qkv_zeros(ctx, 1, SHAPE(4)), (int64_t[]){0}, NULL) &&
+              strstr(qkv_error(), "(N, K)"),
+          "%s", qkv_error());
+    CHECK(!qkv_cross_entropy(ctx, x, (int64_t[]){0, 1, 1},
+                             &(qkv_ce_opts){.ignore_index = QKV_NO_IGNORE,
+                                            .label_smoothing = 1.5f}),
+          "smoothing 1.5 accepted");
+    qkv_ctx_free(ctx);
+}
+
+/* ---- pointwise losses ---- */
+
+typedef struct {
+    int kind; /* 0 mse, 1 l1, 2 smooth l1 */
+    qkv_reduction r;
+} pw_args;
+
+static qkv_tensor *f_pointwise(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    pw_args *a = u;
+    qkv_tensor *p = qkv_transpose(c, t[0], 0, 1); /* a strided pred */
+    switch (a->kind) {
+    case 0: return qkv_mse_loss(c, p, t[1], a->r);
+    case 1: return qkv_l1_loss(c, p, t[1], a->r);
+    default: return qkv_smooth_l1_loss(c, p, t[1], 0.7f, a->r);
+    }
+}
+
+TEST(gradcheck_pointwise_losses)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 32);
+    /* targets get no gradient; differences spread over both sides of
+     * smooth L1's beta */
+    gc_input in[2] = {gc_rand(&r, 2, SHAPE(4, 3), -2, 2, true),
+                      gc_rand(&r, 2, SHAPE(3, 4), -2, 2, false)};
+    for (int kind = 0; kind < 3; kind++)
+        for (int red = QKV_REDUCE_MEAN; red <= QKV_REDUCE_NONE; red++) {
+            pw_args a = {kind, (qkv_reduction)red};
+            CHECK_GRAD(f_pointwise, 2, in, &a, 2e-2);
+        }
+    gc_free(2, in);
+}
+
+TEST(pointwise_loss_errors)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *a = qkv_zeros(ctx, 2, SHAPE(2, 3)), *b = qkv_zeros(ctx, 2, SHAPE(3, 2));
+    CHECK(!qkv_mse_loss(ctx, a, b, QKV_REDUCE_MEAN) && strstr(qkv_error(), "mse_loss") &&
+              strstr(qkv_error(), "(2, 3)") && strstr(qkv_error(), "(3, 2)"),
+          "%s", qkv_error());
+    CHECK(!qkv_smooth_l1_loss(ctx, a, a, -1.0f, QKV_REDUCE_MEAN) &&
+              strstr(qkv_error(), "smooth_l1_loss"),
+          "%s", qkv_error());
+    CHECK(!qkv_l1_loss(ctx, a, a, (qkv_reduction)7) && strstr(qkv_error(), "reduction"),
+          "%s", qkv_error());
+    qkv_ctx_free(ctx);
+}
+
+/* ---- parity with PyTorch ---- */
+
+static qkv_reduction reduction_of(const qkv_st_file *fx)
+{
+    const char *s = qkv_st_meta(fx, "reduction");
+    return !s || !strcmp(s, "mean") ? QKV_REDUCE_MEAN
+           : !strcmp(s, "sum")      ? QKV_REDUCE_SUM
+                                    : QKV_REDUCE_NONE;
+}
+
+/* logits x (N, K), or (K, N) used transposed; target, weight and the
+ * options from the fixture */
+static void parity_ce(const char *name, bool transposed)
+{
+    qkv_st_file *fx = fixture_open(name);
+    if (!fx)
+        return;
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_requires_grad(fixture_get(ctx, fx, "x"));
+    qkv_tensor *in = transposed ? qkv_transpose(ctx, x, 0, 1) : x;
+    int64_t ti = qkv_st_find(fx, "target"), N = in->shape[0];
+    int64_t *target = calloc((size_t)N, sizeof *target);
+    REQUIRE(ti >= 0 && qkv_st_numel(fx, ti) == N && qkv_st_read_i64(fx, ti, target) == QKV_OK,
+            "%s: target", name);
+    const char *ig = qkv_st_meta(fx, "ignore_index"), *sm = qkv_st_meta(fx, "smoothing");
+    qkv_tensor *w = qkv_st_find(fx, "weight") >= 0 ? fixture_get(ctx, fx, "weight") : NULL;
+    qkv_ce_opts o = {.class_weight = w ? w->data : NULL,
+                     .ignore_index = ig && strcmp(ig, "none") ? atoll(ig) : QKV_NO_IGNORE,
+                     .label_smoothing = sm ? strtof(sm, NULL) : 0.0f,
+                     .reduction = reduction_of(fx)};
+    qkv_tensor *out = qkv_cross_entropy(ctx, in, target, &o);
+    free(target); /* the op keeps its own copy for the backward */
+    qkv_tensor *gout = fixture_get(ctx, fx, "gout");
+    CHECK_TENSOR(out, fixture_get(ctx, fx, "out"), 1e-5);
+    if (out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK)
+        CHECK_GRADBUF(x->grad, fixture_get(ctx, fx, "grad_x"), 1e-5);
+    else
+        CHECK(0, "%s: %s", name, qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_st_close(fx);
+}
+
+TEST(parity_cross_entropy)
+{
+    parity_ce("ce_plain_mean", false);
+    parity_ce("ce_transposed_sum", true);
+    parity_ce("ce_ignore_neg_mean", false);
+    parity_ce("ce_smooth_mean", false);
+    parity_ce("ce_full_mean", false);
+    parity_ce("ce_full_sum", false);
+    parity_ce("ce_full_none", false);
+}
+
+typedef qkv_tensor *(*loss_fn)(qkv_ctx *, qkv_tensor *, qkv_tensor *, qkv_reduction);
+
+static qkv_tensor *smooth_l1_half(qkv_ctx *c, qkv_tensor *p, qkv_tensor *t, qkv_reduction r)
+{
+    return qkv_smooth_l1_loss(c, p, t, 0.5f, r);
+}
+
+static void parity_pointwise(const char *name, loss_fn f, bool transposed)
+{
+    qkv_st_file *fx = fixture_open(name);
+    if (!fx)
+        return;
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *pred = qkv_requires_grad(fixture_get(ctx, fx, "pred"));
+    qkv_tensor *target = fixture_get(ctx, fx, "target");
+    qkv_tensor *in = transposed ? qkv_transpose(ctx, pred, 0, 1) : pred;
+    qkv_tensor *out = f(ctx, in, target, reduction_of(fx)), *gout = fixture_get(ctx, fx, "gout");
+    CHECK_TENSOR(out, fixture_get(ctx, fx, "out"), 1e-5);
+    if (out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK)
+        CHECK_GRADBUF(pred->grad, fixture_get(ctx, fx, "grad_pred"), 1e-5);
+    else
+        CHECK(0, "%s: %s", name, qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_st_close(fx);
+}
+
+TEST(parity_pointwise_losses)
+{
+    const char *red[] = {"mean", "sum", "none"};
+    char name[64];
+    for (int i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "mse_%s", red[i]);
+        parity_pointwise(name, qkv_mse_loss, false);
+        snprintf(name, sizeof name, "l1_%s", red[i]);
+        parity_pointwise(name, qkv_l1_loss, true);
+        snprintf(name, sizeof name, "smooth_l1_%s", red[i]);
+        parity_pointwise(name, smooth_l1_half, false);
+    }
+}

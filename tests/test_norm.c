@@ -1,0 +1,337 @@
+/* test_norm.c - layer norm, batch norm (training, eval, frozen) and
+ * dropout: gradient checks (tol 1e-2 on central differences of float32
+ * ops, loss in double), PyTorch parity (tol 1e-5 relative to
+ * max(1, |ref|), forward, backward and the updated running statistics),
+ * dropout's mask statistics, and the errors. */
+#include "test.h"
+
+#define SHAPE(...) ((int64_t[]){__VA_ARGS__})
+
+/* ---- layer norm ---- */
+
+static qkv_tensor *f_ln_affine(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    return qkv_layer_norm(c, t[0], t[1], t[2], 1e-5f);
+}
+static qkv_tensor *f_ln_plain(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    return qkv_layer_norm(c, t[0], NULL, NULL, 1e-5f);
+}
+static qkv_tensor *f_ln_transposed(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    return qkv_layer_norm(c, qkv_transpose(c, t[0], 0, 1), t[1], t[2], 1e-5f);
+}
+
+TEST(gradcheck_layer_norm)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 21);
+    gc_input in[3] = {gc_rand(&r, 3, SHAPE(2, 3, 6), -2, 2, true),
+                      gc_rand(&r, 1, SHAPE(6), 0.5f, 1.5f, true),
+                      gc_rand(&r, 1, SHAPE(6), -1, 1, true)};
+    CHECK_GRAD(f_ln_affine, 3, in, NULL, 1e-2);
+    CHECK_GRAD(f_ln_plain, 1, in, NULL, 1e-2);
+    gc_free(3, in);
+    /* x (6, 4) normalised as its (4, 6) transpose: strided rows */
+    gc_input tin[3] = {gc_rand(&r, 2, SHAPE(6, 4), -2, 2, true),
+                       gc_rand(&r, 1, SHAPE(6), 0.5f, 1.5f, true),
+                       gc_rand(&r, 1, SHAPE(6), -1, 1, true)};
+    CHECK_GRAD(f_ln_transposed, 3, tin, NULL, 1e-2);
+    gc_free(3, tin);
+}
+
+TEST(layer_norm_parallel_rows_match_serial)
+{
+    /* enough rows to take the threaded path, where dw and db are summed per
+     * block of rows: compare with a one-thread run */
+    int64_t R = 600, C = 96, sizes[3] = {R * C, C, C};
+    float *grads[2][3];
+    int threads = qkv_threads();
+    for (int run = 0; run < 2; run++) {
+        qkv_set_threads(run == 0 ? 1 : 2);
+        qkv_ctx *ctx = qkv_ctx_new();
+        qkv_tensor *x = qkv_requires_grad(qkv_randn(ctx, 2, SHAPE(R, C), 1, 2));
+        qkv_tensor *w = qkv_requires_grad(qkv_randn(ctx, 1, SHAPE(C), 1, 0.2f));
+        qkv_tensor *b = qkv_requires_grad(qkv_randn(ctx, 1, SHAPE(C), 0, 1));
+        qkv_tensor *g = qkv_randn(ctx, 2, SHAPE(R, C), 0, 1);
+        qkv_tensor *y = qkv_layer_norm(ctx, x, w, b, 1e-5f);
+        REQUIRE(y && qkv_backward_with(ctx, y, g->data) == QKV_OK, "%s", qkv_error());
+        qkv_tensor *ts[3] = {x, w, b};
+        for (int k = 0; k < 3; k++) {
+            grads[run][k] = malloc((size_t)sizes[k] * sizeof(float));
+            memcpy(grads[run][k], ts[k]->grad, (size_t)sizes[k] * sizeof(float));
+        }
+        qkv_ctx_free(ctx);
+    }
+    qkv_set_threads(threads);
+    double worst = 0;
+    for (int k = 0; k < 3; k++) {
+        for (int64_t i = 0; i < sizes[k]; i++)
+            worst = fmax(worst, fabs(grads[0][k][i] - grads[1][k][i]) /
+                                    fmax(1.0, fabs(grads[0][k][i])));
+        free(grads[0][k]);
+        free(grads[1][k]);
+    }
+    CHECK(worst <= 1e-6, "1 and 2 threads differ by %.3g", worst);
+}
+
+TEST(layer_norm_errors)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_zeros(ctx, 2, SHAPE(3, 4)), *w = qkv_zeros(ctx, 1, SHAPE(5));
+    CHECK(!qkv_layer_norm(ctx, x, w, NULL, 1e-5f) && strstr(qkv_error(), "layer_norm") &&
+              strstr(qkv_error(), "(3, 4)") && strstr(qkv_error(), "(5)"),
+          "%s", qkv_error());
+    qkv_ctx_free(ctx);
+}
+
+/* ---- batch norm ---- */
+
+typedef struct {
+    float *running_mean, *running_var; /* (C) */
+    int64_t C;
+    bool training, frozen;
+} bn_args;
+
+static qkv_tensor *f_bn(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    bn_args *a = u;
+    qkv_tensor *rm = qkv_wrap(c, 1, &a->C, a->running_mean);
+    qkv_tensor *rv = qkv_wrap(c, 1, &a->C, a->running_var);
+    if (a->frozen)
+        return qkv_batch_norm_frozen(c, t[0], t[1], t[2], rm, rv, 1e-5f);
+    qkv_set_training(c, a->training);
+    qkv_tensor *y = qkv_batch_norm(c, t[0], t[1], t[2], rm, rv, 0.1f, 1e-5f);
+    qkv_set_training(c, 1);
+    return y;
+}
+
+static void gradcheck_bn(int ndim, const int64_t *shape, bool training, bool frozen)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 22);
+    int64_t C = shape[1];
+    float rm[8], rv[8];
+    for (int64_t c = 0; c < C; c++) {
+        rm[c] = (float)(qkv_rng_uniform(&r) - 0.5);
+        rv[c] = (float)(qkv_rng_uniform(&r) + 0.5);
+    }
+    bn_args a = {rm, rv, C, training, frozen};
+    gc_input in[3] = {gc_rand(&r, ndim, shape, -2, 2, true),
+                      gc_rand(&r, 1, SHAPE(C), 0.5f, 1.5f, !frozen),
+                      gc_rand(&r, 1, SHAPE(C), -1, 1, !frozen)};
+    CHECK_GRAD(f_bn, 3, in, &a, 1e-2);
+    gc_free(3, in);
+}
+
+TEST(gradcheck_batch_norm)
+{
+    gradcheck_bn(4, SHAPE(3, 2, 2, 3), true, false);
+    gradcheck_bn(2, SHAPE(5, 3), true, false);
+    gradcheck_bn(4, SHAPE(3, 2, 2, 3), false, false);
+    gradcheck_bn(4, SHAPE(2, 3, 2, 2), false, true);
+}
+
+TEST(batch_norm_modes)
+{
+    /* training updates the running statistics; eval and frozen do not,
+     * and frozen records no gradient for weight and bias */
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_randn(ctx, 3, SHAPE(4, 2, 3), 1, 2);
+    qkv_tensor *w = qkv_requires_grad(qkv_full(ctx, 1, SHAPE(2), 1.0f));
+    qkv_tensor *rm = qkv_zeros(ctx, 1, SHAPE(2)), *rv = qkv_full(ctx, 1, SHAPE(2), 1.0f);
+    qkv_set_training(ctx, 0);
+    REQUIRE(qkv_batch_norm(ctx, x, w, NULL, rm, rv, 0.1f, 1e-5f), "%s", qkv_error());
+    CHECK(rm->data[0] == 0.0f && rv->data[0] == 1.0f, "eval mode changed the running stats");
+    qkv_tensor *y = qkv_batch_norm_frozen(ctx, x, w, NULL, rm, rv, 1e-5f);
+    CHECK(y && !y->requires_grad, "frozen batch norm recorded a gradient for its weight");
+    qkv_set_training(ctx, 1);
+    REQUIRE(qkv_batch_norm_frozen(ctx, x, w, NULL, rm, rv, 1e-5f), "%s", qkv_error());
+    CHECK(rm->data[0] == 0.0f, "frozen batch norm changed the running stats in training");
+    REQUIRE(qkv_batch_norm(ctx, x, w, NULL, rm, rv, 0.1f, 1e-5f), "%s", qkv_error());
+    CHECK(rm->data[0] != 0.0f && rv->data[0] != 1.0f, "training left the running stats");
+    /* running statistics may be NULL in training mode */
+    CHECK(qkv_batch_norm(ctx, x, NULL, NULL, NULL, NULL, 0.1f, 1e-5f), "%s", qkv_error());
+    qkv_ctx_free(ctx);
+}
+
+TEST(batch_norm_errors)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_zeros(ctx, 4, SHAPE(2, 3, 2, 2)), *w = qkv_zeros(ctx, 1, SHAPE(4));
+    CHECK(!qkv_batch_norm(ctx, x, w, NULL, NULL, NULL, 0.1f, 1e-5f) &&
+              strstr(qkv_error(), "batch_norm") && strstr(qkv_error(), "(2, 3, 2, 2)") &&
+              strstr(qkv_error(), "(4)"),
+          "%s", qkv_error());
+    qkv_set_training(ctx, 0);
+    CHECK(!qkv_batch_norm(ctx, x, NULL, NULL, NULL, NULL, 0.1f, 1e-5f) &&
+              strstr(qkv_error(), "running"),
+          "eval without running stats: %s", qkv_error());
+    qkv_set_training(ctx, 1);
+    qkv_tensor *one = qkv_zeros(ctx, 2, SHAPE(1, 3));
+    CHECK(!qkv_batch_norm(ctx, one, NULL, NULL, NULL, NULL, 0.1f, 1e-5f) &&
+              strstr(qkv_error(), "more than 1 value"),
+          "one value per channel: %s", qkv_error());
+    qkv_ctx_free(ctx);
+}
+
+/* ---- parity with PyTorch ---- */
+
+static void parity_layer_norm(const char *name, bool affine, bool transposed, float eps)
+{
+    qkv_st_file *fx = fixture_open(name);
+    if (!fx)
+        return;
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_requires_grad(fixture_get(ctx, fx, "x"));
+    qkv_tensor *w = affine ? qkv_requires_grad(fixture_get(ctx, fx, "w")) : NULL;
+    qkv_tensor *b = affine ? qkv_requires_grad(fixture_get(ctx, fx, "b")) : NULL;
+    qkv_tensor *in = transposed ? qkv_transpose(ctx, x, 0, 1) : x;
+    qkv_tensor *out = qkv_layer_norm(ctx, in, w, b, eps), *gout = fixture_get(ctx, fx, "gout");
+    CHECK_TENSOR(out, fixture_get(ctx, fx, "out"), 1e-5);
+    if (out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK) {
+        CHECK_GRADBUF(x->grad, fixture_get(ctx, fx, "grad_x"), 1e-5);
+        if (affine) {
+            CHECK_GRADBUF(w->grad, fixture_get(ctx, fx, "grad_w"), 1e-5);
+            CHECK_GRADBUF(b->grad, fixture_get(ctx, fx, "grad_b"), 1e-5);
+        }
+    } else
+        CHECK(0, "%s: %s", name, qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_st_close(fx);
+}
+
+TEST(parity_layer_norm)
+{
+    parity_layer_norm("layer_norm_affine", true, false, 1e-5f);
+    parity_layer_norm("layer_norm_plain", false, false, 1e-6f);
+    parity_layer_norm("layer_norm_transposed", true, true, 1e-5f);
+}
+
+typedef enum { BN_TRAIN, BN_EVAL, BN_FROZEN } bn_mode;
+
+/* x stored (B, S, C) when permuted, used as its (B, C, S) permutation */
+static void parity_batch_norm(const char *name, bn_mode mode, bool permuted, float momentum)
+{
+    qkv_st_file *fx = fixture_open(name);
+    if (!fx)
+        return;
+    qkv_ctx *ctx = qkv_ctx_new();
+    bool params = mode != BN_FROZEN;
+    qkv_tensor *x = qkv_requires_grad(fixture_get(ctx, fx, "x"));
+    qkv_tensor *w = fixture_get(ctx, fx, "w"), *b = fixture_get(ctx, fx, "b");
+    if (params) {
+        qkv_requires_grad(w);
+        qkv_requires_grad(b);
+    }
+    qkv_tensor *rm = fixture_get(ctx, fx, "running_mean");
+    qkv_tensor *rv = fixture_get(ctx, fx, "running_var");
+    qkv_tensor *in = permuted ? qkv_permute(ctx, x, (int[]){0, 2, 1}) : x;
+    qkv_set_training(ctx, mode == BN_TRAIN);
+    qkv_tensor *out = mode == BN_FROZEN
+                          ? qkv_batch_norm_frozen(ctx, in, w, b, rm, rv, 1e-5f)
+                          : qkv_batch_norm(ctx, in, w, b, rm, rv, momentum, 1e-5f);
+    qkv_tensor *gout = fixture_get(ctx, fx, "gout");
+    CHECK_TENSOR(out, fixture_get(ctx, fx, "out"), 1e-5);
+    if (params) {
+        CHECK_TENSOR(rm, fixture_get(ctx, fx, "running_mean_after"), 1e-6);
+        CHECK_TENSOR(rv, fixture_get(ctx, fx, "running_var_after"), 1e-6);
+    }
+    if (out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK) {
+        CHECK_GRADBUF(x->grad, fixture_get(ctx, fx, "grad_x"), 1e-5);
+        if (params) {
+            CHECK_GRADBUF(w->grad, fixture_get(ctx, fx, "grad_w"), 1e-5);
+            CHECK_GRADBUF(b->grad, fixture_get(ctx, fx, "grad_b"), 1e-5);
+        }
+    } else
+        CHECK(0, "%s: %s", name, qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_st_close(fx);
+}
+
+TEST(parity_batch_norm)
+{
+    parity_batch_norm("batch_norm_train_4d", BN_TRAIN, false, 0.1f);
+    parity_batch_norm("batch_norm_train_2d", BN_TRAIN, false, 0.3f);
+    parity_batch_norm("batch_norm_train_permuted", BN_TRAIN, true, 0.1f);
+    parity_batch_norm("batch_norm_eval_4d", BN_EVAL, false, 0.1f);
+    parity_batch_norm("batch_norm_frozen", BN_FROZEN, false, 0.0f);
+}
+
+/* ---- dropout ---- */
+
+static qkv_tensor *f_dropout(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    return qkv_dropout(c, qkv_transpose(c, t[0], 0, 1), 0.3f);
+}
+
+TEST(gradcheck_dropout)
+{
+    /* the harness reseeds the context RNG before every evaluation, so each
+     * sees the same mask */
+    qkv_rng r;
+    qkv_rng_seed(&r, 23);
+    gc_input in[1] = {gc_rand(&r, 2, SHAPE(5, 7), -2, 2, true)};
+    CHECK_GRAD(f_dropout, 1, in, NULL, 1e-2);
+    gc_free(1, in);
+}
+
+TEST(dropout_statistics_and_mask)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_rng_seed(qkv_ctx_rng(ctx), 5);
+    const int64_t n = 200001; /* odd: the last element takes half a draw */
+    const float p = 0.3f, keep = 1.0f / (1.0f - p);
+    qkv_tensor *x = qkv_requires_grad(qkv_rand(ctx, 1, &n, 0.5f, 1.5f));
+    qkv_rng_seed(qkv_ctx_rng(ctx), 6);
+    qkv_tensor *y = qkv_dropout(ctx, x, p);
+    REQUIRE(y, "%s", qkv_error());
+    float *ones = malloc(n * sizeof *ones);
+    for (int64_t i = 0; i < n; i++)
+        ones[i] = 1.0f;
+    REQUIRE(qkv_backward_with(ctx, y, ones) == QKV_OK, "%s", qkv_error());
+    int64_t kept = 0, bad = 0;
+    double sx = 0, sy = 0;
+    for (int64_t i = 0; i < n; i++) {
+        bool k = y->data[i] != 0.0f;
+        kept += k;
+        sx += x->data[i];
+        sy += y->data[i];
+        /* kept elements are scaled by exactly 1 / (1 - p); the gradient is
+         * the same mask */
+        if ((k && y->data[i] != x->data[i] * keep) || x->grad[i] != (k ? keep : 0.0f))
+            bad++;
+    }
+    free(ones);
+    /* 5 standard deviations of a binomial(n, 1 - p) */
+    double frac = (double)kept / n, sd = sqrt(p * (1 - p) / n);
+    CHECK(fabs(frac - (1 - p)) < 5 * sd, "kept %.4f, expected %.2f", frac, 1 - p);
+    CHECK(fabs(sy / sx - 1) < 0.01, "mean moved: %.4f", sy / sx);
+    CHECK(bad == 0, "%lld elements with a wrong scale or gradient", (long long)bad);
+    /* same seed, same mask; another seed, another mask */
+    qkv_rng_seed(qkv_ctx_rng(ctx), 6);
+    qkv_tensor *y2 = qkv_dropout(ctx, x, p), *y3 = qkv_dropout(ctx, x, p);
+    REQUIRE(y2 && y3, "%s", qkv_error());
+    CHECK(!memcmp(y->data, y2->data, n * sizeof(float)), "same seed, different mask");
+    CHECK(memcmp(y->data, y3->data, n * sizeof(float)), "the RNG did not advance");
+    qkv_ctx_free(ctx);
+}
+
+TEST(dropout_edge_cases)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_requires_grad(qkv_randn(ctx, 2, SHAPE(3, 4), 0, 1));
+    CHECK(qkv_dropout(ctx, x, 0.0f) == x, "p = 0 is not the identity");
+    qkv_set_training(ctx, 0);
+    CHECK(qkv_dropout(ctx, x, 0.5f) == x, "eval mode is not the identity");
+    qkv_set_training(ctx, 1);
+    qkv_tensor *z = qkv_dropout(ctx, x, 1.0f);
+    REQUIRE(z, "%s", qkv_error());
+    float g[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    REQUIRE(qkv_backward_with(ctx, z, g) == QKV_OK, "%s", qkv_error());
+    for (int i = 0; i < 12; i++)
+        CHECK(z->data[i] == 0.0f && x->grad[i] == 0.0f, "p = 1: element %d kept", i);
+    CHECK(!qkv_dropout(ctx, x, 1.5f) && strstr(qkv_error(), "dropout"), "%s", qkv_error());
+    CHECK(!qkv_dropout(ctx, x, NAN), "p = NaN accepted");
+    qkv_ctx_free(ctx);
+}
