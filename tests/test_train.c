@@ -539,17 +539,14 @@ static void mlp_free(mlp *m)
     qkv_params_free(m->ps);
 }
 
-/* linear -> square -> linear -> mean squared error; returns the loss, NaN on
- * error. (Squaring stands in for relu until qkv_relu and qkv_mse_loss land.) */
+/* linear -> relu -> linear -> mean squared error, backward, clip, AdamW,
+ * zero_grad, reset; returns the loss, NaN on error. */
 static double mlp_step(qkv_ctx *ctx, mlp *m)
 {
     qkv_tensor *x = qkv_from_data(ctx, 2, SHAPE(B, IN), m->x);
     qkv_tensor *y = qkv_from_data(ctx, 2, SHAPE(B, 1), m->y);
-    qkv_tensor *h = qkv_linear(ctx, x, m->w1, m->b1);
-    qkv_tensor *p = qkv_linear(ctx, qkv_mul(ctx, h, h), m->w2, m->b2);
-    qkv_tensor *d = qkv_sub(ctx, p, y);
-    qkv_tensor *loss = qkv_mul(ctx, qkv_matmul(ctx, d, d, 1, 0),
-                               qkv_full(ctx, 2, SHAPE(1, 1), 1.0f / B));
+    qkv_tensor *h = qkv_relu(ctx, qkv_linear(ctx, x, m->w1, m->b1));
+    qkv_tensor *loss = qkv_mse_loss(ctx, qkv_linear(ctx, h, m->w2, m->b2), y, QKV_REDUCE_MEAN);
     if (!loss || qkv_backward(ctx, loss) != QKV_OK)
         return NAN;
     double l = loss->data[0];
