@@ -34,7 +34,7 @@ CJSON_CFLAGS := $(shell pkg-config --cflags libcjson 2>/dev/null)
 CJSON_LIBS   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
 
 WARN    := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
-CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -fPIC -fopenmp -fvisibility=hidden \
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fno-math-errno $(OPT) $(WARN) -fPIC -fopenmp -fvisibility=hidden \
            -Iinclude -Isrc $(BLAS_CFLAGS) $(CJSON_CFLAGS)
 LDLIBS  := $(BLAS_LIBS) $(CJSON_LIBS) -lpng -ljpeg -lz -lm
 LDFLAGS += -fopenmp $(LDSAN)
