@@ -22,14 +22,15 @@
 #define SHIFTER 0x1.8p23f          /* adding it rounds to an integer    */
 #define EXP_MIN (-87.0f)           /* 2^k stays a normal float above it */
 
-/* e^v for v <= 0 (NaN maps to a finite value; callers propagate NaN through
- * x). e^v = 2^k e^r with k = round(v log2 e), |r| <= ln2 / 2; e^r by a degree-6
- * polynomial, relative error 1.9e-9 before rounding. */
-static inline float exp_nonpos(float v)
+#define EXP_MAX 88.0f             /* and below it                      */
+
+/* e^v for v in [EXP_MIN, EXP_MAX]: e^v = 2^k e^r with k = round(v log2 e),
+ * |r| <= ln2 / 2; e^r by a degree-6 polynomial, relative error 1.9e-9 before
+ * rounding; 2^k built in the exponent bits. */
+static inline float exp_core(float v)
 {
-    float vc = v > EXP_MIN ? v : EXP_MIN;
-    float k = fmaf(vc, LOG2E, SHIFTER) - SHIFTER;
-    float r = fmaf(k, -LN2_HI, vc);
+    float k = fmaf(v, LOG2E, SHIFTER) - SHIFTER;
+    float r = fmaf(k, -LN2_HI, v);
     r = fmaf(k, -LN2_LO, r);
     float p = 1.383684226e-03f;
     p = fmaf(p, r, 8.374815807e-03f);
@@ -41,7 +42,27 @@ static inline float exp_nonpos(float v)
     int32_t bits = ((int32_t)k + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return v > EXP_MIN ? p * scale : 0.0f;
+    return p * scale;
+}
+
+/* e^v for v <= 0; 0 below EXP_MIN. NaN maps to a finite value: GELU, the
+ * only caller, propagates NaN through its factor x. */
+static inline float exp_nonpos(float v)
+{
+    float e = exp_core(v > EXP_MIN ? v : EXP_MIN);
+    return v > EXP_MIN ? e : 0.0f;
+}
+
+/* e^v for any v: 0 below EXP_MIN, +inf above EXP_MAX (e^88.72 is the true
+ * overflow; the values between do not matter where it is used), NaN kept. */
+static inline float exp_any(float v)
+{
+    float vc = v > EXP_MIN ? v : EXP_MIN;
+    vc = vc < EXP_MAX ? vc : EXP_MAX;
+    float e = exp_core(vc);
+    e = v > EXP_MIN ? e : 0.0f;
+    e = v < EXP_MAX ? e : INFINITY;
+    return v == v ? e : v;
 }
 
 /* exp(-c x^2) for c a power of two. x^2 is split into hi + lo exactly (FMA),
@@ -141,7 +162,7 @@ void qkv_k_gelu_backward_ref(float *dx, const float *g, const float *x, int64_t 
     }
 }
 
-/* ---- the other ops: libm per element ---- */
+/* ---- the other ops: libm per element, except the sigmoid family ---- */
 
 /* x^p with PyTorch's special cases (pow_tensor_scalar), so that e.g. x^2 is
  * x*x and x^0.5 is sqrt(x), exactly as there. */
@@ -158,33 +179,37 @@ static inline float pow_scalar(float v, float p)
     return powf(v, p);
 }
 
+/* sigmoid(x) = 1 / (1 + e^-x) with the vectorised exp (within 2 ulp of
+ * expf), so that sigmoid, SiLU and GELU-tanh vectorise. */
+static inline float sigmoid(float v) { return 1.0f / (1.0f + exp_any(-v)); }
+
 /* sqrt(2/pi) and the cubic's coefficient of GELU's tanh form */
 #define GELU_BETA 0.79788456080286536f
 #define GELU_KAPPA 0.044715f
 
+/* 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) */
 static inline float gelu_tanh(float v)
 {
     float inner = GELU_BETA * (v + GELU_KAPPA * (v * v * v));
-    return 0.5f * v * (1.0f + tanhf(inner));
+    return v * sigmoid(2.0f * inner);
 }
 
 static inline float gelu_tanh_grad(float v)
 {
-    /* y = left * right, left = x/2, right = 1 + tanh(inner) */
+    /* y = x/2 (1 + tanh(u)) = x s, s = sigmoid(2u): with 1 + tanh = 2s and
+     * 1 - tanh^2 = 4 s (1 - s), dy/dx = s + x/2 4 s (1 - s) du/dx,
+     * du/dx = sqrt(2/pi) (1 + 3 0.044715 x^2) */
     float x_sq = v * v;
     float inner = GELU_BETA * (v + GELU_KAPPA * (x_sq * v));
-    float th = tanhf(inner);
-    float left = 0.5f * v, right = 1.0f + th;
-    float left_derivative = 0.5f * right;
-    float right_derivative =
-        left * ((1.0f - th * th) * (GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x_sq)));
-    return left_derivative + right_derivative;
+    float s = sigmoid(2.0f * inner);
+    return s + (0.5f * v) * ((4.0f * s * (1.0f - s)) *
+                             (GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x_sq)));
 }
 
 static inline float silu_grad(float d, float v)
 {
     /* y = x s, s = sigmoid(x): dy s (1 + x (1 - s)) */
-    float s = 1.0f / (1.0f + expf(-v));
+    float s = sigmoid(v);
     return d * s * (1.0f + v * (1.0f - s));
 }
 
@@ -223,12 +248,12 @@ void qkv_k_unary(qkv_unop op, float *y, const float *x, int64_t n, float a, floa
     case QKV_UN_POW: MAP(pow_scalar(v, a)); break;
     case QKV_UN_ABS: MAP(fabsf(v)); break;
     case QKV_UN_TANH: MAP(tanhf(v)); break;
-    case QKV_UN_SIGMOID: MAP(1.0f / (1.0f + expf(-v))); break;
+    case QKV_UN_SIGMOID: MAP(sigmoid(v)); break;
     case QKV_UN_RELU: MAP(v < 0.0f ? 0.0f : v); break; /* NaN stays NaN */
     case QKV_UN_LEAKY_RELU: MAP(v > 0.0f ? v : v * a); break;
     case QKV_UN_GELU: qkv_k_gelu(y, x, n); break;
     case QKV_UN_GELU_TANH: MAP(gelu_tanh(v)); break;
-    case QKV_UN_SILU: MAP(v / (1.0f + expf(-v))); break;
+    case QKV_UN_SILU: MAP(v / (1.0f + exp_any(-v))); break;
     case QKV_UN_SOFTPLUS: MAP(v * a > b ? v : log1pf(expf(v * a)) / a); break;
     }
 }
