@@ -48,7 +48,7 @@ void qkv_progress_start(qkv_progress *p, int64_t total, const char *label)
 char *qkv_progress_format(const qkv_progress *p, double elapsed, const char *extra, char *buf,
                           size_t n)
 {
-    char el[16], eta[16], rate[32] = "";
+    char el[32], eta[32], rate[32] = "";
     clock_str(el, sizeof el, elapsed);
     if (elapsed > 0 && p->done > 0)
         snprintf(rate, sizeof rate, " %.3g/s", (double)p->done / elapsed);

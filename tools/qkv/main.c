@@ -1,4 +1,6 @@
-/* main.c - the qkv command line: `qkv <command> [options]`. */
+/* main.c - the qkv command line: `qkv [--threads N] <command> [options]`. */
+#include "args.h"
+#include "commands.h"
 #include "qkv.h"
 
 #include <stdio.h>
@@ -10,36 +12,68 @@ typedef struct {
     int (*run)(int argc, char **argv);
 } command;
 
+static int cmd_version(int argc, char **argv);
+
+static const command commands[] = {
+    {"kernel-regression", "attention pooling: Nadaraya-Watson kernel regression (d2l)",
+     cmd_kernel_regression},
+    {"version", "print the version, the GEMM backend and the thread count", cmd_version},
+};
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
 static int cmd_version(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    printf("qkv %s\n", QKV_VERSION);
+    args_spec s = {.command = "version",
+                   .summary = "Prints the version, the GEMM backend and the thread count."};
+    int rc = args_parse(&s, argc, argv);
+    if (rc != ARGS_CONTINUE)
+        return rc;
+    printf("qkv %s\nbackend %s\nthreads %d\n", QKV_VERSION, qkv_backend(), qkv_threads());
     return 0;
 }
 
-static const command commands[] = {
-    {"version", "print the version", cmd_version},
-};
-
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: qkv <command> [options]\n\ncommands:\n");
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(out, "usage: qkv [--threads N] <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < N_COMMANDS; i++)
         fprintf(out, "  %-20s %s\n", commands[i].name, commands[i].help);
-    fprintf(out, "\n`qkv <command> --help` describes a command's options.\n");
+    fprintf(out, "\n`qkv <command> --help` describes a command's options.\n"
+                 "--threads N (any command; else $QKV_THREADS, else the cores) sets the "
+                 "kernels' threads.\n");
 }
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+    int i = 1;
+    /* Global options come before the command; commands accept them too. */
+    while (i < argc && !strncmp(argv[i], "--threads", 9)) {
+        const char *v = argv[i][9] == '=' ? argv[i] + 10 : NULL;
+        if (argv[i][9] != '=' && argv[i][9] != '\0')
+            break;
+        if (!v && i + 1 >= argc) {
+            fprintf(stderr, "qkv: --threads needs a value\n");
+            return 2;
+        }
+        if (args_threads("--threads", v ? v : argv[++i]))
+            return 2;
+        i++;
     }
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name))
-            return commands[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "qkv: unknown command '%s'\n\n", argv[1]);
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *name = argv[i];
+    if (!strcmp(name, "--help") || !strcmp(name, "-h") || !strcmp(name, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t c = 0; c < N_COMMANDS; c++)
+        if (!strcmp(name, commands[c].name))
+            return commands[c].run(argc - i, argv + i);
+    if (name[0] == '-')
+        fprintf(stderr, "qkv: unknown option '%s' (options go after the command)\n\n", name);
+    else
+        fprintf(stderr, "qkv: unknown command '%s'\n\n", name);
     usage(stderr);
     return 2;
 }

@@ -1,0 +1,9 @@
+/* commands.h - the `qkv` subcommands. Each takes its own argv (argv[0] is
+ * the command's name) and returns the process exit status: 0 done, 1 the
+ * work failed (message printed), 2 bad usage. */
+#ifndef QKV_COMMANDS_H
+#define QKV_COMMANDS_H
+
+int cmd_kernel_regression(int argc, char **argv);
+
+#endif
