@@ -31,6 +31,10 @@ static const conv_case conv_cases[] = {
     {1, 3, 8, 8, 5, 4, 4, {.stride_h = 4, .stride_w = 4}, true},          /* patches */
     {1, 2, 5, 9, 3, 2, 3, {.stride_w = 3, .pad_h = 1, .dil_w = 2}, false},
     {1, 1, 3, 3, 2, 5, 5, {.pad_h = 2, .pad_w = 2}, true}, /* window wider than the image */
+    {1, 5, 4, 4, 3, 1, 1, {0}, true},                      /* 1x1 direct, one image */
+    {2, 4, 7, 8, 4, 3, 3, {2, 2, 1, 2, 1, 2, 4}, false},   /* depthwise, strided, dilated */
+    /* 200 output pixels: GEMMs over chunks of 3 images, then 1 */
+    {4, 2, 10, 20, 4, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 2}, true},
 };
 #define N_CONV_CASES (int)(sizeof conv_cases / sizeof conv_cases[0])
 
@@ -166,6 +170,13 @@ TEST(max_pool2d_ties_and_padding)
         CHECK(y->data[i] == -5.0f, "y[%d] = %g", i, y->data[i]);
     for (int i = 0; i < 12; i++)
         CHECK(x->grad[i] == want[i], "grad[%d] = %g, expected %g", i, x->grad[i], want[i]);
+    /* a NaN wins its window, as in PyTorch, and takes the gradient */
+    qkv_tensor *z = qkv_requires_grad(qkv_from_data(ctx, 4, SHAPE(1, 1, 2, 2),
+                                                    (float[]){1, NAN, 3, 2}));
+    y = qkv_max_pool2d(ctx, z, 2, 2, 0, 0, 0, 0);
+    REQUIRE(y && qkv_backward_with(ctx, y, ones) == QKV_OK, "%s", qkv_error());
+    CHECK(isnan(y->data[0]), "max of (1, nan, 3, 2) = %g", y->data[0]);
+    CHECK(z->grad[1] == 1 && z->grad[0] + z->grad[2] + z->grad[3] == 0, "NaN's gradient");
     qkv_ctx_free(ctx);
 }
 
@@ -271,9 +282,11 @@ TEST(parity_conv2d)
     parity_conv("conv2d_dil2");
     parity_conv("conv2d_groups2");
     parity_conv("conv2d_depthwise");
+    parity_conv("conv2d_depthwise_s2_dil2");
     parity_conv("conv2d_1x1_nobias");
     parity_conv("conv2d_1x1_stride2");
     parity_conv("conv2d_patch");
+    parity_conv("conv2d_chunks");
     parity_conv("conv2d_nhwc");
 }
 

@@ -1,71 +1,112 @@
 /* ops_conv.c - conv2d (NCHW) with stride, padding, dilation and groups, as
- * im2col + GEMM per image and group. A 1x1, stride-1, unpadded convolution
- * is a GEMM on the image as it lies, so it skips the column buffer.
- *
- * Per image b and group gi, with K = Cin/groups kh kw and P = Ho Wo:
- *   col (K, P) = im2col(x[b, group's channels])
- *   out[b, group's outputs] (Cout/groups, P) = w_gi (Cout/groups, K) col + bias
- * The backward recomputes col instead of keeping B of them alive. */
+ * im2col + GEMM. With K = Cin/groups kh kw and P = Ho Wo, per group gi and
+ * chunk of m images:
+ *   col (K, m P)          = im2col of each image's group channels, side by side
+ *   out[chunk, gi's outputs] (og, m P) = w_gi (og, K) col + bias
+ * One image per chunk when P is wide enough for GEMM to run well; several
+ * when it is not (ResNet's late stages, small images), so the column buffer
+ * stays below K (CONV_COLS + P) floats. A 1x1, stride-1, unpadded
+ * convolution over one image is a GEMM on the image as it lies and skips
+ * im2col. The backward recomputes col rather than keeping B of them.
+ * Depthwise convolutions (one input channel per group) would make GEMMs of
+ * one row; they go to a direct kernel instead. */
 #include "../kernels/conv.h"
 #include "../kernels/kernels.h"
 #include "../qkv_internal.h"
 
-/* What the backward needs besides the tensors: saved[0] the geometry,
- * iarg[0] groups, iarg[1] whether the 1x1 direct path was taken. */
-static bool is_direct(const qkv_conv_geom *g)
+#define CONV_COLS 512
+
+typedef struct {
+    qkv_conv_geom g;
+    int64_t groups, nb; /* images per chunk */
+    bool direct;        /* 1x1 GEMM on x itself */
+    bool depthwise;     /* direct kernel, no GEMM */
+} conv_plan;
+
+static conv_plan plan_of(const qkv_conv_geom *g, int64_t B, int64_t Cin, int64_t groups)
 {
-    return g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+    int64_t P = g->Ho * g->Wo, nb = (CONV_COLS + P - 1) / P;
+    conv_plan p = {*g, groups, nb < B ? nb : B, false, Cin == groups};
+    p.direct = p.nb == 1 && g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 &&
+               g->ph == 0 && g->pw == 0;
+    return p;
+}
+
+/* col (K, m P) = im2col of images x_0 .. x_{m-1}, each x_i (cg, H, W) at
+ * x + i image_stride */
+static void im2col_chunk(float *col, const float *x, int64_t image_stride, int64_t m,
+                         int64_t cg, const qkv_conv_geom *g)
+{
+    int64_t P = g->Ho * g->Wo;
+    for (int64_t i = 0; i < m; i++)
+        qkv_k_im2col(col + i * P, m * P, x + i * image_stride, cg, g);
 }
 
 static void conv2d_backward(qkv_ctx *ctx, qkv_node *n)
 {
-    /* out = w_gi col(x) + bias, per image and group:
-     *   dw_gi (og, K) += g (og, P) col^T
-     *   dcol (K, P)    = w_gi^T g,  dx += col2im(dcol)
-     *   dbias (og)    += g summed over P */
+    /* out = w_gi col(x) + bias, per chunk and group (G = out's gradient):
+     *   dbias (og)    += G summed over columns
+     *   dw_gi (og, K) += G col^T
+     *   dcol (K, m P)  = w_gi^T G,  dx += col2im(dcol) */
     qkv_tensor *x = n->in[0], *w = n->in[1], *bias = n->in[2], *out = n->out;
-    const qkv_conv_geom *g = n->saved[0];
-    int64_t groups = n->iarg[0];
-    bool direct = n->iarg[1];
-    int64_t B = x->shape[0], Cin = x->shape[1], Cout = w->shape[0];
-    int64_t cg = Cin / groups, og = Cout / groups, K = cg * g->kh * g->kw;
+    const conv_plan *pl = n->saved[0];
+    const qkv_conv_geom *g = &pl->g;
+    int64_t B = x->shape[0], Cin = x->shape[1], Cout = w->shape[0], nb = pl->nb;
+    int64_t cg = Cin / pl->groups, og = Cout / pl->groups, K = cg * g->kh * g->kw;
     int64_t HW = g->H * g->W, P = g->Ho * g->Wo;
     float *gx = qkv__wants(n, 0) ? qkv__grad(ctx, x) : NULL;
     float *gw = qkv__wants(n, 1) ? qkv__grad(ctx, w) : NULL;
     float *gb = bias && qkv__wants(n, 2) ? qkv__grad(ctx, bias) : NULL;
-    float *col = gw && !direct ? qkv__floats(ctx, K * P) : NULL;
-    float *dcol = gx && !direct ? qkv__floats(ctx, K * P) : NULL;
-    if ((qkv__wants(n, 0) && !gx) || (qkv__wants(n, 1) && !gw) ||
-        (!direct && ((gw && !col) || (gx && !dcol))))
+    if (pl->depthwise) {
+        qkv_k_conv2d_depthwise_backward(gx, gw, gb, out->grad, x->data, w->data, B, Cin, og, g);
         return;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t gi = 0; gi < groups; gi++) {
-            const float *G = out->grad + (b * Cout + gi * og) * P;
-            const float *X = x->data + (b * Cin + gi * cg) * HW;
+    }
+    float *col = gw && !pl->direct ? qkv__floats(ctx, K * nb * P) : NULL;
+    float *dcol = gx && !pl->direct ? qkv__floats(ctx, K * nb * P) : NULL;
+    float *gtmp = nb > 1 ? qkv__floats(ctx, og * nb * P) : NULL;
+    if ((qkv__wants(n, 0) && !gx) || (qkv__wants(n, 1) && !gw) || (nb > 1 && !gtmp) ||
+        (!pl->direct && ((gw && !col) || (gx && !dcol))))
+        return;
+    for (int64_t b0 = 0; b0 < B; b0 += nb) {
+        int64_t m = B - b0 < nb ? B - b0 : nb, cols = m * P;
+        for (int64_t gi = 0; gi < pl->groups; gi++) {
+            const float *G = out->grad + (b0 * Cout + gi * og) * P;
+            const float *X = x->data + (b0 * Cin + gi * cg) * HW;
             const float *Wg = w->data + gi * og * K;
+            int64_t ldg = P;
+            if (nb > 1) { /* gather the chunk's gradient rows side by side */
+                for (int64_t o = 0; o < og; o++)
+                    for (int64_t i = 0; i < m; i++)
+                        memcpy(gtmp + o * cols + i * P, G + (i * Cout + o) * P,
+                               (size_t)P * sizeof(float));
+                G = gtmp;
+                ldg = cols;
+            }
             if (gb)
                 for (int64_t o = 0; o < og; o++) {
                     double acc = 0;
-                    for (int64_t p = 0; p < P; p++)
-                        acc += G[o * P + p];
+                    for (int64_t c = 0; c < cols; c++)
+                        acc += G[o * ldg + c];
                     gb[gi * og + o] += (float)acc;
                 }
             if (gw) {
-                if (!direct)
-                    qkv_k_im2col(col, X, cg, g);
-                qkv_k_gemm(false, true, og, K, P, 1.0f, G, P, direct ? X : col, P, 1.0f,
-                           gw + gi * og * K, K);
+                if (!pl->direct)
+                    im2col_chunk(col, X, Cin * HW, m, cg, g);
+                qkv_k_gemm(false, true, og, K, cols, 1.0f, G, ldg, pl->direct ? X : col, cols,
+                           1.0f, gw + gi * og * K, K);
             }
             if (gx) {
-                float *dX = gx + (b * Cin + gi * cg) * HW;
-                if (direct)
-                    qkv_k_gemm(true, false, cg, P, og, 1.0f, Wg, K, G, P, 1.0f, dX, P);
-                else {
-                    qkv_k_gemm(true, false, K, P, og, 1.0f, Wg, K, G, P, 0.0f, dcol, P);
-                    qkv_k_col2im(dX, dcol, cg, g);
+                float *dX = gx + (b0 * Cin + gi * cg) * HW;
+                if (pl->direct) {
+                    qkv_k_gemm(true, false, cg, P, og, 1.0f, Wg, K, G, ldg, 1.0f, dX, P);
+                    continue;
                 }
+                qkv_k_gemm(true, false, K, cols, og, 1.0f, Wg, K, G, ldg, 0.0f, dcol, cols);
+                for (int64_t i = 0; i < m; i++)
+                    qkv_k_col2im(dX + i * Cin * HW, dcol + i * P, cols, cg, g);
             }
         }
+    }
 }
 
 /* Checks the shapes and fills the geometry; false (with the error) if bad. */
@@ -124,42 +165,57 @@ qkv_tensor *qkv_conv2d(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *w, qkv_tensor *b
     QKV_INPUTS("conv2d", x, w);
     qkv_conv2d_opts o = opts ? *opts : (qkv_conv2d_opts){0};
     int64_t groups = o.groups ? o.groups : 1;
-    qkv_conv_geom *g = qkv__alloc(ctx, sizeof *g);
-    if (!g || !conv2d_check(x, w, bias, &o, groups, g))
+    qkv_conv_geom geom;
+    if (!conv2d_check(x, w, bias, &o, groups, &geom))
         return NULL;
     bool has_bias = bias != NULL;
     x = qkv_contiguous(ctx, x);
     w = qkv_contiguous(ctx, w);
     bias = has_bias ? qkv_contiguous(ctx, bias) : NULL;
-    if (!x || !w || (has_bias && !bias))
+    conv_plan *pl = qkv__alloc(ctx, sizeof *pl);
+    if (!x || !w || (has_bias && !bias) || !pl)
         return NULL;
     int64_t B = x->shape[0], Cin = x->shape[1], Cout = w->shape[0];
+    *pl = plan_of(&geom, B, Cin, groups);
+    const qkv_conv_geom *g = &pl->g;
     int64_t cg = Cin / groups, og = Cout / groups, K = cg * g->kh * g->kw;
-    int64_t HW = g->H * g->W, P = g->Ho * g->Wo;
-    bool direct = is_direct(g);
-    float *col = direct ? NULL : qkv__floats(ctx, K * P);
+    int64_t HW = g->H * g->W, P = g->Ho * g->Wo, nb = pl->nb;
     qkv_tensor *out = qkv__tensor(ctx, 4, (int64_t[]){B, Cout, g->Ho, g->Wo});
-    if (!out || (!direct && !col))
+    if (!out)
         return NULL;
-    for (int64_t b = 0; b < B; b++)
+    bool gemm = !pl->depthwise;
+    float *col = gemm && !pl->direct ? qkv__floats(ctx, K * nb * P) : NULL;
+    float *ytmp = gemm && nb > 1 ? qkv__floats(ctx, og * nb * P) : NULL;
+    if (gemm && ((!pl->direct && !col) || (nb > 1 && !ytmp)))
+        return NULL;
+    if (pl->depthwise)
+        qkv_k_conv2d_depthwise(out->data, x->data, w->data, bias ? bias->data : NULL, B, Cin,
+                               og, g);
+    for (int64_t b0 = 0; gemm && b0 < B; b0 += nb) {
+        int64_t m = B - b0 < nb ? B - b0 : nb, cols = m * P;
         for (int64_t gi = 0; gi < groups; gi++) {
-            const float *X = x->data + (b * Cin + gi * cg) * HW;
-            float *Y = out->data + (b * Cout + gi * og) * P;
-            if (bias)
-                for (int64_t oc = 0; oc < og; oc++)
-                    for (int64_t p = 0; p < P; p++)
-                        Y[oc * P + p] = bias->data[gi * og + oc];
-            if (!direct)
-                qkv_k_im2col(col, X, cg, g);
-            qkv_k_gemm(false, false, og, P, K, 1.0f, w->data + gi * og * K, K,
-                       direct ? X : col, P, bias ? 1.0f : 0.0f, Y, P);
+            const float *X = x->data + (b0 * Cin + gi * cg) * HW;
+            float *Y = out->data + (b0 * Cout + gi * og) * P;
+            float *R = nb > 1 ? ytmp : Y; /* GEMM result (og, cols) */
+            if (!pl->direct)
+                im2col_chunk(col, X, Cin * HW, m, cg, g);
+            qkv_k_gemm(false, false, og, cols, K, 1.0f, w->data + gi * og * K, K,
+                       pl->direct ? X : col, cols, 0.0f, R, cols);
+            /* out[b0 + i, gi's outputs] = R[:, i P : (i + 1) P] + bias */
+            for (int64_t oc = 0; oc < og; oc++)
+                for (int64_t i = 0; i < m; i++) {
+                    float *dst = Y + (i * Cout + oc) * P;
+                    const float *src = R + oc * cols + i * P;
+                    float bo = bias ? bias->data[gi * og + oc] : 0.0f;
+                    if (dst != src || bias)
+                        for (int64_t p = 0; p < P; p++)
+                            dst[p] = src[p] + bo;
+                }
         }
+    }
     qkv_node *n = qkv__record(ctx, QKV_OP_CONV2D, conv2d_backward, out, 3,
                               (qkv_tensor *[]){x, w, bias});
-    if (n) {
-        n->saved[0] = g;
-        n->iarg[0] = groups;
-        n->iarg[1] = direct;
-    }
+    if (n)
+        n->saved[0] = pl;
     return qkv__done(ctx, QKV_OP_CONV2D, out);
 }

@@ -19,15 +19,15 @@ static void valid_range(int64_t n, int64_t size, int s, int p, int64_t t, int64_
         *lo = *hi;
 }
 
-void qkv_k_im2col(float *col, const float *x, int64_t C, const qkv_conv_geom *g)
+void qkv_k_im2col(float *col, int64_t ld, const float *x, int64_t C, const qkv_conv_geom *g)
 {
-    /* col (C kh kw, Ho Wo), x (C, H, W) */
+    /* col (C kh kw, Ho Wo) with row stride ld, x (C, H, W) */
     int64_t HW = g->H * g->W, P = g->Ho * g->Wo, taps = (int64_t)g->kh * g->kw;
 #pragma omp parallel for if (C * taps * P > 262144) schedule(static)
     for (int64_t c = 0; c < C; c++)
         for (int64_t t = 0; t < taps; t++) {
             int64_t i = t / g->kw, j = t % g->kw;
-            float *row = col + (c * taps + t) * P;
+            float *row = col + (c * taps + t) * ld;
             const float *xc = x + c * HW;
             int64_t oh0, oh1, ow0, ow1;
             valid_range(g->Ho, g->H, g->sh, g->ph, i * g->dh, &oh0, &oh1);
@@ -51,16 +51,16 @@ void qkv_k_im2col(float *col, const float *x, int64_t C, const qkv_conv_geom *g)
         }
 }
 
-void qkv_k_col2im(float *dx, const float *col, int64_t C, const qkv_conv_geom *g)
+void qkv_k_col2im(float *dx, const float *col, int64_t ld, int64_t C, const qkv_conv_geom *g)
 {
-    /* col = im2col(x): dx (C, H, W) += col (C kh kw, Ho Wo) at the pixels
-     * read. Channels are disjoint, so they run in parallel. */
+    /* col = im2col(x): dx (C, H, W) += col (C kh kw, Ho Wo; row stride ld)
+     * at the pixels read. Channels are disjoint, so they run in parallel. */
     int64_t HW = g->H * g->W, P = g->Ho * g->Wo, taps = (int64_t)g->kh * g->kw;
 #pragma omp parallel for if (C * taps * P > 262144) schedule(static)
     for (int64_t c = 0; c < C; c++)
         for (int64_t t = 0; t < taps; t++) {
             int64_t i = t / g->kw, j = t % g->kw;
-            const float *row = col + (c * taps + t) * P;
+            const float *row = col + (c * taps + t) * ld;
             float *dc = dx + c * HW;
             int64_t oh0, oh1, ow0, ow1;
             valid_range(g->Ho, g->H, g->sh, g->ph, i * g->dh, &oh0, &oh1);
@@ -75,6 +75,81 @@ void qkv_k_col2im(float *dx, const float *col, int64_t C, const qkv_conv_geom *g
                 else
                     for (int64_t ow = ow0; ow < ow1; ow++)
                         dr[iw0 + (ow - ow0) * g->sw] += r[ow];
+            }
+        }
+}
+
+void qkv_k_conv2d_depthwise(float *out, const float *x, const float *w, const float *bias,
+                            int64_t B, int64_t C, int64_t m, const qkv_conv_geom *g)
+{
+    /* out (B, C m, Ho, Wo), x (B, C, H, W), w (C m, 1, kh, kw), bias (C m).
+     * Each output row gathers its taps a whole row at a time. */
+    int64_t HW = g->H * g->W, P = g->Ho * g->Wo, taps = (int64_t)g->kh * g->kw;
+#pragma omp parallel for if (B * C * m * P * taps > 65536) schedule(static)
+    for (int64_t bo = 0; bo < B * C * m; bo++) {
+        int64_t oc = bo % (C * m), b = bo / (C * m);
+        const float *xc = x + (b * C + oc / m) * HW, *wo = w + oc * taps;
+        float *op = out + bo * P;
+        for (int64_t p = 0; p < P; p++)
+            op[p] = bias ? bias[oc] : 0.0f;
+        for (int64_t t = 0; t < taps; t++) {
+            int64_t i = t / g->kw, j = t % g->kw;
+            int64_t oh0, oh1, ow0, ow1;
+            valid_range(g->Ho, g->H, g->sh, g->ph, i * g->dh, &oh0, &oh1);
+            valid_range(g->Wo, g->W, g->sw, g->pw, j * g->dw, &ow0, &ow1);
+            for (int64_t oh = oh0; oh < oh1; oh++) {
+                float *r = op + oh * g->Wo;
+                int64_t base = (oh * g->sh - g->ph + i * g->dh) * g->W - g->pw + j * g->dw;
+                for (int64_t ow = ow0; ow < ow1; ow++)
+                    r[ow] += wo[t] * xc[base + ow * g->sw];
+            }
+        }
+    }
+}
+
+void qkv_k_conv2d_depthwise_backward(float *dx, float *dw, float *dbias, const float *dout,
+                                     const float *x, const float *w, int64_t B, int64_t C,
+                                     int64_t m, const qkv_conv_geom *g)
+{
+    /* out[b, oc] = sum_t w[oc, t] x[b, c](tap t) + bias[oc], c = oc / m:
+     *   dbias[oc] += sum g[b, oc];  dw[oc, t] += sum g[b, oc] x[b, c](tap t);
+     *   dx[b, c](tap t) += w[oc, t] g[b, oc]
+     * Everything channel c touches is its own, so channels run in parallel
+     * and the batch loop inside them accumulates without races. */
+    int64_t HW = g->H * g->W, P = g->Ho * g->Wo, taps = (int64_t)g->kh * g->kw;
+#pragma omp parallel for if (B * C * m * P * taps > 65536) schedule(static)
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t oc = c * m; oc < (c + 1) * m; oc++) {
+            if (dbias) {
+                double acc = 0;
+                for (int64_t b = 0; b < B; b++)
+                    for (int64_t p = 0; p < P; p++)
+                        acc += dout[(b * C * m + oc) * P + p];
+                dbias[oc] += (float)acc;
+            }
+            for (int64_t t = 0; t < taps && (dw || dx); t++) {
+                int64_t i = t / g->kw, j = t % g->kw, oh0, oh1, ow0, ow1;
+                valid_range(g->Ho, g->H, g->sh, g->ph, i * g->dh, &oh0, &oh1);
+                valid_range(g->Wo, g->W, g->sw, g->pw, j * g->dw, &ow0, &ow1);
+                double acc = 0;
+                for (int64_t b = 0; b < B; b++) {
+                    const float *gp = dout + (b * C * m + oc) * P, *xc = x + (b * C + c) * HW;
+                    for (int64_t oh = oh0; oh < oh1; oh++) {
+                        const float *gr = gp + oh * g->Wo;
+                        int64_t base =
+                            (oh * g->sh - g->ph + i * g->dh) * g->W - g->pw + j * g->dw;
+                        if (dw)
+                            for (int64_t ow = ow0; ow < ow1; ow++)
+                                acc += (double)gr[ow] * xc[base + ow * g->sw];
+                        if (dx) {
+                            float *dxc = dx + (b * C + c) * HW;
+                            for (int64_t ow = ow0; ow < ow1; ow++)
+                                dxc[base + ow * g->sw] += w[oc * taps + t] * gr[ow];
+                        }
+                    }
+                }
+                if (dw)
+                    dw[oc * taps + t] += (float)acc;
             }
         }
 }

@@ -17,11 +17,23 @@ typedef struct {
 } qkv_conv_geom;
 
 /* col (C kh kw, Ho Wo) = the input patch under each output pixel;
- * x (C, H, W). */
-void qkv_k_im2col(float *col, const float *x, int64_t C, const qkv_conv_geom *g);
+ * x (C, H, W). Rows of col are ld >= Ho Wo floats apart, so that the columns
+ * of several images can sit side by side for one GEMM. */
+void qkv_k_im2col(float *col, int64_t ld, const float *x, int64_t C, const qkv_conv_geom *g);
 /* Backward of im2col: dx (C, H, W) += every column entry at the pixel it
- * was read from. */
-void qkv_k_col2im(float *dx, const float *col, int64_t C, const qkv_conv_geom *g);
+ * was read from; col as in im2col. */
+void qkv_k_col2im(float *dx, const float *col, int64_t ld, int64_t C, const qkv_conv_geom *g);
+
+/* Depthwise (one input channel per group): input channel c feeds outputs
+ * c m .. c m + m - 1. out (B, C m, Ho, Wo) = sum over taps of w (C m, 1, kh,
+ * kw) times x (B, C, H, W), plus bias (C m) or nothing if NULL. */
+void qkv_k_conv2d_depthwise(float *out, const float *x, const float *w, const float *bias,
+                            int64_t B, int64_t C, int64_t m, const qkv_conv_geom *g);
+/* Its backward: dx (B, C, H, W), dw (C m, 1, kh, kw), dbias (C m) += the
+ * gradients from dout (B, C m, Ho, Wo); a NULL output is skipped. */
+void qkv_k_conv2d_depthwise_backward(float *dx, float *dw, float *dbias, const float *dout,
+                                     const float *x, const float *w, int64_t B, int64_t C,
+                                     int64_t m, const qkv_conv_geom *g);
 
 /* The plain definition, double accumulation, for tests:
  * out (B, Cout, Ho, Wo) = sum over taps of w (Cout, Cin/groups, kh, kw) times

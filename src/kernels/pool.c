@@ -3,6 +3,7 @@
 #include "pool.h"
 
 #include <math.h>
+#include <stdbool.h>
 
 /* A window's extent along one axis, clamped to the image: [*lo, *hi). */
 static void window(int64_t o, int s, int p, int k, int64_t size, int64_t *lo, int64_t *hi)
@@ -12,33 +13,53 @@ static void window(int64_t o, int s, int p, int k, int64_t size, int64_t *lo, in
     *hi = end > size ? size : end;
 }
 
+/* The output columns o in [0, n) whose tap o s - p + t lies in [0, size):
+ * [*lo, *hi). */
+static void tap_range(int64_t n, int64_t size, int s, int p, int64_t t, int64_t *lo,
+                      int64_t *hi)
+{
+    int64_t first = p - t, last = size - 1 + p - t;
+    *lo = first <= 0 ? 0 : (first + s - 1) / s;
+    *hi = last < 0 ? 0 : last / s + 1;
+    if (*hi > n)
+        *hi = n;
+    if (*lo > *hi)
+        *lo = *hi;
+}
+
 void qkv_k_max_pool2d(float *out, int64_t *arg, const float *x, int64_t N,
                       const qkv_pool_geom *g)
 {
-    /* out, arg (N, Ho, Wo), x (N, H, W) */
+    /* out, arg (N, Ho, Wo), x (N, H, W). A whole output row is updated tap
+     * by tap, in the window's row-major order (so the first maximum wins
+     * as in PyTorch): the columns are independent, so the compare-and-keep
+     * becomes selects rather than branches that random data mispredicts. */
     int64_t HW = g->H * g->W, P = g->Ho * g->Wo;
 #pragma omp parallel for if (N * P * g->kh * g->kw > 65536) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const float *xp = x + n * HW;
         for (int64_t oh = 0; oh < g->Ho; oh++) {
+            float *best = out + n * P + oh * g->Wo;
+            int64_t *at = arg + n * P + oh * g->Wo;
             int64_t h0, h1;
             window(oh, g->sh, g->ph, g->kh, g->H, &h0, &h1);
             for (int64_t ow = 0; ow < g->Wo; ow++) {
-                int64_t w0, w1;
-                window(ow, g->sw, g->pw, g->kw, g->W, &w0, &w1);
-                float best = -INFINITY;
-                int64_t at = h0 * g->W + w0;
-                for (int64_t ih = h0; ih < h1; ih++)
-                    for (int64_t iw = w0; iw < w1; iw++) {
-                        float v = xp[ih * g->W + iw];
-                        if (v > best || isnan(v)) {
-                            best = v;
-                            at = ih * g->W + iw;
-                        }
-                    }
-                out[n * P + oh * g->Wo + ow] = best;
-                arg[n * P + oh * g->Wo + ow] = at;
+                int64_t w0 = ow * g->sw - g->pw;
+                best[ow] = -INFINITY;
+                at[ow] = h0 * g->W + (w0 < 0 ? 0 : w0);
             }
+            for (int64_t ih = h0; ih < h1; ih++)
+                for (int j = 0; j < g->kw; j++) {
+                    int64_t lo, hi;
+                    tap_range(g->Wo, g->W, g->sw, g->pw, j, &lo, &hi);
+                    int64_t base = ih * g->W + j - g->pw; /* + ow sw: the tap's index */
+                    for (int64_t ow = lo; ow < hi; ow++) {
+                        float v = xp[base + ow * g->sw];
+                        bool take = (v > best[ow]) | (v != v); /* v != v: NaN wins */
+                        best[ow] = take ? v : best[ow];
+                        at[ow] = take ? base + ow * g->sw : at[ow];
+                    }
+                }
         }
     }
 }

@@ -82,9 +82,14 @@ CASES = {
     "conv2d_groups2": lambda g: _conv(g, (2, 4, 6, 6), (6, 2, 3, 3), stride=(2, 1), pad=1,
                                       groups=2),
     "conv2d_depthwise": lambda g: _conv(g, (2, 3, 6, 5), (6, 1, 3, 3), pad=1, groups=3),
-    "conv2d_1x1_nobias": lambda g: _conv(g, (2, 5, 4, 4), (3, 5, 1, 1), bias=False),
+    # one image: the 1x1 path that skips im2col
+    "conv2d_depthwise_s2_dil2": lambda g: _conv(g, (2, 4, 9, 8), (4, 1, 3, 3), bias=False,
+                                                stride=2, pad=(1, 2), dil=(1, 2), groups=4),
+    "conv2d_1x1_nobias": lambda g: _conv(g, (1, 5, 4, 4), (3, 5, 1, 1), bias=False),
     "conv2d_1x1_stride2": lambda g: _conv(g, (2, 5, 5, 4), (3, 5, 1, 1), stride=2),
     "conv2d_patch": lambda g: _conv(g, (1, 3, 8, 8), (5, 3, 4, 4), stride=4),
+    # 192 output pixels: GEMMs over chunks of 3 images, then 2
+    "conv2d_chunks": lambda g: _conv(g, (5, 4, 12, 16), (6, 2, 3, 3), pad=1, groups=2),
     "conv2d_nhwc": lambda g: _conv(g, (2, 3, 6, 5), (4, 3, 2, 3), stride=(1, 2), pad=(1, 0),
                                    nhwc=True),
     "max_pool2d_k3s2p1": lambda g: _pool(g, "max", (2, 3, 7, 8), 3, 2, 1),
