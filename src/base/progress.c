@@ -50,8 +50,10 @@ char *qkv_progress_format(const qkv_progress *p, double elapsed, const char *ext
 {
     char el[32], eta[32], rate[32] = "";
     clock_str(el, sizeof el, elapsed);
-    if (elapsed > 0 && p->done > 0)
-        snprintf(rate, sizeof rate, " %.3g/s", (double)p->done / elapsed);
+    if (elapsed > 0 && p->done > 0) {
+        double r = (double)p->done / elapsed;
+        snprintf(rate, sizeof rate, r >= 100 ? " %.0f/s" : " %.3g/s", r);
+    }
     const char *sep = extra && *extra ? " " : "";
     if (p->total <= 0) {
         snprintf(buf, n, "%s %lld %s%s%s%s", p->label, (long long)p->done, el, rate, sep,
