@@ -435,6 +435,78 @@ QKV_API qkv_tensor *qkv_smooth_l1_loss(qkv_ctx *ctx, qkv_tensor *pred, qkv_tenso
                                        float beta, qkv_reduction r);
 
 /* ------------------------------------------------------------------------ */
+/* Attention                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Masks and switches for qkv_masked_softmax, qkv_attention and the attention
+ * modules. A zeroed struct (or NULL) means: no mask, no dropout, scale
+ * 1/sqrt(D), fused kernel. Scores are s = scale q.k; the masks act on s in
+ * this order (all that are given):
+ *   s += attn_mask                     PyTorch's attn_mask
+ *   s += key_padding_mask              PyTorch's key_padding_mask
+ *   s  = -inf where key j > query i    causal (top-left aligned, as PyTorch's
+ *                                      is_causal and tril masks)
+ *   s  = -1e6 where j >= valid length  d2l's masked_softmax: the score is
+ *                                      replaced (no gradient), so a row of
+ *                                      length 0 is uniform over all keys
+ * then weights = softmax(s), out = dropout(weights) v.
+ *
+ * A row where every score is -inf (all keys masked by the PyTorch-style
+ * masks) gives NaN in its weights and output, as PyTorch 1.13's softmax and
+ * nn.MultiheadAttention do; its gradients are not meaningful (NaN). d2l
+ * valid lengths never produce such a row. */
+typedef struct {
+    /* Broadcasts (right-aligned) to (B, H, N, M); e.g. (N, M) for every
+     * batch and head, (B, 1, N, M) per batch. With attn_mask_bool, nonzero
+     * entries are masked out (PyTorch's bool True); else it is added (may
+     * hold -inf). The MHA modules also take PyTorch's (B*H, N, M). */
+    qkv_tensor *attn_mask;
+    int attn_mask_bool;
+    /* (B, M): nonzero = that key is padding (bool), or added (float). */
+    qkv_tensor *key_padding_mask;
+    int key_padding_bool;
+    int causal;
+    /* d2l valid lengths: valid_lens_ndim 1 gives (B), one length for all
+     * queries of a batch item; 2 gives (B, N), one per query. Copied. */
+    const int64_t *valid_lens;
+    int valid_lens_ndim;
+    /* Dropout on the weights, in training mode only, drawn from a per-call
+     * seed taken from the context RNG. */
+    float dropout_p;
+    float scale;                /* 0: 1 / sqrt(D)                            */
+    /* If not NULL, receives the weights (B, H, N, M) before dropout, as d2l
+     * stores them (PyTorch 1.13 returns them after dropout). Asking for them
+     * runs the unfused path, so that they carry gradients. MHA modules:
+     * (B, N, M) averaged over heads if average_attn_weights, else (B, H, N, M). */
+    qkv_tensor **weights;
+    int average_attn_weights;
+    /* Force the unfused reference path: scores (B, H, N, M) materialised,
+     * masked softmax, dropout, matmul. Same results to rounding. */
+    int unfused;
+} qkv_attn_opts;
+
+/* Softmax over the last axis of x (B, N, M) or (B, H, N, M) after the masks
+ * of opts (its dropout, scale and weights are ignored). d2l's
+ * masked_softmax(X, valid_lens) is opts = {.valid_lens = lens,
+ * .valid_lens_ndim = 1 or 2}. */
+QKV_API qkv_tensor *qkv_masked_softmax(qkv_ctx *ctx, qkv_tensor *x, const qkv_attn_opts *opts);
+
+/* Scaled dot-product attention: q (B, H, N, D), k (B, H, M, D),
+ * v (B, H, M, Dv) -> (B, H, N, Dv) = dropout(softmax(masks(scale q k^T))) v.
+ * 3-D inputs (B, N, D) are d2l's layout (one head) and give (B, N, Dv).
+ * Inputs may be views whose last axis is contiguous (no copy is made).
+ *
+ * By default a fused kernel (FlashAttention-2 style, docs/attention.md) runs:
+ * it never stores the (B, H, N, M) weights, only the output and one
+ * log-sum-exp per query, and recomputes the weights in the backward; with
+ * causal or key-padding masks it skips key tiles that are fully masked.
+ * Dropout masks come from a hash of (seed, b, h, i, j), so the backward
+ * regenerates them; the unfused path uses the same hash, so both paths give
+ * the same result from the same context seed. */
+QKV_API qkv_tensor *qkv_attention(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
+                                  const qkv_attn_opts *opts);
+
+/* ------------------------------------------------------------------------ */
 /* Parameters: named tensors in flat buffers                                 */
 /* ------------------------------------------------------------------------ */
 

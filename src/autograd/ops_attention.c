@@ -1,0 +1,288 @@
+/* ops_attention.c - masked softmax and scaled dot-product attention.
+ *
+ * qkv_attention has two paths with the same meaning. The fused one
+ * (kernels/attention.c) saves only the output and one log-sum-exp per query
+ * and recomputes the weights in its backward. The unfused one is the
+ * textbook chain matmul -> scale -> masked softmax -> dropout -> matmul,
+ * built from recorded ops; it runs when the weights are asked for (they
+ * must exist, and carry gradients) or when forced, and the tests hold the
+ * fused path to it. Both apply the masks of one qkv_k_attn_mask and draw
+ * dropout from the same hash, so they agree for the same context seed. */
+#include "../kernels/attention.h"
+#include "../qkv_internal.h"
+
+#include <math.h>
+
+static const qkv_attn_opts no_opts;
+
+/* ---- masks: from the public options to the kernel's form ---- */
+
+/* A float copy of mask m (read through broadcast strides) as a contiguous
+ * (shape) array; with is_bool, nonzero becomes -inf and zero 0. */
+static float *mask_copy(qkv_ctx *ctx, const qkv_tensor *m, int ndim, const int64_t *shape,
+                        bool is_bool)
+{
+    int64_t n = qkv__shape_numel(ndim, shape), dst_stride[QKV_MAX_DIMS], src_stride[QKV_MAX_DIMS];
+    float *out = qkv__floats(ctx, n);
+    if (!out)
+        return NULL;
+    qkv__contig_strides(ndim, shape, dst_stride);
+    qkv__broadcast_strides(m, ndim, shape, src_stride);
+    qkv__strided_copy(out, dst_stride, m->data, src_stride, ndim, shape, false);
+    if (is_bool)
+        for (int64_t i = 0; i < n; i++)
+            out[i] = out[i] != 0.0f ? -INFINITY : 0.0f;
+    return out;
+}
+
+/* Fills mk from opts for scores (B, H, N, M); false (error set) if a mask
+ * does not fit. */
+static bool prepare_mask(qkv_ctx *ctx, const char *op, const qkv_attn_opts *o, int64_t B,
+                         int64_t H, int64_t N, int64_t M, qkv_k_attn_mask *mk)
+{
+    memset(mk, 0, sizeof *mk);
+    char s[64];
+    if (o->attn_mask) {
+        const qkv_tensor *am = o->attn_mask;
+        const int64_t full[4] = {B, H, N, M};
+        bool ok = am->ndim >= 1 && am->ndim <= 4;
+        for (int d = 0; ok && d < am->ndim; d++) {
+            int64_t want = full[4 - am->ndim + d], got = am->shape[d];
+            ok = got == want || got == 1;
+        }
+        if (!ok) {
+            qkv_set_error(QKV_ERR_SHAPE, "%s: attn_mask %s does not broadcast to the scores "
+                          "(%lld, %lld, %lld, %lld)", op, qkv_shape_str(am, s, sizeof s),
+                          (long long)B, (long long)H, (long long)N, (long long)M);
+            return false;
+        }
+        /* keep batch and head axes only where the mask has them */
+        int64_t Bm = am->ndim == 4 ? am->shape[0] : 1;
+        int64_t Hm = am->ndim >= 3 ? am->shape[am->ndim - 3] : 1;
+        mk->add = mask_copy(ctx, am, 4, (int64_t[]){Bm, Hm, N, M}, o->attn_mask_bool);
+        if (!mk->add)
+            return false;
+        mk->add_sh = Hm == 1 ? 0 : N * M;
+        mk->add_sb = Bm == 1 ? 0 : Hm * N * M;
+    }
+    if (o->key_padding_mask) {
+        const qkv_tensor *kp = o->key_padding_mask;
+        if (kp->ndim != 2 || kp->shape[0] != B || kp->shape[1] != M) {
+            qkv_set_error(QKV_ERR_SHAPE, "%s: key_padding_mask %s should be (B, M) = (%lld, %lld)",
+                          op, qkv_shape_str(kp, s, sizeof s), (long long)B, (long long)M);
+            return false;
+        }
+        mk->kpm = mask_copy(ctx, kp, 2, kp->shape, o->key_padding_bool);
+        if (!mk->kpm)
+            return false;
+    }
+    mk->causal = o->causal != 0;
+    if (o->valid_lens) {
+        if (o->valid_lens_ndim != 1 && o->valid_lens_ndim != 2) {
+            qkv_set_error(QKV_ERR_ARG, "%s: valid_lens_ndim must be 1 (B) or 2 (B, N), got %d", op,
+                          o->valid_lens_ndim);
+            return false;
+        }
+        int64_t n = o->valid_lens_ndim == 2 ? B * N : B;
+        int64_t *lens = qkv__alloc(ctx, (size_t)(n ? n : 1) * sizeof(int64_t));
+        if (!lens)
+            return false;
+        memcpy(lens, o->valid_lens, (size_t)n * sizeof(int64_t));
+        mk->valid_lens = lens;
+        mk->valid_ndim = o->valid_lens_ndim;
+    }
+    return true;
+}
+
+/* ---- masked softmax ---- */
+
+/* y = softmax(masks(x)): dx += y (dy - sum(dy y)), none where a valid
+ * length replaced x. saved[0]: the mask; iarg: B, H, N, M. */
+static void masked_softmax_backward(qkv_ctx *ctx, qkv_node *n)
+{
+    float *gx = qkv__grad(ctx, n->in[0]);
+    if (!gx)
+        return;
+    qkv_k_masked_softmax_backward(gx, n->out->data, n->out->grad, n->saved[0], n->iarg[0],
+                                  n->iarg[1], n->iarg[2], n->iarg[3]);
+}
+
+/* x (B, H, N, M) viewed as such (any ndim, B and H from the caller). */
+static qkv_tensor *masked_softmax_with(qkv_ctx *ctx, qkv_tensor *x, const qkv_k_attn_mask *mk,
+                                       int64_t B, int64_t H)
+{
+    x = qkv_contiguous(ctx, x);
+    if (!x)
+        return NULL;
+    int64_t N = x->shape[x->ndim - 2], M = x->shape[x->ndim - 1];
+    qkv_tensor *y = qkv__tensor(ctx, x->ndim, x->shape);
+    qkv_k_attn_mask *saved = qkv__alloc(ctx, sizeof *saved);
+    if (!y || !saved)
+        return NULL;
+    *saved = *mk;
+    qkv_k_masked_softmax_forward(y->data, x->data, mk, B, H, N, M);
+    qkv_node *n = qkv__record(ctx, QKV_OP_MASKED_SOFTMAX, masked_softmax_backward, y, 1, &x);
+    if (n) {
+        n->saved[0] = saved;
+        n->iarg[0] = B;
+        n->iarg[1] = H;
+        n->iarg[2] = N;
+        n->iarg[3] = M;
+    }
+    return qkv__done(ctx, QKV_OP_MASKED_SOFTMAX, y);
+}
+
+qkv_tensor *qkv_masked_softmax(qkv_ctx *ctx, qkv_tensor *x, const qkv_attn_opts *opts)
+{
+    QKV_INPUTS("masked_softmax", x);
+    if (x->ndim != 3 && x->ndim != 4) {
+        char s[64];
+        qkv_set_error(QKV_ERR_SHAPE, "masked_softmax: x must be (B, N, M) or (B, H, N, M), got %s",
+                      qkv_shape_str(x, s, sizeof s));
+        return NULL;
+    }
+    int64_t B = x->shape[0], H = x->ndim == 4 ? x->shape[1] : 1;
+    qkv_k_attn_mask mk;
+    if (!prepare_mask(ctx, "masked_softmax", opts ? opts : &no_opts, B, H,
+                      x->shape[x->ndim - 2], x->shape[x->ndim - 1], &mk))
+        return NULL;
+    return masked_softmax_with(ctx, x, &mk, B, H);
+}
+
+/* ---- attention ---- */
+
+/* The kernel's view of the (B, H, rows, cols) operand t (3-D: H = 1). */
+static const float *operand(const qkv_tensor *t, int64_t *sb, int64_t *sh, int64_t *sn)
+{
+    int nd = t->ndim;
+    *sb = t->stride[0];
+    *sh = nd == 4 ? t->stride[1] : 0;
+    *sn = t->stride[nd - 2];
+    return t->data;
+}
+
+/* out = dropout(softmax(masks(scale q k^T))) v.
+ * saved[0]: the kernel arguments (masks included); saved[1]: the row
+ * statistics (2, B, H, N). */
+static void attention_backward(qkv_ctx *ctx, qkv_node *n)
+{
+    const qkv_k_attn *a = n->saved[0];
+    float *dq = qkv__wants(n, 0) ? qkv__grad(ctx, n->in[0]) : NULL;
+    float *dk = qkv__wants(n, 1) ? qkv__grad(ctx, n->in[1]) : NULL;
+    float *dv = qkv__wants(n, 2) ? qkv__grad(ctx, n->in[2]) : NULL;
+    int threads = qkv_threads();
+    float *work = qkv__floats(ctx, (int64_t)qkv_k_attn_backward_work(a, threads));
+    if (!work)
+        return;
+    qkv_k_attn_backward(a, n->out->data, n->saved[1], n->out->grad, dq, dk, dv, work, threads);
+}
+
+static qkv_tensor *attention_fused(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
+                                   const qkv_k_attn *args)
+{
+    int nd = q->ndim;
+    int64_t shape[4];
+    memcpy(shape, q->shape, sizeof(int64_t) * (size_t)nd);
+    shape[nd - 1] = args->Dv;
+    int threads = qkv_threads();
+    qkv_tensor *out = qkv__tensor(ctx, nd, shape);
+    float *lse = qkv__floats(ctx, 2 * args->B * args->H * args->N);
+    float *work = qkv__floats(ctx, (int64_t)qkv_k_attn_forward_work(args, threads));
+    qkv_k_attn *saved = qkv__alloc(ctx, sizeof *saved);
+    if (!out || !lse || !work || !saved)
+        return NULL;
+    *saved = *args;
+    qkv_k_attn_forward(args, out->data, lse, work, threads);
+    qkv_node *n = qkv__record(ctx, QKV_OP_ATTENTION, attention_backward, out, 3,
+                              (qkv_tensor *[]){q, k, v});
+    if (n) {
+        n->saved[0] = saved;
+        n->saved[1] = lse;
+    }
+    return qkv__done(ctx, QKV_OP_ATTENTION, out);
+}
+
+/* The dropout pattern of the fused kernel as a constant (B, H, N, M) tensor
+ * of 0 and 1 / (1 - p). */
+static qkv_tensor *dropout_keep(qkv_ctx *ctx, const qkv_k_attn *a, int nd)
+{
+    int64_t shape[4] = {a->B, a->H, a->N, a->M};
+    if (nd == 3)
+        shape[1] = a->N, shape[2] = a->M;
+    qkv_tensor *z = qkv__tensor(ctx, nd, shape);
+    if (!z)
+        return NULL;
+    for (int64_t bh = 0; bh < a->B * a->H; bh++)
+        for (int64_t i = 0; i < a->N; i++)
+            qkv_k_attn_dropout_row(z->data + (bh * a->N + i) * a->M, a->seed, a->dropout_p, bh,
+                                   i, 0, a->M, a->N, a->M);
+    return z;
+}
+
+static qkv_tensor *attention_unfused(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
+                                     const qkv_k_attn *a, qkv_tensor **weights)
+{
+    qkv_tensor *s = qkv_scale(ctx, qkv_matmul(ctx, q, k, 0, 1), a->scale);
+    if (!s)
+        return NULL;
+    qkv_tensor *w = masked_softmax_with(ctx, s, &a->mask, a->B, a->H);
+    if (weights)
+        *weights = w;
+    if (w && a->dropout_p > 0)
+        w = qkv_mul(ctx, w, dropout_keep(ctx, a, q->ndim));
+    return qkv_matmul(ctx, w, v, 0, 0);
+}
+
+qkv_tensor *qkv_attention(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
+                          const qkv_attn_opts *opts)
+{
+    QKV_INPUTS("attention", q, k, v);
+    const qkv_attn_opts *o = opts ? opts : &no_opts;
+    if (o->weights)
+        *o->weights = NULL;
+    int nd = q->ndim;
+    if ((nd != 3 && nd != 4) || k->ndim != nd || v->ndim != nd)
+        return qkv__shape_error("attention", q, k,
+                                "q, k, v must all be (B, H, N, D) or all (B, N, D)");
+    for (int d = 0; d < nd - 2; d++)
+        if (q->shape[d] != k->shape[d] || k->shape[d] != v->shape[d])
+            return qkv__shape_error("attention", q, v, "batch and head sizes differ");
+    if (q->shape[nd - 1] != k->shape[nd - 1])
+        return qkv__shape_error("attention", q, k, "q and k sizes D differ");
+    if (k->shape[nd - 2] != v->shape[nd - 2])
+        return qkv__shape_error("attention", k, v, "k and v have different numbers of keys");
+    if (!(o->dropout_p >= 0.0f && o->dropout_p <= 1.0f)) {
+        qkv_set_error(QKV_ERR_ARG, "attention: dropout probability %g is outside [0, 1]",
+                      (double)o->dropout_p);
+        return NULL;
+    }
+    qkv_k_attn a = {0};
+    a.B = q->shape[0];
+    a.H = nd == 4 ? q->shape[1] : 1;
+    a.N = q->shape[nd - 2];
+    a.M = k->shape[nd - 2];
+    a.D = q->shape[nd - 1];
+    a.Dv = v->shape[nd - 1];
+    a.scale = o->scale != 0.0f ? o->scale : (float)(1.0 / sqrt((double)(a.D ? a.D : 1)));
+    if (!prepare_mask(ctx, "attention", o, a.B, a.H, a.N, a.M, &a.mask))
+        return NULL;
+    if (ctx->training && o->dropout_p > 0.0f) {
+        a.dropout_p = o->dropout_p;
+        a.seed = qkv_rng_u64(&ctx->rng);
+    }
+    if (o->weights || o->unfused)
+        return attention_unfused(ctx, q, k, v, &a, o->weights);
+    /* the kernel reads rows through strides but needs each row contiguous */
+    if (q->stride[nd - 1] != 1 && a.D > 1)
+        q = qkv_contiguous(ctx, q);
+    if (k->stride[nd - 1] != 1 && a.D > 1)
+        k = qkv_contiguous(ctx, k);
+    if (v->stride[nd - 1] != 1 && a.Dv > 1)
+        v = qkv_contiguous(ctx, v);
+    if (!q || !k || !v)
+        return NULL;
+    a.q = operand(q, &a.q_sb, &a.q_sh, &a.q_sn);
+    a.k = operand(k, &a.k_sb, &a.k_sh, &a.k_sn);
+    a.v = operand(v, &a.v_sb, &a.v_sh, &a.v_sn);
+    return attention_fused(ctx, q, k, v, &a);
+}
