@@ -31,6 +31,17 @@ static bool contiguous_inputs(qkv_ctx *ctx, qkv_tensor **x, qkv_tensor **weight,
     return *x != NULL;
 }
 
+/* The gradient of t for a backward that sets every element: a buffer made
+ * here is left uninitialised and written (*accumulate false), which saves
+ * zeroing it and reading it back. */
+static float *grad_to_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate)
+{
+    *accumulate = t->grad != NULL;
+    if (!t->grad)
+        t->grad = qkv__floats(ctx, qkv_numel(t));
+    return t->grad;
+}
+
 /* ---- layer norm ---- */
 
 /* y (R, C) = layer_norm(x (R, C)) * w (C) + b (C); saved: mean (R),
@@ -40,18 +51,22 @@ static void layer_norm_backward(qkv_ctx *ctx, qkv_node *n)
     /* y = (x - mean) rstd w + b: the kernel's dx, dw, db */
     qkv_tensor *x = n->in[0], *w = n->in[1], *b = n->in[2], *y = n->out;
     int64_t C = y->shape[y->ndim - 1], R = C ? qkv_numel(y) / C : 0;
-    float *dx = qkv__wants(n, 0) ? qkv__grad(ctx, x) : NULL;
+    bool acc = true;
+    float *dx = qkv__wants(n, 0) ? grad_to_write(ctx, x, &acc) : NULL;
     float *dw = w && qkv__wants(n, 1) ? qkv__grad(ctx, w) : NULL;
     float *db = b && qkv__wants(n, 2) ? qkv__grad(ctx, b) : NULL;
     int nblocks = qkv_threads();
     double *scratch = NULL;
     if (dw || db) {
-        scratch = qkv__alloc(ctx, (size_t)(2 * nblocks * (C ? C : 1)) * sizeof(double));
+        scratch = qkv__alloc(ctx, (size_t)QKV_K_LAYER_NORM_SCRATCH(nblocks, C) * sizeof(double));
         if (!scratch)
             return;
     }
+    if ((qkv__wants(n, 0) && !dx) || (w && qkv__wants(n, 1) && !dw) ||
+        (b && qkv__wants(n, 2) && !db))
+        return; /* out of memory, error set */
     qkv_k_layer_norm_backward(dx, dw, db, scratch, nblocks, y->grad, x->data, n->saved[0],
-                              n->saved[1], n->saved[2], R, C);
+                              n->saved[1], n->saved[2], R, C, acc);
 }
 
 qkv_tensor *qkv_layer_norm(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight, qkv_tensor *bias,

@@ -5,6 +5,17 @@
 
 typedef void (*row_fn)(float *y, const float *x, int64_t N, int64_t C);
 
+/* The gradient of t for a backward that sets every element: a buffer made
+ * here is left uninitialised and written (*accumulate false), which saves
+ * zeroing it and reading it back. */
+static float *grad_to_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate)
+{
+    *accumulate = t->grad != NULL;
+    if (!t->grad)
+        t->grad = qkv__floats(ctx, qkv_numel(t));
+    return t->grad;
+}
+
 /* x (..., C) -> y (..., C); rows are every leading axis merged */
 static qkv_tensor *rows_forward(qkv_ctx *ctx, qkv_op op, row_fn k, qkv_backward_fn backward,
                                 qkv_tensor *x)
@@ -31,22 +42,24 @@ static void softmax_backward(qkv_ctx *ctx, qkv_node *n)
 {
     /* y = softmax(x): dx += y * (dy - sum(dy * y)) */
     qkv_tensor *y = n->out;
-    float *gx = qkv__grad(ctx, n->in[0]);
+    bool acc;
+    float *gx = grad_to_write(ctx, n->in[0], &acc);
     if (!gx)
         return;
     int64_t C = y->shape[y->ndim - 1], N = C ? qkv_numel(y) / C : 0;
-    qkv_k_softmax_backward(gx, y->data, y->grad, N, C);
+    qkv_k_softmax_backward(gx, y->data, y->grad, N, C, acc);
 }
 
 static void log_softmax_backward(qkv_ctx *ctx, qkv_node *n)
 {
     /* y = log_softmax(x): dx += dy - exp(y) * sum(dy) */
     qkv_tensor *y = n->out;
-    float *gx = qkv__grad(ctx, n->in[0]);
+    bool acc;
+    float *gx = grad_to_write(ctx, n->in[0], &acc);
     if (!gx)
         return;
     int64_t C = y->shape[y->ndim - 1], N = C ? qkv_numel(y) / C : 0;
-    qkv_k_log_softmax_backward(gx, y->data, y->grad, N, C);
+    qkv_k_log_softmax_backward(gx, y->data, y->grad, N, C, acc);
 }
 
 qkv_tensor *qkv_softmax(qkv_ctx *ctx, qkv_tensor *x)

@@ -41,40 +41,59 @@ void qkv_k_layer_norm_forward(float *y, float *mean, float *rstd, const float *x
     }
 }
 
+/* dw and db are summed in float over this many rows, then added into the
+ * block's double sums: float keeps the row loop fast, double keeps a long
+ * column of rows exact. */
+#define FLUSH_ROWS 16
+
 /* One row of y = xhat * w + b, xhat = (x - mu) rs:
  *   dxhat = dy * w
- *   dx += rs (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
- *   pw += dy * xhat, pb += dy   (this block's part of dw, db; or NULL) */
-static void layer_norm_row_backward(float *dx, double *pw, double *pb, const float *dy,
-                                    const float *x, float mu, float rs, const float *w,
-                                    int64_t C)
+ *   dx (+)= rs (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+ *   fw += dy * xhat, fb += dy   (the running parts of dw, db; or NULL) */
+static void layer_norm_row_backward(float *dx, bool accumulate, float *fw, float *fb,
+                                    const float *dy, const float *x, float mu, float rs,
+                                    const float *w, int64_t C)
 {
+    /* one pass for the sums and the parts of dw, db, while the row comes
+     * in from memory */
     double a = 0, b = 0;
+    if (fw) {
 #pragma omp simd reduction(+ : a, b)
-    for (int64_t j = 0; j < C; j++) {
-        float xh = (x[j] - mu) * rs, dxh = dy[j] * w[j];
-        a += dxh;
-        b += dxh * xh;
-        if (pw) {
-            pw[j] += dy[j] * xh;
-            pb[j] += dy[j];
+        for (int64_t j = 0; j < C; j++) {
+            float xh = (x[j] - mu) * rs, dxh = dy[j] * w[j];
+            a += dxh;
+            b += dxh * xh;
+            fw[j] += dy[j] * xh;
+            fb[j] += dy[j];
+        }
+    } else {
+#pragma omp simd reduction(+ : a, b)
+        for (int64_t j = 0; j < C; j++) {
+            float xh = (x[j] - mu) * rs, dxh = dy[j] * w[j];
+            a += dxh;
+            b += dxh * xh;
         }
     }
     if (!dx)
         return;
     float am = (float)(a / (double)C), bm = (float)(b / (double)C);
+    if (accumulate) {
 #pragma omp simd
-    for (int64_t j = 0; j < C; j++) {
-        float xh = (x[j] - mu) * rs;
-        dx[j] += rs * (dy[j] * w[j] - am - xh * bm);
+        for (int64_t j = 0; j < C; j++)
+            dx[j] += rs * (dy[j] * w[j] - am - (x[j] - mu) * rs * bm);
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < C; j++)
+            dx[j] = rs * (dy[j] * w[j] - am - (x[j] - mu) * rs * bm);
     }
 }
 
 /* y (N, C) = layer_norm(x (N, C)) * w (C) + b (C): dx (N, C), dw (C), db (C)
- * from dy (N, C), mean (N), rstd (N); scratch 2 * nblocks * C doubles */
+ * from dy (N, C), mean (N), rstd (N); scratch of QKV_K_LAYER_NORM_SCRATCH */
 void qkv_k_layer_norm_backward(float *dx, float *dw, float *db, double *scratch, int nblocks,
                                const float *dy, const float *x, const float *mean,
-                               const float *rstd, const float *w, int64_t N, int64_t C)
+                               const float *rstd, const float *w, int64_t N, int64_t C,
+                               bool accumulate)
 {
     if (N <= 0 || C <= 0)
         return;
@@ -83,24 +102,37 @@ void qkv_k_layer_norm_backward(float *dx, float *dw, float *db, double *scratch,
     if (nblocks > N)
         nblocks = (int)N;
     bool params = dw || db;
+    /* the four sums of a block are padded apart: arrays a multiple of
+     * 4 KiB apart make the CPU stall on false store-to-load conflicts */
+    int64_t Cp = C + 16;
     if (params)
-        memset(scratch, 0, (size_t)(2 * nblocks * C) * sizeof(double));
+        memset(scratch, 0, (size_t)QKV_K_LAYER_NORM_SCRATCH(nblocks, C) * sizeof(double));
 #pragma omp parallel for if (N * C > PAR_WORK) schedule(static)
     for (int blk = 0; blk < nblocks; blk++) {
+        /* this block's dw and db: double sums pw, pb and float parts fw, fb */
+        double *pw = scratch + 3 * (int64_t)blk * Cp, *pb = pw + Cp;
+        float *fw = params ? (float *)(pb + Cp) : NULL, *fb = params ? fw + Cp : NULL;
         int64_t i0 = N * blk / nblocks, i1 = N * (blk + 1) / nblocks;
-        double *pw = params ? scratch + (int64_t)blk * C : NULL;
-        double *pb = params ? scratch + (int64_t)(nblocks + blk) * C : NULL;
-        for (int64_t i = i0; i < i1; i++)
-            layer_norm_row_backward(dx ? dx + i * C : NULL, pw, pb, dy + i * C, x + i * C,
-                                    mean[i], rstd[i], w, C);
+        for (int64_t i = i0; i < i1; i++) {
+            layer_norm_row_backward(dx ? dx + i * C : NULL, accumulate, fw, fb, dy + i * C,
+                                    x + i * C, mean[i], rstd[i], w, C);
+            if (params && ((i - i0) % FLUSH_ROWS == FLUSH_ROWS - 1 || i == i1 - 1)) {
+#pragma omp simd
+                for (int64_t j = 0; j < C; j++) {
+                    pw[j] += fw[j];
+                    pb[j] += fb[j];
+                    fw[j] = fb[j] = 0.0f;
+                }
+            }
+        }
     }
     if (!params)
         return;
     for (int64_t j = 0; j < C; j++) {
         double sw = 0, sb = 0;
         for (int blk = 0; blk < nblocks; blk++) {
-            sw += scratch[(int64_t)blk * C + j];
-            sb += scratch[(int64_t)(nblocks + blk) * C + j];
+            sw += scratch[3 * (int64_t)blk * Cp + j];
+            sb += scratch[3 * (int64_t)blk * Cp + Cp + j];
         }
         if (dw)
             dw[j] += (float)sw;

@@ -6,7 +6,8 @@
  * channels and S every axis after the channels merged (batch norm: x is
  * (B, C, S), S = H * W for images, 1 for (B, C)). Weight and bias are (C);
  * layer norm needs them (ones and zeros for none), batch norm takes NULL.
- * Backward kernels accumulate (+=) into every gradient that is not NULL.
+ * Backward kernels accumulate (+=) into every gradient that is not NULL,
+ * except where an `accumulate` flag says the buffer is fresh.
  */
 #ifndef QKV_KERNELS_NORM_H
 #define QKV_KERNELS_NORM_H
@@ -19,13 +20,16 @@
 void qkv_k_layer_norm_forward(float *y, float *mean, float *rstd, const float *x,
                               const float *w, const float *b, int64_t N, int64_t C, float eps);
 /* The backward of the above from dy (N, C), x, mean, rstd and w:
- * dx (N, C), dw (C), db (C). The rows are cut into `nblocks` runs that
- * run in parallel, each summing its dw, db into its own part of scratch
- * (2 * nblocks * C doubles); the parts are then added in order, so the
- * result depends on nblocks but not on thread timing. */
+ * dx (N, C), dw (C), db (C); dx is written, not added to, when accumulate
+ * is false (a fresh buffer). The rows are cut into `nblocks` runs that run
+ * in parallel, each summing its dw, db into its own part of scratch
+ * (QKV_K_LAYER_NORM_SCRATCH doubles); the parts are then added in order,
+ * so the result depends on nblocks but not on thread timing. */
+#define QKV_K_LAYER_NORM_SCRATCH(nblocks, C) (3 * (int64_t)(nblocks) * ((int64_t)(C) + 16))
 void qkv_k_layer_norm_backward(float *dx, float *dw, float *db, double *scratch, int nblocks,
                                const float *dy, const float *x, const float *mean,
-                               const float *rstd, const float *w, int64_t N, int64_t C);
+                               const float *rstd, const float *w, int64_t N, int64_t C,
+                               bool accumulate);
 
 /* mean (C) and biased variance var (C) of x (B, C, S) over B and S. */
 void qkv_k_batch_norm_stats(float *mean, float *var, const float *x, int64_t B, int64_t C,

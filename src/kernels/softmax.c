@@ -18,6 +18,24 @@ static float row_max(const float *x, int64_t C)
     return m;
 }
 
+/* y (C) = exp(x (C) - m). Kept apart from the sum: gcc does not
+ * vectorise a loop that both calls the inlined exp and sums in double. */
+static void exp_shifted(float *restrict y, const float *restrict x, float m, int64_t C)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < C; j++)
+        y[j] = qkv_k_expf(x[j] - m);
+}
+
+static double row_sum(const float *x, int64_t C)
+{
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < C; j++)
+        s += x[j];
+    return s;
+}
+
 /* y (N, C) = softmax(x (N, C)) */
 void qkv_k_softmax_forward(float *y, const float *x, int64_t N, int64_t C)
 {
@@ -27,23 +45,18 @@ void qkv_k_softmax_forward(float *y, const float *x, int64_t N, int64_t C)
         float *yi = y + i * C;
         /* a row of -inf has max -inf and gives NaN, as PyTorch */
         float m = row_max(xi, C);
-        double s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < C; j++) {
-            float e = qkv_k_expf(xi[j] - m);
-            yi[j] = e;
-            s += e;
-        }
-        float inv = (float)(1.0 / s);
+        exp_shifted(yi, xi, m, C);
+        float inv = (float)(1.0 / row_sum(yi, C));
 #pragma omp simd
         for (int64_t j = 0; j < C; j++)
             yi[j] *= inv;
     }
 }
 
-/* y = softmax(x): dx (N, C) += y * (dy - sum_j dy_j y_j),
+/* y = softmax(x): dx (N, C) (+)= y * (dy - sum_j dy_j y_j),
  * y (N, C), dy (N, C) */
-void qkv_k_softmax_backward(float *dx, const float *y, const float *dy, int64_t N, int64_t C)
+void qkv_k_softmax_backward(float *dx, const float *y, const float *dy, int64_t N, int64_t C,
+                            bool accumulate)
 {
 #pragma omp parallel for if (N * C > PAR_WORK) schedule(static)
     for (int64_t i = 0; i < N; i++) {
@@ -54,9 +67,15 @@ void qkv_k_softmax_backward(float *dx, const float *y, const float *dy, int64_t 
         for (int64_t j = 0; j < C; j++)
             dot += gi[j] * yi[j];
         float d = (float)dot;
+        if (accumulate) {
 #pragma omp simd
-        for (int64_t j = 0; j < C; j++)
-            di[j] += yi[j] * (gi[j] - d);
+            for (int64_t j = 0; j < C; j++)
+                di[j] += yi[j] * (gi[j] - d);
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < C; j++)
+                di[j] = yi[j] * (gi[j] - d);
+        }
     }
 }
 
@@ -68,34 +87,33 @@ void qkv_k_log_softmax_forward(float *y, const float *x, int64_t N, int64_t C)
         const float *xi = x + i * C;
         float *yi = y + i * C;
         float m = row_max(xi, C);
-        double s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < C; j++)
-            s += qkv_k_expf(xi[j] - m);
-        float shift = m + (float)log(s);
+        exp_shifted(yi, xi, m, C); /* y holds exp(x - m) until the last pass */
+        float shift = m + (float)log(row_sum(yi, C));
 #pragma omp simd
         for (int64_t j = 0; j < C; j++)
             yi[j] = xi[j] - shift;
     }
 }
 
-/* y = log_softmax(x): dx (N, C) += dy - exp(y) * sum_j dy_j,
+/* y = log_softmax(x): dx (N, C) (+)= dy - exp(y) * sum_j dy_j,
  * y (N, C), dy (N, C) */
 void qkv_k_log_softmax_backward(float *dx, const float *y, const float *dy, int64_t N,
-                                int64_t C)
+                                int64_t C, bool accumulate)
 {
 #pragma omp parallel for if (N * C > PAR_WORK) schedule(static)
     for (int64_t i = 0; i < N; i++) {
         const float *yi = y + i * C, *gi = dy + i * C;
         float *di = dx + i * C;
-        double s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < C; j++)
-            s += gi[j];
-        float sf = (float)s;
+        float sf = (float)row_sum(gi, C);
+        if (accumulate) {
 #pragma omp simd
-        for (int64_t j = 0; j < C; j++)
-            di[j] += gi[j] - qkv_k_expf(yi[j]) * sf;
+            for (int64_t j = 0; j < C; j++)
+                di[j] += gi[j] - qkv_k_expf(yi[j]) * sf;
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < C; j++)
+                di[j] = gi[j] - qkv_k_expf(yi[j]) * sf;
+        }
     }
 }
 

@@ -3,12 +3,14 @@
  * share with other row kernels.
  *
  * Shapes: N rows (every leading axis merged), C the softmax axis.
- * Backward kernels accumulate (+=) into dx.
+ * Backward kernels accumulate (+=) into dx, or write it (=) when
+ * `accumulate` is false: a fresh gradient then needs no zeroing pass.
  */
 #ifndef QKV_KERNELS_SOFTMAX_H
 #define QKV_KERNELS_SOFTMAX_H
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -57,15 +59,16 @@ static inline float qkv_k_expf(float x)
 
 /* y (N, C) = softmax(x (N, C)) along C. */
 void qkv_k_softmax_forward(float *y, const float *x, int64_t N, int64_t C);
-/* dx (N, C) += y * (dy - sum_C(dy * y)): the backward of y = softmax(x),
+/* dx (N, C) (+)= y * (dy - sum_C(dy * y)): the backward of y = softmax(x),
  * from y (N, C) and dy (N, C). */
-void qkv_k_softmax_backward(float *dx, const float *y, const float *dy, int64_t N, int64_t C);
+void qkv_k_softmax_backward(float *dx, const float *y, const float *dy, int64_t N, int64_t C,
+                            bool accumulate);
 
 /* y (N, C) = x - max - log(sum exp(x - max)) along C. */
 void qkv_k_log_softmax_forward(float *y, const float *x, int64_t N, int64_t C);
-/* dx (N, C) += dy - exp(y) * sum_C(dy): the backward of y = log_softmax(x). */
+/* dx (N, C) (+)= dy - exp(y) * sum_C(dy): the backward of y = log_softmax(x). */
 void qkv_k_log_softmax_backward(float *dx, const float *y, const float *dy, int64_t N,
-                                int64_t C);
+                                int64_t C, bool accumulate);
 
 /* Plain scalar versions (libm expf, double throughout) that the tests hold
  * the fast kernels to. */
