@@ -14,11 +14,14 @@
 #include "../kernels/kernels.h"
 #include "../qkv_internal.h"
 
+/* The GEMM width a chunk of images aims at: below a few hundred columns
+ * OpenBLAS runs well under its peak. */
 #define CONV_COLS 512
 
 typedef struct {
     qkv_conv_geom g;
-    int64_t groups, nb; /* images per chunk */
+    int64_t groups;
+    int64_t nb;         /* images per chunk */
     bool direct;        /* 1x1 GEMM on x itself */
     bool depthwise;     /* direct kernel, no GEMM */
 } conv_plan;
