@@ -26,6 +26,19 @@ qkv_st_file *qkv__st_open_memory(const void *bytes, size_t len, const char *name
 qkv_status qkv__idx_decode(const uint8_t *buf, size_t len, const char *name, int ndim,
                            int64_t *dims, uint8_t **data);
 
+/* Images above this many pixels are refused (2^26: 8192 x 8192), so that a
+ * small file cannot make the decoder allocate gigabytes. */
+#define QKV_IMAGE_MAX_PIXELS ((int64_t)1 << 26)
+
+/* A PNG or JPEG held in memory, with a caller's pixel limit (the fuzz
+ * harness passes a small one). */
+qkv_status qkv__image_decode(qkv_image *img, const void *bytes, size_t len, int64_t max_pixels);
+
+/* Writes 8-bit pixels (h, w, channels), channels 1 (grey) or 3 (RGB), as a
+ * PNG through path.tmp and a rename. */
+qkv_status qkv__png_write(const char *path, const uint8_t *pixels, int64_t w, int64_t h,
+                          int channels);
+
 /* fra-eng text (one "source \t target" pair per line) to the d2l r0.17
  * arrays; text must be NUL-terminated at text[len]. */
 qkv_status qkv__nmt_parse(qkv_nmt_data *out, const char *text, size_t len, const char *name,

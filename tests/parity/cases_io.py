@@ -177,7 +177,27 @@ def resize(g, c, h, w, oh, ow):
     return {"x": x, "out": y}, {"oh": str(oh), "ow": str(ow)}
 
 
+# ---- images, decoded as PIL's convert() + torchvision's ToTensor ----
+
+def images(g):
+    from PIL import Image
+    data = os.path.join(ROOT, "tests", "data")
+    t = {}
+    for name, mode in [("rgb.png", "RGB"), ("rgba.png", "RGB"), ("palette.png", "RGB"),
+                       ("interlaced.png", "RGB"), ("rgb.jpg", "RGB"), ("gray.png", "L"),
+                       ("gray.jpg", "L"), ("bits.png", "L"), ("gray16.png", None)]:
+        im = Image.open(os.path.join(data, name))
+        if mode is None:  # 16 bits: scaled by 65535 (PIL's "L" would clip)
+            a = torch.from_numpy(np.asarray(im).astype(np.int64))[None].float() / 65535
+        else:
+            a = torch.from_numpy(np.asarray(im.convert(mode)).copy())
+            a = (a[None] if a.ndim == 2 else a.permute(2, 0, 1)).float().div(255)
+        t[name.replace(".", "_")] = a.contiguous()
+    return t, {}
+
+
 CASES = {
+    "io_images": images,
     "io_st_dtypes": st_dtypes,
     "io_st_halves": st_halves,
     "io_nmt_600": lambda g: nmt(600, 8),
