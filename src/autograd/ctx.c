@@ -311,12 +311,15 @@ qkv_status qkv_backward_with(qkv_ctx *ctx, qkv_tensor *out, const float *grad)
         return qkv_set_error(QKV_ERR_STATE,
                              "backward: the output does not depend on anything that "
                              "requires a gradient (or gradients were off)");
-    float *g = qkv__grad(ctx, out);
-    if (!g)
-        return QKV_ERR_NOMEM;
     int64_t n = qkv_numel(out);
-    for (int64_t i = 0; i < n; i++)
-        g[i] += grad[i];
+    if (!out->grad) { /* a fresh buffer: copy the seed, no zeroing pass */
+        out->grad = qkv__floats(ctx, n);
+        if (!out->grad)
+            return QKV_ERR_NOMEM;
+        memcpy(out->grad, grad, (size_t)n * sizeof(float));
+    } else
+        for (int64_t i = 0; i < n; i++)
+            out->grad[i] += grad[i];
     return run_backward(ctx);
 }
 
