@@ -656,6 +656,302 @@ QKV_API void qkv_nn_linear_reset(qkv_nn_linear *m, qkv_rng *r);
 QKV_API qkv_tensor *qkv_nn_linear_forward(qkv_ctx *ctx, const qkv_nn_linear *m, qkv_tensor *x);
 
 /* ------------------------------------------------------------------------ */
+/* Transformer: position-wise FFN, AddNorm, encoder and decoder blocks and   */
+/* stacks, post-norm (the book, PyTorch's default) or pre-norm (norm_first), */
+/* with d2l's parameter names or torch.nn.Transformer's (docs/transformer.md) */
+/* ------------------------------------------------------------------------ */
+
+typedef enum { QKV_ACT_RELU = 0, QKV_ACT_GELU } qkv_activation;
+
+/* dense2(dropout(act(dense1(x)))): d2l's PositionWiseFFN (dropout 0, names
+ * "ffn.dense1", "ffn.dense2") or the FFN inside PyTorch's Transformer layers
+ * (names "linear1", "linear2", dropout between them). */
+typedef struct {
+    qkv_nn_linear dense1, dense2;
+    qkv_activation activation;
+    float dropout;
+} qkv_nn_ffn;
+QKV_API qkv_status qkv_nn_ffn_init(qkv_nn_ffn *m, qkv_params *ps, const char *name1,
+                                   const char *name2, int64_t d_model, int64_t d_ffn,
+                                   qkv_activation act, float dropout);
+QKV_API void qkv_nn_ffn_reset(qkv_nn_ffn *m, qkv_rng *r);
+/* x (..., d_model) -> (..., d_model) */
+QKV_API qkv_tensor *qkv_nn_ffn_forward(qkv_ctx *ctx, const qkv_nn_ffn *m, qkv_tensor *x);
+
+/* nn.LayerNorm over the last axis: weight, bias (C), named prefix.weight. */
+typedef struct {
+    qkv_tensor *weight, *bias;
+    float eps;
+} qkv_nn_layer_norm;
+QKV_API qkv_status qkv_nn_layer_norm_init(qkv_nn_layer_norm *m, qkv_params *ps,
+                                          const char *prefix, int64_t c, float eps);
+/* Ones and zeros, as PyTorch. */
+QKV_API void qkv_nn_layer_norm_reset(qkv_nn_layer_norm *m);
+QKV_API qkv_tensor *qkv_nn_layer_norm_forward(qkv_ctx *ctx, const qkv_nn_layer_norm *m,
+                                              qkv_tensor *x);
+/* d2l's AddNorm: LayerNorm(dropout(y) + x), x and y (..., C). */
+QKV_API qkv_tensor *qkv_nn_addnorm_forward(qkv_ctx *ctx, const qkv_nn_layer_norm *ln,
+                                           qkv_tensor *x, qkv_tensor *y, float dropout);
+
+/* d2l: W_q, W_k, W_v, W_o without bias; torch: in_proj_weight (3E, E),
+ * in_proj_bias (3E), out_proj (as w_o, with bias). */
+typedef enum { QKV_TF_D2L = 0, QKV_TF_TORCH } qkv_tf_layout;
+
+/* The multi-head attention inside the blocks (both layouts). */
+typedef struct {
+    qkv_nn_linear w_q, w_k, w_v, w_o;
+    qkv_tensor *in_proj_weight, *in_proj_bias;
+    int64_t d_model, n_heads;
+    float dropout; /* on the attention weights */
+} qkv_tf_attn;
+
+typedef struct {
+    qkv_tf_layout layout;
+    int64_t d_model, n_heads, d_ffn;
+    int64_t n_enc, n_dec;      /* blocks, at most QKV_TF_MAX_LAYERS each */
+    float dropout;
+    float ln_eps;              /* 0 means 1e-5 */
+    int norm_first;            /* pre-norm: x + sublayer(norm(x)) */
+    qkv_activation activation;
+} qkv_tf_config;
+
+#define QKV_TF_MAX_LAYERS 12
+typedef struct {
+    qkv_tf_attn self_attn;
+    qkv_nn_ffn ffn;
+    qkv_nn_layer_norm norm1, norm2;
+} qkv_tf_enc_layer;
+typedef struct {
+    qkv_tf_attn self_attn, cross_attn;
+    qkv_nn_ffn ffn;
+    qkv_nn_layer_norm norm1, norm2, norm3;
+} qkv_tf_dec_layer;
+/* Names: torch "encoder.layers.0.self_attn.in_proj_weight", .., "encoder.norm.weight"
+ * and "decoder.norm.weight" (the stacks' final norms, torch layout only); d2l
+ * "encoder.blks.0.attention.W_q.weight", "encoder.blks.0.addnorm1.ln.weight",
+ * "decoder.blks.0.attention2.W_k.weight", "decoder.blks.0.ffn.dense1.bias". */
+typedef struct {
+    qkv_tf_config cfg;
+    qkv_tf_enc_layer enc[QKV_TF_MAX_LAYERS];
+    qkv_tf_dec_layer dec[QKV_TF_MAX_LAYERS];
+    qkv_nn_layer_norm enc_norm, dec_norm;
+} qkv_transformer;
+
+/* prefix is prepended to every name ("" for none). */
+QKV_API qkv_status qkv_transformer_init(qkv_transformer *m, qkv_params *ps, const char *prefix,
+                                        const qkv_tf_config *cfg);
+/* torch: xavier_uniform on every matrix, zero attention biases, default
+ * Linear biases (nn.Transformer); d2l: xavier_uniform on Linear weights (as
+ * train_seq2seq's xavier_init_weights). Layer norms ones and zeros. */
+QKV_API void qkv_transformer_reset(qkv_transformer *m, qkv_rng *r);
+
+/* Masks of one forward, all optional; masks as qkv_attn_opts. */
+typedef struct {
+    const int64_t *src_valid_lens; /* (B) d2l: source keys at or beyond masked */
+    qkv_tensor *src_mask;          /* (S, S) or (B*H, S, S)  */
+    qkv_tensor *tgt_mask;          /* (T, T) or (B*H, T, T)  */
+    qkv_tensor *memory_mask;       /* (T, S) or (B*H, T, S)  */
+    qkv_tensor *src_key_padding_mask, *tgt_key_padding_mask, *memory_key_padding_mask; /* (B, S|T) */
+    int bool_masks;                /* masks hold booleans (nonzero = masked), else are added */
+    int tgt_causal;                /* causal decoder self-attention (d2l training) */
+    /* If not NULL, arrays of n_enc (n_dec) pointers receiving each block's
+     * attention weights (B, H, N, M) (unfused path). */
+    qkv_tensor **enc_weights, **dec_self_weights, **dec_cross_weights;
+} qkv_tf_masks;
+
+/* src (B, S, E), tgt (B, T, E), embedded, batch first -> memory (B, S, E),
+ * output (B, T, E) (through the final norms in the torch layout). */
+QKV_API qkv_tensor *qkv_transformer_encode(qkv_ctx *ctx, const qkv_transformer *m,
+                                           qkv_tensor *src, const qkv_tf_masks *masks);
+QKV_API qkv_tensor *qkv_transformer_decode(qkv_ctx *ctx, const qkv_transformer *m,
+                                           qkv_tensor *tgt, qkv_tensor *memory,
+                                           const qkv_tf_masks *masks);
+QKV_API qkv_tensor *qkv_transformer_forward(qkv_ctx *ctx, const qkv_transformer *m,
+                                            qkv_tensor *src, qkv_tensor *tgt,
+                                            const qkv_tf_masks *masks);
+
+/* Incremental decoding: each decoder block keeps the keys and values of the
+ * positions decoded so far, and the projected memory, in arena memory of the
+ * ctx given to qkv_tf_cache_init (do not reset it while decoding). A step
+ * equals the last row of the causal full decode. */
+typedef struct {
+    int64_t batch, src_len, max_len, len;   /* len: positions decoded so far */
+    qkv_tensor *k[QKV_TF_MAX_LAYERS], *v[QKV_TF_MAX_LAYERS];   /* (B, H, max_len, D) */
+    qkv_tensor *mk[QKV_TF_MAX_LAYERS], *mv[QKV_TF_MAX_LAYERS]; /* (B, H, S, D)       */
+    int64_t *src_valid_lens;                /* (B) or NULL */
+    qkv_tensor *memory_key_padding_mask;    /* (B, S) or NULL */
+    int bool_masks;
+    /* If not NULL: each step writes its weights, batch row 0, into row len of
+     * (n_dec, H, max_len, max_len) and (n_dec, H, max_len, S). */
+    float *self_weights, *cross_weights;
+} qkv_tf_cache;
+/* memory (B, S, E); masks: src_valid_lens, memory_key_padding_mask, bool_masks. */
+QKV_API qkv_status qkv_tf_cache_init(qkv_ctx *ctx, const qkv_transformer *m, qkv_tf_cache *c,
+                                     qkv_tensor *memory, int64_t max_len,
+                                     const qkv_tf_masks *masks);
+/* x (B, 1, E), the embedded token at position c->len -> (B, 1, E). */
+QKV_API qkv_tensor *qkv_transformer_decode_step(qkv_ctx *ctx, const qkv_transformer *m,
+                                                qkv_tf_cache *c, qkv_tensor *x);
+/* Beam search: batch row i takes the cache of row from[i] (B entries). */
+QKV_API qkv_status qkv_tf_cache_reorder(qkv_ctx *ctx, qkv_tf_cache *c, const int64_t *from);
+
+/* ------------------------------------------------------------------------ */
+/* Models: the book's Transformer for translation (d2l r0.17 / v1.0.3)       */
+/* ------------------------------------------------------------------------ */
+
+/* Embedding * sqrt(E) + sinusoidal positions, dropout, the blocks, and for
+ * the decoder a Linear to the target vocabulary. Names as d2l's
+ * EncoderDecoder: "encoder.embedding.weight", .., "decoder.dense.weight". */
+typedef struct {
+    qkv_transformer tf;
+    qkv_tensor *src_embedding, *tgt_embedding; /* (V_src, E), (V_tgt, E) */
+    qkv_nn_linear dense;                       /* (V_tgt, E) */
+    int64_t src_vocab, tgt_vocab;
+} qkv_seq2seq;
+/* cfg->layout must be QKV_TF_D2L. */
+QKV_API qkv_status qkv_seq2seq_init(qkv_seq2seq *m, qkv_params *ps, const qkv_tf_config *cfg,
+                                    int64_t src_vocab, int64_t tgt_vocab);
+/* Embeddings N(0, 1), Linear weights xavier_uniform (train_seq2seq). */
+QKV_API void qkv_seq2seq_reset(qkv_seq2seq *m, qkv_rng *r);
+/* d2l's PositionalEncoding without its dropout: x (B, T, E) + P[offset .. offset+T),
+ * P[i, 2j] = sin(i / 10000^(2j/E)), P[i, 2j+1] = cos(..). */
+QKV_API qkv_tensor *qkv_pos_encoding(qkv_ctx *ctx, qkv_tensor *x, int64_t offset);
+/* Teacher forcing: src (B, S) ids with src_valid (B), dec_in (B, T) ids ->
+ * logits (B, T, V_tgt). masks (may be NULL) only collects weights. */
+QKV_API qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                                        const int64_t *src_valid, int64_t batch, int64_t src_len,
+                                        const int64_t *dec_in, int64_t tgt_len,
+                                        qkv_tf_masks *masks);
+/* Translation of one source (src_len ids, valid length src_valid) in eval
+ * mode without gradients, at most max_len tokens, stopping at eos (not
+ * written). beam <= 1: greedy, as d2l's predict_seq2seq; else beam search
+ * keeping `beam` hypotheses, ranked by log-probability / length^alpha
+ * (length counts the eos). out receives the ids; returns their count or -1.
+ * attn (may be NULL, greedy only): encoder self-attention (n_enc, H, S, S),
+ * decoder self (n_dec, H, max_len, max_len) and cross (n_dec, H, max_len, S)
+ * weights, rows beyond the output zero. Uses ctx's arena (reset after). */
+typedef struct {
+    float *enc, *dec_self, *dec_cross;
+} qkv_seq2seq_attn;
+QKV_API int64_t qkv_seq2seq_translate(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                                      int64_t src_len, int64_t src_valid, int64_t bos,
+                                      int64_t eos, int64_t max_len, int beam, float alpha,
+                                      int64_t *out, qkv_seq2seq_attn *attn);
+
+/* BLEU as d2l's bleu(): tokens split on single spaces, n-grams 1..k,
+ * exp(min(0, 1 - len_label / len_pred)) * prod_n p_n^(1/2^n). 0 when the
+ * prediction has fewer than k tokens. */
+QKV_API double qkv_bleu(const char *pred, const char *label, int k);
+/* Corpus BLEU as sacrebleu (tokenize "none": split on spaces): clipped
+ * n-gram matches summed over the corpus, n = 1..4, geometric mean, brevity
+ * penalty exp(1 - r/c) over the total lengths, sacrebleu's default "exp"
+ * smoothing of zero counts. In [0, 1] (sacrebleu prints 100x). */
+QKV_API double qkv_corpus_bleu(int64_t n, const char *const *preds, const char *const *refs);
+
+/* Attention modules. Each forward takes a qkv_attn_opts (may be NULL) for
+ * masks, valid lengths and the weights out-pointer; the dropout probability
+ * is the module's own (opts->dropout_p is ignored). */
+
+/* d2l's DotProductAttention: queries (B, N, D), keys (B, M, D), values
+ * (B, M, Dv) -> (B, N, Dv). No parameters. */
+typedef struct {
+    float dropout;
+} qkv_nn_dot_attention;
+QKV_API qkv_tensor *qkv_nn_dot_attention_forward(qkv_ctx *ctx, const qkv_nn_dot_attention *m,
+                                                 qkv_tensor *queries, qkv_tensor *keys,
+                                                 qkv_tensor *values, const qkv_attn_opts *opts);
+
+/* d2l's AdditiveAttention: W_k.weight (h, key_size), W_q.weight
+ * (h, query_size), w_v.weight (1, h), no biases; scores
+ * w_v tanh(W_q q_i + W_k k_j), masked softmax, dropout, times values.
+ * queries (B, N, query_size), keys (B, M, key_size), values (B, M, Dv)
+ * -> (B, N, Dv). opts->weights receives (B, N, M). */
+typedef struct {
+    qkv_nn_linear W_k, W_q, w_v;
+    float dropout;
+} qkv_nn_additive_attention;
+QKV_API qkv_status qkv_nn_additive_attention_init(qkv_nn_additive_attention *m, qkv_params *ps,
+                                                  const char *prefix, int64_t key_size,
+                                                  int64_t query_size, int64_t num_hiddens,
+                                                  float dropout);
+QKV_API void qkv_nn_additive_attention_reset(qkv_nn_additive_attention *m, qkv_rng *r);
+QKV_API qkv_tensor *qkv_nn_additive_attention_forward(qkv_ctx *ctx,
+                                                      const qkv_nn_additive_attention *m,
+                                                      qkv_tensor *queries, qkv_tensor *keys,
+                                                      qkv_tensor *values,
+                                                      const qkv_attn_opts *opts);
+
+/* d2l's MultiHeadAttention: W_q (num_hiddens, query_size), W_k, W_v, W_o
+ * (num_hiddens, num_hiddens) as nn.Linear (state_dict "W_q.weight", ...;
+ * biases only with `bias`, d2l's default being none). queries (B, N,
+ * query_size), keys (B, M, key_size), values (B, M, value_size) ->
+ * (B, N, num_hiddens). Heads split num_hiddens; valid lengths (B) or
+ * (B, N) apply to every head (d2l repeats them per head). opts->weights
+ * receives (B, H, N, M). */
+typedef struct {
+    qkv_nn_linear W_q, W_k, W_v, W_o;
+    int64_t num_hiddens, num_heads;
+    float dropout;
+} qkv_nn_d2l_mha;
+QKV_API qkv_status qkv_nn_d2l_mha_init(qkv_nn_d2l_mha *m, qkv_params *ps, const char *prefix,
+                                       int64_t key_size, int64_t query_size, int64_t value_size,
+                                       int64_t num_hiddens, int64_t num_heads, float dropout,
+                                       int bias);
+QKV_API void qkv_nn_d2l_mha_reset(qkv_nn_d2l_mha *m, qkv_rng *r);
+QKV_API qkv_tensor *qkv_nn_d2l_mha_forward(qkv_ctx *ctx, const qkv_nn_d2l_mha *m,
+                                           qkv_tensor *queries, qkv_tensor *keys,
+                                           qkv_tensor *values, const qkv_attn_opts *opts);
+
+/* torch.nn.MultiheadAttention(embed_dim E, num_heads, dropout, bias, kdim,
+ * vdim, batch_first). Parameters under PyTorch's names: in_proj_weight
+ * (3E, E) when kdim == vdim == E, else q_proj_weight (E, E), k_proj_weight
+ * (E, kdim), v_proj_weight (E, vdim); in_proj_bias (3E) and out_proj.bias
+ * (E) with `bias`; out_proj.weight (E, E). (add_bias_kv and add_zero_attn
+ * are not supported.) kdim, vdim 0 mean E.
+ * reset: xavier_uniform on the in-projection weight(s), the out_proj
+ * weight as nn.Linear (U(+-1/sqrt(E))), biases zero, as PyTorch.
+ * forward: query (N, B, E), key (M, B, kdim), value (M, B, vdim) -> (N, B, E),
+ * or (B, N, E) etc. with batch_first. opts->attn_mask is (N, M) or PyTorch's
+ * (B*H, N, M) (or anything broadcasting to (B, H, N, M)); key_padding_mask
+ * (B, M). With opts->weights (need_weights) it receives (B, N, M) averaged
+ * over heads if opts->average_attn_weights, else (B, H, N, M); those are
+ * taken before dropout (PyTorch 1.13 returns them after). */
+typedef struct {
+    qkv_tensor *in_proj_weight, *in_proj_bias;
+    qkv_tensor *q_proj_weight, *k_proj_weight, *v_proj_weight;
+    qkv_nn_linear out_proj;
+    int64_t embed_dim, num_heads, kdim, vdim;
+    float dropout;
+    int batch_first;
+} qkv_nn_mha;
+QKV_API qkv_status qkv_nn_mha_init(qkv_nn_mha *m, qkv_params *ps, const char *prefix,
+                                   int64_t embed_dim, int64_t num_heads, float dropout, int bias,
+                                   int64_t kdim, int64_t vdim, int batch_first);
+QKV_API void qkv_nn_mha_reset(qkv_nn_mha *m, qkv_rng *r);
+QKV_API qkv_tensor *qkv_nn_mha_forward(qkv_ctx *ctx, const qkv_nn_mha *m, qkv_tensor *query,
+                                       qkv_tensor *key, qkv_tensor *value,
+                                       const qkv_attn_opts *opts);
+
+/* Positional encodings, x (B, T, C) -> dropout(x + P[:T]), T <= max_len.
+ * Sinusoidal (d2l): P[i, 2j] = sin(i / 10000^(2j/C)), P[i, 2j+1] =
+ * cos(i / 10000^(2j/C)), computed in float32 as d2l does; no parameters.
+ * Learnable: parameter "pos_embedding" (1, max_len, C), reset to
+ * normal(0, 0.02) (d2l's ViT: randn * 0.02). */
+typedef struct {
+    qkv_tensor *pos_embedding; /* NULL for the sinusoidal one */
+    int64_t num_hiddens, max_len;
+    float dropout;
+} qkv_nn_posenc;
+/* max_len 0 means 1000. */
+QKV_API qkv_status qkv_nn_posenc_sin_init(qkv_nn_posenc *m, int64_t num_hiddens, float dropout,
+                                          int64_t max_len);
+QKV_API qkv_status qkv_nn_posenc_learned_init(qkv_nn_posenc *m, qkv_params *ps,
+                                              const char *prefix, int64_t num_hiddens,
+                                              float dropout, int64_t max_len);
+QKV_API void qkv_nn_posenc_reset(qkv_nn_posenc *m, qkv_rng *r);
+QKV_API qkv_tensor *qkv_nn_posenc_forward(qkv_ctx *ctx, const qkv_nn_posenc *m, qkv_tensor *x);
+
+/* ------------------------------------------------------------------------ */
 /* safetensors                                                               */
 /* ------------------------------------------------------------------------ */
 

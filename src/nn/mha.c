@@ -1,0 +1,204 @@
+/* mha.c - multi-head attention in two layouts: d2l's MultiHeadAttention
+ * (W_q, W_k, W_v, W_o, batch first) and torch.nn.MultiheadAttention (packed
+ * in_proj_weight, out_proj, sequence first unless batch_first).
+ *
+ * Both project, view the projection (.., E) as (.., H, D) and permute it to
+ * (B, H, N, D) without a copy: the attention kernel reads heads through
+ * strides. Only the merge of the heads after attention copies (B N E). */
+#include "../qkv_internal.h"
+
+#include <math.h>
+
+/* ---- shared: split and merge heads ---- */
+
+/* x (B, N, H*D) (batch_first) or (N, B, H*D) -> a (B, H, N, D) view */
+static qkv_tensor *split_heads(qkv_ctx *ctx, qkv_tensor *x, int64_t H, bool batch_first)
+{
+    if (!x)
+        return NULL;
+    int64_t s0 = x->shape[0], s1 = x->shape[1], E = x->shape[2];
+    qkv_tensor *r = qkv_reshape(ctx, x, 4, (int64_t[]){s0, s1, H, E / H});
+    return batch_first ? qkv_transpose(ctx, r, 1, 2) : qkv_permute(ctx, r, (int[]){1, 2, 0, 3});
+}
+
+/* o (B, H, N, D) -> (B, N, H*D) (batch_first) or (N, B, H*D) */
+static qkv_tensor *merge_heads(qkv_ctx *ctx, qkv_tensor *o, bool batch_first)
+{
+    if (!o)
+        return NULL;
+    int64_t B = o->shape[0], H = o->shape[1], N = o->shape[2], D = o->shape[3];
+    qkv_tensor *p = batch_first ? qkv_transpose(ctx, o, 1, 2)
+                                : qkv_permute(ctx, o, (int[]){2, 0, 1, 3});
+    return batch_first ? qkv_reshape(ctx, p, 3, (int64_t[]){B, N, H * D})
+                       : qkv_reshape(ctx, p, 3, (int64_t[]){N, B, H * D});
+}
+
+static bool check_3d(const char *op, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v)
+{
+    if (q->ndim == 3 && k->ndim == 3 && v->ndim == 3)
+        return true;
+    qkv__shape_error(op, q, k, "query, key and value must be 3-D");
+    return false;
+}
+
+/* ---- d2l ---- */
+
+qkv_status qkv_nn_d2l_mha_init(qkv_nn_d2l_mha *m, qkv_params *ps, const char *prefix,
+                               int64_t key_size, int64_t query_size, int64_t value_size,
+                               int64_t num_hiddens, int64_t num_heads, float dropout, int bias)
+{
+    char name[512];
+    memset(m, 0, sizeof *m);
+    if (num_heads < 1 || num_hiddens % num_heads != 0)
+        return qkv_set_error(QKV_ERR_ARG, "d2l_mha: num_hiddens %lld is not a multiple of "
+                             "num_heads %lld", (long long)num_hiddens, (long long)num_heads);
+    m->num_hiddens = num_hiddens;
+    m->num_heads = num_heads;
+    m->dropout = dropout;
+    qkv_status s = qkv_nn_linear_init(&m->W_q, ps, qkv_nn_name(name, sizeof name, prefix, "W_q"),
+                                      query_size, num_hiddens, bias);
+    if (s == QKV_OK)
+        s = qkv_nn_linear_init(&m->W_k, ps, qkv_nn_name(name, sizeof name, prefix, "W_k"),
+                               key_size, num_hiddens, bias);
+    if (s == QKV_OK)
+        s = qkv_nn_linear_init(&m->W_v, ps, qkv_nn_name(name, sizeof name, prefix, "W_v"),
+                               value_size, num_hiddens, bias);
+    if (s == QKV_OK)
+        s = qkv_nn_linear_init(&m->W_o, ps, qkv_nn_name(name, sizeof name, prefix, "W_o"),
+                               num_hiddens, num_hiddens, bias);
+    return s;
+}
+
+void qkv_nn_d2l_mha_reset(qkv_nn_d2l_mha *m, qkv_rng *r)
+{
+    qkv_nn_linear_reset(&m->W_q, r);
+    qkv_nn_linear_reset(&m->W_k, r);
+    qkv_nn_linear_reset(&m->W_v, r);
+    qkv_nn_linear_reset(&m->W_o, r);
+}
+
+qkv_tensor *qkv_nn_d2l_mha_forward(qkv_ctx *ctx, const qkv_nn_d2l_mha *m, qkv_tensor *queries,
+                                   qkv_tensor *keys, qkv_tensor *values,
+                                   const qkv_attn_opts *opts)
+{
+    QKV_INPUTS("d2l_mha", queries, keys, values);
+    if (!check_3d("d2l_mha", queries, keys, values))
+        return NULL;
+    qkv_attn_opts o = opts ? *opts : (qkv_attn_opts){0};
+    o.dropout_p = m->dropout;
+    int64_t H = m->num_heads;
+    qkv_tensor *q = split_heads(ctx, qkv_nn_linear_forward(ctx, &m->W_q, queries), H, true);
+    qkv_tensor *k = split_heads(ctx, qkv_nn_linear_forward(ctx, &m->W_k, keys), H, true);
+    qkv_tensor *v = split_heads(ctx, qkv_nn_linear_forward(ctx, &m->W_v, values), H, true);
+    qkv_tensor *out = merge_heads(ctx, qkv_attention(ctx, q, k, v, &o), true);
+    return out ? qkv_nn_linear_forward(ctx, &m->W_o, out) : NULL;
+}
+
+/* ---- torch.nn.MultiheadAttention ---- */
+
+qkv_status qkv_nn_mha_init(qkv_nn_mha *m, qkv_params *ps, const char *prefix, int64_t embed_dim,
+                           int64_t num_heads, float dropout, int bias, int64_t kdim, int64_t vdim,
+                           int batch_first)
+{
+    char name[512];
+    memset(m, 0, sizeof *m);
+    int64_t E = embed_dim;
+    if (num_heads < 1 || E % num_heads != 0)
+        return qkv_set_error(QKV_ERR_ARG, "mha: embed_dim %lld is not a multiple of num_heads "
+                             "%lld", (long long)E, (long long)num_heads);
+    m->embed_dim = E;
+    m->num_heads = num_heads;
+    m->kdim = kdim > 0 ? kdim : E;
+    m->vdim = vdim > 0 ? vdim : E;
+    m->dropout = dropout;
+    m->batch_first = batch_first != 0;
+    /* PyTorch's registration order: in-projection weight(s), in_proj_bias,
+     * then out_proj */
+    if (m->kdim == E && m->vdim == E) {
+        m->in_proj_weight = qkv_params_add(
+            ps, qkv_nn_name(name, sizeof name, prefix, "in_proj_weight"), 2, (int64_t[]){3 * E, E}, 0);
+        if (!m->in_proj_weight)
+            return qkv_error_status();
+    } else {
+        m->q_proj_weight = qkv_params_add(
+            ps, qkv_nn_name(name, sizeof name, prefix, "q_proj_weight"), 2, (int64_t[]){E, E}, 0);
+        m->k_proj_weight = qkv_params_add(ps, qkv_nn_name(name, sizeof name, prefix, "k_proj_weight"),
+                                          2, (int64_t[]){E, m->kdim}, 0);
+        m->v_proj_weight = qkv_params_add(ps, qkv_nn_name(name, sizeof name, prefix, "v_proj_weight"),
+                                          2, (int64_t[]){E, m->vdim}, 0);
+        if (!m->q_proj_weight || !m->k_proj_weight || !m->v_proj_weight)
+            return qkv_error_status();
+    }
+    if (bias) {
+        m->in_proj_bias = qkv_params_add(
+            ps, qkv_nn_name(name, sizeof name, prefix, "in_proj_bias"), 1, (int64_t[]){3 * E}, 0);
+        if (!m->in_proj_bias)
+            return qkv_error_status();
+    }
+    return qkv_nn_linear_init(&m->out_proj, ps, qkv_nn_name(name, sizeof name, prefix, "out_proj"),
+                              E, E, bias);
+}
+
+void qkv_nn_mha_reset(qkv_nn_mha *m, qkv_rng *r)
+{
+    /* out_proj is a Linear (its constructor draws weight and bias), then
+     * _reset_parameters: xavier_uniform on the in-projection, biases 0 */
+    qkv_nn_linear_reset(&m->out_proj, r);
+    if (m->in_proj_weight) {
+        qkv_init_xavier_uniform(r, m->in_proj_weight, 1.0f);
+    } else {
+        qkv_init_xavier_uniform(r, m->q_proj_weight, 1.0f);
+        qkv_init_xavier_uniform(r, m->k_proj_weight, 1.0f);
+        qkv_init_xavier_uniform(r, m->v_proj_weight, 1.0f);
+    }
+    if (m->in_proj_bias) {
+        qkv_init_constant(m->in_proj_bias, 0.0f);
+        qkv_init_constant(m->out_proj.bias, 0.0f);
+    }
+}
+
+/* projection `which` (0 q, 1 k, 2 v) of x: rows of the packed weight and
+ * bias are views, so gradients land in the packed parameters */
+static qkv_tensor *in_project(qkv_ctx *ctx, const qkv_nn_mha *m, qkv_tensor *x, int which)
+{
+    int64_t E = m->embed_dim;
+    qkv_tensor *w = m->in_proj_weight
+                        ? qkv_slice(ctx, m->in_proj_weight, 0, which * E, (which + 1) * E, 1)
+                        : which == 0 ? m->q_proj_weight
+                        : which == 1 ? m->k_proj_weight
+                                     : m->v_proj_weight;
+    qkv_tensor *b = m->in_proj_bias
+                        ? qkv_slice(ctx, m->in_proj_bias, 0, which * E, (which + 1) * E, 1)
+                        : NULL;
+    return qkv_linear(ctx, x, w, b);
+}
+
+qkv_tensor *qkv_nn_mha_forward(qkv_ctx *ctx, const qkv_nn_mha *m, qkv_tensor *query,
+                               qkv_tensor *key, qkv_tensor *value, const qkv_attn_opts *opts)
+{
+    QKV_INPUTS("mha", query, key, value);
+    if (!check_3d("mha", query, key, value))
+        return NULL;
+    bool bf = m->batch_first;
+    int64_t H = m->num_heads, B = query->shape[bf ? 0 : 1];
+    int64_t N = query->shape[bf ? 1 : 0], M = key->shape[bf ? 1 : 0];
+    qkv_attn_opts o = opts ? *opts : (qkv_attn_opts){0};
+    o.dropout_p = m->dropout;
+    /* PyTorch's 3-D mask (B*H, N, M) is (B, H, N, M) flattened */
+    if (o.attn_mask && o.attn_mask->ndim == 3 && o.attn_mask->shape[0] == B * H && H > 1) {
+        o.attn_mask = qkv_reshape(ctx, o.attn_mask, 4, (int64_t[]){B, H, N, M});
+        if (!o.attn_mask)
+            return NULL;
+    }
+    qkv_tensor *weights = NULL;
+    o.weights = opts && opts->weights ? &weights : NULL;
+    qkv_tensor *q = split_heads(ctx, in_project(ctx, m, query, 0), H, bf);
+    qkv_tensor *k = split_heads(ctx, in_project(ctx, m, key, 1), H, bf);
+    qkv_tensor *v = split_heads(ctx, in_project(ctx, m, value, 2), H, bf);
+    qkv_tensor *out = merge_heads(ctx, qkv_attention(ctx, q, k, v, &o), bf);
+    if (!out)
+        return NULL;
+    if (opts && opts->weights)
+        *opts->weights = opts->average_attn_weights ? qkv_mean(ctx, weights, 1, 0) : weights;
+    return qkv_nn_linear_forward(ctx, &m->out_proj, out);
+}
