@@ -34,6 +34,11 @@ CJSON_CFLAGS := $(shell pkg-config --cflags libcjson 2>/dev/null)
 CJSON_LIBS   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
 
 WARN    := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
+# clang reports `omp simd` loops it chose not to vectorise as warnings; that
+# is an optimisation remark, not a defect in the code.
+ifneq ($(findstring clang,$(shell $(CC) --version 2>/dev/null | head -n1)),)
+WARN    += -Wno-pass-failed
+endif
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fno-math-errno $(OPT) $(WARN) -fPIC -fopenmp -fvisibility=hidden \
            -Iinclude -Isrc $(BLAS_CFLAGS) $(CJSON_CFLAGS)
 LDLIBS  := $(BLAS_LIBS) $(CJSON_LIBS) -lpng -ljpeg -lz -lm
