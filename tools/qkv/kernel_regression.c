@@ -153,7 +153,6 @@ static int run(const options *o)
                       strerror(errno));
         goto fail;
     }
-#ifdef QKV_PLOTS_LANDED /* TEMPORARY until src/io's plots land */
     char path[4200], np_name[64];
     snprintf(np_name, sizeof np_name, "%s, sigma %g", qkv_kernel_name(kernel), o->sigma);
     const qkv_series series[] = {
@@ -185,7 +184,6 @@ static int run(const options *o)
             goto fail;
         printf("wrote %s\n", path);
     }
-#endif
     rc = 0;
 fail:
     if (rc)
