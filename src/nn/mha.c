@@ -185,7 +185,7 @@ qkv_tensor *qkv_nn_mha_forward(qkv_ctx *ctx, const qkv_nn_mha *m, qkv_tensor *qu
     qkv_attn_opts o = opts ? *opts : (qkv_attn_opts){0};
     o.dropout_p = m->dropout;
     /* PyTorch's 3-D mask (B*H, N, M) is (B, H, N, M) flattened */
-    if (o.attn_mask && o.attn_mask->ndim == 3 && o.attn_mask->shape[0] == B * H && H > 1) {
+    if (o.attn_mask && o.attn_mask->ndim == 3 && o.attn_mask->shape[0] == B * H) {
         o.attn_mask = qkv_reshape(ctx, o.attn_mask, 4, (int64_t[]){B, H, N, M});
         if (!o.attn_mask)
             return NULL;
