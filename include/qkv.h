@@ -1160,6 +1160,62 @@ QKV_API qkv_status qkv_checkpoint_load(const char *path, qkv_params *ps, qkv_opt
                                        qkv_checkpoint_info *info);
 
 /* ------------------------------------------------------------------------ */
+/* Models: Vision Transformer (d2l v1.0.3 "vision-transformer") in the      */
+/* state_dict layout of torchvision 0.14's VisionTransformer (docs/vit.md)   */
+/* ------------------------------------------------------------------------ */
+
+/* Names: "conv_proj.weight" (C, Cin, p, p), "conv_proj.bias", "class_token"
+ * (1, 1, C), "encoder.pos_embedding" (1, S + 1, C) with S = (image/p)^2,
+ * "encoder.layers.encoder_layer_N.{ln_1, self_attention.in_proj_weight,
+ * self_attention.in_proj_bias, self_attention.out_proj, ln_2, mlp.0,
+ * mlp.3}", "encoder.ln", "heads.head". torchvision fixes Cin = 3; qkv also
+ * takes Cin = 1 (Fashion-MNIST), which torchvision loads after its
+ * conv_proj is replaced by a Conv2d(1, C, p, p). */
+typedef struct {
+    int64_t image_size, patch_size, in_channels;
+    int64_t hidden_dim, mlp_dim, num_heads, num_layers, num_classes;
+    float dropout;           /* after the embedding, attention and in the MLP */
+    float attention_dropout; /* on the attention weights */
+    float ln_eps;            /* 0 means 1e-6, torchvision's */
+} qkv_vit_config;
+
+#define QKV_VIT_MAX_LAYERS 32
+typedef struct {
+    qkv_tensor *ln_1_weight, *ln_1_bias, *ln_2_weight, *ln_2_bias;
+    qkv_nn_mha self_attention;     /* batch first */
+    qkv_nn_linear mlp_0, mlp_3;    /* (mlp_dim, C), (C, mlp_dim) */
+} qkv_vit_block;
+typedef struct {
+    qkv_vit_config cfg;
+    qkv_tensor *conv_proj_weight, *conv_proj_bias, *class_token, *pos_embedding;
+    qkv_vit_block layers[QKV_VIT_MAX_LAYERS];
+    qkv_tensor *ln_weight, *ln_bias;
+    qkv_nn_linear head;
+} qkv_vit;
+
+QKV_API qkv_status qkv_vit_init(qkv_vit *m, qkv_params *ps, const qkv_vit_config *cfg);
+/* torchvision's initialisation: conv_proj trunc_normal(std sqrt(1/fan_in)),
+ * class token 0, positions N(0, 0.02), attention as nn.MultiheadAttention,
+ * MLP xavier_uniform with N(0, 1e-6) biases, head zero. */
+QKV_API void qkv_vit_reset(qkv_vit *m, qkv_rng *r);
+/* The configuration a state dict implies: image, patch, channels, width,
+ * depth, MLP and classes from the shapes; num_heads from the metadata key
+ * "num_heads" unless cfg->num_heads is already set (> 0). Dropouts are left
+ * as cfg has them. */
+QKV_API qkv_status qkv_vit_config_from_file(qkv_vit_config *cfg, const qkv_st_file *f);
+/* x (B, Cin, image, image) -> logits (B, K). attn (NULL, or num_layers
+ * pointers) receives each block's head-averaged attention weights
+ * (B, S + 1, S + 1), taken before dropout (unfused path). */
+QKV_API qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x,
+                                    qkv_tensor **attn);
+/* Attention rollout (Abnar & Zuidema 2020) of one image: w holds L
+ * head-averaged weight matrices (N, N) back to back; each becomes
+ * 0.5 W + 0.5 I with rows renormalised, and their product from the first
+ * block to the last gives the class token's row, of which map receives the
+ * N - 1 patch entries, scaled to a maximum of 1. */
+QKV_API qkv_status qkv_vit_rollout(float *map, const float *w, int64_t L, int64_t N);
+
+/* ------------------------------------------------------------------------ */
 /* Models: kernel regression (Nadaraya-Watson attention pooling, d2l r0.17   */
 /* "nadaraya-watson", kernels from v1.0.3 "attention-pooling")               */
 /* ------------------------------------------------------------------------ */
