@@ -655,6 +655,109 @@ QKV_API void qkv_nn_linear_reset(qkv_nn_linear *m, qkv_rng *r);
 /* x (..., in) -> (..., out) */
 QKV_API qkv_tensor *qkv_nn_linear_forward(qkv_ctx *ctx, const qkv_nn_linear *m, qkv_tensor *x);
 
+/* Attention modules. Each forward takes a qkv_attn_opts (may be NULL) for
+ * masks, valid lengths and the weights out-pointer; the dropout probability
+ * is the module's own (opts->dropout_p is ignored). */
+
+/* d2l's DotProductAttention: queries (B, N, D), keys (B, M, D), values
+ * (B, M, Dv) -> (B, N, Dv). No parameters. */
+typedef struct {
+    float dropout;
+} qkv_nn_dot_attention;
+QKV_API qkv_tensor *qkv_nn_dot_attention_forward(qkv_ctx *ctx, const qkv_nn_dot_attention *m,
+                                                 qkv_tensor *queries, qkv_tensor *keys,
+                                                 qkv_tensor *values, const qkv_attn_opts *opts);
+
+/* d2l's AdditiveAttention: W_k.weight (h, key_size), W_q.weight
+ * (h, query_size), w_v.weight (1, h), no biases; scores
+ * w_v tanh(W_q q_i + W_k k_j), masked softmax, dropout, times values.
+ * queries (B, N, query_size), keys (B, M, key_size), values (B, M, Dv)
+ * -> (B, N, Dv). opts->weights receives (B, N, M). */
+typedef struct {
+    qkv_nn_linear W_k, W_q, w_v;
+    float dropout;
+} qkv_nn_additive_attention;
+QKV_API qkv_status qkv_nn_additive_attention_init(qkv_nn_additive_attention *m, qkv_params *ps,
+                                                  const char *prefix, int64_t key_size,
+                                                  int64_t query_size, int64_t num_hiddens,
+                                                  float dropout);
+QKV_API void qkv_nn_additive_attention_reset(qkv_nn_additive_attention *m, qkv_rng *r);
+QKV_API qkv_tensor *qkv_nn_additive_attention_forward(qkv_ctx *ctx,
+                                                      const qkv_nn_additive_attention *m,
+                                                      qkv_tensor *queries, qkv_tensor *keys,
+                                                      qkv_tensor *values,
+                                                      const qkv_attn_opts *opts);
+
+/* d2l's MultiHeadAttention: W_q (num_hiddens, query_size), W_k, W_v, W_o
+ * (num_hiddens, num_hiddens) as nn.Linear (state_dict "W_q.weight", ...;
+ * biases only with `bias`, d2l's default being none). queries (B, N,
+ * query_size), keys (B, M, key_size), values (B, M, value_size) ->
+ * (B, N, num_hiddens). Heads split num_hiddens; valid lengths (B) or
+ * (B, N) apply to every head (d2l repeats them per head). opts->weights
+ * receives (B, H, N, M). */
+typedef struct {
+    qkv_nn_linear W_q, W_k, W_v, W_o;
+    int64_t num_hiddens, num_heads;
+    float dropout;
+} qkv_nn_d2l_mha;
+QKV_API qkv_status qkv_nn_d2l_mha_init(qkv_nn_d2l_mha *m, qkv_params *ps, const char *prefix,
+                                       int64_t key_size, int64_t query_size, int64_t value_size,
+                                       int64_t num_hiddens, int64_t num_heads, float dropout,
+                                       int bias);
+QKV_API void qkv_nn_d2l_mha_reset(qkv_nn_d2l_mha *m, qkv_rng *r);
+QKV_API qkv_tensor *qkv_nn_d2l_mha_forward(qkv_ctx *ctx, const qkv_nn_d2l_mha *m,
+                                           qkv_tensor *queries, qkv_tensor *keys,
+                                           qkv_tensor *values, const qkv_attn_opts *opts);
+
+/* torch.nn.MultiheadAttention(embed_dim E, num_heads, dropout, bias, kdim,
+ * vdim, batch_first). Parameters under PyTorch's names: in_proj_weight
+ * (3E, E) when kdim == vdim == E, else q_proj_weight (E, E), k_proj_weight
+ * (E, kdim), v_proj_weight (E, vdim); in_proj_bias (3E) and out_proj.bias
+ * (E) with `bias`; out_proj.weight (E, E). (add_bias_kv and add_zero_attn
+ * are not supported.) kdim, vdim 0 mean E.
+ * reset: xavier_uniform on the in-projection weight(s), the out_proj
+ * weight as nn.Linear (U(+-1/sqrt(E))), biases zero, as PyTorch.
+ * forward: query (N, B, E), key (M, B, kdim), value (M, B, vdim) -> (N, B, E),
+ * or (B, N, E) etc. with batch_first. opts->attn_mask is (N, M) or PyTorch's
+ * (B*H, N, M) (or anything broadcasting to (B, H, N, M)); key_padding_mask
+ * (B, M). With opts->weights (need_weights) it receives (B, N, M) averaged
+ * over heads if opts->average_attn_weights, else (B, H, N, M); those are
+ * taken before dropout (PyTorch 1.13 returns them after). */
+typedef struct {
+    qkv_tensor *in_proj_weight, *in_proj_bias;
+    qkv_tensor *q_proj_weight, *k_proj_weight, *v_proj_weight;
+    qkv_nn_linear out_proj;
+    int64_t embed_dim, num_heads, kdim, vdim;
+    float dropout;
+    int batch_first;
+} qkv_nn_mha;
+QKV_API qkv_status qkv_nn_mha_init(qkv_nn_mha *m, qkv_params *ps, const char *prefix,
+                                   int64_t embed_dim, int64_t num_heads, float dropout, int bias,
+                                   int64_t kdim, int64_t vdim, int batch_first);
+QKV_API void qkv_nn_mha_reset(qkv_nn_mha *m, qkv_rng *r);
+QKV_API qkv_tensor *qkv_nn_mha_forward(qkv_ctx *ctx, const qkv_nn_mha *m, qkv_tensor *query,
+                                       qkv_tensor *key, qkv_tensor *value,
+                                       const qkv_attn_opts *opts);
+
+/* Positional encodings, x (B, T, C) -> dropout(x + P[:T]), T <= max_len.
+ * Sinusoidal (d2l): P[i, 2j] = sin(i / 10000^(2j/C)), P[i, 2j+1] =
+ * cos(i / 10000^(2j/C)), computed in float32 as d2l does; no parameters.
+ * Learnable: parameter "pos_embedding" (1, max_len, C), reset to
+ * normal(0, 0.02) (d2l's ViT: randn * 0.02). */
+typedef struct {
+    qkv_tensor *pos_embedding; /* NULL for the sinusoidal one */
+    int64_t num_hiddens, max_len;
+    float dropout;
+} qkv_nn_posenc;
+/* max_len 0 means 1000. */
+QKV_API qkv_status qkv_nn_posenc_sin_init(qkv_nn_posenc *m, int64_t num_hiddens, float dropout,
+                                          int64_t max_len);
+QKV_API qkv_status qkv_nn_posenc_learned_init(qkv_nn_posenc *m, qkv_params *ps,
+                                              const char *prefix, int64_t num_hiddens,
+                                              float dropout, int64_t max_len);
+QKV_API void qkv_nn_posenc_reset(qkv_nn_posenc *m, qkv_rng *r);
+QKV_API qkv_tensor *qkv_nn_posenc_forward(qkv_ctx *ctx, const qkv_nn_posenc *m, qkv_tensor *x);
+
 /* ------------------------------------------------------------------------ */
 /* Transformer: position-wise FFN, AddNorm, encoder and decoder blocks and   */
 /* stacks, post-norm (the book, PyTorch's default) or pre-norm (norm_first), */
@@ -693,16 +796,15 @@ QKV_API qkv_tensor *qkv_nn_layer_norm_forward(qkv_ctx *ctx, const qkv_nn_layer_n
 QKV_API qkv_tensor *qkv_nn_addnorm_forward(qkv_ctx *ctx, const qkv_nn_layer_norm *ln,
                                            qkv_tensor *x, qkv_tensor *y, float dropout);
 
-/* d2l: W_q, W_k, W_v, W_o without bias; torch: in_proj_weight (3E, E),
- * in_proj_bias (3E), out_proj (as w_o, with bias). */
 typedef enum { QKV_TF_D2L = 0, QKV_TF_TORCH } qkv_tf_layout;
 
-/* The multi-head attention inside the blocks (both layouts). */
+/* The multi-head attention inside the blocks: d2l's (W_q, W_k, W_v, W_o
+ * without bias) or nn.MultiheadAttention (packed in_proj with bias, batch
+ * first), whichever the layout asks for. */
 typedef struct {
-    qkv_nn_linear w_q, w_k, w_v, w_o;
-    qkv_tensor *in_proj_weight, *in_proj_bias;
-    int64_t d_model, n_heads;
-    float dropout; /* on the attention weights */
+    qkv_nn_d2l_mha d2l;
+    qkv_nn_mha torch;
+    int torch_layout;
 } qkv_tf_attn;
 
 typedef struct {
@@ -813,9 +915,6 @@ QKV_API qkv_status qkv_seq2seq_init(qkv_seq2seq *m, qkv_params *ps, const qkv_tf
                                     int64_t src_vocab, int64_t tgt_vocab);
 /* Embeddings N(0, 1), Linear weights xavier_uniform (train_seq2seq). */
 QKV_API void qkv_seq2seq_reset(qkv_seq2seq *m, qkv_rng *r);
-/* d2l's PositionalEncoding without its dropout: x (B, T, E) + P[offset .. offset+T),
- * P[i, 2j] = sin(i / 10000^(2j/E)), P[i, 2j+1] = cos(..). */
-QKV_API qkv_tensor *qkv_pos_encoding(qkv_ctx *ctx, qkv_tensor *x, int64_t offset);
 /* Teacher forcing: src (B, S) ids with src_valid (B), dec_in (B, T) ids ->
  * logits (B, T, V_tgt). masks (may be NULL) only collects weights. */
 QKV_API qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
@@ -847,109 +946,6 @@ QKV_API double qkv_bleu(const char *pred, const char *label, int k);
  * penalty exp(1 - r/c) over the total lengths, sacrebleu's default "exp"
  * smoothing of zero counts. In [0, 1] (sacrebleu prints 100x). */
 QKV_API double qkv_corpus_bleu(int64_t n, const char *const *preds, const char *const *refs);
-
-/* Attention modules. Each forward takes a qkv_attn_opts (may be NULL) for
- * masks, valid lengths and the weights out-pointer; the dropout probability
- * is the module's own (opts->dropout_p is ignored). */
-
-/* d2l's DotProductAttention: queries (B, N, D), keys (B, M, D), values
- * (B, M, Dv) -> (B, N, Dv). No parameters. */
-typedef struct {
-    float dropout;
-} qkv_nn_dot_attention;
-QKV_API qkv_tensor *qkv_nn_dot_attention_forward(qkv_ctx *ctx, const qkv_nn_dot_attention *m,
-                                                 qkv_tensor *queries, qkv_tensor *keys,
-                                                 qkv_tensor *values, const qkv_attn_opts *opts);
-
-/* d2l's AdditiveAttention: W_k.weight (h, key_size), W_q.weight
- * (h, query_size), w_v.weight (1, h), no biases; scores
- * w_v tanh(W_q q_i + W_k k_j), masked softmax, dropout, times values.
- * queries (B, N, query_size), keys (B, M, key_size), values (B, M, Dv)
- * -> (B, N, Dv). opts->weights receives (B, N, M). */
-typedef struct {
-    qkv_nn_linear W_k, W_q, w_v;
-    float dropout;
-} qkv_nn_additive_attention;
-QKV_API qkv_status qkv_nn_additive_attention_init(qkv_nn_additive_attention *m, qkv_params *ps,
-                                                  const char *prefix, int64_t key_size,
-                                                  int64_t query_size, int64_t num_hiddens,
-                                                  float dropout);
-QKV_API void qkv_nn_additive_attention_reset(qkv_nn_additive_attention *m, qkv_rng *r);
-QKV_API qkv_tensor *qkv_nn_additive_attention_forward(qkv_ctx *ctx,
-                                                      const qkv_nn_additive_attention *m,
-                                                      qkv_tensor *queries, qkv_tensor *keys,
-                                                      qkv_tensor *values,
-                                                      const qkv_attn_opts *opts);
-
-/* d2l's MultiHeadAttention: W_q (num_hiddens, query_size), W_k, W_v, W_o
- * (num_hiddens, num_hiddens) as nn.Linear (state_dict "W_q.weight", ...;
- * biases only with `bias`, d2l's default being none). queries (B, N,
- * query_size), keys (B, M, key_size), values (B, M, value_size) ->
- * (B, N, num_hiddens). Heads split num_hiddens; valid lengths (B) or
- * (B, N) apply to every head (d2l repeats them per head). opts->weights
- * receives (B, H, N, M). */
-typedef struct {
-    qkv_nn_linear W_q, W_k, W_v, W_o;
-    int64_t num_hiddens, num_heads;
-    float dropout;
-} qkv_nn_d2l_mha;
-QKV_API qkv_status qkv_nn_d2l_mha_init(qkv_nn_d2l_mha *m, qkv_params *ps, const char *prefix,
-                                       int64_t key_size, int64_t query_size, int64_t value_size,
-                                       int64_t num_hiddens, int64_t num_heads, float dropout,
-                                       int bias);
-QKV_API void qkv_nn_d2l_mha_reset(qkv_nn_d2l_mha *m, qkv_rng *r);
-QKV_API qkv_tensor *qkv_nn_d2l_mha_forward(qkv_ctx *ctx, const qkv_nn_d2l_mha *m,
-                                           qkv_tensor *queries, qkv_tensor *keys,
-                                           qkv_tensor *values, const qkv_attn_opts *opts);
-
-/* torch.nn.MultiheadAttention(embed_dim E, num_heads, dropout, bias, kdim,
- * vdim, batch_first). Parameters under PyTorch's names: in_proj_weight
- * (3E, E) when kdim == vdim == E, else q_proj_weight (E, E), k_proj_weight
- * (E, kdim), v_proj_weight (E, vdim); in_proj_bias (3E) and out_proj.bias
- * (E) with `bias`; out_proj.weight (E, E). (add_bias_kv and add_zero_attn
- * are not supported.) kdim, vdim 0 mean E.
- * reset: xavier_uniform on the in-projection weight(s), the out_proj
- * weight as nn.Linear (U(+-1/sqrt(E))), biases zero, as PyTorch.
- * forward: query (N, B, E), key (M, B, kdim), value (M, B, vdim) -> (N, B, E),
- * or (B, N, E) etc. with batch_first. opts->attn_mask is (N, M) or PyTorch's
- * (B*H, N, M) (or anything broadcasting to (B, H, N, M)); key_padding_mask
- * (B, M). With opts->weights (need_weights) it receives (B, N, M) averaged
- * over heads if opts->average_attn_weights, else (B, H, N, M); those are
- * taken before dropout (PyTorch 1.13 returns them after). */
-typedef struct {
-    qkv_tensor *in_proj_weight, *in_proj_bias;
-    qkv_tensor *q_proj_weight, *k_proj_weight, *v_proj_weight;
-    qkv_nn_linear out_proj;
-    int64_t embed_dim, num_heads, kdim, vdim;
-    float dropout;
-    int batch_first;
-} qkv_nn_mha;
-QKV_API qkv_status qkv_nn_mha_init(qkv_nn_mha *m, qkv_params *ps, const char *prefix,
-                                   int64_t embed_dim, int64_t num_heads, float dropout, int bias,
-                                   int64_t kdim, int64_t vdim, int batch_first);
-QKV_API void qkv_nn_mha_reset(qkv_nn_mha *m, qkv_rng *r);
-QKV_API qkv_tensor *qkv_nn_mha_forward(qkv_ctx *ctx, const qkv_nn_mha *m, qkv_tensor *query,
-                                       qkv_tensor *key, qkv_tensor *value,
-                                       const qkv_attn_opts *opts);
-
-/* Positional encodings, x (B, T, C) -> dropout(x + P[:T]), T <= max_len.
- * Sinusoidal (d2l): P[i, 2j] = sin(i / 10000^(2j/C)), P[i, 2j+1] =
- * cos(i / 10000^(2j/C)), computed in float32 as d2l does; no parameters.
- * Learnable: parameter "pos_embedding" (1, max_len, C), reset to
- * normal(0, 0.02) (d2l's ViT: randn * 0.02). */
-typedef struct {
-    qkv_tensor *pos_embedding; /* NULL for the sinusoidal one */
-    int64_t num_hiddens, max_len;
-    float dropout;
-} qkv_nn_posenc;
-/* max_len 0 means 1000. */
-QKV_API qkv_status qkv_nn_posenc_sin_init(qkv_nn_posenc *m, int64_t num_hiddens, float dropout,
-                                          int64_t max_len);
-QKV_API qkv_status qkv_nn_posenc_learned_init(qkv_nn_posenc *m, qkv_params *ps,
-                                              const char *prefix, int64_t num_hiddens,
-                                              float dropout, int64_t max_len);
-QKV_API void qkv_nn_posenc_reset(qkv_nn_posenc *m, qkv_rng *r);
-QKV_API qkv_tensor *qkv_nn_posenc_forward(qkv_ctx *ctx, const qkv_nn_posenc *m, qkv_tensor *x);
 
 /* ------------------------------------------------------------------------ */
 /* safetensors                                                               */
@@ -1051,8 +1047,10 @@ typedef struct {
 QKV_API qkv_status qkv_nmt_load(qkv_nmt_data *out, const char *path, int64_t num_examples,
                                 int64_t num_steps);
 QKV_API void qkv_nmt_free(qkv_nmt_data *d);
-/* One sentence for inference, prepared as a source line above: ids
- * (num_steps) get its ids, <eos> and padding. Returns the valid length. */
+/* One sentence for inference as d2l's predict_seq2seq: lowercased, split on
+ * spaces (no space is inserted before punctuation), ids (num_steps) get its
+ * ids, <eos>, then <pad> or truncation. Returns d2l's enc_valid_len, the
+ * token count + 1 before truncation; -1 on bad arguments. */
 QKV_API int64_t qkv_nmt_encode(const qkv_vocab *v, const char *sentence, int64_t num_steps,
                                int64_t *ids);
 

@@ -1,0 +1,293 @@
+/* seq2seq.c - the book's Transformer for translation (d2l's
+ * TransformerEncoder and TransformerDecoder inside an EncoderDecoder):
+ * embeddings scaled by sqrt(E), sinusoidal positions, the blocks of
+ * nn/transformer.c and a Linear to the target vocabulary; greedy decoding
+ * (d2l's predict_seq2seq) and beam search over the cached decoder. */
+#include "../qkv_internal.h"
+
+#include <math.h>
+
+qkv_status qkv_seq2seq_init(qkv_seq2seq *m, qkv_params *ps, const qkv_tf_config *cfg,
+                            int64_t src_vocab, int64_t tgt_vocab)
+{
+    memset(m, 0, sizeof *m);
+    if (!cfg || cfg->layout != QKV_TF_D2L || src_vocab <= 0 || tgt_vocab <= 0)
+        return qkv_set_error(QKV_ERR_ARG,
+                             "qkv_seq2seq_init: needs a d2l-layout config and vocabularies, "
+                             "got %lld and %lld tokens",
+                             (long long)src_vocab, (long long)tgt_vocab);
+    m->src_vocab = src_vocab;
+    m->tgt_vocab = tgt_vocab;
+    int64_t e = cfg->d_model;
+    m->src_embedding = qkv_params_add(ps, "encoder.embedding.weight", 2,
+                                      (int64_t[]){src_vocab, e}, 0);
+    if (!m->src_embedding)
+        return qkv_error_status();
+    qkv_status s = qkv_transformer_init(&m->tf, ps, "", cfg);
+    if (s != QKV_OK)
+        return s;
+    m->tgt_embedding = qkv_params_add(ps, "decoder.embedding.weight", 2,
+                                      (int64_t[]){tgt_vocab, e}, 0);
+    if (!m->tgt_embedding)
+        return qkv_error_status();
+    return qkv_nn_linear_init(&m->dense, ps, "decoder.dense", e, tgt_vocab, 1);
+}
+
+void qkv_seq2seq_reset(qkv_seq2seq *m, qkv_rng *r)
+{
+    qkv_init_normal(r, m->src_embedding, 0.0f, 1.0f);
+    qkv_init_normal(r, m->tgt_embedding, 0.0f, 1.0f);
+    qkv_transformer_reset(&m->tf, r);
+    qkv_nn_linear_reset(&m->dense, r);
+    qkv_init_xavier_uniform(r, m->dense.weight, 1.0f);
+}
+
+/* x (B, T, E) -> x + P[offset .. offset + T), P as nn/posenc.c's d2l
+ * sinusoid. The offset is why this is not qkv_nn_posenc: an incremental
+ * step adds its own position (d2l's predict_seq2seq adds P[0] at every
+ * step, since its decoder sees one token at a time; see docs). */
+static qkv_tensor *pos_encoding(qkv_ctx *ctx, qkv_tensor *x, int64_t offset)
+{
+    QKV_INPUTS("pos_encoding", x);
+    if (x->ndim != 3 || offset < 0) {
+        char s[64];
+        qkv_set_error(QKV_ERR_SHAPE, "pos_encoding: x %s should be (B, T, E), offset %lld >= 0",
+                      qkv_shape_str(x, s, sizeof s), (long long)offset);
+        return NULL;
+    }
+    int64_t t = x->shape[1], e = x->shape[2];
+    qkv_tensor *p = qkv__tensor(ctx, 2, (int64_t[]){t, e});
+    if (!p)
+        return NULL;
+    for (int64_t i = 0; i < t; i++)
+        for (int64_t j = 0; j < e; j += 2) {
+            /* d2l builds the angles in float32: i / 10000^(j / E) */
+            float angle = (float)(offset + i) / powf(10000.0f, (float)j / (float)e);
+            p->data[i * e + j] = sinf(angle);
+            if (j + 1 < e)
+                p->data[i * e + j + 1] = cosf(angle);
+        }
+    return qkv_add(ctx, x, p);
+}
+
+/* ids (B, T) -> dropout(pos(embedding * sqrt(E))) (B, T, E) */
+static qkv_tensor *embed(qkv_ctx *ctx, const qkv_seq2seq *m, qkv_tensor *weight,
+                         const int64_t *ids, int64_t b, int64_t t, int64_t offset)
+{
+    int64_t e = m->tf.cfg.d_model;
+    qkv_tensor *x = qkv_embedding(ctx, weight, ids, b * t);
+    x = x ? qkv_reshape(ctx, x, 3, (int64_t[]){b, t, e}) : NULL;
+    x = pos_encoding(ctx, qkv_scale(ctx, x, sqrtf((float)e)), offset);
+    return qkv_dropout(ctx, x, m->tf.cfg.dropout);
+}
+
+qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                                const int64_t *src_valid, int64_t batch, int64_t src_len,
+                                const int64_t *dec_in, int64_t tgt_len, qkv_tf_masks *masks)
+{
+    if (!src || !dec_in || batch <= 0 || src_len <= 0 || tgt_len <= 0) {
+        qkv_set_error(QKV_ERR_ARG, "qkv_seq2seq_forward: no ids or empty batch (%lld, %lld, %lld)",
+                      (long long)batch, (long long)src_len, (long long)tgt_len);
+        return NULL;
+    }
+    qkv_tf_masks mk = masks ? *masks : (qkv_tf_masks){0};
+    mk.src_valid_lens = src_valid;
+    mk.tgt_causal = 1;
+    qkv_tensor *memory = qkv_transformer_encode(
+        ctx, &m->tf, embed(ctx, m, m->src_embedding, src, batch, src_len, 0), &mk);
+    qkv_tensor *y = qkv_transformer_decode(
+        ctx, &m->tf, embed(ctx, m, m->tgt_embedding, dec_in, batch, tgt_len, 0), memory, &mk);
+    return qkv_nn_linear_forward(ctx, &m->dense, y);
+}
+
+/* ---- decoding ---- */
+
+/* The encoder's memory for `rows` copies of one source, and the cache. */
+static qkv_status start(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src, int64_t src_len,
+                        int64_t src_valid, int64_t rows, int64_t max_len, qkv_tf_cache *c,
+                        qkv_seq2seq_attn *attn)
+{
+    const qkv_tf_config *cfg = &m->tf.cfg;
+    int64_t *ids = qkv__alloc(ctx, (size_t)(rows * src_len) * sizeof(int64_t));
+    int64_t *lens = qkv__alloc(ctx, (size_t)rows * sizeof(int64_t));
+    if (!ids || !lens)
+        return qkv_error_status();
+    for (int64_t r = 0; r < rows; r++) {
+        memcpy(ids + r * src_len, src, (size_t)src_len * sizeof(int64_t));
+        lens[r] = src_valid;
+    }
+    qkv_tensor *enc_w[QKV_TF_MAX_LAYERS] = {0};
+    qkv_tf_masks mk = {.src_valid_lens = lens, .enc_weights = attn ? enc_w : NULL};
+    qkv_tensor *memory = qkv_transformer_encode(
+        ctx, &m->tf, embed(ctx, m, m->src_embedding, ids, rows, src_len, 0), &mk);
+    if (qkv_tf_cache_init(ctx, &m->tf, c, memory, max_len, &mk) != QKV_OK)
+        return qkv_error_status();
+    if (attn) {
+        int64_t h = cfg->n_heads, per = h * src_len * src_len;
+        for (int64_t l = 0; l < cfg->n_enc; l++)
+            for (int64_t k = 0; k < per; k++)
+                attn->enc[l * per + k] = qkv_get(enc_w[l], k);
+        memset(attn->dec_self, 0, (size_t)(cfg->n_dec * h * max_len * max_len) * sizeof(float));
+        memset(attn->dec_cross, 0, (size_t)(cfg->n_dec * h * max_len * src_len) * sizeof(float));
+        c->self_weights = attn->dec_self;
+        c->cross_weights = attn->dec_cross;
+    }
+    return QKV_OK;
+}
+
+/* The next tokens of `rows` hypotheses (rows) -> log-probabilities
+ * (rows, V) in arena memory, or NULL. */
+static const float *step(qkv_ctx *ctx, const qkv_seq2seq *m, qkv_tf_cache *c,
+                         const int64_t *tokens, int64_t rows)
+{
+    qkv_tensor *y = embed(ctx, m, m->tgt_embedding, tokens, rows, 1, c->len);
+    y = qkv_transformer_decode_step(ctx, &m->tf, c, y);
+    qkv_tensor *lp = qkv_log_softmax(ctx, qkv_nn_linear_forward(ctx, &m->dense, y));
+    return lp ? lp->data : NULL;
+}
+
+static int64_t greedy(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src, int64_t src_len,
+                      int64_t src_valid, int64_t bos, int64_t eos, int64_t max_len, int64_t *out,
+                      qkv_seq2seq_attn *attn)
+{
+    qkv_tf_cache c;
+    if (start(ctx, m, src, src_len, src_valid, 1, max_len, &c, attn) != QKV_OK)
+        return -1;
+    int64_t tok = bos, n = 0;
+    for (int64_t t = 0; t < max_len; t++) {
+        const float *lp = step(ctx, m, &c, &tok, 1);
+        if (!lp)
+            return -1;
+        /* torch.argmax: the first of equal maxima */
+        int64_t best = 0;
+        for (int64_t v = 1; v < m->tgt_vocab; v++)
+            if (lp[v] > lp[best])
+                best = v;
+        if (best == eos)
+            break;
+        out[n++] = tok = best;
+    }
+    return n;
+}
+
+/* Beam search. Hypotheses are batch rows of one cache; each step keeps the
+ * `beam` best continuations by summed log-probability; one that ends in eos
+ * is set aside, scored by its sum / length^alpha. The search stops when
+ * `beam` hypotheses have finished or max_len is reached (the live ones then
+ * count as finished). */
+static int64_t beam_search(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                           int64_t src_len, int64_t src_valid, int64_t bos, int64_t eos,
+                           int64_t max_len, int64_t w, float alpha, int64_t *out)
+{
+    qkv_tf_cache c;
+    if (start(ctx, m, src, src_len, src_valid, w, max_len, &c, NULL) != QKV_OK)
+        return -1;
+    int64_t v_n = m->tgt_vocab;
+    int64_t *hyp = qkv__alloc(ctx, (size_t)(w * max_len) * sizeof(int64_t));
+    int64_t *next_hyp = qkv__alloc(ctx, (size_t)(w * max_len) * sizeof(int64_t));
+    int64_t *last = qkv__alloc(ctx, (size_t)w * sizeof(int64_t));
+    int64_t *from = qkv__alloc(ctx, (size_t)w * sizeof(int64_t));
+    int64_t *cand = qkv__alloc(ctx, (size_t)(2 * w) * sizeof(int64_t));
+    double *score = qkv__alloc(ctx, (size_t)w * sizeof(double));
+    double *next_score = qkv__alloc(ctx, (size_t)w * sizeof(double));
+    if (!hyp || !next_hyp || !last || !from || !cand || !score || !next_score)
+        return -1;
+    for (int64_t b = 0; b < w; b++) {
+        last[b] = bos;
+        /* only one live hypothesis at first, or the beam would hold copies */
+        score[b] = b == 0 ? 0.0 : -INFINITY;
+    }
+    double best = -INFINITY;
+    int64_t best_len = 0, finished = 0;
+    for (int64_t t = 0; t < max_len && finished < w; t++) {
+        const float *lp = step(ctx, m, &c, last, w);
+        if (!lp)
+            return -1;
+        /* the 2w best (beam, token) pairs: enough for w that do not end */
+        int64_t nc = 0;
+        for (; nc < 2 * w; nc++) {
+            int64_t arg = -1;
+            double top = -INFINITY;
+            for (int64_t k = 0; k < w * v_n; k++) {
+                double s = score[k / v_n] + lp[k];
+                int taken = 0;
+                for (int64_t j = 0; j < nc && !taken; j++)
+                    taken = cand[j] == k;
+                if (!taken && s > top) {
+                    top = s;
+                    arg = k;
+                }
+            }
+            if (arg < 0)
+                break;
+            cand[nc] = arg;
+        }
+        int64_t kept = 0;
+        for (int64_t j = 0; j < nc && kept < w; j++) {
+            int64_t b = cand[j] / v_n, tok = cand[j] % v_n;
+            double s = score[b] + lp[cand[j]];
+            if (tok == eos) {
+                double norm = s / pow((double)(t + 1), alpha);
+                if (norm > best) {
+                    best = norm;
+                    best_len = t;
+                    memcpy(out, hyp + b * max_len, (size_t)t * sizeof(int64_t));
+                }
+                finished++;
+                continue;
+            }
+            memcpy(next_hyp + kept * max_len, hyp + b * max_len, (size_t)t * sizeof(int64_t));
+            next_hyp[kept * max_len + t] = tok;
+            next_score[kept] = s;
+            from[kept++] = b;
+        }
+        for (; kept < w; kept++) {
+            next_score[kept] = -INFINITY;
+            next_hyp[kept * max_len + t] = bos; /* a dead row still feeds a valid id */
+            from[kept] = 0;
+        }
+        int64_t *th = hyp;
+        hyp = next_hyp;
+        next_hyp = th;
+        for (int64_t b = 0; b < w; b++) {
+            score[b] = next_score[b];
+            last[b] = hyp[b * max_len + t];
+        }
+        if (qkv_tf_cache_reorder(ctx, &c, from) != QKV_OK)
+            return -1;
+    }
+    if (finished < w)
+        for (int64_t b = 0; b < w; b++) {
+            if (!isfinite(score[b]))
+                continue;
+            double norm = score[b] / pow((double)c.len, alpha);
+            if (norm > best) {
+                best = norm;
+                best_len = c.len;
+                memcpy(out, hyp + b * max_len, (size_t)c.len * sizeof(int64_t));
+            }
+        }
+    return best_len;
+}
+
+int64_t qkv_seq2seq_translate(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                              int64_t src_len, int64_t src_valid, int64_t bos, int64_t eos,
+                              int64_t max_len, int beam, float alpha, int64_t *out,
+                              qkv_seq2seq_attn *attn)
+{
+    if (!src || !out || src_len <= 0 || max_len <= 0 || src_valid < 0 || src_valid > src_len) {
+        qkv_set_error(QKV_ERR_ARG,
+                      "qkv_seq2seq_translate: bad source or lengths (src_len %lld, valid %lld, "
+                      "max_len %lld)",
+                      (long long)src_len, (long long)src_valid, (long long)max_len);
+        return -1;
+    }
+    int was_training = qkv_set_training(ctx, 0);
+    int was_grad = qkv_set_grad_enabled(ctx, 0);
+    int64_t n = beam <= 1 ? greedy(ctx, m, src, src_len, src_valid, bos, eos, max_len, out, attn)
+                          : beam_search(ctx, m, src, src_len, src_valid, bos, eos, max_len, beam,
+                                        alpha, out);
+    qkv_set_grad_enabled(ctx, was_grad);
+    qkv_set_training(ctx, was_training);
+    return n;
+}
