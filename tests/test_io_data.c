@@ -194,3 +194,130 @@ TEST(mnist_errors_name_the_file)
     clear_set(dir);
     rmdir(dir);
 }
+
+/* ---- English-French (d2l r0.17 load_data_nmt) ---- */
+
+/* Compares qkv's arrays and vocabularies with the fixture that cases_io.py
+ * computed the book's way (rows every `every`-th). Exact: these are ids. */
+static void check_nmt(const char *fixture, int64_t num_examples, int64_t num_steps)
+{
+    qkv_st_file *f = fixture_open(fixture);
+    REQUIRE(f, "no fixture");
+    qkv_nmt_data d;
+    REQUIRE(qkv_nmt_load(&d, NULL, num_examples, num_steps) == QKV_OK, "%s", qkv_error());
+    int64_t every = atoll(qkv_st_meta(f, "every")), n = atoll(qkv_st_meta(f, "n"));
+    CHECK(d.n == n, "%lld pairs, want %lld", (long long)d.n, (long long)n);
+    CHECK(qkv_vocab_size(d.src_vocab) == atoll(qkv_st_meta(f, "src_vocab_size")) &&
+          qkv_vocab_size(d.tgt_vocab) == atoll(qkv_st_meta(f, "tgt_vocab_size")),
+          "vocab sizes %lld %lld, want %s %s", (long long)qkv_vocab_size(d.src_vocab),
+          (long long)qkv_vocab_size(d.tgt_vocab), qkv_st_meta(f, "src_vocab_size"),
+          qkv_st_meta(f, "tgt_vocab_size"));
+    static const char *arrays[4] = {"src", "tgt", "src_valid", "tgt_valid"};
+    const int64_t *ours[4] = {d.src, d.tgt, d.src_valid, d.tgt_valid};
+    for (int a = 0; a < 4; a++) {
+        int64_t i = qkv_st_find(f, arrays[a]), m = qkv_st_numel(f, i);
+        int64_t width = a < 2 ? num_steps : 1, bad = 0;
+        int64_t *want = malloc((size_t)m * sizeof *want);
+        REQUIRE(qkv_st_read_i64(f, i, want) == QKV_OK, "%s", qkv_error());
+        for (int64_t k = 0; k < m; k++) {
+            int64_t row = k / width * every, col = k % width;
+            if (row >= d.n || ours[a][row * width + col] != want[k])
+                if (bad++ < 3)
+                    test_fail(__FILE__, __LINE__, "%s row %lld col %lld: %lld, want %lld",
+                              arrays[a], (long long)row, (long long)col,
+                              (long long)(row < d.n ? ours[a][row * width + col] : -1),
+                              (long long)want[k]);
+        }
+        CHECK(bad == 0, "%s: %lld ids differ", arrays[a], (long long)bad);
+        free(want);
+    }
+    /* every token of both vocabularies, in order */
+    const char *names[2] = {"src_vocab", "tgt_vocab"};
+    const qkv_vocab *v[2] = {d.src_vocab, d.tgt_vocab};
+    for (int k = 0; k < 2; k++) {
+        int64_t i = qkv_st_find(f, names[k]), m = qkv_st_numel(f, i);
+        int64_t *bytes = malloc((size_t)(m + 1) * sizeof *bytes);
+        char *s = malloc((size_t)m + 1);
+        REQUIRE(qkv_st_read_i64(f, i, bytes) == QKV_OK, "%s", qkv_error());
+        for (int64_t b = 0; b < m; b++)
+            s[b] = (char)bytes[b];
+        s[m] = 0;
+        int64_t id = 0, bad = 0;
+        for (const char *t = s; t <= s + m; t += strlen(t) + 1, id++) {
+            const char *got = qkv_vocab_token(v[k], id);
+            if ((!got || strcmp(got, t)) && bad++ < 3)
+                test_fail(__FILE__, __LINE__, "%s[%lld] = '%s', want '%s'", names[k],
+                          (long long)id, got ? got : "(none)", t);
+            if (got && qkv_vocab_id(v[k], got) != id && bad++ < 3)
+                test_fail(__FILE__, __LINE__, "%s: id of '%s'", names[k], got);
+        }
+        CHECK(bad == 0 && id == qkv_vocab_size(v[k]), "%s: %lld tokens differ", names[k],
+              (long long)bad);
+        free(bytes);
+        free(s);
+    }
+    qkv_nmt_free(&d);
+    qkv_st_close(f);
+}
+
+TEST(nmt_600_matches_d2l)
+{
+    check_nmt("io_nmt_600", 600, 8);
+}
+
+/* The whole file: 167130 pairs, vocabularies of 10012 and 17851 tokens as in
+ * the book (accents, U+202F, Cyrillic lowercased as Python does). */
+TEST(nmt_whole_file_matches_d2l)
+{
+    check_nmt("io_nmt_all", 0, 10);
+}
+
+TEST(nmt_preprocessing_and_encode)
+{
+    const char *text = "Go.\tVa !\n"
+                       "\xc3\x89T\xc3\x89, \xc3\x80 Paris!\t\xc3\x87" "a va\xe2\x80\xaf?\n"
+                       "no tab here\n"
+                       "a\tb\tc\n"
+                       "Go.\tVa !\n"
+                       "Go  now.\tVa !";
+    char path[256];
+    snprintf(path, sizeof path, "%s/mini.txt", tmpdir());
+    FILE *fp = fopen(path, "w");
+    fputs(text, fp);
+    fclose(fp);
+    qkv_nmt_data d;
+    REQUIRE(qkv_nmt_load(&d, path, 0, 6) == QKV_OK, "%s", qkv_error());
+    CHECK(d.n == 4, "pairs with exactly one tab: %lld", (long long)d.n);
+    /* counts: go 3, . 3, then "été" "," "à" "paris" "!" "" "now" once:
+     * only go and . make min_freq 2 */
+    CHECK(qkv_vocab_size(d.src_vocab) == 6 && !strcmp(qkv_vocab_token(d.src_vocab, 4), "go") &&
+          !strcmp(qkv_vocab_token(d.src_vocab, 5), "."), "source vocab");
+    CHECK(qkv_vocab_size(d.tgt_vocab) == 6 && !strcmp(qkv_vocab_token(d.tgt_vocab, 4), "va") &&
+          !strcmp(qkv_vocab_token(d.tgt_vocab, 5), "!"), "target vocab");
+    /* row 3, "go  now ." : go, '' (unk), now (unk), ., <eos>, <pad> */
+    int64_t want[6] = {4, 0, 0, 5, 3, 1};
+    for (int k = 0; k < 6; k++)
+        CHECK(d.src[3 * 6 + k] == want[k], "row 3 id %d = %lld", k, (long long)d.src[18 + k]);
+    CHECK(d.src_valid[3] == 5 && d.src_valid[0] == 3, "valid lengths");
+    int64_t ids[4];
+    CHECK(qkv_nmt_encode(d.src_vocab, "GO .", 4, ids) == 3 && ids[0] == 4 && ids[1] == 5 &&
+          ids[2] == 3 && ids[3] == 1, "encode");
+    CHECK(qkv_nmt_encode(d.src_vocab, "go go go go go", 4, ids) == 6 && ids[3] == 4,
+          "encode truncates; the valid length is d2l's, before truncation");
+    qkv_nmt_free(&d);
+
+    /* a line limit: num_examples 1 reads lines 0 and 1 (d2l's bound) */
+    REQUIRE(qkv_nmt_load(&d, path, 1, 6) == QKV_OK, "%s", qkv_error());
+    CHECK(d.n == 2, "num_examples 1 gives %lld pairs", (long long)d.n);
+    qkv_nmt_free(&d);
+
+    fp = fopen(path, "w");
+    fputs("no pairs\nat all\n", fp);
+    fclose(fp);
+    CHECK(qkv_nmt_load(&d, path, 0, 6) == QKV_ERR_FORMAT && strstr(qkv_error(), path),
+          "no pairs: %s", qkv_error());
+    unlink(path);
+    CHECK(qkv_nmt_load(&d, path, 0, 6) == QKV_ERR_IO && strstr(qkv_error(), path),
+          "missing: %s", qkv_error());
+    CHECK(qkv_nmt_load(&d, NULL, 10, 0) == QKV_ERR_ARG, "num_steps 0");
+}
