@@ -1066,7 +1066,8 @@ typedef struct {
 } qkv_image;
 
 /* Reads a PNG or JPEG file (told apart by content). Grey images give C = 1,
- * colour ones C = 3; alpha is dropped, 16-bit samples are scaled to [0, 1]. */
+ * colour ones C = 3; alpha is dropped, 16-bit samples are scaled to [0, 1].
+ * Images of more than 2^26 pixels are refused (QKV_ERR_FORMAT). */
 QKV_API qkv_status qkv_image_read(qkv_image *img, const char *path);
 /* The same from bytes in memory. */
 QKV_API qkv_status qkv_image_decode(qkv_image *img, const void *bytes, size_t len);
