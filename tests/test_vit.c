@@ -271,3 +271,113 @@ TEST(vit_training_loss_falls)
     qkv_params_free(t.ps);
     qkv_mnist_free(&d);
 }
+
+/* ---- the command line ---- */
+
+static const char *qkv_bin(void)
+{
+    const char *b = getenv("QKV_BIN");
+    return b && *b ? b : "build/qkv";
+}
+
+/* Runs `qkv ARGS`, output into out; returns the exit status or -1. */
+static int run_qkv(const char *args, char *out, size_t n)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", qkv_bin(), args);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t len = fread(out, 1, n - 1, p);
+    out[len] = '\0';
+    while (fgetc(p) != EOF)
+        ;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* The last "(right/total)" after `key` in text; 0 if absent. */
+static int last_count(const char *text, const char *key, long *right, long *total)
+{
+    const char *at = NULL;
+    for (const char *p = strstr(text, key); p; p = strstr(p + 1, key))
+        at = p;
+    return at && sscanf(strchr(at, '(') ? strchr(at, '(') : "", "(%ld/%ld)", right, total) == 2;
+}
+
+/* One short epoch; the accuracy `eval vit` computes from the saved model
+ * is the one training printed, image for image. Then classify and its
+ * rollout picture. */
+TEST(vit_cli_train_eval_classify)
+{
+    static char out[65536];
+    char dir[] = "/tmp/qkv_vit_cliXXXXXX", args[2048];
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    snprintf(args, sizeof args,
+             "train vit --limit 512 --epochs 1 --eval-limit 300 --batch-size 64 --out-dir %s",
+             dir);
+    int rc = run_qkv(args, out, sizeof out);
+    REQUIRE(rc == 0, "train vit: exit %d\n%s", rc, out);
+    long r1 = 0, t1 = 0, r2 = -1, t2 = -1;
+    CHECK(last_count(out, "test accuracy", &r1, &t1) && t1 == 300,
+          "no test accuracy in:\n%s", out);
+    snprintf(args, sizeof args, "eval vit --model %s --limit 300", dir);
+    rc = run_qkv(args, out, sizeof out);
+    CHECK(rc == 0 && last_count(out, "accuracy", &r2, &t2), "eval vit: exit %d\n%s", rc, out);
+    CHECK(r1 == r2 && t1 == t2, "training printed %ld/%ld, eval %ld/%ld", r1, t1, r2, t2);
+    CHECK(strstr(out, "Ankle boot"), "no confusion matrix:\n%s", out);
+    /* a test image as a PNG */
+    qkv_mnist d;
+    REQUIRE(qkv_mnist_load(&d, NULL, 0) == QKV_OK, "%s", qkv_error());
+    qkv_image img = {.c = 1, .h = 28, .w = 28, .data = malloc(784 * sizeof(float))};
+    for (int i = 0; i < 784; i++)
+        img.data[i] = d.images[i] / 255.0f;
+    char png[600], att[600];
+    snprintf(png, sizeof png, "%s/boot.png", dir);
+    snprintf(att, sizeof att, "%s/att.png", dir);
+    REQUIRE(qkv_image_write_png(&img, png) == QKV_OK, "%s", qkv_error());
+    snprintf(args, sizeof args, "classify --model %s/model.safetensors --top 2 --attention %s %s",
+             dir, att, png);
+    rc = run_qkv(args, out, sizeof out);
+    CHECK(rc == 0 && count_lines(out) == 4, "classify: exit %d\n%s", rc, out);
+    struct stat st;
+    CHECK(stat(att, &st) == 0 && st.st_size > 1000, "no rollout picture %s", att);
+    snprintf(args, sizeof args, "classify --model %s/missing.safetensors %s", dir, png);
+    CHECK(run_qkv(args, out, sizeof out) == 1, "a missing model should exit 1:\n%s", out);
+    free(img.data);
+    qkv_mnist_free(&d);
+    snprintf(args, sizeof args, "rm -rf '%s'", dir);
+    CHECK(system(args) == 0, "rm");
+}
+
+/* A torchvision state dict as torchvision saves it loads strictly (no key
+ * missing, none unexpected) and gives torchvision's logits. */
+TEST(vit_torchvision_state_dict_strict)
+{
+    qkv_st_file *fx = fixture_open("vit_torchvision_strict");
+    REQUIRE(fx, "no fixture");
+    qkv_vit_config cfg = {0};
+    REQUIRE(qkv_vit_config_from_file(&cfg, fx) == QKV_OK, "%s", qkv_error());
+    CHECK(cfg.in_channels == 3 && cfg.image_size == 16 && cfg.num_heads == 4, "config");
+    qkv_params *ps = qkv_params_new();
+    qkv_vit m;
+    REQUIRE(qkv_vit_init(&m, ps, &cfg) == QKV_OK && qkv_params_alloc(ps) == QKV_OK, "%s",
+            qkv_error());
+    REQUIRE(qkv_params_load_file(ps, fx, "vit_torchvision_strict", 1) == QKV_OK, "%s",
+            qkv_error());
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_set_training(ctx, 0);
+    qkv_tensor *out = qkv_vit_forward(ctx, &m, fixture_get(ctx, fx, "__x"), NULL);
+    CHECK_TENSOR(out, fixture_get(ctx, fx, "__out"), 2e-5);
+    qkv_ctx_free(ctx);
+    qkv_params_free(ps);
+    qkv_st_close(fx);
+}

@@ -41,9 +41,29 @@ def _vit_case(g, image=8, patch=4, layers=2, heads=2, hidden=8, mlp=12, classes=
     return t, {"num_heads": str(heads), "transposed": str(int(transposed))}
 
 
+def _torchvision_strict(g):
+    """A torchvision model's state_dict as torchvision initialises it (the
+    zero head redrawn, so that logits differ between classes), which qkv
+    must load with strict=True; probe input and logits under "__" keys,
+    which are never model keys."""
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+    m = VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=4,
+                          hidden_dim=16, mlp_dim=32, num_classes=10).eval()
+    with torch.no_grad():
+        m.heads.head.weight.normal_(0, 0.5)
+        m.heads.head.bias.normal_(0, 0.5)
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        out = m(x)
+    t = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    t["__x"], t["__out"] = x, out
+    return t, {"num_heads": "4"}
+
+
 CASES = {
     "vit_rgb": lambda g: _vit_case(g),
     "vit_gray_transposed": lambda g: _vit_case(g, image=12, patch=3, layers=3, heads=4, hidden=16,
                                          mlp=20, classes=10, B=2, channels=1,
                                          transposed=True),
+    "vit_torchvision_strict": _torchvision_strict,
 }

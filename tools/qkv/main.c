@@ -18,6 +18,9 @@ static const command commands[] = {
     {"kernel-regression", "attention pooling: Nadaraya-Watson kernel regression (d2l)",
      cmd_kernel_regression},
     {"version", "print the version, the GEMM backend and the thread count", cmd_version},
+    {"train vit", "train a Vision Transformer on Fashion-MNIST", cmd_train_vit},
+    {"eval vit", "accuracy and confusion matrix of a ViT on Fashion-MNIST", cmd_eval_vit},
+    {"classify", "top classes of images by a ViT, attention rollout", cmd_classify},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -30,6 +33,20 @@ static int cmd_version(int argc, char **argv)
         return rc;
     printf("qkv %s\nbackend %s\nthreads %d\n", QKV_VERSION, qkv_backend(), qkv_threads());
     return 0;
+}
+
+/* How many words of argv (1 or 2) name `name`, 0 if none: a two-word
+ * command ("train vit") is its two words in a row. */
+static int command_words(const char *name, int argc, char **argv)
+{
+    const char *sp = strchr(name, ' ');
+    if (!sp)
+        return !strcmp(name, argv[0]);
+    size_t n = (size_t)(sp - name);
+    return argc > 1 && strlen(argv[0]) == n && !strncmp(argv[0], name, n) &&
+                   !strcmp(argv[1], sp + 1)
+               ? 2
+               : 0;
 }
 
 static void usage(FILE *out)
@@ -67,9 +84,11 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    for (size_t c = 0; c < N_COMMANDS; c++)
-        if (!strcmp(name, commands[c].name))
-            return commands[c].run(argc - i, argv + i);
+    for (size_t c = 0; c < N_COMMANDS; c++) {
+        int words = command_words(commands[c].name, argc - i, argv + i);
+        if (words) /* the command's argv[0] is its last word */
+            return commands[c].run(argc - i - words + 1, argv + i + words - 1);
+    }
     if (name[0] == '-')
         fprintf(stderr, "qkv: unknown option '%s' (options go after the command)\n\n", name);
     else
