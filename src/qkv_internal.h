@@ -90,6 +90,10 @@ qkv_node *qkv__record(qkv_ctx *ctx, qkv_op op, qkv_backward_fn backward, qkv_ten
 /* The gradient buffer of t (contiguous in t's shape), allocated zeroed from
  * the arena on first use, unless t is a parameter (it already has one). */
 float *qkv__grad(qkv_ctx *ctx, qkv_tensor *t);
+/* The gradient buffer of t for a backward that sets every element: a buffer
+ * made here is left unzeroed and *accumulate is false (store); an existing
+ * one is added to (*accumulate true). Spares zeroing and re-reading it. */
+float *qkv__grad_for_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate);
 /* Whether input i of node n wants a gradient. */
 static inline bool qkv__wants(const qkv_node *n, int i)
 {

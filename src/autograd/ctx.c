@@ -261,6 +261,14 @@ float *qkv__grad(qkv_ctx *ctx, qkv_tensor *t)
     return t->grad;
 }
 
+float *qkv__grad_for_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate)
+{
+    *accumulate = t->grad != NULL;
+    if (!t->grad)
+        t->grad = qkv__floats(ctx, qkv_numel(t));
+    return t->grad;
+}
+
 qkv_tensor *qkv__done(qkv_ctx *ctx, qkv_op op, qkv_tensor *out)
 {
     if (!out || !ctx->check_nan)

@@ -31,17 +31,6 @@ static bool contiguous_inputs(qkv_ctx *ctx, qkv_tensor **x, qkv_tensor **weight,
     return *x != NULL;
 }
 
-/* The gradient of t for a backward that sets every element: a buffer made
- * here is left uninitialised and written (*accumulate false), which saves
- * zeroing it and reading it back. */
-static float *grad_to_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate)
-{
-    *accumulate = t->grad != NULL;
-    if (!t->grad)
-        t->grad = qkv__floats(ctx, qkv_numel(t));
-    return t->grad;
-}
-
 /* ---- layer norm ---- */
 
 /* y (R, C) = layer_norm(x (R, C)) * w (C) + b (C); saved: mean (R),
@@ -52,7 +41,7 @@ static void layer_norm_backward(qkv_ctx *ctx, qkv_node *n)
     qkv_tensor *x = n->in[0], *w = n->in[1], *b = n->in[2], *y = n->out;
     int64_t C = y->shape[y->ndim - 1], R = C ? qkv_numel(y) / C : 0;
     bool acc = true;
-    float *dx = qkv__wants(n, 0) ? grad_to_write(ctx, x, &acc) : NULL;
+    float *dx = qkv__wants(n, 0) ? qkv__grad_for_write(ctx, x, &acc) : NULL;
     float *dw = w && qkv__wants(n, 1) ? qkv__grad(ctx, w) : NULL;
     float *db = b && qkv__wants(n, 2) ? qkv__grad(ctx, b) : NULL;
     int nblocks = qkv_threads();

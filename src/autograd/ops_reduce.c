@@ -4,16 +4,6 @@
 #include "../kernels/reduce.h"
 #include "../qkv_internal.h"
 
-/* The gradient buffer of t to write into: a fresh one is left unzeroed and
- * *accumulate is false (the kernel stores into every element). */
-static float *grad_to_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate)
-{
-    *accumulate = t->grad != NULL;
-    if (!t->grad)
-        t->grad = qkv__floats(ctx, qkv_numel(t));
-    return t->grad;
-}
-
 /* Marks the reduced axes; naxes == 0 means every axis, as PyTorch's
  * sum(dim=[]). False with an error naming op and shape if an axis is out of
  * range or repeated. */
@@ -68,7 +58,7 @@ static void sum_backward(qkv_ctx *ctx, qkv_node *n)
         if ((n->iarg[0] >> d) & 1)
             gstride[d] = 0;
     bool accumulate;
-    float *dx = grad_to_write(ctx, x, &accumulate);
+    float *dx = qkv__grad_for_write(ctx, x, &accumulate);
     if (dx)
         qkv_k_sum_backward(dx, n->out->grad, gstride, x->ndim, x->shape, (double)n->iarg[1],
                            accumulate);

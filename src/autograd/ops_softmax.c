@@ -5,17 +5,6 @@
 
 typedef void (*row_fn)(float *y, const float *x, int64_t N, int64_t C);
 
-/* The gradient of t for a backward that sets every element: a buffer made
- * here is left uninitialised and written (*accumulate false), which saves
- * zeroing it and reading it back. */
-static float *grad_to_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate)
-{
-    *accumulate = t->grad != NULL;
-    if (!t->grad)
-        t->grad = qkv__floats(ctx, qkv_numel(t));
-    return t->grad;
-}
-
 /* x (..., C) -> y (..., C); rows are every leading axis merged */
 static qkv_tensor *rows_forward(qkv_ctx *ctx, qkv_op op, row_fn k, qkv_backward_fn backward,
                                 qkv_tensor *x)
@@ -43,7 +32,7 @@ static void softmax_backward(qkv_ctx *ctx, qkv_node *n)
     /* y = softmax(x): dx += y * (dy - sum(dy * y)) */
     qkv_tensor *y = n->out;
     bool acc;
-    float *gx = grad_to_write(ctx, n->in[0], &acc);
+    float *gx = qkv__grad_for_write(ctx, n->in[0], &acc);
     if (!gx)
         return;
     int64_t C = y->shape[y->ndim - 1], N = C ? qkv_numel(y) / C : 0;
@@ -55,7 +44,7 @@ static void log_softmax_backward(qkv_ctx *ctx, qkv_node *n)
     /* y = log_softmax(x): dx += dy - exp(y) * sum(dy) */
     qkv_tensor *y = n->out;
     bool acc;
-    float *gx = grad_to_write(ctx, n->in[0], &acc);
+    float *gx = qkv__grad_for_write(ctx, n->in[0], &acc);
     if (!gx)
         return;
     int64_t C = y->shape[y->ndim - 1], N = C ? qkv_numel(y) / C : 0;

@@ -5,23 +5,12 @@
 #include "../kernels/unary.h"
 #include "../qkv_internal.h"
 
-/* The gradient buffer of t to write into: a fresh one is taken from the arena
- * unzeroed and *accumulate is false (the kernel stores), otherwise the
- * existing one is added to. Spares a memset of the whole gradient. */
-static float *grad_to_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate)
-{
-    *accumulate = t->grad != NULL;
-    if (!t->grad)
-        t->grad = qkv__floats(ctx, qkv_numel(t));
-    return t->grad;
-}
-
 static void unary_backward(qkv_ctx *ctx, qkv_node *n)
 {
     /* out = f(x): dx += g * f'(x); the kernel names each f' */
     qkv_tensor *x = n->in[0], *out = n->out;
     bool accumulate;
-    float *dx = grad_to_write(ctx, x, &accumulate);
+    float *dx = qkv__grad_for_write(ctx, x, &accumulate);
     if (!dx)
         return;
     qkv_k_unary_backward((qkv_unop)n->iarg[0], dx, out->grad, x->data, out->data,
