@@ -14,30 +14,37 @@
  *   Parameters live in a qkv_params store, one flat buffer for values and one
  *   for gradients, named with the keys PyTorch's state_dict uses.
  *
- *   Worked example (compiled and run by `make test` as tests/example.c):
+ *   Worked example (tests/example.c, compiled and run by `make test`): fit
+ *   y = x w^T + b by AdamW on four rows xs (4, 3) and targets ys (4, 1).
  *
  *     qkv_ctx *ctx = qkv_ctx_new();
  *     qkv_params *ps = qkv_params_new();
  *     qkv_tensor *w = qkv_params_add(ps, "weight", 2, (int64_t[]){1, 3}, 0);
  *     qkv_tensor *b = qkv_params_add(ps, "bias", 1, (int64_t[]){1}, 0);
  *     qkv_params_alloc(ps);                     // one allocation for all
- *     qkv_rng rng; qkv_rng_seed(&rng, 42);
+ *     qkv_rng rng;
+ *     qkv_rng_seed(&rng, 42);
  *     qkv_init_normal(&rng, w, 0.0f, 0.1f);
+ *     qkv_init_constant(b, 0.0f);
  *     qkv_optim *opt = qkv_optim_new(ps, &(qkv_optim_config){
- *         .kind = QKV_ADAMW, .lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f,
- *         .eps = 1e-8f, .weight_decay = 0.01f});
- *     for (int step = 0; step < 100; step++) {
+ *         .kind = QKV_ADAMW, .lr = 1e-1f, .beta1 = 0.9f, .beta2 = 0.999f,
+ *         .eps = 1e-8f, .weight_decay = 0.0f});
+ *     for (int step = 0; step < 300; step++) {
  *         qkv_tensor *x = qkv_from_data(ctx, 2, (int64_t[]){4, 3}, xs);
  *         qkv_tensor *y = qkv_from_data(ctx, 2, (int64_t[]){4, 1}, ys);
  *         qkv_tensor *p = qkv_add(ctx, qkv_matmul(ctx, x, w, 0, 1), b);
  *         qkv_tensor *loss = qkv_mse_loss(ctx, p, y, QKV_REDUCE_MEAN);
  *         if (!loss || qkv_backward(ctx, loss) != QKV_OK) {
- *             fprintf(stderr, "%s\n", qkv_error()); break;
+ *             fprintf(stderr, "%s\n", qkv_error());
+ *             return 1;
  *         }
  *         qkv_optim_step(opt);
  *         qkv_params_zero_grad(ps);
- *         qkv_ctx_reset(ctx);
+ *         qkv_ctx_reset(ctx);                   // frees the step's tensors
  *     }
+ *     qkv_optim_free(opt);
+ *     qkv_params_free(ps);
+ *     qkv_ctx_free(ctx);
  *
  * SHAPES
  *
