@@ -5,6 +5,7 @@
 #define QKV_COMMANDS_H
 
 int cmd_kernel_regression(int argc, char **argv);
+int cmd_forward(int argc, char **argv);
 /* cmd_vit.c */
 int cmd_train_vit(int argc, char **argv);
 int cmd_eval_vit(int argc, char **argv);

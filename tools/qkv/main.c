@@ -21,6 +21,7 @@ static const command commands[] = {
     {"train vit", "train a Vision Transformer on Fashion-MNIST", cmd_train_vit},
     {"eval vit", "accuracy and confusion matrix of a ViT on Fashion-MNIST", cmd_eval_vit},
     {"classify", "top classes of images by a ViT, attention rollout", cmd_classify},
+    {"forward", "run a module on named tensors (safetensors in, safetensors out)", cmd_forward},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

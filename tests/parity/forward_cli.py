@@ -1,0 +1,231 @@
+"""`qkv forward` against PyTorch: for each case, random module weights and
+inputs go to safetensors files, `$QKV_BIN forward` runs on them, and every
+output it writes must match the PyTorch module's within 1e-5 relative to
+max(1, max|ref|). Cases: torch.nn.MultiheadAttention (self and cross
+attention, kdim/vdim, bias on and off, batch_first both ways, bool and
+float masks of both kinds, a uint8 attn_mask, weights averaged, per head and not asked
+for, heads from --heads and from __metadata__, unbatched inputs) and d2l
+r0.17's AdditiveAttention and DotProductAttention (re-created here) with
+valid lengths 1-D and 2-D, integer and float.
+
+Usage: forward_cli.py [QKV_BIN] (else $QKV_BIN, else build/qkv). Prints one
+line per case; exits 1 if any case fails."""
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stio  # noqa: E402
+
+TOL = 1e-5
+
+
+def r(g, *shape):
+    return torch.randn(*shape, generator=g)
+
+
+def fill(g, module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) * 0.6)
+
+
+# ---- d2l r0.17 (d2l/torch.py), re-created ----
+
+def masked_softmax(X, valid_lens):
+    if valid_lens is None:
+        return nn.functional.softmax(X, dim=-1)
+    shape = X.shape
+    if valid_lens.dim() == 1:
+        valid_lens = torch.repeat_interleave(valid_lens, shape[1])
+    else:
+        valid_lens = valid_lens.reshape(-1)
+    X = X.reshape(-1, shape[-1])
+    mask = torch.arange(shape[-1], dtype=torch.float32)[None, :] < valid_lens[:, None]
+    X[~mask] = -1e6
+    return nn.functional.softmax(X.reshape(shape), dim=-1)
+
+
+class AdditiveAttention(nn.Module):
+    def __init__(self, key_size, query_size, num_hiddens, dropout):
+        super().__init__()
+        self.W_k = nn.Linear(key_size, num_hiddens, bias=False)
+        self.W_q = nn.Linear(query_size, num_hiddens, bias=False)
+        self.w_v = nn.Linear(num_hiddens, 1, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, queries, keys, values, valid_lens):
+        queries, keys = self.W_q(queries), self.W_k(keys)
+        features = queries.unsqueeze(2) + keys.unsqueeze(1)
+        features = torch.tanh(features)
+        scores = self.w_v(features).squeeze(-1)
+        self.attention_weights = masked_softmax(scores, valid_lens)
+        return torch.bmm(self.dropout(self.attention_weights), values)
+
+
+class DotProductAttention(nn.Module):
+    def __init__(self, dropout):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, queries, keys, values, valid_lens=None):
+        d = queries.shape[-1]
+        scores = torch.bmm(queries, keys.transpose(1, 2)) / math.sqrt(d)
+        self.attention_weights = masked_softmax(scores, valid_lens)
+        return torch.bmm(self.dropout(self.attention_weights), values)
+
+
+# ---- cases: each returns (weights, meta, inputs, args, expected outputs) ----
+
+def mha(g, E=8, H=2, B=2, N=5, M=5, kdim=None, vdim=None, bias=True, batch_first=False,
+        self_attn=False, kpm=None, mask=None, need_weights=True, average=True,
+        heads_in_meta=False, unbatched=False):
+    """kpm: None, "bool" or "float" (1.13 refuses uint8); mask: None, "bool2", "float2",
+    "bool3" (B*H, N, M) or "uint8"."""
+    m = nn.MultiheadAttention(E, H, bias=bias, kdim=kdim, vdim=vdim,
+                              batch_first=batch_first).eval()
+    fill(g, m)
+    kd, vd = kdim or E, vdim or E
+    if unbatched:
+        seq = lambda n, c: (n, c)  # noqa: E731
+    elif batch_first:
+        seq = lambda n, c: (B, n, c)  # noqa: E731
+    else:
+        seq = lambda n, c: (n, B, c)  # noqa: E731
+    if self_attn:
+        q = k = v = r(g, *seq(N, E))
+    else:
+        q, k, v = r(g, *seq(N, E)), r(g, *seq(M, kd)), r(g, *seq(M, vd))
+    inputs = {"query": q, "key": k, "value": v}
+    kw = {}
+    nb = 1 if unbatched else B
+    if kpm:
+        # every query keeps at least key 0, so no row is fully masked
+        p = torch.rand(nb, M, generator=g) < 0.4
+        p[:, 0] = False
+        if unbatched:
+            p = p[0]
+        kw["key_padding_mask"] = p if kpm == "bool" else p.float() * -3.0
+    if mask:
+        shape = (nb * H, N, M) if mask == "bool3" else (N, M)
+        a = torch.rand(*shape, generator=g) < 0.4
+        a[..., 0] = False
+        kw["attn_mask"] = {"bool2": a, "bool3": a, "uint8": a.to(torch.uint8),
+                           "float2": torch.where(a, torch.tensor(float("-inf")),
+                                                 r(g, *shape))}[mask]
+    inputs.update(kw)
+    with torch.no_grad():
+        out, w = m(q, k, v, need_weights=need_weights, average_attn_weights=average, **kw)
+    expected = {"attn_output": out}
+    if need_weights:
+        expected["attn_weights"] = w
+    args = []
+    meta = {"num_heads": H} if heads_in_meta else None
+    if not heads_in_meta:
+        args += ["--heads", str(H)]
+    if batch_first:
+        args.append("--batch-first")
+    if not need_weights:
+        args.append("--no-weights")
+    if not average:
+        args.append("--per-head-weights")
+    return m.state_dict(), meta, inputs, args, expected
+
+
+def d2l(g, arch, lens=None, B=2, N=4, M=6, qs=5, ks=3, h=7, Dv=4):
+    if arch == "additive":
+        m = AdditiveAttention(ks, qs, h, 0.0).eval()
+        fill(g, m)
+    else:
+        m = DotProductAttention(0.0).eval()
+        qs = ks = 5
+    q, k, v = r(g, B, N, qs), r(g, B, M, ks), r(g, B, M, Dv)
+    inputs = {"queries": q, "keys": k, "values": v}
+    if lens is not None:
+        inputs["valid_lens"] = lens
+    with torch.no_grad():
+        out = m(q, k, v, None if lens is None else lens.clone())
+    expected = {"output": out, "attention_weights": m.attention_weights}
+    return m.state_dict(), None, inputs, [], expected
+
+
+CASES = {
+    "mha_self_seq_first": ("mha", lambda g: mha(g, self_attn=True)),
+    "mha_self_batch_first_kpm": ("mha", lambda g: mha(g, self_attn=True, batch_first=True,
+                                                      kpm="bool")),
+    "mha_cross_batch_first_per_head": ("mha", lambda g: mha(g, N=3, M=6, batch_first=True,
+                                                            kpm="bool", average=False)),
+    "mha_kdim_vdim_float_mask": ("mha", lambda g: mha(g, E=8, H=4, N=4, M=7, kdim=5, vdim=3,
+                                                      mask="float2")),
+    "mha_no_bias_bool3_mask_kpm": ("mha", lambda g: mha(g, bias=False, N=3, M=4, mask="bool3",
+                                                        kpm="bool", average=False)),
+    "mha_uint8_mask_no_weights": ("mha", lambda g: mha(g, mask="uint8", kpm="bool",
+                                                       need_weights=False)),
+    "mha_float_kpm_meta_heads": ("mha", lambda g: mha(g, H=4, kpm="float",
+                                                      heads_in_meta=True)),
+    "mha_unbatched": ("mha", lambda g: mha(g, N=3, M=4, unbatched=True, mask="bool3",
+                                           kpm="bool", average=False)),
+    "additive_no_lens": ("additive", lambda g: d2l(g, "additive")),
+    "additive_lens1_int": ("additive", lambda g: d2l(g, "additive", torch.tensor([2, 6]))),
+    "additive_lens2_float": ("additive", lambda g: d2l(
+        g, "additive", torch.tensor([[1.0, 6.0, 2.5, 0.0], [4.0, 5.0, 3.0, 2.0]]))),
+    "dot_no_lens": ("dot", lambda g: d2l(g, "dot")),
+    "dot_lens1_int32_zero": ("dot", lambda g: d2l(g, "dot", torch.tensor([0, 3],
+                                                                          dtype=torch.int32))),
+    "dot_lens2_int": ("dot", lambda g: d2l(g, "dot", torch.tensor([[1, 6, 2, 3],
+                                                                   [4, 5, 3, 2]]))),
+}
+
+
+def rel_diff(got, want):
+    if tuple(got.shape) != tuple(want.shape):
+        return math.inf
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    return (got.double() - want.double()).abs().max().item() / scale if want.numel() else 0.0
+
+
+def run_case(qkv, tmp, name, arch, fn, seed):
+    g = torch.Generator().manual_seed(seed)
+    weights, meta, inputs, args, expected = fn(g)
+    wpath, ipath, opath = (os.path.join(tmp, f"{name}.{x}.safetensors")
+                           for x in ("weights", "input", "output"))
+    cmd = [qkv, "forward", "--arch", arch, "--input", ipath, "--output", opath] + args
+    if weights:
+        stio.save(wpath, weights, meta)
+        cmd += ["--weights", wpath]
+    stio.save(ipath, inputs)
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        return f"exit {p.returncode}: {' '.join(cmd)}\n{p.stdout}{p.stderr}"
+    got, _ = stio.load(opath)
+    if set(got) != set(expected):
+        return f"outputs {sorted(got)}, expected {sorted(expected)}"
+    worst = max(rel_diff(got[k], expected[k]) for k in expected)
+    if not worst <= TOL:
+        parts = ", ".join(f"{k} {rel_diff(got[k], expected[k]):.3g}" for k in sorted(expected))
+        return f"max rel diff > {TOL}: {parts}"
+    return None
+
+
+def main():
+    warnings.filterwarnings("ignore", message="Byte tensor")
+    qkv = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("QKV_BIN") or "build/qkv"
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="qkv-forward-") as tmp:
+        for seed, (name, (arch, fn)) in enumerate(CASES.items()):
+            err = run_case(qkv, tmp, name, arch, fn, 1000 + seed)
+            print(f"{'ok  ' if err is None else 'FAIL'} {name}" + ("" if err is None
+                                                                 else f": {err}"))
+            failed += err is not None
+    print(f"{len(CASES) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
