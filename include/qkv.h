@@ -1062,6 +1062,48 @@ QKV_API int64_t qkv_nmt_encode(const qkv_vocab *v, const char *sentence, int64_t
                                int64_t *ids);
 
 /* ------------------------------------------------------------------------ */
+/* Data loader: mini-batches of a shuffled order, each prepared by a worker */
+/* thread while the caller trains on the one before.                        */
+/* ------------------------------------------------------------------------ */
+
+/* Writes the examples idx[0..n) (n <= batch_size) into `batch` (batch_bytes
+ * bytes, 64-byte aligned). rng is this batch's own stream, for augmentation.
+ * Runs on the loader's thread: it must not touch the caller's qkv_ctx. On
+ * failure it returns non-zero, with a message set by qkv_set_error. */
+typedef qkv_status (*qkv_loader_fill_fn)(void *user, const int64_t *idx, int64_t n,
+                                         qkv_rng *rng, void *batch);
+typedef struct {
+    int64_t n_examples;     /* > 0 */
+    int64_t batch_size;     /* > 0 */
+    int shuffle;            /* 0: examples in order 0, 1, .., n_examples - 1 */
+    int drop_last;          /* 1: no last partial batch */
+    uint64_t seed;
+    size_t batch_bytes;     /* > 0: the size of one prepared batch */
+    qkv_loader_fill_fn fill;
+    void *user;             /* passed to fill */
+} qkv_loader_config;
+typedef struct qkv_loader qkv_loader;
+
+/* Allocates the order and two batch buffers and starts the thread; nothing
+ * is allocated after this. NULL (with qkv_error) on a bad config. One thread
+ * at a time calls the functions below on a loader. */
+QKV_API qkv_loader *qkv_loader_new(const qkv_loader_config *cfg);
+/* Begins epoch `epoch` (>= 0) and has batch 0 prepared. The order is a
+ * Fisher-Yates shuffle seeded from (seed, epoch) and batch b's rng from
+ * (seed, epoch, b), nothing else: a run resumed at epoch e sees the batches
+ * an uninterrupted one would. Ends the epoch under way, if any. */
+QKV_API qkv_status qkv_loader_start_epoch(qkv_loader *l, int64_t epoch);
+/* The next batch of the epoch (*n_out examples), waiting until it is ready;
+ * it stays valid until the next call. NULL at the end of the epoch (then
+ * *n_out = 0 and qkv_error_status() is QKV_OK) or on error: the fill's status
+ * and message, or QKV_ERR_STATE before qkv_loader_start_epoch. */
+QKV_API const void *qkv_loader_next(qkv_loader *l, int64_t *n_out);
+/* Batches per epoch. */
+QKV_API int64_t qkv_loader_batches(const qkv_loader *l);
+/* Waits for a fill under way to return, stops the thread, frees all. */
+QKV_API void qkv_loader_free(qkv_loader *l);
+
+/* ------------------------------------------------------------------------ */
 /* Images                                                                    */
 /* ------------------------------------------------------------------------ */
 
