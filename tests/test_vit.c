@@ -322,7 +322,7 @@ TEST(vit_cli_train_eval_classify)
     char dir[] = "/tmp/qkv_vit_cliXXXXXX", args[2048];
     REQUIRE(mkdtemp(dir), "mkdtemp");
     snprintf(args, sizeof args,
-             "train vit --limit 512 --epochs 1 --eval-limit 300 --batch-size 64 --out-dir %s",
+             "train vit --limit 256 --epochs 1 --eval-limit 300 --batch-size 64 --out-dir %s",
              dir);
     int rc = run_qkv(args, out, sizeof out);
     REQUIRE(rc == 0, "train vit: exit %d\n%s", rc, out);

@@ -438,10 +438,11 @@ static int train(const train_options *o)
             goto done;
         }
     }
-    if (n_points > 0)
+    if (n_points > 0) {
         plot_curves(o->out_dir, &cv, n_points);
-    printf("wrote %s/model.safetensors, checkpoint.safetensors, metrics.jsonl, curves.png\n",
-           o->out_dir);
+        printf("wrote %s/model.safetensors, checkpoint.safetensors, metrics.jsonl, "
+               "curves.png\n", o->out_dir);
+    }
     status = 0;
 done:
     if (metrics)
