@@ -5,6 +5,7 @@
  * few training steps on the real corpus. */
 #include "test.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const qkv_tf_config tiny_torch = {.layout = QKV_TF_TORCH, .d_model = 8, .n_heads = 2,
@@ -230,4 +231,235 @@ TEST(transformer_bad_config)
     CHECK(qkv_transformer_init(&m, ps, "", &cfg) == QKV_ERR_ARG, "heads must divide d_model");
     CHECK(strstr(qkv_error(), "heads 3"), "message: %s", qkv_error());
     qkv_params_free(ps);
+}
+
+/* ---- training on the real corpus ---- */
+
+/* A few Adam steps of the book's model on fra.txt's first pairs: the masked
+ * cross-entropy falls, as in train_seq2seq's first epochs. */
+TEST(transformer_training_loss_falls)
+{
+    qkv_nmt_data d = {0};
+    REQUIRE(qkv_nmt_load(&d, NULL, 600, 10) == QKV_OK, "%s", qkv_error());
+    int64_t bos = qkv_vocab_id(d.tgt_vocab, "<bos>"), pad = qkv_vocab_id(d.tgt_vocab, "<pad>");
+    qkv_tf_config cfg = {.layout = QKV_TF_D2L, .d_model = 32, .n_heads = 4, .d_ffn = 64,
+                         .n_enc = 2, .n_dec = 2, .dropout = 0.1f};
+    qkv_params *ps = qkv_params_new();
+    qkv_seq2seq m;
+    REQUIRE(qkv_seq2seq_init(&m, ps, &cfg, qkv_vocab_size(d.src_vocab),
+                             qkv_vocab_size(d.tgt_vocab)) == QKV_OK &&
+                qkv_params_alloc(ps) == QKV_OK,
+            "%s", qkv_error());
+    qkv_rng r;
+    qkv_rng_seed(&r, 3);
+    qkv_seq2seq_reset(&m, &r);
+    qkv_optim *opt = qkv_optim_new(ps, &(qkv_optim_config){.kind = QKV_ADAM, .lr = 0.005f});
+    qkv_ctx *ctx = qkv_ctx_new();
+    /* the book's model is too small to gain from threads */
+    int threads = qkv_threads();
+    qkv_set_threads(1);
+    enum { B = 64, T = 10, STEPS = 16 };
+    static int64_t dec_in[B * T];
+    qkv_ce_opts ce = {.ignore_index = pad, .reduction = QKV_REDUCE_SUM};
+    double first = 0, last = 0;
+    for (int s = 0; s < STEPS; s++) {
+        int64_t row0 = (s % 4) * B; /* four batches in turn */
+        const int64_t *src = d.src + row0 * T, *tgt = d.tgt + row0 * T;
+        for (int i = 0; i < B; i++) {
+            dec_in[i * T] = bos;
+            memcpy(dec_in + i * T + 1, tgt + i * T, (T - 1) * sizeof(int64_t));
+        }
+        qkv_tensor *logits = qkv_seq2seq_forward(ctx, &m, src, d.src_valid + row0, B, T, dec_in,
+                                                 T, NULL);
+        qkv_tensor *loss = qkv_cross_entropy(
+            ctx, qkv_reshape(ctx, logits, 2, (int64_t[]){B * T, m.tgt_vocab}), tgt, &ce);
+        REQUIRE(loss && qkv_backward(ctx, loss) == QKV_OK, "%s", qkv_error());
+        if (s < 4)
+            first += loss->data[0];
+        if (s >= STEPS - 4)
+            last += loss->data[0];
+        qkv_clip_grad_norm(ps, 1.0f);
+        qkv_optim_step(opt);
+        qkv_params_zero_grad(ps);
+        qkv_ctx_reset(ctx);
+    }
+    /* d2l's run goes from 0.44 to 0.18 (its loss) in ten epochs; four passes
+     * over four batches already take off a third */
+    CHECK(last < 0.67 * first, "loss of the four batches: %.1f at first, %.1f after %d steps",
+          first, last, STEPS);
+    fprintf(stderr, "    loss of four batches: %.1f, after %d steps %.1f\n", first, STEPS, last);
+    qkv_set_threads(threads);
+    qkv_ctx_free(ctx);
+    qkv_optim_free(opt);
+    qkv_params_free(ps);
+    qkv_nmt_free(&d);
+}
+
+/* ---- the command line and the PyTorch export ---- */
+
+static const char *qkv_bin(void)
+{
+    const char *b = getenv("QKV_BIN");
+    return b && *b ? b : "build/qkv";
+}
+
+/* Runs a shell command; stdout into out. Returns the exit status or -1. */
+static int run_cmd(const char *cmd, char *out, size_t n)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t len = fread(out, 1, n - 1, p);
+    out[len] = '\0';
+    while (fgetc(p) != EOF)
+        ;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A short `qkv train transformer`, then `qkv translate` and the PyTorch
+ * model that scripts/export_transformer.py builds from the same file must
+ * print the same translations of the book's sentences. */
+TEST(transformer_cli_train_translate_export)
+{
+    char dir[] = "/tmp/qkv_tf_XXXXXX";
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    static char out[16384], want[4096], got[4096];
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "QKV_THREADS=1 QKV_PROGRESS=0 %s train transformer --epochs 12 --out-dir %s 2>&1",
+             qkv_bin(), dir);
+    int rc = run_cmd(cmd, out, sizeof out);
+    REQUIRE(rc == 0, "train: exit %d\n%s", rc, out);
+    CHECK(strstr(out, "epoch 12, loss") && strstr(out, "go . => "), "train output:\n%s", out);
+    snprintf(cmd, sizeof cmd, "%s/metrics.jsonl", dir);
+    CHECK(access(cmd, R_OK) == 0, "no metrics.jsonl");
+    snprintf(cmd, sizeof cmd,
+             "QKV_THREADS=1 %s translate --model %s/model.safetensors \"go .\" \"i lost .\" "
+             "\"he's calm .\" \"i'm home .\" --attention %s/a.png 2>&1",
+             qkv_bin(), dir, dir);
+    rc = run_cmd(cmd, got, sizeof got);
+    CHECK(rc == 0, "translate: exit %d\n%s", rc, got);
+    snprintf(cmd, sizeof cmd, "%s/a-decoder-cross.png", dir);
+    CHECK(access(cmd, R_OK) == 0, "no heatmap");
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 scripts/export_transformer.py %s/model.safetensors 2>&1", dir);
+    rc = run_cmd(cmd, want, sizeof want);
+    REQUIRE(rc == 0, "export_transformer.py: exit %d\n%s", rc, want);
+    /* translate also prints the heatmaps it wrote: compare the "=>" lines */
+    char *lines[2][8];
+    int nl[2] = {0, 0};
+    char *texts[2] = {want, got};
+    for (int k = 0; k < 2; k++)
+        for (char *l = strtok(texts[k], "\n"); l && nl[k] < 8; l = strtok(NULL, "\n"))
+            if (strstr(l, " => "))
+                lines[k][nl[k]++] = l;
+    REQUIRE(nl[0] == 4 && nl[1] == 4, "4 translations each: %d, %d", nl[0], nl[1]);
+    for (int i = 0; i < 4; i++)
+        CHECK(!strcmp(lines[0][i], lines[1][i]), "PyTorch '%s' vs qkv '%s'", lines[0][i],
+              lines[1][i]);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0, "cleanup");
+}
+
+/* ---- decoding ---- */
+
+/* log p(y) by teacher forcing, full recomputation (no cache). */
+static double seq_logprob(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src, int64_t s,
+                          int64_t valid, const int64_t *y, int64_t n, int64_t bos)
+{
+    int64_t dec[8] = {bos};
+    for (int64_t i = 1; i < n; i++)
+        dec[i] = y[i - 1];
+    qkv_tensor *lp = qkv_log_softmax(ctx, qkv_seq2seq_forward(ctx, m, src, &valid, 1, s, dec, n,
+                                                              NULL));
+    double sum = 0.0;
+    for (int64_t i = 0; lp && i < n; i++)
+        sum += lp->data[i * m->tgt_vocab + y[i]];
+    qkv_ctx_reset(ctx);
+    return lp ? sum : NAN;
+}
+
+/* A beam as wide as every sequence is exhaustive search: with alpha 1 it
+ * must return the sequence (ended by eos, or max_len long) of highest
+ * log-probability per token,
+ * found here by enumerating all of them. Greedy must match its own
+ * step-by-step argmax. Seeds 9 and 20 are models whose greedy output is
+ * not the best sequence (2 and 3 tokens best; greedy finds 3 and 0). */
+static void beam_exact(uint64_t seed)
+{
+    enum { V = 5, S = 4, L = 3, BOS = 2, EOS = 3 };
+    qkv_tf_config cfg = {.layout = QKV_TF_D2L, .d_model = 8, .n_heads = 2, .d_ffn = 16,
+                         .n_enc = 1, .n_dec = 1};
+    qkv_params *ps = qkv_params_new();
+    qkv_seq2seq m;
+    REQUIRE(qkv_seq2seq_init(&m, ps, &cfg, 6, V) == QKV_OK && qkv_params_alloc(ps) == QKV_OK,
+            "%s", qkv_error());
+    qkv_rng r;
+    qkv_rng_seed(&r, seed);
+    qkv_seq2seq_reset(&m, &r);
+    /* logits of order 1, so that sequences differ clearly */
+    qkv_init_normal(&r, m.dense.weight, 0.0f, 0.5f);
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_set_training(ctx, 0);
+    qkv_set_grad_enabled(ctx, 0);
+    int64_t src[S] = {4, 5, 3, 1}, valid = 3;
+    double best = -INFINITY;
+    int64_t best_y[L], best_n = 0;
+    for (int64_t code = 0; code < V * V * V; code++) {
+        int64_t y[L] = {code % V, code / V % V, code / (V * V)}, n = L;
+        for (int64_t i = 0; i < L; i++)
+            if (y[i] == EOS) {
+                n = i + 1;
+                break;
+            }
+        /* a sequence ended early comes back with other trailing digits:
+         * the same score again, harmless to the maximum */
+        /* alpha 1: log-probability per token (eos counted) */
+        double lp = seq_logprob(ctx, &m, src, S, valid, y, n, BOS) / (double)n;
+        if (lp > best) {
+            best = lp;
+            best_n = y[n - 1] == EOS ? n - 1 : n;
+            memcpy(best_y, y, sizeof y);
+        }
+    }
+    int64_t out[L];
+    int64_t k = qkv_seq2seq_translate(ctx, &m, src, S, valid, BOS, EOS, L, V * V * V, 1.0f, out,
+                                      NULL);
+    REQUIRE(k >= 0, "%s", qkv_error());
+    fprintf(stderr, "    exhaustive best: %lld tokens, log p per token %.4f\n", (long long)best_n,
+            best);
+    CHECK(k == best_n && !memcmp(out, best_y, (size_t)k * sizeof(int64_t)),
+          "beam: %lld tokens, exhaustive best %lld tokens (log p %.4f)", (long long)k,
+          (long long)best_n, best);
+    /* greedy: at every step the argmax given its own prefix */
+    k = qkv_seq2seq_translate(ctx, &m, src, S, valid, BOS, EOS, L, 1, 0.0f, out, NULL);
+    REQUIRE(k >= 0, "%s", qkv_error());
+    int64_t ye[L + 1];
+    memcpy(ye, out, (size_t)k * sizeof(int64_t));
+    ye[k] = EOS;
+    fprintf(stderr, "    greedy: %lld tokens, log p %.4f\n", (long long)k,
+            seq_logprob(ctx, &m, src, S, valid, ye, k < L ? k + 1 : L, BOS));
+    for (int64_t t = 0; t <= k && t < L; t++) {
+        int64_t dec[L + 1] = {BOS};
+        for (int64_t i = 0; i < t; i++)
+            dec[i + 1] = out[i];
+        qkv_tensor *lg = qkv_seq2seq_forward(ctx, &m, src, &valid, 1, S, dec, t + 1, NULL);
+        REQUIRE(lg, "%s", qkv_error());
+        int64_t arg = 0;
+        for (int64_t v = 1; v < V; v++)
+            if (lg->data[t * V + v] > lg->data[t * V + arg])
+                arg = v;
+        CHECK(arg == (t < k ? out[t] : EOS), "greedy step %lld: %lld, full forward says %lld",
+              (long long)t, (long long)(t < k ? out[t] : EOS), (long long)arg);
+        qkv_ctx_reset(ctx);
+    }
+    qkv_ctx_free(ctx);
+    qkv_params_free(ps);
+}
+
+TEST(transformer_beam_search_is_exact_when_wide)
+{
+    beam_exact(9);
+    beam_exact(20);
 }

@@ -130,7 +130,7 @@ static int heatmaps(const char *path, const qkv_seq2seq *m, const qkv_seq2seq_at
     }
     for (int64_t i = 0; i < l * h; i++) {
         titles[i] = tbuf + i * 48;
-        snprintf(titles[i], 48, "layer %lld head %lld", (long long)(i / h + 1),
+        snprintf(titles[i], 48, "L%lld H%lld", (long long)(i / h + 1),
                  (long long)(i % h + 1));
     }
     char base[4096], file[4200];
