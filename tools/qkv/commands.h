@@ -6,6 +6,8 @@
 
 int cmd_kernel_regression(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
+int cmd_train_transformer(int argc, char **argv);
+int cmd_translate(int argc, char **argv);
 /* cmd_vit.c */
 int cmd_train_vit(int argc, char **argv);
 int cmd_eval_vit(int argc, char **argv);

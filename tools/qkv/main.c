@@ -17,6 +17,10 @@ static int cmd_version(int argc, char **argv);
 static const command commands[] = {
     {"kernel-regression", "attention pooling: Nadaraya-Watson kernel regression (d2l)",
      cmd_kernel_regression},
+    {"train transformer", "train d2l's Transformer to translate English to French",
+     cmd_train_transformer},
+    {"translate", "translate English to French with a model from `qkv train transformer`",
+     cmd_translate},
     {"version", "print the version, the GEMM backend and the thread count", cmd_version},
     {"train vit", "train a Vision Transformer on Fashion-MNIST", cmd_train_vit},
     {"eval vit", "accuracy and confusion matrix of a ViT on Fashion-MNIST", cmd_eval_vit},
