@@ -149,6 +149,8 @@ TEST(forward_cli_usage_errors)
     expect_error(&p, "--arch mha --heads 0 --weights %W --input %I --output %O", 2,
                  "--heads: expected an integer in [1, 4096], got '0'");
     expect_error(&p, "--arch mha --bogus --input %I --output %O", 2, "unknown option '--bogus'");
+    expect_error(&p, "--arch dot --heads 2 --input %I --output %O", 2,
+                 "--arch dot takes none of --heads, --batch-first, --per-head-weights");
 
     char out[8192], cmd[512];
     snprintf(cmd, sizeof cmd, "%s forward --help", qkv_bin());

@@ -48,8 +48,7 @@ int forward_usage(const char *fmt, ...)
 
 /* ---- inputs and outputs ---- */
 
-/* The file's tensor names, comma-separated, into buf (cut with "..."). */
-static const char *list_names(const qkv_st_file *f, char *buf, size_t n)
+const char *forward_names(const qkv_st_file *f, char *buf, size_t n)
 {
     size_t len = 0;
     buf[0] = '\0';
@@ -71,7 +70,7 @@ static qkv_tensor *load_input(forward_job *job, const char *name, bool required,
         if (required) {
             char names[1024];
             forward_fail("%s: no input tensor '%s' (the file has: %s)", job->input_path, name,
-                         list_names(job->input, names, sizeof names));
+                         forward_names(job->input, names, sizeof names));
             *failed = true;
         }
         return NULL;

@@ -28,7 +28,8 @@
 #define FORWARD_ARCHS(X)                                                                    \
     X(mha, "torch.nn.MultiheadAttention: query, key, value -> attn_output, attn_weights")   \
     X(additive, "d2l AdditiveAttention: queries, keys, values -> output, attention_weights") \
-    X(dot, "d2l DotProductAttention: queries, keys, values -> output, attention_weights")
+    X(dot, "d2l DotProductAttention: queries, keys, values -> output, attention_weights") \
+    X(transformer, "torch.nn.Transformer: src, tgt and PyTorch's masks -> output")
 
 typedef struct {
     qkv_ctx *ctx;
@@ -64,6 +65,10 @@ int forward_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * Both set *failed (and print why) if the tensor cannot be read. */
 qkv_tensor *forward_input(forward_job *job, const char *name, bool *failed);
 qkv_tensor *forward_optional(forward_job *job, const char *name, bool *failed);
+/* The names of f's tensors, comma-separated, into buf (cut with "..."), or
+ * "no tensors"; for messages. */
+const char *forward_names(const qkv_st_file *f, char *buf, size_t n);
+
 /* Whether input `name` holds floats (a mask to add), not booleans or
  * integers (a mask to apply where nonzero). */
 bool forward_input_is_float(const forward_job *job, const char *name);

@@ -62,14 +62,11 @@ static int mha_config_from_weights(const forward_job *job, mha_config *c)
         int ndk = weight_shape(job, "k_proj_weight", sk);
         int ndv = weight_shape(job, "v_proj_weight", sv);
         if (nd < 0 || ndk < 0 || ndv < 0) {
-            char names[1024] = "";
-            size_t len = 0;
-            for (int64_t i = 0; i < qkv_st_count(job->weights) && len < sizeof names; i++)
-                len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", i ? ", " : "",
-                                        qkv_st_name(job->weights, i));
+            char names[1024];
             return forward_fail("%s: no in_proj_weight, nor q_proj_weight, k_proj_weight and "
                                 "v_proj_weight: not a MultiheadAttention state_dict (the file "
-                                "has: %s)", job->weights_path, len ? names : "no tensors");
+                                "has: %s)", job->weights_path,
+                                forward_names(job->weights, names, sizeof names));
         }
         if (nd != 2 || s[0] != s[1] || s[0] < 1)
             return weight_shape_error(job, "q_proj_weight", nd, s, "(E, E)");
@@ -322,8 +319,20 @@ static int run_d2l(forward_job *job, const qkv_nn_additive_attention *additive)
     return job->need_weights ? forward_output(job, "attention_weights", weights) : 0;
 }
 
+/* 2 with a message if an option of mha's was given, else 0 */
+static int d2l_options(const forward_job *job)
+{
+    if (job->heads || job->batch_first || job->per_head_weights)
+        return forward_usage("--arch %s takes none of --heads, --batch-first, "
+                             "--per-head-weights (d2l's modules are batch first, one head)",
+                             job->arch);
+    return 0;
+}
+
 int forward_additive(forward_job *job)
 {
+    if (d2l_options(job))
+        return 2;
     if (!job->weights)
         return forward_usage("--arch additive needs --weights");
     /* W_q.weight (h, query_size), W_k.weight (h, key_size); w_v.weight
@@ -355,6 +364,8 @@ int forward_additive(forward_job *job)
 
 int forward_dot(forward_job *job)
 {
+    if (d2l_options(job))
+        return 2;
     /* no parameters: a weights file, if given, must hold none */
     for (int64_t i = 0; job->weights && i < qkv_st_count(job->weights); i++)
         if (strncmp(qkv_st_name(job->weights, i), "__", 2) != 0)
