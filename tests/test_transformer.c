@@ -463,3 +463,31 @@ TEST(transformer_beam_search_is_exact_when_wide)
     beam_exact(9);
     beam_exact(20);
 }
+
+/* `qkv forward --arch transformer` on a pre-norm nn.Transformer's
+ * state_dict, sequence-first inputs and bool masks. */
+TEST(transformer_cli_forward)
+{
+    const char *dir = getenv("QKV_FIXTURES");
+    REQUIRE(dir, "QKV_FIXTURES is not set");
+    char out_path[] = "/tmp/qkv_tf_fw_XXXXXX";
+    int fd = mkstemp(out_path);
+    REQUIRE(fd >= 0, "mkstemp");
+    close(fd);
+    char cmd[4096];
+    static char out[8192];
+    snprintf(cmd, sizeof cmd,
+             "%s forward --arch transformer --weights %s/transformer_forward_weights.safetensors "
+             "--input %s/transformer_forward_input.safetensors --output %s 2>&1",
+             qkv_bin(), dir, dir, out_path);
+    int rc = run_cmd(cmd, out, sizeof out);
+    REQUIRE(rc == 0, "qkv forward: exit %d\n%s", rc, out);
+    qkv_st_file *got = qkv_st_open(out_path), *want = fixture_open("transformer_forward_input");
+    REQUIRE(got && want, "%s", qkv_error());
+    qkv_ctx *ctx = qkv_ctx_new();
+    CHECK_TENSOR(qkv_st_load(ctx, got, "output"), fixture_get(ctx, want, "want_output"), 1e-5);
+    qkv_ctx_free(ctx);
+    qkv_st_close(got);
+    qkv_st_close(want);
+    unlink(out_path);
+}

@@ -210,7 +210,41 @@ def _book_case(g):
     return t, meta
 
 
+# ---- `qkv forward --arch transformer`: a weights file and an input file ----
+
+def _forward_model():
+    """One pre-norm model shared by the two files (its own fixed seed)."""
+    g = torch.Generator().manual_seed(1234)
+    model = nn.Transformer(d_model=D_MODEL, nhead=HEADS, num_encoder_layers=LAYERS,
+                           num_decoder_layers=1, dim_feedforward=FFN, dropout=0.0,
+                           norm_first=True)
+    _randomise(model, g)
+    return model, g
+
+
+def _forward_weights(g):
+    model, _ = _forward_model()
+    meta = {"num_heads": str(HEADS), "norm_first": "1"}
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, meta
+
+
+def _forward_input(g):
+    model, g = _forward_model()
+    S, T, B = 5, 3, 2
+    src, tgt = torch.randn(S, B, D_MODEL, generator=g), torch.randn(T, B, D_MODEL, generator=g)
+    masks = {"tgt_mask": torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1),
+             "src_key_padding_mask": torch.tensor([[0, 0, 0, 0, 1], [0, 0, 1, 1, 1]],
+                                                  dtype=torch.bool)}
+    masks["memory_key_padding_mask"] = masks["src_key_padding_mask"].clone()
+    # with gradients on: PyTorch's inference fast path (nested tensors) would
+    # zero the padded rows
+    out = model(src, tgt, **masks).detach()
+    return dict(src=src, tgt=tgt, want_output=out, **masks), {}
+
+
 CASES = {
+    "transformer_forward_weights": _forward_weights,
+    "transformer_forward_input": _forward_input,
     "transformer_post_bool_masks": lambda g: _torch_case(g, False, False),
     "transformer_pre_bool_masks": lambda g: _torch_case(g, True, False),
     "transformer_post_float_masks": lambda g: _torch_case(g, False, True),
