@@ -135,7 +135,7 @@ TEST(forward_cli_usage_errors)
     make_files(&p);
     write_input(&p, 1, 8);
     expect_error(&p, "--arch transformr --weights %W --input %I --output %O", 2,
-                 "unknown --arch 'transformr' (known: mha, additive, dot)");
+                 "unknown --arch 'transformr' (known: mha, additive, dot");
     expect_error(&p, "--weights %W --input %I --output %O", 2, "--arch is required");
     expect_error(&p, "--arch mha --weights %W --input %I", 2, "--input and --output are required");
     expect_error(&p, "--arch mha --weights %W --input %I --output %O", 2,
