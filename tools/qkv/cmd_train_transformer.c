@@ -21,7 +21,7 @@
 #include <time.h>
 
 typedef struct {
-    const char *preset, *data, *out_dir;
+    const char *preset, *data, *out_dir, *split, *loss;
     int64_t examples, num_steps, hidden, blocks, heads, ffn, batch, epochs, held_out, beam;
     int64_t save_every;
     double dropout, lr, clip;
@@ -180,13 +180,19 @@ static int train_epoch(qkv_ctx *ctx, const qkv_seq2seq *m, qkv_params *ps, qkv_o
         qkv_tensor *logits = qkv_seq2seq_forward(ctx, m, src, valid, b, t, dec_in, t, NULL);
         if (logits)
             logits = qkv_reshape(ctx, logits, 2, (int64_t[]){b * t, m->tgt_vocab});
-        /* MaskedSoftmaxCELoss: the masked CE averaged over num_steps per
-         * sequence, summed over the batch (l.sum().backward()) */
-        qkv_tensor *loss = qkv_scale(ctx, qkv_cross_entropy(ctx, logits, target, &ce),
-                                     1.0f / (float)t);
+        /* r0.17's MaskedSoftmaxCELoss: the masked CE averaged over num_steps
+         * per sequence, summed over the batch (l.sum().backward()); v1.0.3's
+         * Seq2Seq.loss: the mean over the batch's target tokens */
+        int64_t batch_tokens = 0;
+        for (int64_t i = 0; i < b; i++)
+            batch_tokens += d->tgt_valid[order[start + i]];
+        float scale = !strcmp(o->loss, "mean") ? 1.0f / (float)(batch_tokens > 0 ? batch_tokens : 1)
+                                               : 1.0f / (float)t;
+        qkv_tensor *loss = qkv_scale(ctx, qkv_cross_entropy(ctx, logits, target, &ce), scale);
         if (!loss || qkv_backward(ctx, loss) != QKV_OK)
             return 1;
-        loss_sum += (double)loss->data[0];
+        /* printed as d2l r0.17 prints it, whichever loss is trained */
+        loss_sum += (double)loss->data[0] / (double)scale / (double)t;
         if (o->clip > 0)
             qkv_clip_grad_norm(ps, (float)o->clip);
         if (qkv_optim_step(opt) != QKV_OK)
@@ -291,12 +297,15 @@ static int run(options *o)
      * (fra.txt is sorted by length) */
     for (int64_t i = 0; i < d.n; i++)
         order[i] = i;
-    if (n_val > 0) {
+    if (n_val > 0 && !strcmp(o->split, "random")) {
         qkv_rng split;
         qkv_rng_seed(&split, 1234);
         qkv_rng_shuffle(&split, order, d.n);
     }
-    int64_t *train_rows = order + n_val, *val_rows = order;
+    /* random: the first n_val of the shuffled rows; tail: the last rows,
+     * as v1.0.3's MTFraEng (train on the first num_train) */
+    int64_t *train_rows = !strcmp(o->split, "tail") ? order : order + n_val;
+    int64_t *val_rows = !strcmp(o->split, "tail") ? order + n_train : order;
 
     if (make_dirs(o->out_dir)) {
         qkv_set_error(QKV_ERR_IO, "cannot create %s: %s", o->out_dir, strerror(errno));
@@ -449,6 +458,8 @@ static int apply_preset(options *o, const char *name)
         o->batch = 128;
         o->lr = 0.001;
         o->epochs = 30;
+        o->split = "tail";
+        o->loss = "mean";
         return 0;
     }
     if (!strcmp(name, "large")) {
@@ -473,7 +484,7 @@ int cmd_train_transformer(int argc, char **argv)
     options o = {.preset = "book", .data = QKV_FRA_ENG_PATH, .out_dir = "runs/transformer",
                  .examples = 600, .num_steps = 10, .hidden = 32, .blocks = 2, .heads = 4,
                  .ffn = 64, .batch = 64, .epochs = 200, .dropout = 0.1, .lr = 0.005, .clip = 1.0,
-                 .beam = 1, .save_every = 50};
+                 .beam = 1, .save_every = 50, .split = "random", .loss = "sum"};
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
         if (!strcmp(argv[i], "--preset") && i + 1 < argc)
@@ -492,6 +503,11 @@ int cmd_train_transformer(int argc, char **argv)
          .help = "pairs read (lines 0..N, as d2l; 0: all)"},
         {.name = "held-out", .kind = ARG_INT, .value = &o.held_out, .min = 0, .max = 1e7,
          .help = "pairs kept out of training for loss and corpus BLEU"},
+        {.name = "split", .kind = ARG_CHOICE, .value = &o.split, .choices = "random|tail",
+         .help = "held-out pairs: a fixed random choice, or the last ones"},
+        {.name = "loss", .kind = ARG_CHOICE, .value = &o.loss, .choices = "sum|mean",
+         .help = "sum: r0.17's masked CE / num_steps summed over the batch; mean: v1.0.3's "
+                 "per-token mean"},
         {.name = "num-steps", .kind = ARG_INT, .value = &o.num_steps, .min = 2, .max = 512,
          .help = "tokens per sentence after truncation or padding"},
         {.name = "hidden", .kind = ARG_INT, .value = &o.hidden, .min = 1, .max = 8192,
