@@ -491,3 +491,26 @@ TEST(transformer_cli_forward)
     qkv_st_close(want);
     unlink(out_path);
 }
+
+/* --resume continues bit for bit: 3 epochs straight, or 2 and then 1 more
+ * from the checkpoint, write the same model file. */
+TEST(transformer_cli_resume_is_exact)
+{
+    char dir[] = "/tmp/qkv_tf_res_XXXXXX";
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    static char out[16384];
+    char cmd[2048];
+    const char *env = "QKV_THREADS=1 QKV_PROGRESS=0";
+    snprintf(cmd, sizeof cmd,
+             "%s %s train transformer --epochs 3 --out-dir %s/a >/dev/null 2>&1 && "
+             "%s %s train transformer --epochs 2 --out-dir %s/b >/dev/null 2>&1 && "
+             "%s %s train transformer --epochs 3 --resume --out-dir %s/b 2>&1",
+             env, qkv_bin(), dir, env, qkv_bin(), dir, env, qkv_bin(), dir);
+    int rc = run_cmd(cmd, out, sizeof out);
+    REQUIRE(rc == 0, "train: exit %d\n%s", rc, out);
+    CHECK(strstr(out, "resumed from") && strstr(out, "at epoch 2"), "resume output:\n%s", out);
+    snprintf(cmd, sizeof cmd, "cmp -s %s/a/model.safetensors %s/b/model.safetensors", dir, dir);
+    CHECK(system(cmd) == 0, "resumed model differs from the straight run");
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0, "cleanup");
+}

@@ -287,7 +287,7 @@ static int run(options *o)
     qkv_rng_seed(qkv_ctx_rng(ctx), o->seed + 1);
     config_json(config, sizeof config, o, &m);
 
-    order = malloc((size_t)d.n * sizeof *order);
+    order = malloc((size_t)(2 * d.n) * sizeof *order);
     buf = malloc((size_t)(o->batch * (3 * o->num_steps + 1)) * sizeof *buf);
     if (!order || !buf) {
         qkv_set_error(QKV_ERR_NOMEM, "out of memory");
@@ -306,6 +306,10 @@ static int run(options *o)
      * as v1.0.3's MTFraEng (train on the first num_train) */
     int64_t *train_rows = !strcmp(o->split, "tail") ? order : order + n_val;
     int64_t *val_rows = !strcmp(o->split, "tail") ? order + n_train : order;
+    /* each epoch shuffles this fixed order, so that an epoch's batches
+     * depend on the data RNG alone and --resume repeats them */
+    int64_t *base = order + d.n;
+    memcpy(base, train_rows, (size_t)n_train * sizeof *base);
 
     if (make_dirs(o->out_dir)) {
         qkv_set_error(QKV_ERR_IO, "cannot create %s: %s", o->out_dir, strerror(errno));
@@ -336,6 +340,7 @@ static int run(options *o)
     qkv_progress_start(&bar, (o->epochs - first_epoch) * n_train, "training");
     double train_time = 0.0, total_tokens = 0.0;
     for (int64_t e = first_epoch; e < o->epochs; e++) {
+        memcpy(train_rows, base, (size_t)n_train * sizeof *base);
         qkv_rng_shuffle(&data_rng, train_rows, n_train);
         double loss, tokens, te = now();
         if (train_epoch(ctx, &m, ps, opt, &d, o, &sp, train_rows, n_train, buf, &loss, &tokens,
