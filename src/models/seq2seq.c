@@ -188,9 +188,10 @@ static int64_t beam_search(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *sr
     int64_t *last = qkv__alloc(ctx, (size_t)w * sizeof(int64_t));
     int64_t *from = qkv__alloc(ctx, (size_t)w * sizeof(int64_t));
     int64_t *cand = qkv__alloc(ctx, (size_t)(2 * w) * sizeof(int64_t));
+    double *cand_s = qkv__alloc(ctx, (size_t)(2 * w) * sizeof(double));
     double *score = qkv__alloc(ctx, (size_t)w * sizeof(double));
     double *next_score = qkv__alloc(ctx, (size_t)w * sizeof(double));
-    if (!hyp || !next_hyp || !last || !from || !cand || !score || !next_score)
+    if (!hyp || !next_hyp || !last || !from || !cand || !cand_s || !score || !next_score)
         return -1;
     for (int64_t b = 0; b < w; b++) {
         last[b] = bos;
@@ -203,24 +204,20 @@ static int64_t beam_search(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *sr
         const float *lp = step(ctx, m, &c, last, w);
         if (!lp)
             return -1;
-        /* the 2w best (beam, token) pairs: enough for w that do not end */
+        /* the 2w best (beam, token) pairs, best first: enough for w that
+         * do not end. A sorted list with insertion: one pass over w V. */
         int64_t nc = 0;
-        for (; nc < 2 * w; nc++) {
-            int64_t arg = -1;
-            double top = -INFINITY;
-            for (int64_t k = 0; k < w * v_n; k++) {
-                double s = score[k / v_n] + lp[k];
-                int taken = 0;
-                for (int64_t j = 0; j < nc && !taken; j++)
-                    taken = cand[j] == k;
-                if (!taken && s > top) {
-                    top = s;
-                    arg = k;
-                }
+        for (int64_t k = 0; k < w * v_n; k++) {
+            double s = score[k / v_n] + lp[k];
+            if (!(s > -INFINITY) || (nc == 2 * w && s <= cand_s[nc - 1]))
+                continue;
+            int64_t j = nc < 2 * w ? nc++ : nc - 1;
+            for (; j > 0 && cand_s[j - 1] < s; j--) {
+                cand[j] = cand[j - 1];
+                cand_s[j] = cand_s[j - 1];
             }
-            if (arg < 0)
-                break;
-            cand[nc] = arg;
+            cand[j] = k;
+            cand_s[j] = s;
         }
         int64_t kept = 0;
         for (int64_t j = 0; j < nc && kept < w; j++) {
