@@ -837,8 +837,8 @@ typedef struct {
 } qkv_tf_dec_layer;
 /* Names: torch "encoder.layers.0.self_attn.in_proj_weight", .., "encoder.norm.weight"
  * and "decoder.norm.weight" (the stacks' final norms, torch layout only); d2l
- * "encoder.blks.0.attention.W_q.weight", "encoder.blks.0.addnorm1.ln.weight",
- * "decoder.blks.0.attention2.W_k.weight", "decoder.blks.0.ffn.dense1.bias". */
+ * "encoder.blks.block0.attention.W_q.weight", "encoder.blks.block0.addnorm1.ln.weight",
+ * "decoder.blks.block0.attention2.W_k.weight", "decoder.blks.block0.ffn.dense1.bias". */
 typedef struct {
     qkv_tf_config cfg;
     qkv_tf_enc_layer enc[QKV_TF_MAX_LAYERS];
@@ -860,7 +860,8 @@ typedef struct {
     qkv_tensor *src_mask;          /* (S, S) or (B*H, S, S)  */
     qkv_tensor *tgt_mask;          /* (T, T) or (B*H, T, T)  */
     qkv_tensor *memory_mask;       /* (T, S) or (B*H, T, S)  */
-    qkv_tensor *src_key_padding_mask, *tgt_key_padding_mask, *memory_key_padding_mask; /* (B, S|T) */
+    /* (B, S), (B, T), (B, S) */
+    qkv_tensor *src_key_padding_mask, *tgt_key_padding_mask, *memory_key_padding_mask;
     int bool_masks;                /* masks hold booleans (nonzero = masked), else are added */
     int tgt_causal;                /* causal decoder self-attention (d2l training) */
     /* If not NULL, arrays of n_enc (n_dec) pointers receiving each block's
@@ -901,7 +902,8 @@ QKV_API qkv_status qkv_tf_cache_init(qkv_ctx *ctx, const qkv_transformer *m, qkv
 /* x (B, 1, E), the embedded token at position c->len -> (B, 1, E). */
 QKV_API qkv_tensor *qkv_transformer_decode_step(qkv_ctx *ctx, const qkv_transformer *m,
                                                 qkv_tf_cache *c, qkv_tensor *x);
-/* Beam search: batch row i takes the cache of row from[i] (B entries). */
+/* Beam search: batch row i takes the cache of row from[i] (B entries), the
+ * memory and valid lengths too (a memory_key_padding_mask is not moved). */
 QKV_API qkv_status qkv_tf_cache_reorder(qkv_ctx *ctx, qkv_tf_cache *c, const int64_t *from);
 
 /* ------------------------------------------------------------------------ */

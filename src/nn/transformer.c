@@ -214,7 +214,8 @@ static qkv_status dec_layer_init(qkv_tf_dec_layer *l, qkv_params *ps, const char
                             c->d_model, c->d_ffn, c->activation, torch ? c->dropout : 0.0f);
     for (int k = 0; k < 3 && s == QKV_OK; k++)
         s = qkv_nn_layer_norm_init(ln[k], ps,
-                                   block_name(a, sizeof a, prefix, c, "decoder", i, norms[torch][k]),
+                                   block_name(a, sizeof a, prefix, c, "decoder", i,
+                                              norms[torch][k]),
                                    c->d_model, c->ln_eps);
     return s;
 }
@@ -386,7 +387,8 @@ qkv_status qkv_tf_cache_init(qkv_ctx *ctx, const qkv_transformer *m, qkv_tf_cach
     if (memory->ndim != 3 || memory->shape[2] != cfg->d_model || max_len <= 0) {
         char s[64];
         return qkv_set_error(QKV_ERR_SHAPE,
-                             "qkv_tf_cache_init: memory %s should be (B, S, %lld), max_len %lld > 0",
+                             "qkv_tf_cache_init: memory %s should be (B, S, %lld), "
+                             "max_len %lld > 0",
                              qkv_shape_str(memory, s, sizeof s), (long long)cfg->d_model,
                              (long long)max_len);
     }
