@@ -14,7 +14,7 @@ echo "== 1. Attention pooling: Nadaraya-Watson kernel regression (d2l r0.17)"
 echo
 echo "== 2. Transformer: English-French translation (d2l r0.17 setup, 600 pairs)"
 "$QKV" train transformer --out-dir "$OUT/transformer"
-"$QKV" translate --model "$OUT/transformer" --attention "$OUT/transformer/attention.png" \
+"$QKV" translate --model "$OUT/transformer/model.safetensors" --attention "$OUT/transformer/attention.png" \
     "he's calm ."
 
 echo
