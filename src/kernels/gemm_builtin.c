@@ -4,9 +4,11 @@
  * Layout (the Goto/BLIS scheme): for each block of NC columns and KC of the
  * inner axis, op(B) is packed into NR-wide panels (k-major, zero-padded) that
  * all threads share; each thread packs MC rows of op(A) into MR-tall panels
- * and runs the MR x NR register-tile micro-kernel over them. Sizes:
- *   A micro-panel  MR x KC     stays in L1 while the kernel sweeps B panels
- *   packed B block KC x NC     stays in L2 (1 MiB per core on the bench host)
+ * and runs the MR x NR register-tile micro-kernel over them: for each B
+ * panel, down all the A panels. What stays where (AVX-512 sizes):
+ *   B micro-panel  KC x NR = 64 KiB    L1 and L2, reused by every A panel
+ *   A block        MC x KC = 192 KiB   L2 (1 MiB per core on the bench host)
+ *   packed B block KC x NC = 1 MiB     L2 and L3, reused by every A block
  * C is read and written once per KC block: the first block applies beta, the
  * others add. OpenMP splits the blocks of rows (and, when there are fewer row
  * blocks than threads, the columns too).
