@@ -212,7 +212,7 @@ typedef struct {
     int64_t epochs, batch, limit, eval_limit;
     double lr;
     uint64_t seed;
-    int resume;
+    int resume, no_augment;
 } train_options;
 
 /* What a preset fixes beyond the model. */
@@ -262,6 +262,8 @@ static void plot_curves(const char *dir, const curves *c, int64_t n)
 static int train(const train_options *o)
 {
     recipe rc = recipe_for(o->preset);
+    if (o->no_augment)
+        rc.augment = 0;
     int64_t epochs = o->epochs >= 0 ? o->epochs : rc.epochs;
     int64_t B = o->batch > 0 ? o->batch : rc.batch;
     double lr = o->lr > 0 ? o->lr : rc.lr;
@@ -485,6 +487,8 @@ int cmd_train_vit(int argc, char **argv)
          .help = "test on the first N test images only (0: all 10000)"},
         {.name = "seed", .kind = ARG_U64, .value = &o.seed,
          .help = "seed of the initialisation, shuffling, augmentation and dropout"},
+        {.name = "no-augment", .kind = ARG_FLAG, .value = &o.no_augment,
+         .help = "no random crops and flips (the default preset has them)"},
         {.name = "resume", .kind = ARG_FLAG, .value = &o.resume,
          .help = "continue from OUT-DIR/checkpoint.safetensors (same options)"},
     };
