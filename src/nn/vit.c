@@ -199,6 +199,7 @@ static qkv_tensor *block_forward(qkv_ctx *ctx, const qkv_vit *m, const qkv_vit_b
     return qkv_add(ctx, x, h);
 }
 
+/* x (B, Cin, image, image) -> logits (B, K); attn: L tensors (B, S + 1, S + 1) */
 qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_tensor **attn)
 {
     QKV_INPUTS("vit", x);
@@ -235,6 +236,7 @@ qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_t
 
 /* ---- attention rollout ---- */
 
+/* map (N - 1) <- w (L, N, N) */
 qkv_status qkv_vit_rollout(float *map, const float *w, int64_t L, int64_t N)
 {
     if (!map || !w || L < 1 || N < 2)
