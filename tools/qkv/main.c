@@ -3,6 +3,7 @@
 #include "commands.h"
 #include "qkv.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -21,12 +22,13 @@ static const command commands[] = {
      cmd_train_transformer},
     {"translate", "translate English to French with a model from `qkv train transformer`",
      cmd_translate},
-    {"version", "print the version, the GEMM backend and the thread count", cmd_version},
     {"train vit", "train a Vision Transformer on Fashion-MNIST", cmd_train_vit},
     {"eval vit", "accuracy and confusion matrix of a ViT on Fashion-MNIST", cmd_eval_vit},
     {"classify", "top classes of images by a ViT, attention rollout", cmd_classify},
     {"forward", "run a module on named tensors (safetensors in, safetensors out)", cmd_forward},
+    {"version", "print the version, the GEMM backend and the thread count", cmd_version},
 };
+
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
 static int cmd_version(int argc, char **argv)
@@ -93,6 +95,23 @@ int main(int argc, char **argv)
         int words = command_words(commands[c].name, argc - i, argv + i);
         if (words) /* the command's argv[0] is its last word */
             return commands[c].run(argc - i - words + 1, argv + i + words - 1);
+    }
+    /* the first word of two-word commands alone ("qkv train"): list the rest */
+    size_t n = strlen(name);
+    int prefixes = 0;
+    for (size_t c = 0; c < N_COMMANDS; c++)
+        prefixes += !strncmp(commands[c].name, name, n) && commands[c].name[n] == ' ';
+    if (prefixes) {
+        bool help = i + 1 < argc && (!strcmp(argv[i + 1], "--help") || !strcmp(argv[i + 1], "-h"));
+        FILE *out = help ? stdout : stderr;
+        if (!help && i + 1 < argc)
+            fprintf(out, "qkv %s: unknown model '%s'; one of:\n", name, argv[i + 1]);
+        else if (!help)
+            fprintf(out, "qkv %s: which model? one of:\n", name);
+        for (size_t c = 0; c < N_COMMANDS; c++)
+            if (!strncmp(commands[c].name, name, n) && commands[c].name[n] == ' ')
+                fprintf(out, "  %-20s %s\n", commands[c].name, commands[c].help);
+        return help ? 0 : 2;
     }
     if (name[0] == '-')
         fprintf(stderr, "qkv: unknown option '%s' (options go after the command)\n\n", name);
