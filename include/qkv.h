@@ -276,7 +276,9 @@ QKV_API qkv_tensor *qkv_detach(qkv_ctx *ctx, qkv_tensor *t);
 /* Runs backward from a scalar (one-element) tensor: seeds its grad with 1 and
  * accumulates (+=) into every tensor of the tape that needs a gradient. */
 QKV_API qkv_status qkv_backward(qkv_ctx *ctx, qkv_tensor *loss);
-/* As qkv_backward, seeding the output's gradient with `grad` (same shape). */
+/* As qkv_backward, seeding the output's gradient with `grad` (same shape).
+ * `grad` is only read; when `out` is the newest op's output it is used in
+ * place (no copy) and out->grad is NULL again afterwards. */
 QKV_API qkv_status qkv_backward_with(qkv_ctx *ctx, qkv_tensor *out, const float *grad);
 
 /* ------------------------------------------------------------------------ */

@@ -320,6 +320,15 @@ qkv_status qkv_backward_with(qkv_ctx *ctx, qkv_tensor *out, const float *grad)
                              "backward: the output does not depend on anything that "
                              "requires a gradient (or gradients were off)");
     int64_t n = qkv_numel(out);
+    if (!out->grad && out->node && out->node == ctx->tape) {
+        /* The newest op made `out`, so no recorded op reads it and nothing
+         * will add into its gradient: backward rules only read an output's
+         * gradient, so the caller's buffer serves as it is, without a copy. */
+        out->grad = (float *)grad;
+        qkv_status st = run_backward(ctx);
+        out->grad = NULL;
+        return st;
+    }
     if (!out->grad) { /* a fresh buffer: copy the seed, no zeroing pass */
         out->grad = qkv__floats(ctx, n);
         if (!out->grad)
