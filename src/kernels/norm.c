@@ -9,74 +9,200 @@
 /* Below this many elements in total a kernel stays on one thread. */
 #define PAR_WORK 32768
 
-/* ---- layer norm ---- */
+/* ---- layer norm ----
+ *
+ * The passes over a row are row primitives, written twice: with AVX-512
+ * intrinsics (16 lanes, masked tails, sums in float over 16 lanes of C / 16
+ * values each, then added as a tree) and as plain loops summing in double
+ * for other machines. */
 
-/* y (N, C) = (x - mean) * rstd * w + b; x (N, C), w (C), b (C);
- * mean (N), rstd (N) out */
-void qkv_k_layer_norm_forward(float *y, float *mean, float *rstd, const float *x,
-                              const float *w, const float *b, int64_t N, int64_t C, float eps)
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+/* Loads and stores of 16 lanes, or of the first lanes of mask k: each loop
+ * below runs full vectors with k = ALL, which the inlined helpers turn into
+ * plain loads and stores (masked stores are slow on some CPUs), then one
+ * masked step for the tail. */
+#define ALL ((__mmask16)0xffff)
+static inline __mmask16 first(int64_t n) { return (__mmask16)((1u << n) - 1u); }
+static inline __m512 load(const float *p, __mmask16 k)
 {
-#pragma omp parallel for if (N * C > PAR_WORK) schedule(static)
-    for (int64_t i = 0; i < N; i++) {
-        const float *xi = x + i * C;
-        float *yi = y + i * C;
-        double s = 0, v = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < C; j++)
-            s += xi[j];
-        float mu = (float)(s / (double)C);
-#pragma omp simd reduction(+ : v)
-        for (int64_t j = 0; j < C; j++) {
-            float d = xi[j] - mu;
-            v += d * d;
-        }
-        float rs = (float)(1.0 / sqrt(v / (double)C + eps));
-        mean[i] = mu;
-        rstd[i] = rs;
-        /* (x - mu) rs = x rs + shift: one fma per element, as PyTorch */
-        float shift = -mu * rs;
-#pragma omp simd
-        for (int64_t j = 0; j < C; j++)
-            yi[j] = fmaf(xi[j], rs, shift) * w[j] + b[j];
+    return k == ALL ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(k, p);
+}
+static inline void store(float *p, __mmask16 k, __m512 v)
+{
+    if (k == ALL)
+        _mm512_storeu_ps(p, v);
+    else
+        _mm512_mask_storeu_ps(p, k, v);
+}
+
+/* mean (x) and sum (x - mean)^2 of a row, two passes over it in L1 */
+static void row_moments(float *mean, double *ss, const float *x, int64_t C)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+    int64_t j = 0;
+    for (; j + 32 <= C; j += 32) {
+        s0 = _mm512_add_ps(s0, load(x + j, ALL));
+        s1 = _mm512_add_ps(s1, load(x + j + 16, ALL));
+    }
+    for (; j < C; j += 16)
+        s0 = _mm512_add_ps(s0, load(x + j, C - j >= 16 ? ALL : first(C - j)));
+    float mu = (float)(_mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) / (double)C);
+    __m512 vmu = _mm512_set1_ps(mu), v0 = _mm512_setzero_ps(), v1 = v0;
+    for (j = 0; j + 32 <= C; j += 32) {
+        __m512 d0 = _mm512_sub_ps(load(x + j, ALL), vmu);
+        __m512 d1 = _mm512_sub_ps(load(x + j + 16, ALL), vmu);
+        v0 = _mm512_fmadd_ps(d0, d0, v0);
+        v1 = _mm512_fmadd_ps(d1, d1, v1);
+    }
+    for (; j < C; j += 16) {
+        __mmask16 k = C - j >= 16 ? ALL : first(C - j);
+        __m512 d = _mm512_maskz_sub_ps(k, load(x + j, k), vmu);
+        v0 = _mm512_fmadd_ps(d, d, v0);
+    }
+    *mean = mu;
+    *ss = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
+}
+
+/* 16 lanes of row_affine */
+static inline void affine16(float *y, const float *x, __m512 rs, __m512 shift, const float *w,
+                            const float *b, __mmask16 k)
+{
+    __m512 xh = _mm512_fmadd_ps(load(x, k), rs, shift);
+    store(y, k, _mm512_fmadd_ps(xh, load(w, k), load(b, k)));
+}
+
+/* y (C) = (x rs + shift) w + b */
+static void row_affine(float *y, const float *x, float rs, float shift, const float *w,
+                       const float *b, int64_t C)
+{
+    __m512 vrs = _mm512_set1_ps(rs), vsh = _mm512_set1_ps(shift);
+    int64_t j = 0;
+    for (; j + 16 <= C; j += 16)
+        affine16(y + j, x + j, vrs, vsh, w + j, b + j, ALL);
+    if (j < C)
+        affine16(y + j, x + j, vrs, vsh, w + j, b + j, first(C - j));
+}
+
+/* 16 lanes of row_backward_sums */
+static inline void sums16(__m512 *sa, __m512 *sb, float *fw, float *fb, const float *dy,
+                          const float *x, __m512 mu, __m512 rs, const float *w, __mmask16 k)
+{
+    __m512 g = load(dy, k), xh = _mm512_mul_ps(_mm512_sub_ps(load(x, k), mu), rs);
+    __m512 gw = _mm512_mul_ps(g, load(w, k));
+    *sa = _mm512_add_ps(*sa, gw);
+    *sb = _mm512_fmadd_ps(gw, xh, *sb);
+    if (fw) {
+        store(fw, k, _mm512_fmadd_ps(g, xh, load(fw, k)));
+        store(fb, k, _mm512_add_ps(g, load(fb, k)));
     }
 }
 
-/* dw and db are summed in float over this many rows, then added into the
- * block's double sums: float keeps the row loop fast, double keeps a long
- * column of rows exact. */
-#define FLUSH_ROWS 16
-
-/* One row of y = xhat * w + b, xhat = (x - mu) rs:
- *   dxhat = dy * w
- *   dx (+)= rs (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
- *   fw += dy * xhat, fb += dy   (the running parts of dw, db; or NULL) */
-static void layer_norm_row_backward(float *dx, bool accumulate, float *fw, float *fb,
-                                    const float *dy, const float *x, float mu, float rs,
-                                    const float *w, int64_t C)
+/* a = sum dy w and b = sum dy w xhat of a row, xhat = (x - mu) rs; and
+ * fw (C) += dy xhat, fb (C) += dy unless fw is NULL */
+static void row_backward_sums(double *a, double *b, float *fw, float *fb, const float *dy,
+                              const float *x, float mu, float rs, const float *w, int64_t C)
 {
-    /* one pass for the sums and the parts of dw, db, while the row comes
-     * in from memory */
-    double a = 0, b = 0;
+    __m512 vmu = _mm512_set1_ps(mu), vrs = _mm512_set1_ps(rs);
+    __m512 sa = _mm512_setzero_ps(), sb = sa;
+    int64_t j = 0;
     if (fw) {
-#pragma omp simd reduction(+ : a, b)
+        for (; j + 16 <= C; j += 16)
+            sums16(&sa, &sb, fw + j, fb + j, dy + j, x + j, vmu, vrs, w + j, ALL);
+    } else {
+        for (; j + 16 <= C; j += 16)
+            sums16(&sa, &sb, NULL, NULL, dy + j, x + j, vmu, vrs, w + j, ALL);
+    }
+    if (j < C)
+        sums16(&sa, &sb, fw ? fw + j : NULL, fw ? fb + j : NULL, dy + j, x + j, vmu, vrs, w + j,
+               first(C - j));
+    *a = _mm512_reduce_add_ps(sa);
+    *b = _mm512_reduce_add_ps(sb);
+}
+
+/* 16 lanes of row_backward_dx */
+static inline void dx16(float *dx, bool accumulate, const float *dy, const float *x,
+                        const float *w, __m512 mu, __m512 rs, __m512 c1, __m512 c0, __mmask16 k)
+{
+    __m512 gw = _mm512_mul_ps(load(dy, k), load(w, k));
+    __m512 v = _mm512_fmadd_ps(gw, rs, _mm512_fmadd_ps(_mm512_sub_ps(load(x, k), mu), c1, c0));
+    store(dx, k, accumulate ? _mm512_add_ps(v, load(dx, k)) : v);
+}
+
+/* dx (C) (+)= rs (dy w - am - xhat bm), xhat = (x - mu) rs */
+static void row_backward_dx(float *dx, bool accumulate, const float *dy, const float *x,
+                            float mu, float rs, const float *w, float am, float bm, int64_t C)
+{
+    /* rs (dy w - am - (x - mu) rs bm) = (dy w) rs + ((x - mu) c1 + c0) */
+    __m512 vmu = _mm512_set1_ps(mu), vrs = _mm512_set1_ps(rs);
+    __m512 c1 = _mm512_set1_ps(-rs * rs * bm), c0 = _mm512_set1_ps(-rs * am);
+    int64_t j = 0;
+    if (accumulate) {
+        for (; j + 16 <= C; j += 16)
+            dx16(dx + j, true, dy + j, x + j, w + j, vmu, vrs, c1, c0, ALL);
+    } else {
+        for (; j + 16 <= C; j += 16)
+            dx16(dx + j, false, dy + j, x + j, w + j, vmu, vrs, c1, c0, ALL);
+    }
+    if (j < C)
+        dx16(dx + j, accumulate, dy + j, x + j, w + j, vmu, vrs, c1, c0, first(C - j));
+}
+
+#else /* portable row primitives */
+
+static void row_moments(float *mean, double *ss, const float *x, int64_t C)
+{
+    double s = 0, v = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < C; j++)
+        s += x[j];
+    float mu = (float)(s / (double)C);
+#pragma omp simd reduction(+ : v)
+    for (int64_t j = 0; j < C; j++) {
+        float d = x[j] - mu;
+        v += d * d;
+    }
+    *mean = mu;
+    *ss = v;
+}
+
+static void row_affine(float *y, const float *x, float rs, float shift, const float *w,
+                       const float *b, int64_t C)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < C; j++)
+        y[j] = fmaf(x[j], rs, shift) * w[j] + b[j];
+}
+
+static void row_backward_sums(double *a, double *b, float *fw, float *fb, const float *dy,
+                              const float *x, float mu, float rs, const float *w, int64_t C)
+{
+    double sa = 0, sb = 0;
+    if (fw) {
+#pragma omp simd reduction(+ : sa, sb)
         for (int64_t j = 0; j < C; j++) {
             float xh = (x[j] - mu) * rs, dxh = dy[j] * w[j];
-            a += dxh;
-            b += dxh * xh;
+            sa += dxh;
+            sb += dxh * xh;
             fw[j] += dy[j] * xh;
             fb[j] += dy[j];
         }
     } else {
-#pragma omp simd reduction(+ : a, b)
+#pragma omp simd reduction(+ : sa, sb)
         for (int64_t j = 0; j < C; j++) {
             float xh = (x[j] - mu) * rs, dxh = dy[j] * w[j];
-            a += dxh;
-            b += dxh * xh;
+            sa += dxh;
+            sb += dxh * xh;
         }
     }
-    if (!dx)
-        return;
-    float am = (float)(a / (double)C), bm = (float)(b / (double)C);
+    *a = sa;
+    *b = sb;
+}
+
+static void row_backward_dx(float *dx, bool accumulate, const float *dy, const float *x,
+                            float mu, float rs, const float *w, float am, float bm, int64_t C)
+{
     if (accumulate) {
 #pragma omp simd
         for (int64_t j = 0; j < C; j++)
@@ -88,8 +214,36 @@ static void layer_norm_row_backward(float *dx, bool accumulate, float *fw, float
     }
 }
 
+#endif
+
+/* y (N, C) = (x - mean) * rstd * w + b; x (N, C), w (C), b (C);
+ * mean (N), rstd (N) out */
+void qkv_k_layer_norm_forward(float *y, float *mean, float *rstd, const float *x,
+                              const float *w, const float *b, int64_t N, int64_t C, float eps)
+{
+#pragma omp parallel for if (N * C > PAR_WORK) schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        float mu;
+        double ss;
+        row_moments(&mu, &ss, x + i * C, C);
+        float rs = (float)(1.0 / sqrt(ss / (double)C + eps));
+        mean[i] = mu;
+        rstd[i] = rs;
+        /* (x - mu) rs = x rs + shift: one fma per element, as PyTorch */
+        row_affine(y + i * C, x + i * C, rs, -mu * rs, w, b, C);
+    }
+}
+
+/* dw and db are summed in float over this many rows, then added into the
+ * block's double sums: float keeps the row loop fast, double keeps a long
+ * column of rows exact. */
+#define FLUSH_ROWS 16
+
 /* y (N, C) = layer_norm(x (N, C)) * w (C) + b (C): dx (N, C), dw (C), db (C)
- * from dy (N, C), mean (N), rstd (N); scratch of QKV_K_LAYER_NORM_SCRATCH */
+ * from dy (N, C), mean (N), rstd (N); scratch of QKV_K_LAYER_NORM_SCRATCH.
+ * Per row, with xhat = (x - mu) rs and dxhat = dy w:
+ *   dx (+)= rs (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+ *   dw += dy xhat, db += dy */
 void qkv_k_layer_norm_backward(float *dx, float *dw, float *db, double *scratch, int nblocks,
                                const float *dy, const float *x, const float *mean,
                                const float *rstd, const float *w, int64_t N, int64_t C,
@@ -114,8 +268,13 @@ void qkv_k_layer_norm_backward(float *dx, float *dw, float *db, double *scratch,
         float *fw = params ? (float *)(pb + Cp) : NULL, *fb = params ? fw + Cp : NULL;
         int64_t i0 = N * blk / nblocks, i1 = N * (blk + 1) / nblocks;
         for (int64_t i = i0; i < i1; i++) {
-            layer_norm_row_backward(dx ? dx + i * C : NULL, accumulate, fw, fb, dy + i * C,
-                                    x + i * C, mean[i], rstd[i], w, C);
+            /* one pass for the sums and the parts of dw, db while the row
+             * comes in from memory, one for dx from L1 */
+            double a, b;
+            row_backward_sums(&a, &b, fw, fb, dy + i * C, x + i * C, mean[i], rstd[i], w, C);
+            if (dx)
+                row_backward_dx(dx + i * C, accumulate, dy + i * C, x + i * C, mean[i], rstd[i],
+                                w, (float)(a / (double)C), (float)(b / (double)C), C);
             if (params && ((i - i0) % FLUSH_ROWS == FLUSH_ROWS - 1 || i == i1 - 1)) {
 #pragma omp simd
                 for (int64_t j = 0; j < C; j++) {
