@@ -19,8 +19,22 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 
-/* The first n (< 16) lanes. */
+/* Loads and stores of 16 lanes, or of the first lanes of mask k: each loop
+ * below runs full vectors with k = ALL, which the inlined helpers turn into
+ * plain loads and stores, then one masked step for the tail. */
+#define ALL ((__mmask16)0xffff)
 static inline __mmask16 first(int64_t n) { return (__mmask16)((1u << n) - 1u); }
+static inline __m512 load(const float *p, __mmask16 k)
+{
+    return k == ALL ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(k, p);
+}
+static inline void store(float *p, __mmask16 k, __m512 v)
+{
+    if (k == ALL)
+        _mm512_storeu_ps(p, v);
+    else
+        _mm512_mask_storeu_ps(p, k, v);
+}
 
 /* qkv_k_expf on 16 lanes: the same clamp, reduction and polynomial, with
  * scalef doing the 2^n scaling in one rounding (as the split scaling does) */
@@ -59,11 +73,11 @@ static float row_max(const float *x, int64_t C)
     int64_t j = 0;
     /* x second: a NaN in x is skipped, as the scalar `x > m ? x : m` */
     for (; j + 32 <= C; j += 32) {
-        m0 = _mm512_max_ps(_mm512_loadu_ps(x + j), m0);
-        m1 = _mm512_max_ps(_mm512_loadu_ps(x + j + 16), m1);
+        m0 = _mm512_max_ps(load(x + j, ALL), m0);
+        m1 = _mm512_max_ps(load(x + j + 16, ALL), m1);
     }
     for (; j < C; j += 16) {
-        __mmask16 k = C - j >= 16 ? 0xffff : first(C - j);
+        __mmask16 k = C - j >= 16 ? ALL : first(C - j);
         m0 = _mm512_max_ps(_mm512_mask_loadu_ps(m0, k, x + j), m0);
     }
     return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
@@ -77,16 +91,16 @@ static double exp_sum(float *y, const float *x, float m, int64_t C)
     int64_t j = 0;
     for (; j + 64 <= C; j += 64)
         for (int u = 0; u < 4; u++) {
-            __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16 * u), vm));
+            __m512 e = exp16(_mm512_sub_ps(load(x + j + 16 * u, ALL), vm));
             if (y)
-                _mm512_storeu_ps(y + j + 16 * u, e);
+                store(y + j + 16 * u, ALL, e);
             s[u] = _mm512_add_ps(s[u], e);
         }
     for (int u = 0; j < C; j += 16, u++) {
-        __mmask16 k = C - j >= 16 ? 0xffff : first(C - j);
-        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vm));
+        __mmask16 k = C - j >= 16 ? ALL : first(C - j);
+        __m512 e = exp16(_mm512_sub_ps(load(x + j, k), vm));
         if (y)
-            _mm512_mask_storeu_ps(y + j, k, e);
+            store(y + j, k, e);
         s[u] = _mm512_mask_add_ps(s[u], k, s[u], e);
     }
     return sum4(s[0], s[1], s[2], s[3]);
@@ -100,13 +114,13 @@ static double row_dot(const float *a, const float *b, int64_t C)
     int64_t j = 0;
     for (; j + 64 <= C; j += 64)
         for (int u = 0; u < 4; u++) {
-            __m512 bv = b ? _mm512_loadu_ps(b + j + 16 * u) : one;
-            s[u] = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 16 * u), bv, s[u]);
+            __m512 bv = b ? load(b + j + 16 * u, ALL) : one;
+            s[u] = _mm512_fmadd_ps(load(a + j + 16 * u, ALL), bv, s[u]);
         }
     for (int u = 0; j < C; j += 16, u++) {
-        __mmask16 k = C - j >= 16 ? 0xffff : first(C - j);
-        __m512 bv = b ? _mm512_maskz_loadu_ps(k, b + j) : one;
-        s[u] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + j), bv, s[u]);
+        __mmask16 k = C - j >= 16 ? ALL : first(C - j);
+        __m512 bv = b ? load(b + j, k) : one;
+        s[u] = _mm512_fmadd_ps(load(a + j, k), bv, s[u]);
     }
     return sum4(s[0], s[1], s[2], s[3]);
 }
@@ -117,10 +131,9 @@ static void row_scale(float *y, float s, int64_t C)
     __m512 vs = _mm512_set1_ps(s);
     int64_t j = 0;
     for (; j + 16 <= C; j += 16)
-        _mm512_storeu_ps(y + j, _mm512_mul_ps(_mm512_loadu_ps(y + j), vs));
+        store(y + j, ALL, _mm512_mul_ps(load(y + j, ALL), vs));
     if (j < C)
-        _mm512_mask_storeu_ps(y + j, first(C - j),
-                              _mm512_mul_ps(_mm512_maskz_loadu_ps(first(C - j), y + j), vs));
+        store(y + j, first(C - j), _mm512_mul_ps(load(y + j, first(C - j)), vs));
 }
 
 /* y (C) = x - shift */
@@ -129,10 +142,17 @@ static void row_shift(float *y, const float *x, float shift, int64_t C)
     __m512 vs = _mm512_set1_ps(shift);
     int64_t j = 0;
     for (; j + 16 <= C; j += 16)
-        _mm512_storeu_ps(y + j, _mm512_sub_ps(_mm512_loadu_ps(x + j), vs));
+        store(y + j, ALL, _mm512_sub_ps(load(x + j, ALL), vs));
     if (j < C)
-        _mm512_mask_storeu_ps(y + j, first(C - j),
-                              _mm512_sub_ps(_mm512_maskz_loadu_ps(first(C - j), x + j), vs));
+        store(y + j, first(C - j), _mm512_sub_ps(load(x + j, first(C - j)), vs));
+}
+
+/* 16 lanes of softmax_row_backward */
+static inline void softmax16(float *dx, const float *y, const float *dy, __m512 d,
+                             bool accumulate, __mmask16 k)
+{
+    __m512 v = _mm512_mul_ps(load(y, k), _mm512_sub_ps(load(dy, k), d));
+    store(dx, k, accumulate ? _mm512_add_ps(load(dx, k), v) : v);
 }
 
 /* softmax backward of a row: dx (C) (+)= y * (dy - d) */
@@ -140,14 +160,24 @@ static void softmax_row_backward(float *dx, const float *y, const float *dy, flo
                                  bool accumulate)
 {
     __m512 vd = _mm512_set1_ps(d);
-    for (int64_t j = 0; j < C; j += 16) {
-        __mmask16 k = C - j >= 16 ? 0xffff : first(C - j);
-        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, y + j),
-                                 _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dy + j), vd));
-        if (accumulate)
-            v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, dx + j), v);
-        _mm512_mask_storeu_ps(dx + j, k, v);
+    int64_t j = 0;
+    if (accumulate) {
+        for (; j + 16 <= C; j += 16)
+            softmax16(dx + j, y + j, dy + j, vd, true, ALL);
+    } else {
+        for (; j + 16 <= C; j += 16)
+            softmax16(dx + j, y + j, dy + j, vd, false, ALL);
     }
+    if (j < C)
+        softmax16(dx + j, y + j, dy + j, vd, accumulate, first(C - j));
+}
+
+/* 16 lanes of log_softmax_row_backward */
+static inline void log_softmax16(float *dx, const float *y, const float *dy, __m512 s,
+                                 bool accumulate, __mmask16 k)
+{
+    __m512 v = _mm512_fnmadd_ps(exp16(load(y, k)), s, load(dy, k));
+    store(dx, k, accumulate ? _mm512_add_ps(load(dx, k), v) : v);
 }
 
 /* log-softmax backward of a row: dx (C) (+)= dy - exp(y) * s */
@@ -155,14 +185,16 @@ static void log_softmax_row_backward(float *dx, const float *y, const float *dy,
                                      int64_t C, bool accumulate)
 {
     __m512 vs = _mm512_set1_ps(s);
-    for (int64_t j = 0; j < C; j += 16) {
-        __mmask16 k = C - j >= 16 ? 0xffff : first(C - j);
-        __m512 v = _mm512_fnmadd_ps(exp16(_mm512_maskz_loadu_ps(k, y + j)), vs,
-                                    _mm512_maskz_loadu_ps(k, dy + j));
-        if (accumulate)
-            v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, dx + j), v);
-        _mm512_mask_storeu_ps(dx + j, k, v);
+    int64_t j = 0;
+    if (accumulate) {
+        for (; j + 16 <= C; j += 16)
+            log_softmax16(dx + j, y + j, dy + j, vs, true, ALL);
+    } else {
+        for (; j + 16 <= C; j += 16)
+            log_softmax16(dx + j, y + j, dy + j, vs, false, ALL);
     }
+    if (j < C)
+        log_softmax16(dx + j, y + j, dy + j, vs, accumulate, first(C - j));
 }
 
 #else /* portable row primitives; sums in double */
