@@ -1,5 +1,5 @@
 /* test_softmax.c - softmax and log-softmax: the fast exp against libm, the
- * row kernels against their scalar references, gradient checks (tol 1e-2 on
+ * row kernels (forward and backward) against scalar references, gradient checks (tol 1e-2 on
  * central differences of float32 ops, loss in double) and PyTorch parity
  * (tol 1e-5 relative to max(1, |ref|), forward and backward). */
 #include "test.h"
@@ -98,6 +98,75 @@ TEST(softmax_kernels_match_reference)
         free(x);
         free(y);
         free(ref);
+    }
+}
+
+TEST(softmax_backward_kernels_match_reference)
+{
+    /* the vector kernels against the formulas in double, for row lengths
+     * around the vector width, writing a fresh dx (filled with NaN first,
+     * so an element left unwritten shows) and adding to one. Bounds: the
+     * float row sum costs ~1e-7 of sum |terms|, the exp 2 ulp. */
+    const int64_t Cs[] = {1, 3, 15, 16, 17, 64, 100, 1000};
+    qkv_rng r;
+    qkv_rng_seed(&r, 12);
+    for (size_t k = 0; k < sizeof Cs / sizeof Cs[0]; k++) {
+        int64_t N = 3, C = Cs[k], n = N * C;
+        float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *ly = malloc(n * sizeof *ly);
+        float *dy = malloc(n * sizeof *dy), *dx = malloc(n * sizeof *dx);
+        for (int64_t i = 0; i < n; i++) {
+            x[i] = (float)(qkv_rng_normal(&r) * 3);
+            dy[i] = (float)qkv_rng_normal(&r);
+        }
+        qkv_k_softmax_forward_ref(y, x, N, C);
+        qkv_k_log_softmax_forward_ref(ly, x, N, C);
+        double worst = 0, worst_log = 0;
+        for (int acc = 0; acc < 2; acc++) {
+            float base = acc ? 0.5f : 0.0f;
+            for (int64_t i = 0; i < n; i++)
+                dx[i] = acc ? base : NAN;
+            qkv_k_softmax_backward(dx, y, dy, N, C, acc);
+            for (int64_t i = 0; i < N; i++) {
+                double d = 0, mag = 0;
+                for (int64_t j = 0; j < C; j++) {
+                    d += (double)dy[i * C + j] * y[i * C + j];
+                    mag += fabs((double)dy[i * C + j] * y[i * C + j]);
+                }
+                for (int64_t j = 0; j < C; j++) {
+                    int64_t e = i * C + j;
+                    double ref = base + y[e] * (dy[e] - d);
+                    double tol = 1e-6 * (fabs(ref) + y[e] * (fabs(dy[e]) + mag)) + 1e-30;
+                    double err = fabs(dx[e] - ref) / tol;
+                    worst = fmax(worst, isnan(err) ? INFINITY : err); /* fmax drops NaN */
+                }
+            }
+            for (int64_t i = 0; i < n; i++)
+                dx[i] = acc ? base : NAN;
+            qkv_k_log_softmax_backward(dx, ly, dy, N, C, acc);
+            for (int64_t i = 0; i < N; i++) {
+                double s = 0, mag = 0;
+                for (int64_t j = 0; j < C; j++) {
+                    s += dy[i * C + j];
+                    mag += fabs(dy[i * C + j]);
+                }
+                for (int64_t j = 0; j < C; j++) {
+                    int64_t e = i * C + j;
+                    double p = exp((double)ly[e]), ref = base + dy[e] - p * s;
+                    double tol = 1e-6 * (fabs(ref) + fabs(dy[e]) + p * mag) + 1e-30;
+                    double err = fabs(dx[e] - ref) / tol;
+                    worst_log = fmax(worst_log, isnan(err) ? INFINITY : err);
+                }
+            }
+        }
+        CHECK(worst <= 1, "softmax backward C=%lld: error %.3g times the bound", (long long)C,
+              worst);
+        CHECK(worst_log <= 1, "log_softmax backward C=%lld: error %.3g times the bound",
+              (long long)C, worst_log);
+        free(x);
+        free(y);
+        free(ly);
+        free(dy);
+        free(dx);
     }
 }
 
