@@ -1,9 +1,12 @@
 /* test_norm.c - layer norm, batch norm (training, eval, frozen) and
- * dropout: gradient checks (tol 1e-2 on central differences of float32
- * ops, loss in double), PyTorch parity (tol 1e-5 relative to
- * max(1, |ref|), forward, backward and the updated running statistics),
- * dropout's mask statistics, and the errors. */
+ * dropout: the layer-norm kernels against a reference in double, gradient
+ * checks (tol 1e-2 on central differences of float32 ops, loss in double),
+ * PyTorch parity (tol 1e-5 relative to max(1, |ref|), forward, backward
+ * and the updated running statistics), dropout's mask statistics, and the
+ * errors. */
 #include "test.h"
+
+#include "kernels/norm.h"
 
 #define SHAPE(...) ((int64_t[]){__VA_ARGS__})
 
@@ -75,6 +78,97 @@ TEST(layer_norm_parallel_rows_match_serial)
     /* dw and db are carried in float over runs of 16 rows, and the runs
      * start at other rows when the blocks differ: a few float roundings */
     CHECK(worst <= 1e-5, "1 and 2 threads differ by %.3g", worst);
+}
+
+/* |got - want| / max(1, |want|), NaN (an element left unwritten) as inf */
+static double rel_err(double got, double want)
+{
+    double e = fabs(got - want) / fmax(1.0, fabs(want));
+    return isnan(e) ? INFINITY : e;
+}
+
+TEST(layer_norm_kernels_match_reference)
+{
+    /* the vector kernels against layer norm in double, for row lengths
+     * around the vector width; rows off-centre (mean 3, std 2) so that the
+     * mean matters. dx fresh (NaN-filled first) and added to; dw, db added
+     * to; and dx alone, without dw and db. */
+    const int64_t Cs[] = {1, 3, 15, 16, 17, 64, 100, 1000};
+    qkv_rng r;
+    qkv_rng_seed(&r, 21);
+    for (size_t k = 0; k < sizeof Cs / sizeof Cs[0]; k++) {
+        int64_t N = 37, C = Cs[k], n = N * C;
+        float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *dy = malloc(n * sizeof *dy);
+        float *dx = malloc(n * sizeof *dx), *w = malloc(C * sizeof *w), *b = malloc(C * sizeof *b);
+        float *dw = malloc(C * sizeof *dw), *db = malloc(C * sizeof *db);
+        float *mean = malloc(N * sizeof *mean), *rstd = malloc(N * sizeof *rstd);
+        double *ref_dx = malloc(n * sizeof *ref_dx), *ref_dw = calloc(C, sizeof *ref_dw);
+        double *ref_db = calloc(C, sizeof *ref_db);
+        double *scratch = malloc(QKV_K_LAYER_NORM_SCRATCH(3, C) * sizeof *scratch);
+        for (int64_t i = 0; i < n; i++) {
+            x[i] = (float)(3 + 2 * qkv_rng_normal(&r));
+            dy[i] = (float)qkv_rng_normal(&r);
+        }
+        for (int64_t j = 0; j < C; j++) {
+            w[j] = (float)(1 + 0.3 * qkv_rng_normal(&r));
+            b[j] = (float)qkv_rng_normal(&r);
+        }
+        qkv_k_layer_norm_forward(y, mean, rstd, x, w, b, N, C, 1e-5f);
+        double worst_fwd = 0, worst_stats = 0;
+        for (int64_t i = 0; i < N; i++) {
+            const float *xi = x + i * C;
+            double mu = 0, var = 0, a = 0, c = 0;
+            for (int64_t j = 0; j < C; j++)
+                mu += xi[j];
+            mu /= (double)C;
+            for (int64_t j = 0; j < C; j++)
+                var += (xi[j] - mu) * (xi[j] - mu);
+            double rs = 1 / sqrt(var / (double)C + 1e-5);
+            worst_stats = fmax(worst_stats, fmax(rel_err(mean[i], mu), rel_err(rstd[i], rs) / rs));
+            for (int64_t j = 0; j < C; j++) {
+                double xh = (xi[j] - mu) * rs, g = dy[i * C + j];
+                /* y = (x rs - mu rs) w + b, as PyTorch: the rounding of mu rs
+                 * shows where rs is large (C = 1: a row of one value) */
+                worst_fwd = fmax(worst_fwd, rel_err(y[i * C + j], xh * w[j] + b[j]) /
+                                                (1 + fabs(mu * rs * w[j]) * 0x1p-23 / 1e-5));
+                a += g * w[j];
+                c += g * w[j] * xh;
+                ref_dw[j] += g * xh;
+                ref_db[j] += g;
+            }
+            for (int64_t j = 0; j < C; j++) {
+                double xh = (xi[j] - mu) * rs;
+                ref_dx[i * C + j] = rs * ((double)dy[i * C + j] * w[j] - a / C - xh * c / C);
+            }
+        }
+        double worst_dx = 0, worst_dwb = 0;
+        for (int run = 0; run < 3; run++) {
+            /* run 0: fresh dx, 1: added to 0.5, 2: no dw, db (left as they were) */
+            float base = run == 1 ? 0.5f : 0.0f;
+            for (int64_t i = 0; i < n; i++)
+                dx[i] = run == 1 ? base : NAN;
+            for (int64_t j = 0; j < C; j++)
+                dw[j] = db[j] = 0.25f;
+            qkv_k_layer_norm_backward(dx, run == 2 ? NULL : dw, run == 2 ? NULL : db, scratch, 3,
+                                      dy, x, mean, rstd, w, N, C, run == 1);
+            for (int64_t i = 0; i < n; i++)
+                worst_dx = fmax(worst_dx, rel_err(dx[i], base + ref_dx[i]));
+            for (int64_t j = 0; j < C && run < 2; j++)
+                worst_dwb = fmax(worst_dwb, fmax(rel_err(dw[j], 0.25 + ref_dw[j]),
+                                                 rel_err(db[j], 0.25 + ref_db[j])));
+            for (int64_t j = 0; j < C && run == 2; j++)
+                worst_dwb = fmax(worst_dwb, fmax(rel_err(dw[j], 0.25), rel_err(db[j], 0.25)));
+        }
+        /* float sums over a row, the stored mean and rstd rounded to float:
+         * well inside the 1e-5 the PyTorch parity tests allow (y: plus the
+         * rounding of mu rs above) */
+        CHECK(worst_stats <= 1e-6 && worst_fwd <= 1e-5,
+              "forward C=%lld: mean, rstd %.3g, y %.3g", (long long)C, worst_stats, worst_fwd);
+        CHECK(worst_dx <= 1e-5 && worst_dwb <= 1e-5, "backward C=%lld: dx %.3g, dw and db %.3g",
+              (long long)C, worst_dx, worst_dwb);
+        free(x), free(y), free(dy), free(dx), free(w), free(b), free(dw), free(db);
+        free(mean), free(rstd), free(ref_dx), free(ref_dw), free(ref_db), free(scratch);
+    }
 }
 
 TEST(layer_norm_errors)

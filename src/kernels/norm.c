@@ -123,10 +123,14 @@ static void row_backward_sums(double *a, double *b, float *fw, float *fb, const 
 
 /* 16 lanes of row_backward_dx */
 static inline void dx16(float *dx, bool accumulate, const float *dy, const float *x,
-                        const float *w, __m512 mu, __m512 rs, __m512 c1, __m512 c0, __mmask16 k)
+                        const float *w, __m512 mu, __m512 rs, __m512 rsbm, __m512 am,
+                        __mmask16 k)
 {
-    __m512 gw = _mm512_mul_ps(load(dy, k), load(w, k));
-    __m512 v = _mm512_fmadd_ps(gw, rs, _mm512_fmadd_ps(_mm512_sub_ps(load(x, k), mu), c1, c0));
+    /* rs (dy w - am - (x - mu) rs bm), in that order: folding rs into the
+     * terms would leave rounding errors of rs dy w where they cancel, and
+     * rs is large for rows of almost equal values */
+    __m512 t = _mm512_sub_ps(_mm512_mul_ps(load(dy, k), load(w, k)), am);
+    __m512 v = _mm512_mul_ps(rs, _mm512_fnmadd_ps(_mm512_sub_ps(load(x, k), mu), rsbm, t));
     store(dx, k, accumulate ? _mm512_add_ps(v, load(dx, k)) : v);
 }
 
@@ -134,19 +138,18 @@ static inline void dx16(float *dx, bool accumulate, const float *dy, const float
 static void row_backward_dx(float *dx, bool accumulate, const float *dy, const float *x,
                             float mu, float rs, const float *w, float am, float bm, int64_t C)
 {
-    /* rs (dy w - am - (x - mu) rs bm) = (dy w) rs + ((x - mu) c1 + c0) */
     __m512 vmu = _mm512_set1_ps(mu), vrs = _mm512_set1_ps(rs);
-    __m512 c1 = _mm512_set1_ps(-rs * rs * bm), c0 = _mm512_set1_ps(-rs * am);
+    __m512 rsbm = _mm512_set1_ps(rs * bm), vam = _mm512_set1_ps(am);
     int64_t j = 0;
     if (accumulate) {
         for (; j + 16 <= C; j += 16)
-            dx16(dx + j, true, dy + j, x + j, w + j, vmu, vrs, c1, c0, ALL);
+            dx16(dx + j, true, dy + j, x + j, w + j, vmu, vrs, rsbm, vam, ALL);
     } else {
         for (; j + 16 <= C; j += 16)
-            dx16(dx + j, false, dy + j, x + j, w + j, vmu, vrs, c1, c0, ALL);
+            dx16(dx + j, false, dy + j, x + j, w + j, vmu, vrs, rsbm, vam, ALL);
     }
     if (j < C)
-        dx16(dx + j, accumulate, dy + j, x + j, w + j, vmu, vrs, c1, c0, first(C - j));
+        dx16(dx + j, accumulate, dy + j, x + j, w + j, vmu, vrs, rsbm, vam, first(C - j));
 }
 
 #else /* portable row primitives */
