@@ -156,6 +156,17 @@ TEST(cli_kernel_regression_runs)
     check_png(pics, "fit.png");
     check_png(pics, "attention-nonparametric.png");
     check_png(pics, "attention-parametric.png");
+    char metrics[400];
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", pics);
+    FILE *mf = fopen(metrics, "r");
+    int lines = 0;
+    char line[256];
+    while (mf && fgets(line, sizeof line, mf))
+        lines += !strncmp(line, "{\"epoch\": ", 10) && strstr(line, "\"loss\": ");
+    if (mf)
+        fclose(mf);
+    CHECK(lines == 5, "%s: %d epoch lines, want 5", metrics, lines);
+    remove(metrics);
     rmdir(pics);
     rmdir(dir);
     snprintf(args, sizeof args, "kernel-regression --epochs 2 --kernel boxcar --sigma 0.5 "

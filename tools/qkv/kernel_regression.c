@@ -167,6 +167,22 @@ static int run(const options *o)
         QKV_OK)
         goto fail;
     printf("wrote %s\n", path);
+    /* every training run leaves its metrics: one JSON line per epoch */
+    snprintf(path, sizeof path, "%s/metrics.jsonl", o->out_dir);
+    qkv_metrics *mf = qkv_metrics_open(path);
+    if (!mf)
+        goto fail;
+    for (int64_t e = 0; e < o->epochs; e++) {
+        const char *const names[] = {"loss"};
+        const double values[] = {losses[e]};
+        if (qkv_metrics_write(mf, e + 1, 1, names, values) != QKV_OK) {
+            qkv_metrics_close(mf);
+            goto fail;
+        }
+    }
+    if (qkv_metrics_close(mf) != QKV_OK)
+        goto fail;
+    printf("wrote %s\n", path);
     /* queries down, keys across, as the book's show_heatmaps */
     const char *const np_title[] = {np_name}, *const p_title[] = {"parametric"};
     struct {
