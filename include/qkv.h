@@ -1161,6 +1161,7 @@ typedef struct {
     const char *name;
     const float *x, *y;
     int64_t n;
+    int points;   /* nonzero: draw the points as dots, not joined (data) */
 } qkv_series;
 typedef struct {
     const char *xlabel, *ylabel, *title; /* NULL: "epoch", none, none */

@@ -103,10 +103,10 @@ TEST(plot_training_curves)
         fine[i] = 2.4f * expf(-0.17f * (float)i);
     }
     qkv_series s[4] = {
-        {"train loss", xs, fine, 2 * E},
-        {"train acc", NULL, train_acc, E},
-        {"test acc", NULL, test_acc, E},
-        {"loss", NULL, loss, E},
+        {.name = "train loss", .x = xs, .y = fine, .n = 2 * E},
+        {.name = "train acc", .y = train_acc, .n = E},
+        {.name = "test acc", .y = test_acc, .n = E, .points = 1},
+        {.name = "loss", .y = loss, .n = E},
     };
     char path[256];
     plot_path(path, sizeof path, "curves.png");
@@ -130,13 +130,13 @@ TEST(plot_training_curves)
 
     /* log scale, a single point, NaN gaps */
     float one = 0.5f, gaps[5] = {1, 0.1f, NAN, 0.01f, 0.001f};
-    qkv_series t[2] = {{"one", NULL, &one, 1}, {"gaps", NULL, gaps, 5}};
+    qkv_series t[2] = {{.name = "one", .y = &one, .n = 1}, {.name = "gaps", .y = gaps, .n = 5}};
     plot_path(path, sizeof path, "curves_log.png");
     CHECK(qkv_plot_lines(path, 2, t, &(qkv_plot_opts){.log_y = 1}) == QKV_OK, "%s",
           qkv_error());
     done_with(path);
     CHECK(qkv_plot_lines(path, 0, t, NULL) == QKV_ERR_ARG, "no series");
-    qkv_series bad = {"bad", NULL, NULL, 3};
+    qkv_series bad = {.name = "bad", .n = 3};
     CHECK(qkv_plot_lines(path, 1, &bad, NULL) == QKV_ERR_ARG, "no data");
 }
 

@@ -340,7 +340,9 @@ static void legend(qkv_canvas *c, const frame *f, int n, const qkv_series *s)
         style(k, &col, &dash);
         double y = by + 6 + k * row + qkv__text_height(TEXT) / 2.0;
         double lx[2] = {bx + 10, bx + 46}, ly[2] = {y, y};
-        qkv__polyline(c, lx, ly, 2, 2.0, col, dash);
+        if (s[k].points) /* a dot in the middle of the sample */
+            lx[0] = lx[1] = (lx[0] + lx[1]) / 2;
+        qkv__polyline(c, lx, ly, 2, s[k].points ? 6.0 : 2.0, col, s[k].points ? QKV_SOLID : dash);
         qkv__text(c, bx + 54, by + 6 + k * row, s[k].name ? s[k].name : "", TEXT, BLACK);
     }
 }
@@ -392,8 +394,14 @@ qkv_status qkv_plot_lines(const char *path, int nseries, const qkv_series *serie
         qkv_rgb col;
         qkv_dash dash;
         style(k, &col, &dash);
-        qkv__polyline(&c, px, py, s->n == 1 ? 2 : (int)s->n, s->n == 1 ? 5.0 : 2.0, col,
-                      s->n == 1 ? QKV_SOLID : dash);
+        if (s->points) /* each point a dot: a zero-length stroke with round ends */
+            for (int64_t i = 0; i < s->n; i++) {
+                double dx[2] = {px[i], px[i]}, dy[2] = {py[i], py[i]};
+                qkv__polyline(&c, dx, dy, 2, 6.0, col, QKV_SOLID);
+            }
+        else
+            qkv__polyline(&c, px, py, s->n == 1 ? 2 : (int)s->n, s->n == 1 ? 5.0 : 2.0, col,
+                          s->n == 1 ? QKV_SOLID : dash);
         qkv__free(px);
     }
     legend(&c, &f, nseries, series);

@@ -252,9 +252,9 @@ static void plot_curves(const char *dir, const curves *c, int64_t n)
 {
     char path[4096];
     join(path, sizeof path, dir, "curves.png");
-    qkv_series s[3] = {{"train loss", c->epoch, c->loss, n},
-                       {"train acc", c->epoch, c->train_acc, n},
-                       {"test acc", c->epoch, c->test_acc, n}};
+    qkv_series s[3] = {{.name = "train loss", .x = c->epoch, .y = c->loss, .n = n},
+                       {.name = "train acc", .x = c->epoch, .y = c->train_acc, .n = n},
+                       {.name = "test acc", .x = c->epoch, .y = c->test_acc, .n = n}};
     if (qkv_plot_lines(path, 3, s, &(qkv_plot_opts){.title = "ViT on Fashion-MNIST"}) != QKV_OK)
         fprintf(stderr, "qkv: %s\n", qkv_error());
 }

@@ -156,9 +156,11 @@ static int run(const options *o)
     char path[4200], np_name[64];
     snprintf(np_name, sizeof np_name, "%s, sigma %g", qkv_kernel_name(kernel), o->sigma);
     const qkv_series series[] = {
-        {"truth", d.x_test, d.y_truth, nq},      {"training data", d.x_train, d.y_train, nk},
-        {"average", d.x_test, y_avg, nq},        {np_name, d.x_test, y_np, nq},
-        {"parametric", d.x_test, y_p, nq},
+        {.name = "truth", .x = d.x_test, .y = d.y_truth, .n = nq},
+        {.name = "training data", .x = d.x_train, .y = d.y_train, .n = nk, .points = 1},
+        {.name = "average", .x = d.x_test, .y = y_avg, .n = nq},
+        {.name = np_name, .x = d.x_test, .y = y_np, .n = nq},
+        {.name = "parametric", .x = d.x_test, .y = y_p, .n = nq},
     };
     snprintf(path, sizeof path, "%s/fit.png", o->out_dir);
     if (qkv_plot_lines(path, 5, series,
