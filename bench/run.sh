@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # run.sh - `make bench`: qkv against PyTorch on this machine, same thread
-# count, one table. Peers: Debian's PyTorch (/usr/bin/python3) and the
+# count, one report. Peers: Debian's PyTorch (/usr/bin/python3) and the
 # newest PyTorch from PyPI in .venv (scripts/bench-setup.sh makes it).
 #
-#   bash bench/run.sh [BUILD] [--threads N]     (default N: $QKV_THREADS, else 2)
+#   bash bench/run.sh [BUILD] [--threads N] [--only ops|models]
+#                                               (default N: $QKV_THREADS, else 2)
 #
-# The table is printed and also written to BUILD/bench.md.
+# Two parts: the ops table (bench_ops.c, peer_ops.py), then the models
+# (multi-head attention, the Transformer, the ViT: bench_{mha,transformer,vit}.c
+# and peer_{mha,transformer,vit}.py), each case in a fresh process so that
+# its peak RSS is its own. The report is printed and also written to
+# BUILD/bench.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=build
 if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then build=$1; shift; fi
 threads=${QKV_THREADS:-2}
+only=
 while [ $# -gt 0 ]; do
     case $1 in
     --threads) threads=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -21,30 +28,58 @@ done
 # the library's own compiler and flags, from the Makefile
 mapfile -t f < <(make -s --no-print-directory -f Makefile -f bench/flags.mk bench-flags BUILD="$build")
 cc=${f[0]} cflags=${f[1]} ldflags=${f[2]} ldlibs=${f[3]}
-# shellcheck disable=SC2086
-$cc $cflags -o "$build/bench_ops" bench/bench_ops.c "$build/libqkv.a" $ldflags $ldlibs
+for b in ops mha transformer vit; do
+    # shellcheck disable=SC2086
+    $cc $cflags -o "$build/bench_$b" "bench/bench_$b.c" "$build/libqkv.a" $ldflags $ldlibs
+done
 
 out=$build/bench-results
-mkdir -p "$out"
-rm -f "$out"/*.txt
+mkdir -p "$out" "$out/models"
+rm -f "$out"/*.txt "$out"/models/*.txt
 # the same thread count for every runtime: qkv's OpenMP, torch's OpenMP and
 # intra-op pool, OpenBLAS and MKL
 export QKV_THREADS=$threads OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads \
        MKL_NUM_THREADS=$threads
 
-load_before=$(cut -d' ' -f1 /proc/loadavg)
-echo "qkv ..." >&2
-"$build/bench_ops" --threads "$threads" >"$out/1-qkv.txt"
-echo "PyTorch (Debian, /usr/bin/python3) ..." >&2
-/usr/bin/python3 bench/peer_ops.py --threads "$threads" >"$out/2-torch-debian.txt"
-if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
-    echo "no PyTorch in .venv: running scripts/bench-setup.sh" >&2
+if ! .venv/bin/python -c 'import torch, torchvision' 2>/dev/null; then
+    echo "no PyTorch or torchvision in .venv: running scripts/bench-setup.sh" >&2
     bash scripts/bench-setup.sh >&2 || echo "bench-setup failed: PyPI peer left out" >&2
 fi
-if .venv/bin/python -c 'import torch' 2>/dev/null; then
-    echo "PyTorch (PyPI, .venv) ..." >&2
-    .venv/bin/python bench/peer_ops.py --threads "$threads" >"$out/3-torch-pypi.txt"
+peers=(/usr/bin/python3)
+.venv/bin/python -c 'import torch' 2>/dev/null && peers+=(.venv/bin/python)
+
+load_before=$(cut -d' ' -f1 /proc/loadavg)
+if [ "$only" != models ]; then
+    echo "qkv ..." >&2
+    "$build/bench_ops" --threads "$threads" >"$out/1-qkv.txt"
+    echo "PyTorch (Debian, /usr/bin/python3) ..." >&2
+    /usr/bin/python3 bench/peer_ops.py --threads "$threads" >"$out/2-torch-debian.txt"
+    if [ ${#peers[@]} -gt 1 ]; then
+        echo "PyTorch (PyPI, .venv) ..." >&2
+        .venv/bin/python bench/peer_ops.py --threads "$threads" >"$out/3-torch-pypi.txt"
+    fi
 fi
+load_ops=$(cut -d' ' -f1 /proc/loadavg)
+
+# the models: per case qkv, then each peer, one after the other, so that
+# all three see the same load
+if [ "$only" != ops ]; then
+    for c in mha:mha_small mha:mha_large transformer:tf_book transformer:tf_large \
+             vit:vit_train vit:vitb16_b1 vit:vitb16_b8; do
+        prog=${c%%:*} case=${c#*:}
+        echo "$case: qkv ..." >&2
+        "$build/bench_$prog" "$case" --threads "$threads" >>"$out/models/1-qkv.txt" ||
+            echo "${case}_ms n/a" >>"$out/models/1-qkv.txt"
+        for i in "${!peers[@]}"; do
+            echo "$case: PyTorch (${peers[$i]}) ..." >&2
+            # PyTorch's warnings (nested tensors, masks) are not results
+            "${peers[$i]}" -W ignore "bench/peer_$prog.py" "$case" --threads "$threads" \
+                >>"$out/models/$((i + 2))-torch.txt" ||
+                echo "${case}_ms n/a" >>"$out/models/$((i + 2))-torch.txt"
+        done
+    done
+fi
+load_after=$(cut -d' ' -f1 /proc/loadavg)
 
 {
     model=$(lscpu | sed -n 's/^Model name: *//p')
@@ -53,7 +88,18 @@ fi
     echo "Machine: $model, $cores cores ($isa); $threads threads everywhere; $(date -u +%Y-%m-%d)."
     echo "Debian's libblas.so.3: $(readlink -f /etc/alternatives/libblas.so.3-x86_64-linux-gnu)"
     # other work on the machine distorts every number: say how much there was
-    echo "Load average (1 min) before and after: $load_before, $(cut -d' ' -f1 /proc/loadavg)."
-    echo
-    /usr/bin/python3 bench/table.py "$out"/*.txt
+    echo "Load average (1 min) before, after the ops and after the models:" \
+         "$load_before, $load_ops, $load_after."
+    if [ "$only" != models ]; then
+        echo
+        echo "### Ops"
+        echo
+        /usr/bin/python3 bench/table.py "$out"/*.txt
+    fi
+    if [ "$only" != ops ]; then
+        echo
+        echo "### Models"
+        echo
+        /usr/bin/python3 bench/table_models.py "$out"/models/*.txt
+    fi
 } | tee "$build/bench.md"

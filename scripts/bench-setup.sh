@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # bench-setup.sh - the PyPI peer of `make bench`: a virtual environment .venv
-# with the newest torch and numpy from PyPI. Does nothing if .venv already
-# imports torch; waits if another bench-setup is installing.
+# with the newest torch and numpy from PyPI, and torchvision (with pillow)
+# for the ViT benchmarks. Does nothing if .venv already imports all of them;
+# waits if another bench-setup is installing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec 9>"${TMPDIR:-/tmp}/qkv-bench-setup.lock"
 flock 9
-if .venv/bin/python -c 'import torch, numpy' 2>/dev/null; then
+if .venv/bin/python -c 'import torch, numpy, torchvision' 2>/dev/null; then
     echo ".venv has torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
     exit 0
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet torch numpy
+if ! .venv/bin/python -c 'import torch, numpy' 2>/dev/null; then
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet torch numpy
+fi
+# torchvision with the torch already there: a constraint keeps pip from
+# replacing torch by the version torchvision was built against
+pin=$(mktemp)
+trap 'rm -f "$pin"' EXIT
+.venv/bin/python -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' >"$pin"
+.venv/bin/python -m pip install --quiet --constraint "$pin" torchvision pillow ||
+    echo "bench-setup: no torchvision for this torch: the PyPI peer's ViT rows read n/a" >&2
 echo ".venv has torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"

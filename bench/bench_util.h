@@ -1,0 +1,154 @@
+/* bench_util.h - what the model benchmarks (bench_mha.c, bench_transformer.c,
+ * bench_vit.c) share: the clock, the median of timed steps, the memory a
+ * step needs, and the "key value" lines that bench/table_models.py reads.
+ * bench/peer_util.py is the PyTorch side's twin; both use the same method:
+ * `warmup` untimed steps, then the median of `reps` timed steps. */
+#ifndef QKV_BENCH_UTIL_H
+#define QKV_BENCH_UTIL_H
+
+#include "qkv.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+static inline double bench_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static inline int bench_by_value(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* One step of a benchmark: returns 0 on success. It leaves the step's
+ * tensors in ctx, so that the arena's peak can be read before the reset. */
+typedef int (*bench_step)(qkv_ctx *ctx, void *state);
+
+typedef struct {
+    double ms;          /* median milliseconds per step, -1 if a step failed */
+    size_t arena_peak;  /* the largest step arena of all steps, in bytes */
+} bench_result;
+
+#define BENCH_MAX_REPS 64
+
+static inline bench_result bench_time(qkv_ctx *ctx, bench_step step, void *state, int warmup,
+                                      int reps)
+{
+    bench_result r = {-1.0, 0};
+    double ms[BENCH_MAX_REPS];
+    reps = reps > BENCH_MAX_REPS ? BENCH_MAX_REPS : reps;
+    for (int i = 0; i < warmup + reps; i++) {
+        double t0 = bench_now();
+        if (step(ctx, state)) {
+            fprintf(stderr, "bench: %s\n", qkv_error());
+            return r;
+        }
+        double t = bench_now() - t0;
+        size_t peak = qkv_arena_peak(qkv_ctx_arena(ctx));
+        r.arena_peak = peak > r.arena_peak ? peak : r.arena_peak;
+        qkv_ctx_reset(ctx);
+        if (i >= warmup)
+            ms[i - warmup] = 1e3 * t;
+    }
+    qsort(ms, (size_t)reps, sizeof ms[0], bench_by_value);
+    r.ms = ms[reps / 2];
+    return r;
+}
+
+/* Thread count: --threads N, else $QKV_THREADS, else 2 (as bench/run.sh). */
+static inline int bench_threads(int argc, char **argv)
+{
+    int threads = 2;
+    const char *env = getenv("QKV_THREADS");
+    if (env && atoi(env) > 0)
+        threads = atoi(env);
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--threads"))
+            threads = atoi(argv[i + 1]);
+    return threads;
+}
+
+/* The case named on the command line (the first argument not an option or
+ * an option's value), or NULL. */
+static inline const char *bench_case(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads")) {
+            i++;
+            continue;
+        }
+        if (argv[i][0] != '-')
+            return argv[i];
+    }
+    return NULL;
+}
+
+static inline double bench_mib(double bytes) { return bytes / 1048576.0; }
+
+/* Resident memory now (from /proc/self/statm), in MiB; 0 if unknown. */
+static inline double bench_rss_now_mib(void)
+{
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return bench_mib((double)resident * (double)sysconf(_SC_PAGESIZE));
+}
+
+/* The process's resident memory before the benchmark built anything: the
+ * runtime's own share, subtracted from the peak on both sides. */
+static double bench_base_rss_mib;
+static inline void bench_start(void) { bench_base_rss_mib = bench_rss_now_mib(); }
+
+static inline double bench_peak_rss_mib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0; /* Linux reports KiB */
+}
+
+/* The key-value lines of one case: time, and memory as qkv accounts it
+ * (step arena; parameters and their gradients; optimizer moments) beside the
+ * process's peak RSS, which is what the PyTorch side can report too. */
+static inline void bench_report(const char *key, bench_result r, qkv_params *ps, qkv_optim *opt)
+{
+    int64_t values = 0, grads = 0, m1 = 0, m2 = 0;
+    qkv_params_values(ps, &values);
+    qkv_params_grads(ps, &grads);
+    if (opt) {
+        qkv_optim_state(opt, 0, &m1);
+        qkv_optim_state(opt, 1, &m2);
+    }
+    if (r.ms < 0) {
+        printf("%s_ms n/a\n", key);
+    } else {
+        printf("%s_ms %.3f\n", key, r.ms);
+        printf("%s_arena_mib %.1f\n", key, bench_mib((double)r.arena_peak));
+    }
+    printf("%s_params_mib %.1f\n", key, bench_mib(4.0 * (double)(values + grads)));
+    printf("%s_optim_mib %.1f\n", key, bench_mib(4.0 * (double)(m1 + m2)));
+    printf("%s_rss_mib %.1f\n", key, bench_peak_rss_mib());
+    printf("%s_base_mib %.1f\n", key, bench_base_rss_mib);
+    fflush(stdout);
+}
+
+static inline float *bench_randn(qkv_rng *r, int64_t n)
+{
+    float *p = malloc((size_t)n * sizeof *p);
+    for (int64_t i = 0; i < n && p; i++)
+        p[i] = (float)qkv_rng_normal(r);
+    return p;
+}
+
+#endif
