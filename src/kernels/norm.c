@@ -259,16 +259,15 @@ void qkv_k_layer_norm_backward(float *dx, float *dw, float *db, double *scratch,
     if (nblocks > N)
         nblocks = (int)N;
     bool params = dw || db;
-    /* the four sums of a block are padded apart: arrays a multiple of
-     * 4 KiB apart make the CPU stall on false store-to-load conflicts */
-    int64_t Cp = C + 16;
+    /* a block's sums as laid out in QKV_K_LAYER_NORM_SCRATCH */
+    int64_t Cd = QKV_K_LN_DOUBLES(C), Cf = QKV_K_LN_FLOATS(C), stride = 2 * Cd + Cf;
     if (params)
         memset(scratch, 0, (size_t)QKV_K_LAYER_NORM_SCRATCH(nblocks, C) * sizeof(double));
 #pragma omp parallel for if (N * C > PAR_WORK) schedule(static)
     for (int blk = 0; blk < nblocks; blk++) {
         /* this block's dw and db: double sums pw, pb and float parts fw, fb */
-        double *pw = scratch + 3 * (int64_t)blk * Cp, *pb = pw + Cp;
-        float *fw = params ? (float *)(pb + Cp) : NULL, *fb = params ? fw + Cp : NULL;
+        double *pw = scratch + blk * stride, *pb = pw + Cd;
+        float *fw = params ? (float *)(pb + Cd) : NULL, *fb = params ? fw + Cf : NULL;
         int64_t i0 = N * blk / nblocks, i1 = N * (blk + 1) / nblocks;
         for (int64_t i = i0; i < i1; i++) {
             /* one pass for the sums and the parts of dw, db while the row
@@ -293,8 +292,8 @@ void qkv_k_layer_norm_backward(float *dx, float *dw, float *db, double *scratch,
     for (int64_t j = 0; j < C; j++) {
         double sw = 0, sb = 0;
         for (int blk = 0; blk < nblocks; blk++) {
-            sw += scratch[3 * (int64_t)blk * Cp + j];
-            sb += scratch[3 * (int64_t)blk * Cp + Cp + j];
+            sw += scratch[blk * stride + j];
+            sb += scratch[blk * stride + Cd + j];
         }
         if (dw)
             dw[j] += (float)sw;

@@ -25,7 +25,13 @@ void qkv_k_layer_norm_forward(float *y, float *mean, float *rstd, const float *x
  * in parallel, each summing its dw, db into its own part of scratch
  * (QKV_K_LAYER_NORM_SCRATCH doubles); the parts are then added in order,
  * so the result depends on nblocks but not on thread timing. */
-#define QKV_K_LAYER_NORM_SCRATCH(nblocks, C) (3 * (int64_t)(nblocks) * ((int64_t)(C) + 16))
+#define QKV_K_LAYER_NORM_SCRATCH(nblocks, C)                                                 \
+    ((int64_t)(nblocks) * (2 * QKV_K_LN_DOUBLES(C) + QKV_K_LN_FLOATS(C)))
+/* A block's four sums (dw and db in double, their running parts in float)
+ * start 1 KiB apart modulo 4 KiB: arrays that share their low 12 address
+ * bits make the CPU stall on false store-to-load conflicts. */
+#define QKV_K_LN_DOUBLES(C) (((int64_t)(C) + 511) / 512 * 512 + 128)
+#define QKV_K_LN_FLOATS(C) (((int64_t)(C) + 1023) / 1024 * 1024 + 256)
 void qkv_k_layer_norm_backward(float *dx, float *dw, float *db, double *scratch, int nblocks,
                                const float *dy, const float *x, const float *mean,
                                const float *rstd, const float *w, int64_t N, int64_t C,
