@@ -36,13 +36,14 @@ static inline void store(float *p, __mmask16 k, __m512 v)
         _mm512_mask_storeu_ps(p, k, v);
 }
 
-/* qkv_k_expf on 16 lanes: the same clamp, reduction and polynomial, with
- * scalef doing the 2^n scaling in one rounding (as the split scaling does) */
-static inline __m512 exp16(__m512 x)
+/* qkv_k_expf on 16 lanes for x <= 0 or NaN (softmax's x - max): the same
+ * clamp, reduction and polynomial, with scalef doing the 2^n scaling in
+ * one rounding (as the split scaling does). Nothing overflows, so the
+ * upper clamp and the test for it, a fifth of the work, are left out. */
+static inline __m512 exp16_nonpositive(__m512 x)
 {
-    /* max and min return their second operand for NaN: NaN passes through */
+    /* max returns its second operand for NaN: NaN passes through */
     __m512 xc = _mm512_max_ps(_mm512_set1_ps(QKV_EXPF_MIN), x);
-    xc = _mm512_min_ps(_mm512_set1_ps(QKV_EXPF_MAX), xc);
     const __m512 shift = _mm512_set1_ps(0x1.8p23f);
     __m512 t = _mm512_fmadd_ps(xc, _mm512_set1_ps(0x1.715476p+0f), shift);
     __m512 n = _mm512_sub_ps(t, shift);
@@ -56,7 +57,14 @@ static inline __m512 exp16(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    __m512 y = _mm512_scalef_ps(p, n);
+    return _mm512_scalef_ps(p, n);
+}
+
+/* qkv_k_expf on 16 lanes, any x */
+static inline __m512 exp16(__m512 x)
+{
+    /* min returns its second operand for NaN: NaN passes through */
+    __m512 y = exp16_nonpositive(_mm512_min_ps(_mm512_set1_ps(QKV_EXPF_MAX), x));
     __mmask16 over = _mm512_cmp_ps_mask(x, _mm512_set1_ps(QKV_EXPF_MAX), _CMP_GT_OQ);
     return _mm512_mask_mov_ps(y, over, _mm512_set1_ps(INFINITY));
 }
@@ -83,7 +91,8 @@ static float row_max(const float *x, int64_t C)
     return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
 }
 
-/* sum_j exp(x_j - m), and y (C) = exp(x - m) unless y is NULL */
+/* sum_j exp(x_j - m), and y (C) = exp(x - m) unless y is NULL; m is the
+ * row's max (x - m <= 0) */
 static double exp_sum(float *y, const float *x, float m, int64_t C)
 {
     __m512 vm = _mm512_set1_ps(m), z = _mm512_setzero_ps();
@@ -91,14 +100,14 @@ static double exp_sum(float *y, const float *x, float m, int64_t C)
     int64_t j = 0;
     for (; j + 64 <= C; j += 64)
         for (int u = 0; u < 4; u++) {
-            __m512 e = exp16(_mm512_sub_ps(load(x + j + 16 * u, ALL), vm));
+            __m512 e = exp16_nonpositive(_mm512_sub_ps(load(x + j + 16 * u, ALL), vm));
             if (y)
                 store(y + j + 16 * u, ALL, e);
             s[u] = _mm512_add_ps(s[u], e);
         }
     for (int u = 0; j < C; j += 16, u++) {
         __mmask16 k = C - j >= 16 ? ALL : first(C - j);
-        __m512 e = exp16(_mm512_sub_ps(load(x + j, k), vm));
+        __m512 e = exp16_nonpositive(_mm512_sub_ps(load(x + j, k), vm));
         if (y)
             store(y + j, k, e);
         s[u] = _mm512_mask_add_ps(s[u], k, s[u], e);
