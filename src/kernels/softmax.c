@@ -7,10 +7,11 @@
  * The passes over a row are row primitives below, written twice: with
  * AVX-512 intrinsics (16 lanes, masked tails, the exp evaluated 16 at a time
  * with the same steps as qkv_k_expf, so the same results), and as plain
- * loops for other machines. The vector sums run in float over 4 x 16
- * lanes, each summing C / 64 values before the lanes are added as a tree:
- * a few roundings per value, well inside the tests' bounds and 4x less
- * work than converting every product to double. */
+ * loops (sums in double) for other machines. The vector sums run in
+ * float over 4 x 16 lanes, each summing C / 64 values before the lanes are
+ * added as a tree: a few roundings per value, well inside the tests'
+ * bounds, where converting every term to double would cost as much as the
+ * sum itself. */
 #include "softmax.h"
 
 /* Rows below this many elements in total stay on one thread. */
@@ -233,19 +234,21 @@ static double row_dot(const float *a, const float *b, int64_t C)
 }
 
 /* The exp and the sum in separate loops: gcc does not vectorise a loop
- * that both calls the inlined exp and sums in double. */
+ * that both calls the inlined exp and sums in double. Without y the exps
+ * go through a small buffer on the stack. */
 static double exp_sum(float *y, const float *x, float m, int64_t C)
 {
-    if (!y) {
-        double s = 0;
-        for (int64_t j = 0; j < C; j++)
-            s += qkv_k_expf(x[j] - m);
-        return s;
-    }
+    float buf[256];
+    double s = 0;
+    for (int64_t j0 = 0; j0 < C; j0 += 256) {
+        int64_t n = C - j0 < 256 ? C - j0 : 256;
+        float *e = y ? y + j0 : buf;
 #pragma omp simd
-    for (int64_t j = 0; j < C; j++)
-        y[j] = qkv_k_expf(x[j] - m);
-    return row_dot(y, NULL, C);
+        for (int64_t j = 0; j < n; j++)
+            e[j] = qkv_k_expf(x[j0 + j] - m);
+        s += row_dot(e, NULL, n);
+    }
+    return s;
 }
 
 static void row_scale(float *y, float s, int64_t C)
