@@ -1,6 +1,7 @@
 /* norm.c - layer norm (rows) and batch norm (channels), forward and
  * backward. Means and variances are taken in two passes over data that is
- * in cache (a row; a channel of a small batch) and summed in double. */
+ * in cache (a row; a channel of a small batch); batch norm sums in double,
+ * layer norm as its row primitives below say. */
 #include "norm.h"
 
 #include <math.h>
@@ -12,30 +13,14 @@
 /* ---- layer norm ----
  *
  * The passes over a row are row primitives, written twice: with AVX-512
- * intrinsics (16 lanes, masked tails, sums in float over 16 lanes of C / 16
- * values each, then added as a tree) and as plain loops summing in double
- * for other machines. */
+ * intrinsics (16 lanes, a masked tail, sums in float over 16 or 32 lanes of
+ * at most C / 16 values each, then added as a tree) and as plain loops
+ * summing in double for other machines. Rows run in parallel, one static
+ * share per thread; the backward's dw and db are summed per share in a
+ * fixed order (see qkv_k_layer_norm_backward). */
 
 #ifdef __AVX512F__
-#include <immintrin.h>
-
-/* Loads and stores of 16 lanes, or of the first lanes of mask k: each loop
- * below runs full vectors with k = ALL, which the inlined helpers turn into
- * plain loads and stores (masked stores are slow on some CPUs), then one
- * masked step for the tail. */
-#define ALL ((__mmask16)0xffff)
-static inline __mmask16 first(int64_t n) { return (__mmask16)((1u << n) - 1u); }
-static inline __m512 load(const float *p, __mmask16 k)
-{
-    return k == ALL ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(k, p);
-}
-static inline void store(float *p, __mmask16 k, __m512 v)
-{
-    if (k == ALL)
-        _mm512_storeu_ps(p, v);
-    else
-        _mm512_mask_storeu_ps(p, k, v);
-}
+#include "lanes512.h"
 
 /* mean (x) and sum (x - mean)^2 of a row, two passes over it in L1 */
 static void row_moments(float *mean, double *ss, const float *x, int64_t C)
@@ -43,22 +28,22 @@ static void row_moments(float *mean, double *ss, const float *x, int64_t C)
     __m512 s0 = _mm512_setzero_ps(), s1 = s0;
     int64_t j = 0;
     for (; j + 32 <= C; j += 32) {
-        s0 = _mm512_add_ps(s0, load(x + j, ALL));
-        s1 = _mm512_add_ps(s1, load(x + j + 16, ALL));
+        s0 = _mm512_add_ps(s0, qkv_load16(x + j, QKV_ALL));
+        s1 = _mm512_add_ps(s1, qkv_load16(x + j + 16, QKV_ALL));
     }
     for (; j < C; j += 16)
-        s0 = _mm512_add_ps(s0, load(x + j, C - j >= 16 ? ALL : first(C - j)));
+        s0 = _mm512_add_ps(s0, qkv_load16(x + j, C - j >= 16 ? QKV_ALL : qkv_lanes(C - j)));
     float mu = (float)(_mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) / (double)C);
     __m512 vmu = _mm512_set1_ps(mu), v0 = _mm512_setzero_ps(), v1 = v0;
     for (j = 0; j + 32 <= C; j += 32) {
-        __m512 d0 = _mm512_sub_ps(load(x + j, ALL), vmu);
-        __m512 d1 = _mm512_sub_ps(load(x + j + 16, ALL), vmu);
+        __m512 d0 = _mm512_sub_ps(qkv_load16(x + j, QKV_ALL), vmu);
+        __m512 d1 = _mm512_sub_ps(qkv_load16(x + j + 16, QKV_ALL), vmu);
         v0 = _mm512_fmadd_ps(d0, d0, v0);
         v1 = _mm512_fmadd_ps(d1, d1, v1);
     }
     for (; j < C; j += 16) {
-        __mmask16 k = C - j >= 16 ? ALL : first(C - j);
-        __m512 d = _mm512_maskz_sub_ps(k, load(x + j, k), vmu);
+        __mmask16 k = C - j >= 16 ? QKV_ALL : qkv_lanes(C - j);
+        __m512 d = _mm512_maskz_sub_ps(k, qkv_load16(x + j, k), vmu);
         v0 = _mm512_fmadd_ps(d, d, v0);
     }
     *mean = mu;
@@ -69,8 +54,8 @@ static void row_moments(float *mean, double *ss, const float *x, int64_t C)
 static inline void affine16(float *y, const float *x, __m512 rs, __m512 shift, const float *w,
                             const float *b, __mmask16 k)
 {
-    __m512 xh = _mm512_fmadd_ps(load(x, k), rs, shift);
-    store(y, k, _mm512_fmadd_ps(xh, load(w, k), load(b, k)));
+    __m512 xh = _mm512_fmadd_ps(qkv_load16(x, k), rs, shift);
+    qkv_store16(y, k, _mm512_fmadd_ps(xh, qkv_load16(w, k), qkv_load16(b, k)));
 }
 
 /* y (C) = (x rs + shift) w + b */
@@ -80,22 +65,22 @@ static void row_affine(float *y, const float *x, float rs, float shift, const fl
     __m512 vrs = _mm512_set1_ps(rs), vsh = _mm512_set1_ps(shift);
     int64_t j = 0;
     for (; j + 16 <= C; j += 16)
-        affine16(y + j, x + j, vrs, vsh, w + j, b + j, ALL);
+        affine16(y + j, x + j, vrs, vsh, w + j, b + j, QKV_ALL);
     if (j < C)
-        affine16(y + j, x + j, vrs, vsh, w + j, b + j, first(C - j));
+        affine16(y + j, x + j, vrs, vsh, w + j, b + j, qkv_lanes(C - j));
 }
 
 /* 16 lanes of row_backward_sums */
 static inline void sums16(__m512 *sa, __m512 *sb, float *fw, float *fb, const float *dy,
                           const float *x, __m512 mu, __m512 rs, const float *w, __mmask16 k)
 {
-    __m512 g = load(dy, k), xh = _mm512_mul_ps(_mm512_sub_ps(load(x, k), mu), rs);
-    __m512 gw = _mm512_mul_ps(g, load(w, k));
+    __m512 g = qkv_load16(dy, k), xh = _mm512_mul_ps(_mm512_sub_ps(qkv_load16(x, k), mu), rs);
+    __m512 gw = _mm512_mul_ps(g, qkv_load16(w, k));
     *sa = _mm512_add_ps(*sa, gw);
     *sb = _mm512_fmadd_ps(gw, xh, *sb);
     if (fw) {
-        store(fw, k, _mm512_fmadd_ps(g, xh, load(fw, k)));
-        store(fb, k, _mm512_add_ps(g, load(fb, k)));
+        qkv_store16(fw, k, _mm512_fmadd_ps(g, xh, qkv_load16(fw, k)));
+        qkv_store16(fb, k, _mm512_add_ps(g, qkv_load16(fb, k)));
     }
 }
 
@@ -109,14 +94,14 @@ static void row_backward_sums(double *a, double *b, float *fw, float *fb, const 
     int64_t j = 0;
     if (fw) {
         for (; j + 16 <= C; j += 16)
-            sums16(&sa, &sb, fw + j, fb + j, dy + j, x + j, vmu, vrs, w + j, ALL);
+            sums16(&sa, &sb, fw + j, fb + j, dy + j, x + j, vmu, vrs, w + j, QKV_ALL);
     } else {
         for (; j + 16 <= C; j += 16)
-            sums16(&sa, &sb, NULL, NULL, dy + j, x + j, vmu, vrs, w + j, ALL);
+            sums16(&sa, &sb, NULL, NULL, dy + j, x + j, vmu, vrs, w + j, QKV_ALL);
     }
     if (j < C)
         sums16(&sa, &sb, fw ? fw + j : NULL, fw ? fb + j : NULL, dy + j, x + j, vmu, vrs, w + j,
-               first(C - j));
+               qkv_lanes(C - j));
     *a = _mm512_reduce_add_ps(sa);
     *b = _mm512_reduce_add_ps(sb);
 }
@@ -129,9 +114,9 @@ static inline void dx16(float *dx, bool accumulate, const float *dy, const float
     /* rs (dy w - am - (x - mu) rs bm), in that order: folding rs into the
      * terms would leave rounding errors of rs dy w where they cancel, and
      * rs is large for rows of almost equal values */
-    __m512 t = _mm512_sub_ps(_mm512_mul_ps(load(dy, k), load(w, k)), am);
-    __m512 v = _mm512_mul_ps(rs, _mm512_fnmadd_ps(_mm512_sub_ps(load(x, k), mu), rsbm, t));
-    store(dx, k, accumulate ? _mm512_add_ps(v, load(dx, k)) : v);
+    __m512 t = _mm512_sub_ps(_mm512_mul_ps(qkv_load16(dy, k), qkv_load16(w, k)), am);
+    __m512 v = _mm512_mul_ps(rs, _mm512_fnmadd_ps(_mm512_sub_ps(qkv_load16(x, k), mu), rsbm, t));
+    qkv_store16(dx, k, accumulate ? _mm512_add_ps(v, qkv_load16(dx, k)) : v);
 }
 
 /* dx (C) (+)= rs (dy w - am - xhat bm), xhat = (x - mu) rs */
@@ -143,13 +128,13 @@ static void row_backward_dx(float *dx, bool accumulate, const float *dy, const f
     int64_t j = 0;
     if (accumulate) {
         for (; j + 16 <= C; j += 16)
-            dx16(dx + j, true, dy + j, x + j, w + j, vmu, vrs, rsbm, vam, ALL);
+            dx16(dx + j, true, dy + j, x + j, w + j, vmu, vrs, rsbm, vam, QKV_ALL);
     } else {
         for (; j + 16 <= C; j += 16)
-            dx16(dx + j, false, dy + j, x + j, w + j, vmu, vrs, rsbm, vam, ALL);
+            dx16(dx + j, false, dy + j, x + j, w + j, vmu, vrs, rsbm, vam, QKV_ALL);
     }
     if (j < C)
-        dx16(dx + j, accumulate, dy + j, x + j, w + j, vmu, vrs, rsbm, vam, first(C - j));
+        dx16(dx + j, accumulate, dy + j, x + j, w + j, vmu, vrs, rsbm, vam, qkv_lanes(C - j));
 }
 
 #else /* portable row primitives */

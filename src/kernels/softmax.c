@@ -18,24 +18,7 @@
 #define PAR_WORK 32768
 
 #ifdef __AVX512F__
-#include <immintrin.h>
-
-/* Loads and stores of 16 lanes, or of the first lanes of mask k: each loop
- * below runs full vectors with k = ALL, which the inlined helpers turn into
- * plain loads and stores, then one masked step for the tail. */
-#define ALL ((__mmask16)0xffff)
-static inline __mmask16 first(int64_t n) { return (__mmask16)((1u << n) - 1u); }
-static inline __m512 load(const float *p, __mmask16 k)
-{
-    return k == ALL ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(k, p);
-}
-static inline void store(float *p, __mmask16 k, __m512 v)
-{
-    if (k == ALL)
-        _mm512_storeu_ps(p, v);
-    else
-        _mm512_mask_storeu_ps(p, k, v);
-}
+#include "lanes512.h"
 
 /* qkv_k_expf on 16 lanes for x <= 0 or NaN (softmax's x - max): the same
  * clamp, reduction and polynomial, with scalef doing the 2^n scaling in
@@ -82,11 +65,11 @@ static float row_max(const float *x, int64_t C)
     int64_t j = 0;
     /* x second: a NaN in x is skipped, as the scalar `x > m ? x : m` */
     for (; j + 32 <= C; j += 32) {
-        m0 = _mm512_max_ps(load(x + j, ALL), m0);
-        m1 = _mm512_max_ps(load(x + j + 16, ALL), m1);
+        m0 = _mm512_max_ps(qkv_load16(x + j, QKV_ALL), m0);
+        m1 = _mm512_max_ps(qkv_load16(x + j + 16, QKV_ALL), m1);
     }
     for (; j < C; j += 16) {
-        __mmask16 k = C - j >= 16 ? ALL : first(C - j);
+        __mmask16 k = C - j >= 16 ? QKV_ALL : qkv_lanes(C - j);
         m0 = _mm512_max_ps(_mm512_mask_loadu_ps(m0, k, x + j), m0);
     }
     return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
@@ -101,16 +84,16 @@ static double exp_sum(float *y, const float *x, float m, int64_t C)
     int64_t j = 0;
     for (; j + 64 <= C; j += 64)
         for (int u = 0; u < 4; u++) {
-            __m512 e = exp16_nonpositive(_mm512_sub_ps(load(x + j + 16 * u, ALL), vm));
+            __m512 e = exp16_nonpositive(_mm512_sub_ps(qkv_load16(x + j + 16 * u, QKV_ALL), vm));
             if (y)
-                store(y + j + 16 * u, ALL, e);
+                qkv_store16(y + j + 16 * u, QKV_ALL, e);
             s[u] = _mm512_add_ps(s[u], e);
         }
     for (int u = 0; j < C; j += 16, u++) {
-        __mmask16 k = C - j >= 16 ? ALL : first(C - j);
-        __m512 e = exp16_nonpositive(_mm512_sub_ps(load(x + j, k), vm));
+        __mmask16 k = C - j >= 16 ? QKV_ALL : qkv_lanes(C - j);
+        __m512 e = exp16_nonpositive(_mm512_sub_ps(qkv_load16(x + j, k), vm));
         if (y)
-            store(y + j, k, e);
+            qkv_store16(y + j, k, e);
         s[u] = _mm512_mask_add_ps(s[u], k, s[u], e);
     }
     return sum4(s[0], s[1], s[2], s[3]);
@@ -124,13 +107,13 @@ static double row_dot(const float *a, const float *b, int64_t C)
     int64_t j = 0;
     for (; j + 64 <= C; j += 64)
         for (int u = 0; u < 4; u++) {
-            __m512 bv = b ? load(b + j + 16 * u, ALL) : one;
-            s[u] = _mm512_fmadd_ps(load(a + j + 16 * u, ALL), bv, s[u]);
+            __m512 bv = b ? qkv_load16(b + j + 16 * u, QKV_ALL) : one;
+            s[u] = _mm512_fmadd_ps(qkv_load16(a + j + 16 * u, QKV_ALL), bv, s[u]);
         }
     for (int u = 0; j < C; j += 16, u++) {
-        __mmask16 k = C - j >= 16 ? ALL : first(C - j);
-        __m512 bv = b ? load(b + j, k) : one;
-        s[u] = _mm512_fmadd_ps(load(a + j, k), bv, s[u]);
+        __mmask16 k = C - j >= 16 ? QKV_ALL : qkv_lanes(C - j);
+        __m512 bv = b ? qkv_load16(b + j, k) : one;
+        s[u] = _mm512_fmadd_ps(qkv_load16(a + j, k), bv, s[u]);
     }
     return sum4(s[0], s[1], s[2], s[3]);
 }
@@ -141,9 +124,10 @@ static void row_scale(float *y, float s, int64_t C)
     __m512 vs = _mm512_set1_ps(s);
     int64_t j = 0;
     for (; j + 16 <= C; j += 16)
-        store(y + j, ALL, _mm512_mul_ps(load(y + j, ALL), vs));
+        qkv_store16(y + j, QKV_ALL, _mm512_mul_ps(qkv_load16(y + j, QKV_ALL), vs));
+    __mmask16 k = qkv_lanes(C - j);
     if (j < C)
-        store(y + j, first(C - j), _mm512_mul_ps(load(y + j, first(C - j)), vs));
+        qkv_store16(y + j, k, _mm512_mul_ps(qkv_load16(y + j, k), vs));
 }
 
 /* y (C) = x - shift */
@@ -152,17 +136,18 @@ static void row_shift(float *y, const float *x, float shift, int64_t C)
     __m512 vs = _mm512_set1_ps(shift);
     int64_t j = 0;
     for (; j + 16 <= C; j += 16)
-        store(y + j, ALL, _mm512_sub_ps(load(x + j, ALL), vs));
+        qkv_store16(y + j, QKV_ALL, _mm512_sub_ps(qkv_load16(x + j, QKV_ALL), vs));
+    __mmask16 k = qkv_lanes(C - j);
     if (j < C)
-        store(y + j, first(C - j), _mm512_sub_ps(load(x + j, first(C - j)), vs));
+        qkv_store16(y + j, k, _mm512_sub_ps(qkv_load16(x + j, k), vs));
 }
 
 /* 16 lanes of softmax_row_backward */
 static inline void softmax16(float *dx, const float *y, const float *dy, __m512 d,
                              bool accumulate, __mmask16 k)
 {
-    __m512 v = _mm512_mul_ps(load(y, k), _mm512_sub_ps(load(dy, k), d));
-    store(dx, k, accumulate ? _mm512_add_ps(load(dx, k), v) : v);
+    __m512 v = _mm512_mul_ps(qkv_load16(y, k), _mm512_sub_ps(qkv_load16(dy, k), d));
+    qkv_store16(dx, k, accumulate ? _mm512_add_ps(qkv_load16(dx, k), v) : v);
 }
 
 /* softmax backward of a row: dx (C) (+)= y * (dy - d) */
@@ -173,21 +158,21 @@ static void softmax_row_backward(float *dx, const float *y, const float *dy, flo
     int64_t j = 0;
     if (accumulate) {
         for (; j + 16 <= C; j += 16)
-            softmax16(dx + j, y + j, dy + j, vd, true, ALL);
+            softmax16(dx + j, y + j, dy + j, vd, true, QKV_ALL);
     } else {
         for (; j + 16 <= C; j += 16)
-            softmax16(dx + j, y + j, dy + j, vd, false, ALL);
+            softmax16(dx + j, y + j, dy + j, vd, false, QKV_ALL);
     }
     if (j < C)
-        softmax16(dx + j, y + j, dy + j, vd, accumulate, first(C - j));
+        softmax16(dx + j, y + j, dy + j, vd, accumulate, qkv_lanes(C - j));
 }
 
 /* 16 lanes of log_softmax_row_backward */
 static inline void log_softmax16(float *dx, const float *y, const float *dy, __m512 s,
                                  bool accumulate, __mmask16 k)
 {
-    __m512 v = _mm512_fnmadd_ps(exp16(load(y, k)), s, load(dy, k));
-    store(dx, k, accumulate ? _mm512_add_ps(load(dx, k), v) : v);
+    __m512 v = _mm512_fnmadd_ps(exp16(qkv_load16(y, k)), s, qkv_load16(dy, k));
+    qkv_store16(dx, k, accumulate ? _mm512_add_ps(qkv_load16(dx, k), v) : v);
 }
 
 /* log-softmax backward of a row: dx (C) (+)= dy - exp(y) * s */
@@ -198,13 +183,13 @@ static void log_softmax_row_backward(float *dx, const float *y, const float *dy,
     int64_t j = 0;
     if (accumulate) {
         for (; j + 16 <= C; j += 16)
-            log_softmax16(dx + j, y + j, dy + j, vs, true, ALL);
+            log_softmax16(dx + j, y + j, dy + j, vs, true, QKV_ALL);
     } else {
         for (; j + 16 <= C; j += 16)
-            log_softmax16(dx + j, y + j, dy + j, vs, false, ALL);
+            log_softmax16(dx + j, y + j, dy + j, vs, false, QKV_ALL);
     }
     if (j < C)
-        log_softmax16(dx + j, y + j, dy + j, vs, accumulate, first(C - j));
+        log_softmax16(dx + j, y + j, dy + j, vs, accumulate, qkv_lanes(C - j));
 }
 
 #else /* portable row primitives; sums in double */
