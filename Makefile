@@ -61,7 +61,7 @@ $(DEPS_OK): scripts/install-deps.sh
 	@mkdir -p $(BUILD) && touch $@
 deps: ; @bash scripts/install-deps.sh
 
-$(BUILD)/obj/%.o: %.c include/qkv.h $(wildcard src/*.h src/*/*.h tests/*.h) | $(DEPS_OK)
+$(BUILD)/obj/%.o: %.c include/qkv.h $(wildcard src/*.h src/*/*.h tests/*.h tools/qkv/*.h) | $(DEPS_OK)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 

@@ -155,7 +155,27 @@ def d2l(g, arch, lens=None, B=2, N=4, M=6, qs=5, ks=3, h=7, Dv=4):
     return m.state_dict(), None, inputs, [], expected
 
 
+def vit(g, channels=3, image=16, patch=4, layers=2, hidden=16, heads=4, mlp=32, classes=5,
+        heads_in_meta=True):
+    """torchvision's VisionTransformer with random weights (its head starts at zero, so
+    every parameter is refilled); one-channel models replace conv_proj as docs/vit.md says."""
+    from torchvision.models.vision_transformer import VisionTransformer
+    m = VisionTransformer(image, patch, layers, heads, hidden, mlp, num_classes=classes).eval()
+    if channels != 3:
+        m.conv_proj = nn.Conv2d(channels, hidden, patch, patch)
+    fill(g, m)
+    x = r(g, 2, channels, image, image)
+    with torch.no_grad():
+        logits = m(x)
+    meta = {"num_heads": str(heads)} if heads_in_meta else None
+    args = [] if heads_in_meta else ["--heads", str(heads)]
+    return m.state_dict(), meta, {"x": x}, args, {"logits": logits}
+
+
 CASES = {
+    "vit_rgb_meta_heads": ("vit", lambda g: vit(g)),
+    "vit_gray_flag_heads": ("vit", lambda g: vit(g, channels=1, image=12, patch=3, layers=1,
+                                                 heads=2, heads_in_meta=False)),
     "mha_self_seq_first": ("mha", lambda g: mha(g, self_attn=True)),
     "mha_self_batch_first_kpm": ("mha", lambda g: mha(g, self_attn=True, batch_first=True,
                                                       kpm="bool")),

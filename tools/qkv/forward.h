@@ -29,7 +29,8 @@
     X(mha, "torch.nn.MultiheadAttention: query, key, value -> attn_output, attn_weights")   \
     X(additive, "d2l AdditiveAttention: queries, keys, values -> output, attention_weights") \
     X(dot, "d2l DotProductAttention: queries, keys, values -> output, attention_weights") \
-    X(transformer, "torch.nn.Transformer: src, tgt and PyTorch's masks -> output")
+    X(transformer, "torch.nn.Transformer: src, tgt and PyTorch's masks -> output")          \
+    X(vit, "torchvision VisionTransformer: x (N, C, H, W) -> logits")
 
 typedef struct {
     qkv_ctx *ctx;
