@@ -10,6 +10,7 @@
  * BLEU.
  */
 #include "args.h"
+#include "cli_util.h"
 #include "commands.h"
 #include "qkv.h"
 
@@ -33,34 +34,6 @@ typedef struct {
 static const char *const book_en[] = {"go .", "i lost .", "he's calm .", "i'm home ."};
 static const char *const book_fr[] = {"va !", "j'ai perdu .", "il est calme .",
                                       "je suis chez moi ."};
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* mkdir -p; 0 or -1 with errno. */
-static int make_dirs(const char *path)
-{
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    for (char *p = buf + 1;; p++) {
-        char c = *p;
-        if (c != '/' && c != '\0')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            return -1;
-        *p = c;
-        if (!c)
-            return 0;
-    }
-}
 
 /* The tokens of a vocabulary, one per line (tokens never hold spaces or
  * newlines: they come from splitting lines on spaces). malloc'd. */
@@ -255,7 +228,7 @@ static int run(options *o)
     char **preds = NULL, **refs = NULL;
     char path[4200], config[1024];
 
-    double t0 = now();
+    double t0 = cli_now();
     if (qkv_nmt_load(&d, o->data, o->examples, o->num_steps) != QKV_OK)
         goto fail;
     specials sp = {qkv_vocab_id(d.tgt_vocab, "<bos>"), qkv_vocab_id(d.tgt_vocab, "<eos>"),
@@ -265,7 +238,7 @@ static int run(options *o)
            "%lld fr (%.1f s)\n",
            (long long)d.n, (long long)n_train, (long long)n_val, (long long)o->num_steps,
            (long long)qkv_vocab_size(d.src_vocab), (long long)qkv_vocab_size(d.tgt_vocab),
-           now() - t0);
+           cli_now() - t0);
 
     qkv_tf_config cfg = {.layout = QKV_TF_D2L, .d_model = o->hidden, .n_heads = o->heads,
                          .d_ffn = o->ffn, .n_enc = o->blocks, .n_dec = o->blocks,
@@ -311,7 +284,7 @@ static int run(options *o)
     int64_t *base = order + d.n;
     memcpy(base, train_rows, (size_t)n_train * sizeof *base);
 
-    if (make_dirs(o->out_dir)) {
+    if (cli_make_dirs(o->out_dir)) {
         qkv_set_error(QKV_ERR_IO, "cannot create %s: %s", o->out_dir, strerror(errno));
         goto fail;
     }
@@ -342,11 +315,11 @@ static int run(options *o)
     for (int64_t e = first_epoch; e < o->epochs; e++) {
         memcpy(train_rows, base, (size_t)n_train * sizeof *base);
         qkv_rng_shuffle(&data_rng, train_rows, n_train);
-        double loss, tokens, te = now();
+        double loss, tokens, te = cli_now();
         if (train_epoch(ctx, &m, ps, opt, &d, o, &sp, train_rows, n_train, buf, &loss, &tokens,
                         &bar, e + 1))
             goto fail;
-        te = now() - te;
+        te = cli_now() - te;
         train_time += te;
         total_tokens += tokens;
         double val = n_val > 0 ? eval_loss(ctx, &m, &d, o, &sp, val_rows, n_val, buf) : NAN;
@@ -396,7 +369,7 @@ static int run(options *o)
     qkv_metrics_write(metrics, o->epochs, 1, bn, bv);
 
     if (n_val > 0) {
-        double tb = now();
+        double tb = cli_now();
         preds = calloc((size_t)n_val, sizeof *preds);
         refs = calloc((size_t)n_val, sizeof *refs);
         if (!preds || !refs) {
@@ -419,7 +392,7 @@ static int run(options *o)
         }
         double cb = qkv_corpus_bleu(n_val, (const char *const *)preds, (const char *const *)refs);
         printf("held-out corpus BLEU (%lld pairs, %s): %.2f (%.1f s)\n", (long long)n_val,
-               o->beam > 1 ? "beam" : "greedy", 100.0 * cb, now() - tb);
+               o->beam > 1 ? "beam" : "greedy", 100.0 * cb, cli_now() - tb);
         for (int64_t i = 0; i < 5 && i < n_val; i++)
             printf("  %s  |  reference: %s\n", preds[i], refs[i]);
         const char *cn[] = {"held_out_bleu"};

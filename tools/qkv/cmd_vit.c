@@ -7,6 +7,7 @@
  * Models are torchvision VisionTransformer state dicts (docs/vit.md).
  */
 #include "args.h"
+#include "cli_util.h"
 #include "commands.h"
 #include "qkv.h"
 
@@ -24,34 +25,6 @@ static const char *const class_names[10] = {"T-shirt/top", "Trouser", "Pullover"
 /* Images per forward when evaluating; training and `eval vit` use the same,
  * so that both sum in the same order and agree to the last image. */
 #define EVAL_BATCH 500
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* mkdir -p; 0 or -1 with errno. */
-static int make_dirs(const char *path)
-{
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    for (char *p = buf + 1;; p++) {
-        char c = *p;
-        if (c != '/' && c != '\0')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            return -1;
-        *p = c;
-        if (!c)
-            return 0;
-    }
-}
 
 static void join(char *buf, size_t n, const char *dir, const char *file)
 {
@@ -296,7 +269,7 @@ static int train(const train_options *o)
         fprintf(stderr, "qkv: out of memory\n");
         goto done;
     }
-    if (make_dirs(o->out_dir) != 0) {
+    if (cli_make_dirs(o->out_dir) != 0) {
         fprintf(stderr, "qkv: cannot create %s: %s\n", o->out_dir, strerror(errno));
         goto done;
     }
@@ -352,14 +325,14 @@ static int train(const train_options *o)
     fflush(stdout);
     int64_t size = mc->image_size, K = mc->num_classes;
     qkv_ce_opts ce = {.ignore_index = QKV_NO_IGNORE, .label_smoothing = (float)rc.label_smoothing};
-    double t_run = now_s();
+    double t_run = cli_now();
     int64_t n_points = 0;
     for (int64_t e = first_epoch; e < epochs; e++) {
         for (int64_t i = 0; i < n_train; i++)
             idx[i] = i;
         qkv_rng_shuffle(&info.rng[1], idx, n_train);
         qkv_set_training(ctx, 1);
-        double t0 = now_s(), loss_sum = 0.0;
+        double t0 = cli_now(), loss_sum = 0.0;
         int64_t right = 0, seen = 0;
         qkv_progress bar;
         char label[48], extra[96];
@@ -403,11 +376,11 @@ static int train(const train_options *o)
             seen += B;
             qkv_ctx_reset(ctx);
             snprintf(extra, sizeof extra, "loss %.4f %.0f img/s", loss_sum / (double)(s + 1),
-                     (double)seen / (now_s() - t0));
+                     (double)seen / (cli_now() - t0));
             qkv_progress_update(&bar, s + 1, extra);
         }
         qkv_progress_finish(&bar, extra);
-        double t_train = now_s() - t0;
+        double t_train = cli_now() - t0;
         int64_t test_right = evaluate(ctx, &md.m, &te, n_test, NULL);
         if (test_right < 0) {
             fprintf(stderr, "qkv: %s\n", qkv_error());
@@ -416,7 +389,7 @@ static int train(const train_options *o)
         double loss = loss_sum / (double)(steps_per_epoch > 0 ? steps_per_epoch : 1);
         double train_acc = seen ? (double)right / (double)seen : 0.0;
         double test_acc = (double)test_right / (double)n_test;
-        double ips = (double)seen / t_train, elapsed = now_s() - t_run;
+        double ips = (double)seen / t_train, elapsed = cli_now() - t_run;
         printf("epoch %lld/%lld  loss %.4f  train acc %.4f  test accuracy %.4f (%lld/%lld)  "
                "%.0f img/s  %.0f s\n",
                (long long)e + 1, (long long)epochs, loss, train_acc, test_acc,

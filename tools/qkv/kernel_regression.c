@@ -7,6 +7,7 @@
  * weights as PNG pictures.
  */
 #include "args.h"
+#include "cli_util.h"
 #include "commands.h"
 #include "qkv.h"
 
@@ -19,27 +20,6 @@
 /* Widths of the Gaussian kernel that v1.0.3 compares. */
 static const float gaussian_sigmas[] = {0.1f, 0.2f, 0.5f, 1.0f};
 #define N_SIGMAS (int)(sizeof gaussian_sigmas / sizeof gaussian_sigmas[0])
-
-/* mkdir -p; 0 or -1 with errno. */
-static int make_dirs(const char *path)
-{
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    for (char *p = buf + 1;; p++) {
-        char c = *p;
-        if (c != '/' && c != '\0')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            return -1;
-        *p = c;
-        if (!c)
-            return 0;
-    }
-}
 
 static double mse(const float *a, const float *b, int64_t n)
 {
@@ -148,7 +128,7 @@ static int run(const options *o)
     snprintf(name, sizeof name, "parametric, w %.4g", (double)w);
     printf("  %-30s %10.6f\n", name, mse(y_p, d.y_truth, nq));
 
-    if (make_dirs(o->out_dir) != 0) {
+    if (cli_make_dirs(o->out_dir) != 0) {
         qkv_set_error(QKV_ERR_IO, "cannot create directory '%s': %s", o->out_dir,
                       strerror(errno));
         goto fail;
