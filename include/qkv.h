@@ -46,6 +46,19 @@
  *     qkv_params_free(ps);
  *     qkv_ctx_free(ctx);
  *
+ * CONTENTS (in this order)
+ *
+ *   base         errors, threads, progress bar, random numbers, arena
+ *   tensors      the tensor type; the context (step arena, tape, modes)
+ *   ops          arithmetic, unary, reductions, matmul, shape ops, softmax,
+ *                norms, dropout, convolution, pooling, losses; attention
+ *   training     parameters, initialisers, optimizers, clipping, schedules
+ *   io           safetensors, state dicts and checkpoints, datasets, the
+ *                data loader, images, pictures and metrics
+ *   nn           modules: Linear, attention, multi-head attention, positional
+ *                encodings, the Transformer's blocks
+ *   models       kernel regression, the translation Transformer, ViT
+ *
  * SHAPES
  *
  *   Shapes are written outermost first, as PyTorch writes them. Legend used in
@@ -641,6 +654,260 @@ QKV_API float qkv_lr_cosine(float base, int64_t step, int64_t warmup, int64_t to
 QKV_API float qkv_lr_inverse_sqrt(int64_t d_model, int64_t step, int64_t warmup);
 
 /* ------------------------------------------------------------------------ */
+/* safetensors                                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+    QKV_DT_F32 = 0, QKV_DT_F16, QKV_DT_BF16, QKV_DT_F64, QKV_DT_I64, QKV_DT_I32,
+    QKV_DT_U8, QKV_DT_I8, QKV_DT_BOOL
+} qkv_dtype;
+
+typedef struct qkv_st_file qkv_st_file;
+
+/* Opens (memory-maps) and validates a file: header length, JSON, dtypes,
+ * shapes against byte ranges, ranges inside the file, no overlaps. NULL with
+ * a message naming the file, the tensor and the problem. */
+QKV_API qkv_st_file *qkv_st_open(const char *path);
+QKV_API void qkv_st_close(qkv_st_file *f);
+QKV_API int64_t qkv_st_count(const qkv_st_file *f);
+QKV_API const char *qkv_st_name(const qkv_st_file *f, int64_t i);
+/* Index of a tensor by name, or -1. */
+QKV_API int64_t qkv_st_find(const qkv_st_file *f, const char *name);
+QKV_API qkv_dtype qkv_st_dtype(const qkv_st_file *f, int64_t i);
+/* Returns ndim; fills shape (QKV_MAX_DIMS entries). */
+QKV_API int qkv_st_shape(const qkv_st_file *f, int64_t i, int64_t *shape);
+QKV_API int64_t qkv_st_numel(const qkv_st_file *f, int64_t i);
+/* Converts tensor i to float32 into out (numel floats). */
+QKV_API qkv_status qkv_st_read_f32(const qkv_st_file *f, int64_t i, float *out);
+/* Converts an integer or bool tensor to int64 into out. */
+QKV_API qkv_status qkv_st_read_i64(const qkv_st_file *f, int64_t i, int64_t *out);
+/* __metadata__ value for key, or NULL. */
+QKV_API const char *qkv_st_meta(const qkv_st_file *f, const char *key);
+/* Loads tensor `name` into a new arena tensor (float32). NULL if absent. */
+QKV_API qkv_tensor *qkv_st_load(qkv_ctx *ctx, const qkv_st_file *f, const char *name);
+
+typedef struct qkv_st_writer qkv_st_writer;
+QKV_API qkv_st_writer *qkv_st_writer_new(void);
+QKV_API void qkv_st_writer_free(qkv_st_writer *w);
+/* Adds a tensor; the data is copied, converted from float32 to `dtype`
+ * (F32, F16 or BF16). */
+QKV_API qkv_status qkv_st_add_f32(qkv_st_writer *w, const char *name, qkv_dtype dtype,
+                                  int ndim, const int64_t *shape, const float *data);
+QKV_API qkv_status qkv_st_add_i64(qkv_st_writer *w, const char *name, int ndim,
+                                  const int64_t *shape, const int64_t *data);
+/* Adds integers stored as `dtype` (I64, I32, I8, U8 or BOOL); a value
+ * outside the dtype's range is an error and adds nothing. */
+QKV_API qkv_status qkv_st_add_int(qkv_st_writer *w, const char *name, qkv_dtype dtype,
+                                  int ndim, const int64_t *shape, const int64_t *data);
+/* Adds a contiguous or strided tensor as F32. */
+QKV_API qkv_status qkv_st_add_tensor(qkv_st_writer *w, const char *name, const qkv_tensor *t);
+QKV_API qkv_status qkv_st_set_meta(qkv_st_writer *w, const char *key, const char *value);
+/* Writes to path.tmp, flushes, fsyncs and renames to path. */
+QKV_API qkv_status qkv_st_write(qkv_st_writer *w, const char *path);
+
+/* ------------------------------------------------------------------------ */
+/* State dicts and checkpoints                                               */
+/* ------------------------------------------------------------------------ */
+
+/* Saves every parameter and buffer under its name, as `dtype` (F32, F16 or
+ * BF16): a file PyTorch's load_state_dict accepts. Atomic. */
+QKV_API qkv_status qkv_params_save(qkv_params *ps, const char *path, qkv_dtype dtype);
+/* Loads every parameter and buffer by name. Any missing key or shape
+ * mismatch is an error listing them all by name; with `strict`, so is any
+ * unexpected key (keys starting with "__" are never model keys). Nothing is
+ * changed unless everything fits. */
+QKV_API qkv_status qkv_params_load(qkv_params *ps, const char *path, int strict);
+/* Same from an open file; `what` names it in messages. */
+QKV_API qkv_status qkv_params_load_file(qkv_params *ps, const qkv_st_file *f, const char *what,
+                                        int strict);
+
+#define QKV_CKPT_RNGS 2
+typedef struct {
+    int64_t step, epoch;          /* where the run stands                      */
+    qkv_rng rng[QKV_CKPT_RNGS];   /* e.g. the ctx RNG (dropout), the data RNG  */
+    const char *config;           /* the run's configuration (JSON), or NULL   */
+    char config_buf[4096];        /* load: holds the configuration text        */
+} qkv_checkpoint_info;
+
+/* Writes model, optimizer moments and step count (opt may be NULL), and
+ * info, to `path` atomically: the previous file stays intact until the new
+ * one is complete on disk. */
+QKV_API qkv_status qkv_checkpoint_save(const char *path, qkv_params *ps, qkv_optim *opt,
+                                       const qkv_checkpoint_info *info);
+/* Restores what qkv_checkpoint_save wrote, strictly; opt and info may be NULL. */
+QKV_API qkv_status qkv_checkpoint_load(const char *path, qkv_params *ps, qkv_optim *opt,
+                                       qkv_checkpoint_info *info);
+
+/* ------------------------------------------------------------------------ */
+/* Datasets                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Fashion-MNIST (or MNIST) from IDX files, gzip-compressed or not:
+ * dir/{train,t10k}-images-idx3-ubyte[.gz] and -labels-idx1-ubyte[.gz]. dir
+ * NULL means QKV_MNIST_DIR (Debian's dataset-fashion-mnist). train: 1 for
+ * the training set (60000), 0 for the test set (10000). images (n, rows,
+ * cols) and labels (n) are malloc'd; qkv_mnist_free releases them. A missing
+ * or truncated file, a wrong magic number or a label above 9 is an error
+ * naming the file. */
+typedef struct {
+    int64_t n, rows, cols;
+    uint8_t *images; /* (n, rows, cols), 0..255, row-major */
+    uint8_t *labels; /* (n), 0..9 */
+} qkv_mnist;
+#define QKV_MNIST_DIR "/usr/share/datasets/fashion-mnist"
+QKV_API qkv_status qkv_mnist_load(qkv_mnist *out, const char *dir, int train);
+QKV_API void qkv_mnist_free(qkv_mnist *m);
+
+/* A vocabulary as d2l's Vocab: id 0 is "<unk>", then the reserved tokens,
+ * then every token seen at least min_freq times, most frequent first (ties in
+ * order of first appearance). */
+typedef struct qkv_vocab qkv_vocab;
+QKV_API int64_t qkv_vocab_size(const qkv_vocab *v);
+/* The token of an id, or NULL if out of range. */
+QKV_API const char *qkv_vocab_token(const qkv_vocab *v, int64_t id);
+/* The id of a token, 0 ("<unk>") if unknown. */
+QKV_API int64_t qkv_vocab_id(const qkv_vocab *v, const char *token);
+
+/* English-French pairs (one "english TAB french" per line) prepared as d2l
+ * r0.17's load_data_nmt: U+202F and U+00A0 become spaces, text is lowercased,
+ * a space goes before , . ! ? not preceded by one; tokens split on single
+ * spaces; vocabularies with min_freq 2 and reserved <pad> <bos> <eos>; each
+ * sentence gets <eos>, then is truncated or padded with <pad> to num_steps;
+ * valid lengths count the non-pad ids. As d2l's tokenize_nmt, lines 0 to
+ * num_examples inclusive are read (so 600 gives 601 pairs); num_examples 0
+ * reads every line. path NULL means $QKV_FRA_ENG, else QKV_FRA_ENG_PATH. */
+typedef struct {
+    int64_t n, num_steps;
+    int64_t *src, *tgt;             /* (n, num_steps) token ids         */
+    int64_t *src_valid, *tgt_valid; /* (n) ids before the padding       */
+    qkv_vocab *src_vocab, *tgt_vocab;
+} qkv_nmt_data;
+#define QKV_FRA_ENG_PATH "../shared/data/fra-eng/fra.txt"
+QKV_API qkv_status qkv_nmt_load(qkv_nmt_data *out, const char *path, int64_t num_examples,
+                                int64_t num_steps);
+QKV_API void qkv_nmt_free(qkv_nmt_data *d);
+/* One sentence for inference as d2l's predict_seq2seq: lowercased, split on
+ * spaces (no space is inserted before punctuation), ids (num_steps) get its
+ * ids, <eos>, then <pad> or truncation. Returns d2l's enc_valid_len, the
+ * token count + 1 before truncation; -1 on bad arguments. */
+QKV_API int64_t qkv_nmt_encode(const qkv_vocab *v, const char *sentence, int64_t num_steps,
+                               int64_t *ids);
+
+/* ------------------------------------------------------------------------ */
+/* Data loader: mini-batches of a shuffled order, each prepared by a worker */
+/* thread while the caller trains on the one before.                        */
+/* ------------------------------------------------------------------------ */
+
+/* Writes the examples idx[0..n) (n <= batch_size) into `batch` (batch_bytes
+ * bytes, 64-byte aligned). rng is this batch's own stream, for augmentation.
+ * Runs on the loader's thread: it must not touch the caller's qkv_ctx. On
+ * failure it returns non-zero, with a message set by qkv_set_error. */
+typedef qkv_status (*qkv_loader_fill_fn)(void *user, const int64_t *idx, int64_t n,
+                                         qkv_rng *rng, void *batch);
+typedef struct {
+    int64_t n_examples;     /* > 0 */
+    int64_t batch_size;     /* > 0 */
+    int shuffle;            /* 0: examples in order 0, 1, .., n_examples - 1 */
+    int drop_last;          /* 1: no last partial batch */
+    uint64_t seed;
+    size_t batch_bytes;     /* > 0: the size of one prepared batch */
+    qkv_loader_fill_fn fill;
+    void *user;             /* passed to fill */
+} qkv_loader_config;
+typedef struct qkv_loader qkv_loader;
+
+/* Allocates the order and two batch buffers and starts the thread; nothing
+ * is allocated after this. NULL (with qkv_error) on a bad config. One thread
+ * at a time calls the functions below on a loader. */
+QKV_API qkv_loader *qkv_loader_new(const qkv_loader_config *cfg);
+/* Begins epoch `epoch` (>= 0) and has batch 0 prepared. The order is a
+ * Fisher-Yates shuffle seeded from (seed, epoch) and batch b's rng from
+ * (seed, epoch, b), nothing else: a run resumed at epoch e sees the batches
+ * an uninterrupted one would. Ends the epoch under way, if any. */
+QKV_API qkv_status qkv_loader_start_epoch(qkv_loader *l, int64_t epoch);
+/* The next batch of the epoch (*n_out examples), waiting until it is ready;
+ * it stays valid until the next call. NULL at the end of the epoch (then
+ * *n_out = 0 and qkv_error_status() is QKV_OK) or on error: the fill's status
+ * and message, or QKV_ERR_STATE before qkv_loader_start_epoch. */
+QKV_API const void *qkv_loader_next(qkv_loader *l, int64_t *n_out);
+/* Batches per epoch. */
+QKV_API int64_t qkv_loader_batches(const qkv_loader *l);
+/* Waits for a fill under way to return, stops the thread, frees all. */
+QKV_API void qkv_loader_free(qkv_loader *l);
+
+/* ------------------------------------------------------------------------ */
+/* Images                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* A float image (C, H, W) with values in [0, 1] as torchvision's ToTensor;
+ * data is malloc'd and released by qkv_image_free. */
+typedef struct {
+    int64_t c, h, w;
+    float *data;
+} qkv_image;
+
+/* Reads a PNG or JPEG file (told apart by content). Grey images give C = 1,
+ * colour ones C = 3; alpha is dropped, 16-bit samples are scaled to [0, 1].
+ * Images of more than 2^26 pixels are refused (QKV_ERR_FORMAT). */
+QKV_API qkv_status qkv_image_read(qkv_image *img, const char *path);
+/* The same from bytes in memory. */
+QKV_API qkv_status qkv_image_decode(qkv_image *img, const void *bytes, size_t len);
+/* Writes an 8-bit PNG (C 1 or 3), values clamped to [0, 1] and rounded. */
+QKV_API qkv_status qkv_image_write_png(const qkv_image *img, const char *path);
+QKV_API void qkv_image_free(qkv_image *img);
+/* Bilinear resize to (h, w) as torch.nn.functional.interpolate(mode=
+ * 'bilinear', align_corners=False, antialias=False). dst is a new image. */
+QKV_API qkv_status qkv_image_resize(qkv_image *dst, const qkv_image *src, int64_t h, int64_t w);
+/* The (h, w) window at (top, left), which must lie inside src. */
+QKV_API qkv_status qkv_image_crop(qkv_image *dst, const qkv_image *src, int64_t top,
+                                  int64_t left, int64_t h, int64_t w);
+/* Mirrors left to right, in place. */
+QKV_API void qkv_image_hflip(qkv_image *img);
+/* (x - mean[c]) / std[c] per channel, in place (torchvision Normalize). */
+QKV_API void qkv_image_normalize(qkv_image *img, const float *mean, const float *std);
+
+/* ------------------------------------------------------------------------ */
+/* Pictures and metrics                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Attention weights as d2l's show_heatmaps: w (rows, cols, Q, K), one panel
+ * per (row, col) (e.g. layer x head) with queries down and keys across, one
+ * colour scale for all panels with a bar, and axis labels. Writes a PNG. */
+typedef struct {
+    const char *xlabel;          /* NULL: "Keys"    */
+    const char *ylabel;          /* NULL: "Queries" */
+    const char *const *titles;   /* rows*cols panel titles, or NULL */
+    int cell;                    /* pixels per weight; 0 chooses */
+} qkv_heatmap_opts;
+QKV_API qkv_status qkv_plot_heatmaps(const char *path, const float *w, int64_t rows,
+                                     int64_t cols, int64_t nq, int64_t nk,
+                                     const qkv_heatmap_opts *opts);
+
+/* Training curves: one line per series, y against x (x NULL: 1, 2, .., n),
+ * with ticks, labels and a legend. Writes a PNG. */
+typedef struct {
+    const char *name;
+    const float *x, *y;
+    int64_t n;
+    int points;   /* nonzero: draw the points as dots, not joined (data) */
+} qkv_series;
+typedef struct {
+    const char *xlabel, *ylabel, *title; /* NULL: "epoch", none, none */
+    int log_y;                           /* logarithmic y axis */
+} qkv_plot_opts;
+QKV_API qkv_status qkv_plot_lines(const char *path, int nseries, const qkv_series *series,
+                                  const qkv_plot_opts *opts);
+
+/* Metrics as JSON lines, one object per epoch: {"epoch": 3, "loss": 0.25}.
+ * Each line is flushed when written; NaN and infinities are written as null. */
+typedef struct qkv_metrics qkv_metrics;
+/* Creates (truncates) path. NULL with an error if it cannot. */
+QKV_API qkv_metrics *qkv_metrics_open(const char *path);
+QKV_API qkv_status qkv_metrics_write(qkv_metrics *m, int64_t epoch, int n,
+                                     const char *const *names, const double *values);
+QKV_API qkv_status qkv_metrics_close(qkv_metrics *m);
+
+/* ------------------------------------------------------------------------ */
 /* Modules (nn). A module is a struct of parameter pointers with three steps: */
 /*   qkv_nn_X_init(m, ps, prefix, ...)  declares its parameters in a store    */
 /*                                      under PyTorch's state_dict names;     */
@@ -909,366 +1176,6 @@ QKV_API qkv_tensor *qkv_transformer_decode_step(qkv_ctx *ctx, const qkv_transfor
 QKV_API qkv_status qkv_tf_cache_reorder(qkv_ctx *ctx, qkv_tf_cache *c, const int64_t *from);
 
 /* ------------------------------------------------------------------------ */
-/* Models: the book's Transformer for translation (d2l r0.17 / v1.0.3)       */
-/* ------------------------------------------------------------------------ */
-
-/* Embedding * sqrt(E) + sinusoidal positions, dropout, the blocks, and for
- * the decoder a Linear to the target vocabulary. Names as d2l's
- * EncoderDecoder: "encoder.embedding.weight", .., "decoder.dense.weight". */
-typedef struct {
-    qkv_transformer tf;
-    qkv_tensor *src_embedding, *tgt_embedding; /* (V_src, E), (V_tgt, E) */
-    qkv_nn_linear dense;                       /* (V_tgt, E) */
-    int64_t src_vocab, tgt_vocab;
-} qkv_seq2seq;
-/* cfg->layout must be QKV_TF_D2L. */
-QKV_API qkv_status qkv_seq2seq_init(qkv_seq2seq *m, qkv_params *ps, const qkv_tf_config *cfg,
-                                    int64_t src_vocab, int64_t tgt_vocab);
-/* Embeddings N(0, 1), Linear weights xavier_uniform (train_seq2seq). */
-QKV_API void qkv_seq2seq_reset(qkv_seq2seq *m, qkv_rng *r);
-/* Teacher forcing: src (B, S) ids with src_valid (B), dec_in (B, T) ids ->
- * logits (B, T, V_tgt). masks (may be NULL) only collects weights. */
-QKV_API qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
-                                        const int64_t *src_valid, int64_t batch, int64_t src_len,
-                                        const int64_t *dec_in, int64_t tgt_len,
-                                        qkv_tf_masks *masks);
-/* Translation of one source (src_len ids, valid length src_valid) in eval
- * mode without gradients, at most max_len tokens, stopping at eos (not
- * written). beam <= 1: greedy, as d2l's predict_seq2seq; else beam search
- * keeping `beam` hypotheses, ranked by log-probability / length^alpha
- * (length counts the eos). out receives the ids; returns their count or -1.
- * attn (may be NULL, greedy only): encoder self-attention (n_enc, H, S, S),
- * decoder self (n_dec, H, max_len, max_len) and cross (n_dec, H, max_len, S)
- * weights, rows beyond the output zero. Uses ctx's arena (reset after). */
-typedef struct {
-    float *enc, *dec_self, *dec_cross;
-} qkv_seq2seq_attn;
-QKV_API int64_t qkv_seq2seq_translate(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
-                                      int64_t src_len, int64_t src_valid, int64_t bos,
-                                      int64_t eos, int64_t max_len, int beam, float alpha,
-                                      int64_t *out, qkv_seq2seq_attn *attn);
-
-/* BLEU as d2l's bleu(): tokens split on single spaces, n-grams 1..k,
- * exp(min(0, 1 - len_label / len_pred)) * prod_n p_n^(1/2^n). 0 when the
- * prediction has fewer than k tokens. */
-QKV_API double qkv_bleu(const char *pred, const char *label, int k);
-/* Corpus BLEU as sacrebleu (tokenize "none": split on spaces): clipped
- * n-gram matches summed over the corpus, n = 1..4, geometric mean, brevity
- * penalty exp(1 - r/c) over the total lengths, sacrebleu's default "exp"
- * smoothing of zero counts. In [0, 1] (sacrebleu prints 100x). */
-QKV_API double qkv_corpus_bleu(int64_t n, const char *const *preds, const char *const *refs);
-
-/* ------------------------------------------------------------------------ */
-/* safetensors                                                               */
-/* ------------------------------------------------------------------------ */
-
-typedef enum {
-    QKV_DT_F32 = 0, QKV_DT_F16, QKV_DT_BF16, QKV_DT_F64, QKV_DT_I64, QKV_DT_I32,
-    QKV_DT_U8, QKV_DT_I8, QKV_DT_BOOL
-} qkv_dtype;
-
-typedef struct qkv_st_file qkv_st_file;
-
-/* Opens (memory-maps) and validates a file: header length, JSON, dtypes,
- * shapes against byte ranges, ranges inside the file, no overlaps. NULL with
- * a message naming the file, the tensor and the problem. */
-QKV_API qkv_st_file *qkv_st_open(const char *path);
-QKV_API void qkv_st_close(qkv_st_file *f);
-QKV_API int64_t qkv_st_count(const qkv_st_file *f);
-QKV_API const char *qkv_st_name(const qkv_st_file *f, int64_t i);
-/* Index of a tensor by name, or -1. */
-QKV_API int64_t qkv_st_find(const qkv_st_file *f, const char *name);
-QKV_API qkv_dtype qkv_st_dtype(const qkv_st_file *f, int64_t i);
-/* Returns ndim; fills shape (QKV_MAX_DIMS entries). */
-QKV_API int qkv_st_shape(const qkv_st_file *f, int64_t i, int64_t *shape);
-QKV_API int64_t qkv_st_numel(const qkv_st_file *f, int64_t i);
-/* Converts tensor i to float32 into out (numel floats). */
-QKV_API qkv_status qkv_st_read_f32(const qkv_st_file *f, int64_t i, float *out);
-/* Converts an integer or bool tensor to int64 into out. */
-QKV_API qkv_status qkv_st_read_i64(const qkv_st_file *f, int64_t i, int64_t *out);
-/* __metadata__ value for key, or NULL. */
-QKV_API const char *qkv_st_meta(const qkv_st_file *f, const char *key);
-/* Loads tensor `name` into a new arena tensor (float32). NULL if absent. */
-QKV_API qkv_tensor *qkv_st_load(qkv_ctx *ctx, const qkv_st_file *f, const char *name);
-
-typedef struct qkv_st_writer qkv_st_writer;
-QKV_API qkv_st_writer *qkv_st_writer_new(void);
-QKV_API void qkv_st_writer_free(qkv_st_writer *w);
-/* Adds a tensor; the data is copied, converted from float32 to `dtype`
- * (F32, F16 or BF16). */
-QKV_API qkv_status qkv_st_add_f32(qkv_st_writer *w, const char *name, qkv_dtype dtype,
-                                  int ndim, const int64_t *shape, const float *data);
-QKV_API qkv_status qkv_st_add_i64(qkv_st_writer *w, const char *name, int ndim,
-                                  const int64_t *shape, const int64_t *data);
-/* Adds integers stored as `dtype` (I64, I32, I8, U8 or BOOL); a value
- * outside the dtype's range is an error and adds nothing. */
-QKV_API qkv_status qkv_st_add_int(qkv_st_writer *w, const char *name, qkv_dtype dtype,
-                                  int ndim, const int64_t *shape, const int64_t *data);
-/* Adds a contiguous or strided tensor as F32. */
-QKV_API qkv_status qkv_st_add_tensor(qkv_st_writer *w, const char *name, const qkv_tensor *t);
-QKV_API qkv_status qkv_st_set_meta(qkv_st_writer *w, const char *key, const char *value);
-/* Writes to path.tmp, flushes, fsyncs and renames to path. */
-QKV_API qkv_status qkv_st_write(qkv_st_writer *w, const char *path);
-
-/* ------------------------------------------------------------------------ */
-/* Datasets                                                                  */
-/* ------------------------------------------------------------------------ */
-
-/* Fashion-MNIST (or MNIST) from IDX files, gzip-compressed or not:
- * dir/{train,t10k}-images-idx3-ubyte[.gz] and -labels-idx1-ubyte[.gz]. dir
- * NULL means QKV_MNIST_DIR (Debian's dataset-fashion-mnist). train: 1 for
- * the training set (60000), 0 for the test set (10000). images (n, rows,
- * cols) and labels (n) are malloc'd; qkv_mnist_free releases them. A missing
- * or truncated file, a wrong magic number or a label above 9 is an error
- * naming the file. */
-typedef struct {
-    int64_t n, rows, cols;
-    uint8_t *images; /* (n, rows, cols), 0..255, row-major */
-    uint8_t *labels; /* (n), 0..9 */
-} qkv_mnist;
-#define QKV_MNIST_DIR "/usr/share/datasets/fashion-mnist"
-QKV_API qkv_status qkv_mnist_load(qkv_mnist *out, const char *dir, int train);
-QKV_API void qkv_mnist_free(qkv_mnist *m);
-
-/* A vocabulary as d2l's Vocab: id 0 is "<unk>", then the reserved tokens,
- * then every token seen at least min_freq times, most frequent first (ties in
- * order of first appearance). */
-typedef struct qkv_vocab qkv_vocab;
-QKV_API int64_t qkv_vocab_size(const qkv_vocab *v);
-/* The token of an id, or NULL if out of range. */
-QKV_API const char *qkv_vocab_token(const qkv_vocab *v, int64_t id);
-/* The id of a token, 0 ("<unk>") if unknown. */
-QKV_API int64_t qkv_vocab_id(const qkv_vocab *v, const char *token);
-
-/* English-French pairs (one "english TAB french" per line) prepared as d2l
- * r0.17's load_data_nmt: U+202F and U+00A0 become spaces, text is lowercased,
- * a space goes before , . ! ? not preceded by one; tokens split on single
- * spaces; vocabularies with min_freq 2 and reserved <pad> <bos> <eos>; each
- * sentence gets <eos>, then is truncated or padded with <pad> to num_steps;
- * valid lengths count the non-pad ids. As d2l's tokenize_nmt, lines 0 to
- * num_examples inclusive are read (so 600 gives 601 pairs); num_examples 0
- * reads every line. path NULL means $QKV_FRA_ENG, else QKV_FRA_ENG_PATH. */
-typedef struct {
-    int64_t n, num_steps;
-    int64_t *src, *tgt;             /* (n, num_steps) token ids         */
-    int64_t *src_valid, *tgt_valid; /* (n) ids before the padding       */
-    qkv_vocab *src_vocab, *tgt_vocab;
-} qkv_nmt_data;
-#define QKV_FRA_ENG_PATH "../shared/data/fra-eng/fra.txt"
-QKV_API qkv_status qkv_nmt_load(qkv_nmt_data *out, const char *path, int64_t num_examples,
-                                int64_t num_steps);
-QKV_API void qkv_nmt_free(qkv_nmt_data *d);
-/* One sentence for inference as d2l's predict_seq2seq: lowercased, split on
- * spaces (no space is inserted before punctuation), ids (num_steps) get its
- * ids, <eos>, then <pad> or truncation. Returns d2l's enc_valid_len, the
- * token count + 1 before truncation; -1 on bad arguments. */
-QKV_API int64_t qkv_nmt_encode(const qkv_vocab *v, const char *sentence, int64_t num_steps,
-                               int64_t *ids);
-
-/* ------------------------------------------------------------------------ */
-/* Data loader: mini-batches of a shuffled order, each prepared by a worker */
-/* thread while the caller trains on the one before.                        */
-/* ------------------------------------------------------------------------ */
-
-/* Writes the examples idx[0..n) (n <= batch_size) into `batch` (batch_bytes
- * bytes, 64-byte aligned). rng is this batch's own stream, for augmentation.
- * Runs on the loader's thread: it must not touch the caller's qkv_ctx. On
- * failure it returns non-zero, with a message set by qkv_set_error. */
-typedef qkv_status (*qkv_loader_fill_fn)(void *user, const int64_t *idx, int64_t n,
-                                         qkv_rng *rng, void *batch);
-typedef struct {
-    int64_t n_examples;     /* > 0 */
-    int64_t batch_size;     /* > 0 */
-    int shuffle;            /* 0: examples in order 0, 1, .., n_examples - 1 */
-    int drop_last;          /* 1: no last partial batch */
-    uint64_t seed;
-    size_t batch_bytes;     /* > 0: the size of one prepared batch */
-    qkv_loader_fill_fn fill;
-    void *user;             /* passed to fill */
-} qkv_loader_config;
-typedef struct qkv_loader qkv_loader;
-
-/* Allocates the order and two batch buffers and starts the thread; nothing
- * is allocated after this. NULL (with qkv_error) on a bad config. One thread
- * at a time calls the functions below on a loader. */
-QKV_API qkv_loader *qkv_loader_new(const qkv_loader_config *cfg);
-/* Begins epoch `epoch` (>= 0) and has batch 0 prepared. The order is a
- * Fisher-Yates shuffle seeded from (seed, epoch) and batch b's rng from
- * (seed, epoch, b), nothing else: a run resumed at epoch e sees the batches
- * an uninterrupted one would. Ends the epoch under way, if any. */
-QKV_API qkv_status qkv_loader_start_epoch(qkv_loader *l, int64_t epoch);
-/* The next batch of the epoch (*n_out examples), waiting until it is ready;
- * it stays valid until the next call. NULL at the end of the epoch (then
- * *n_out = 0 and qkv_error_status() is QKV_OK) or on error: the fill's status
- * and message, or QKV_ERR_STATE before qkv_loader_start_epoch. */
-QKV_API const void *qkv_loader_next(qkv_loader *l, int64_t *n_out);
-/* Batches per epoch. */
-QKV_API int64_t qkv_loader_batches(const qkv_loader *l);
-/* Waits for a fill under way to return, stops the thread, frees all. */
-QKV_API void qkv_loader_free(qkv_loader *l);
-
-/* ------------------------------------------------------------------------ */
-/* Images                                                                    */
-/* ------------------------------------------------------------------------ */
-
-/* A float image (C, H, W) with values in [0, 1] as torchvision's ToTensor;
- * data is malloc'd and released by qkv_image_free. */
-typedef struct {
-    int64_t c, h, w;
-    float *data;
-} qkv_image;
-
-/* Reads a PNG or JPEG file (told apart by content). Grey images give C = 1,
- * colour ones C = 3; alpha is dropped, 16-bit samples are scaled to [0, 1].
- * Images of more than 2^26 pixels are refused (QKV_ERR_FORMAT). */
-QKV_API qkv_status qkv_image_read(qkv_image *img, const char *path);
-/* The same from bytes in memory. */
-QKV_API qkv_status qkv_image_decode(qkv_image *img, const void *bytes, size_t len);
-/* Writes an 8-bit PNG (C 1 or 3), values clamped to [0, 1] and rounded. */
-QKV_API qkv_status qkv_image_write_png(const qkv_image *img, const char *path);
-QKV_API void qkv_image_free(qkv_image *img);
-/* Bilinear resize to (h, w) as torch.nn.functional.interpolate(mode=
- * 'bilinear', align_corners=False, antialias=False). dst is a new image. */
-QKV_API qkv_status qkv_image_resize(qkv_image *dst, const qkv_image *src, int64_t h, int64_t w);
-/* The (h, w) window at (top, left), which must lie inside src. */
-QKV_API qkv_status qkv_image_crop(qkv_image *dst, const qkv_image *src, int64_t top,
-                                  int64_t left, int64_t h, int64_t w);
-/* Mirrors left to right, in place. */
-QKV_API void qkv_image_hflip(qkv_image *img);
-/* (x - mean[c]) / std[c] per channel, in place (torchvision Normalize). */
-QKV_API void qkv_image_normalize(qkv_image *img, const float *mean, const float *std);
-
-/* ------------------------------------------------------------------------ */
-/* Pictures and metrics                                                      */
-/* ------------------------------------------------------------------------ */
-
-/* Attention weights as d2l's show_heatmaps: w (rows, cols, Q, K), one panel
- * per (row, col) (e.g. layer x head) with queries down and keys across, one
- * colour scale for all panels with a bar, and axis labels. Writes a PNG. */
-typedef struct {
-    const char *xlabel;          /* NULL: "Keys"    */
-    const char *ylabel;          /* NULL: "Queries" */
-    const char *const *titles;   /* rows*cols panel titles, or NULL */
-    int cell;                    /* pixels per weight; 0 chooses */
-} qkv_heatmap_opts;
-QKV_API qkv_status qkv_plot_heatmaps(const char *path, const float *w, int64_t rows,
-                                     int64_t cols, int64_t nq, int64_t nk,
-                                     const qkv_heatmap_opts *opts);
-
-/* Training curves: one line per series, y against x (x NULL: 1, 2, .., n),
- * with ticks, labels and a legend. Writes a PNG. */
-typedef struct {
-    const char *name;
-    const float *x, *y;
-    int64_t n;
-    int points;   /* nonzero: draw the points as dots, not joined (data) */
-} qkv_series;
-typedef struct {
-    const char *xlabel, *ylabel, *title; /* NULL: "epoch", none, none */
-    int log_y;                           /* logarithmic y axis */
-} qkv_plot_opts;
-QKV_API qkv_status qkv_plot_lines(const char *path, int nseries, const qkv_series *series,
-                                  const qkv_plot_opts *opts);
-
-/* Metrics as JSON lines, one object per epoch: {"epoch": 3, "loss": 0.25}.
- * Each line is flushed when written; NaN and infinities are written as null. */
-typedef struct qkv_metrics qkv_metrics;
-/* Creates (truncates) path. NULL with an error if it cannot. */
-QKV_API qkv_metrics *qkv_metrics_open(const char *path);
-QKV_API qkv_status qkv_metrics_write(qkv_metrics *m, int64_t epoch, int n,
-                                     const char *const *names, const double *values);
-QKV_API qkv_status qkv_metrics_close(qkv_metrics *m);
-
-/* ------------------------------------------------------------------------ */
-/* State dicts and checkpoints                                               */
-/* ------------------------------------------------------------------------ */
-
-/* Saves every parameter and buffer under its name, as `dtype` (F32, F16 or
- * BF16): a file PyTorch's load_state_dict accepts. Atomic. */
-QKV_API qkv_status qkv_params_save(qkv_params *ps, const char *path, qkv_dtype dtype);
-/* Loads every parameter and buffer by name. Any missing key or shape
- * mismatch is an error listing them all by name; with `strict`, so is any
- * unexpected key (keys starting with "__" are never model keys). Nothing is
- * changed unless everything fits. */
-QKV_API qkv_status qkv_params_load(qkv_params *ps, const char *path, int strict);
-/* Same from an open file; `what` names it in messages. */
-QKV_API qkv_status qkv_params_load_file(qkv_params *ps, const qkv_st_file *f, const char *what,
-                                        int strict);
-
-#define QKV_CKPT_RNGS 2
-typedef struct {
-    int64_t step, epoch;          /* where the run stands                      */
-    qkv_rng rng[QKV_CKPT_RNGS];   /* e.g. the ctx RNG (dropout), the data RNG  */
-    const char *config;           /* the run's configuration (JSON), or NULL   */
-    char config_buf[4096];        /* load: holds the configuration text        */
-} qkv_checkpoint_info;
-
-/* Writes model, optimizer moments and step count (opt may be NULL), and
- * info, to `path` atomically: the previous file stays intact until the new
- * one is complete on disk. */
-QKV_API qkv_status qkv_checkpoint_save(const char *path, qkv_params *ps, qkv_optim *opt,
-                                       const qkv_checkpoint_info *info);
-/* Restores what qkv_checkpoint_save wrote, strictly; opt and info may be NULL. */
-QKV_API qkv_status qkv_checkpoint_load(const char *path, qkv_params *ps, qkv_optim *opt,
-                                       qkv_checkpoint_info *info);
-
-/* ------------------------------------------------------------------------ */
-/* Models: Vision Transformer (d2l v1.0.3 "vision-transformer") in the      */
-/* state_dict layout of torchvision 0.14's VisionTransformer (docs/vit.md)   */
-/* ------------------------------------------------------------------------ */
-
-/* Names: "conv_proj.weight" (C, Cin, p, p), "conv_proj.bias", "class_token"
- * (1, 1, C), "encoder.pos_embedding" (1, S + 1, C) with S = (image/p)^2,
- * "encoder.layers.encoder_layer_N.{ln_1, self_attention.in_proj_weight,
- * self_attention.in_proj_bias, self_attention.out_proj, ln_2, mlp.0,
- * mlp.3}", "encoder.ln", "heads.head". torchvision fixes Cin = 3; qkv also
- * takes Cin = 1 (Fashion-MNIST), which torchvision loads after its
- * conv_proj is replaced by a Conv2d(1, C, p, p). */
-typedef struct {
-    int64_t image_size, patch_size, in_channels;
-    int64_t hidden_dim, mlp_dim, num_heads, num_layers, num_classes;
-    float dropout;           /* after the embedding, attention and in the MLP */
-    float attention_dropout; /* on the attention weights */
-    float ln_eps;            /* 0 means 1e-6, torchvision's */
-} qkv_vit_config;
-
-#define QKV_VIT_MAX_LAYERS 32
-typedef struct {
-    qkv_tensor *ln_1_weight, *ln_1_bias, *ln_2_weight, *ln_2_bias;
-    qkv_nn_mha self_attention;     /* batch first */
-    qkv_nn_linear mlp_0, mlp_3;    /* (mlp_dim, C), (C, mlp_dim) */
-} qkv_vit_block;
-typedef struct {
-    qkv_vit_config cfg;
-    qkv_tensor *conv_proj_weight, *conv_proj_bias, *class_token, *pos_embedding;
-    qkv_vit_block layers[QKV_VIT_MAX_LAYERS];
-    qkv_tensor *ln_weight, *ln_bias;
-    qkv_nn_linear head;
-} qkv_vit;
-
-QKV_API qkv_status qkv_vit_init(qkv_vit *m, qkv_params *ps, const qkv_vit_config *cfg);
-/* torchvision's initialisation: conv_proj trunc_normal(std sqrt(1/fan_in)),
- * class token 0, positions N(0, 0.02), attention as nn.MultiheadAttention,
- * MLP xavier_uniform with N(0, 1e-6) biases, head zero. */
-QKV_API void qkv_vit_reset(qkv_vit *m, qkv_rng *r);
-/* The configuration a state dict implies: image, patch, channels, width,
- * depth, MLP and classes from the shapes; num_heads from the metadata key
- * "num_heads" unless cfg->num_heads is already set (> 0). Dropouts are left
- * as cfg has them. */
-QKV_API qkv_status qkv_vit_config_from_file(qkv_vit_config *cfg, const qkv_st_file *f);
-/* x (B, Cin, image, image) -> logits (B, K). attn (NULL, or num_layers
- * pointers) receives each block's head-averaged attention weights
- * (B, S + 1, S + 1), taken before dropout (unfused path). */
-QKV_API qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x,
-                                    qkv_tensor **attn);
-/* Attention rollout (Abnar & Zuidema 2020) of one image: w holds L
- * head-averaged weight matrices (N, N) back to back; each becomes
- * 0.5 W + 0.5 I with rows renormalised, and their product from the first
- * block to the last gives the class token's row, of which map receives the
- * N - 1 patch entries, scaled to a maximum of 1. */
-QKV_API qkv_status qkv_vit_rollout(float *map, const float *w, int64_t L, int64_t N);
-
-/* ------------------------------------------------------------------------ */
 /* Models: kernel regression (Nadaraya-Watson attention pooling, d2l r0.17   */
 /* "nadaraya-watson", kernels from v1.0.3 "attention-pooling")               */
 /* ------------------------------------------------------------------------ */
@@ -1325,6 +1232,112 @@ QKV_API qkv_status qkv_kreg_train(float *w, const float *x_train, const float *y
 QKV_API qkv_status qkv_kreg_predict(float *y_hat, float *weights, const float *queries,
                                     int64_t n_q, const float *keys, const float *values,
                                     int64_t n_k, float w);
+
+/* ------------------------------------------------------------------------ */
+/* Models: the book's Transformer for translation (d2l r0.17 / v1.0.3)       */
+/* ------------------------------------------------------------------------ */
+
+/* Embedding * sqrt(E) + sinusoidal positions, dropout, the blocks, and for
+ * the decoder a Linear to the target vocabulary. Names as d2l's
+ * EncoderDecoder: "encoder.embedding.weight", .., "decoder.dense.weight". */
+typedef struct {
+    qkv_transformer tf;
+    qkv_tensor *src_embedding, *tgt_embedding; /* (V_src, E), (V_tgt, E) */
+    qkv_nn_linear dense;                       /* (V_tgt, E) */
+    int64_t src_vocab, tgt_vocab;
+} qkv_seq2seq;
+/* cfg->layout must be QKV_TF_D2L. */
+QKV_API qkv_status qkv_seq2seq_init(qkv_seq2seq *m, qkv_params *ps, const qkv_tf_config *cfg,
+                                    int64_t src_vocab, int64_t tgt_vocab);
+/* Embeddings N(0, 1), Linear weights xavier_uniform (train_seq2seq). */
+QKV_API void qkv_seq2seq_reset(qkv_seq2seq *m, qkv_rng *r);
+/* Teacher forcing: src (B, S) ids with src_valid (B), dec_in (B, T) ids ->
+ * logits (B, T, V_tgt). masks (may be NULL) only collects weights. */
+QKV_API qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                                        const int64_t *src_valid, int64_t batch, int64_t src_len,
+                                        const int64_t *dec_in, int64_t tgt_len,
+                                        qkv_tf_masks *masks);
+/* Translation of one source (src_len ids, valid length src_valid) in eval
+ * mode without gradients, at most max_len tokens, stopping at eos (not
+ * written). beam <= 1: greedy, as d2l's predict_seq2seq; else beam search
+ * keeping `beam` hypotheses, ranked by log-probability / length^alpha
+ * (length counts the eos). out receives the ids; returns their count or -1.
+ * attn (may be NULL, greedy only): encoder self-attention (n_enc, H, S, S),
+ * decoder self (n_dec, H, max_len, max_len) and cross (n_dec, H, max_len, S)
+ * weights, rows beyond the output zero. Uses ctx's arena (reset after). */
+typedef struct {
+    float *enc, *dec_self, *dec_cross;
+} qkv_seq2seq_attn;
+QKV_API int64_t qkv_seq2seq_translate(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                                      int64_t src_len, int64_t src_valid, int64_t bos,
+                                      int64_t eos, int64_t max_len, int beam, float alpha,
+                                      int64_t *out, qkv_seq2seq_attn *attn);
+
+/* BLEU as d2l's bleu(): tokens split on single spaces, n-grams 1..k,
+ * exp(min(0, 1 - len_label / len_pred)) * prod_n p_n^(1/2^n). 0 when the
+ * prediction has fewer than k tokens. */
+QKV_API double qkv_bleu(const char *pred, const char *label, int k);
+/* Corpus BLEU as sacrebleu (tokenize "none": split on spaces): clipped
+ * n-gram matches summed over the corpus, n = 1..4, geometric mean, brevity
+ * penalty exp(1 - r/c) over the total lengths, sacrebleu's default "exp"
+ * smoothing of zero counts. In [0, 1] (sacrebleu prints 100x). */
+QKV_API double qkv_corpus_bleu(int64_t n, const char *const *preds, const char *const *refs);
+
+/* ------------------------------------------------------------------------ */
+/* Models: Vision Transformer (d2l v1.0.3 "vision-transformer") in the      */
+/* state_dict layout of torchvision 0.14's VisionTransformer (docs/vit.md)   */
+/* ------------------------------------------------------------------------ */
+
+/* Names: "conv_proj.weight" (C, Cin, p, p), "conv_proj.bias", "class_token"
+ * (1, 1, C), "encoder.pos_embedding" (1, S + 1, C) with S = (image/p)^2,
+ * "encoder.layers.encoder_layer_N.{ln_1, self_attention.in_proj_weight,
+ * self_attention.in_proj_bias, self_attention.out_proj, ln_2, mlp.0,
+ * mlp.3}", "encoder.ln", "heads.head". torchvision fixes Cin = 3; qkv also
+ * takes Cin = 1 (Fashion-MNIST), which torchvision loads after its
+ * conv_proj is replaced by a Conv2d(1, C, p, p). */
+typedef struct {
+    int64_t image_size, patch_size, in_channels;
+    int64_t hidden_dim, mlp_dim, num_heads, num_layers, num_classes;
+    float dropout;           /* after the embedding, attention and in the MLP */
+    float attention_dropout; /* on the attention weights */
+    float ln_eps;            /* 0 means 1e-6, torchvision's */
+} qkv_vit_config;
+
+#define QKV_VIT_MAX_LAYERS 32
+typedef struct {
+    qkv_tensor *ln_1_weight, *ln_1_bias, *ln_2_weight, *ln_2_bias;
+    qkv_nn_mha self_attention;     /* batch first */
+    qkv_nn_linear mlp_0, mlp_3;    /* (mlp_dim, C), (C, mlp_dim) */
+} qkv_vit_block;
+typedef struct {
+    qkv_vit_config cfg;
+    qkv_tensor *conv_proj_weight, *conv_proj_bias, *class_token, *pos_embedding;
+    qkv_vit_block layers[QKV_VIT_MAX_LAYERS];
+    qkv_tensor *ln_weight, *ln_bias;
+    qkv_nn_linear head;
+} qkv_vit;
+
+QKV_API qkv_status qkv_vit_init(qkv_vit *m, qkv_params *ps, const qkv_vit_config *cfg);
+/* torchvision's initialisation: conv_proj trunc_normal(std sqrt(1/fan_in)),
+ * class token 0, positions N(0, 0.02), attention as nn.MultiheadAttention,
+ * MLP xavier_uniform with N(0, 1e-6) biases, head zero. */
+QKV_API void qkv_vit_reset(qkv_vit *m, qkv_rng *r);
+/* The configuration a state dict implies: image, patch, channels, width,
+ * depth, MLP and classes from the shapes; num_heads from the metadata key
+ * "num_heads" unless cfg->num_heads is already set (> 0). Dropouts are left
+ * as cfg has them. */
+QKV_API qkv_status qkv_vit_config_from_file(qkv_vit_config *cfg, const qkv_st_file *f);
+/* x (B, Cin, image, image) -> logits (B, K). attn (NULL, or num_layers
+ * pointers) receives each block's head-averaged attention weights
+ * (B, S + 1, S + 1), taken before dropout (unfused path). */
+QKV_API qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x,
+                                    qkv_tensor **attn);
+/* Attention rollout (Abnar & Zuidema 2020) of one image: w holds L
+ * head-averaged weight matrices (N, N) back to back; each becomes
+ * 0.5 W + 0.5 I with rows renormalised, and their product from the first
+ * block to the last gives the class token's row, of which map receives the
+ * N - 1 patch entries, scaled to a maximum of 1. */
+QKV_API qkv_status qkv_vit_rollout(float *map, const float *w, int64_t L, int64_t N);
 
 #ifdef __cplusplus
 }
