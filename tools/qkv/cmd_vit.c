@@ -70,6 +70,36 @@ static qkv_status load_image(float *dst, const qkv_mnist *d, int64_t i, int64_t 
     return QKV_OK;
 }
 
+/* A prepared batch: images (B, 1, size, size) then labels (B). The loader's
+ * worker thread fills the next one while the current one trains. */
+typedef struct {
+    const qkv_mnist *d;
+    int64_t batch, size;
+    int augment;
+} feed;
+
+static size_t feed_bytes(const feed *f)
+{
+    return (size_t)(f->batch * f->size * f->size) * sizeof(float) +
+           (size_t)f->batch * sizeof(int64_t);
+}
+
+static qkv_status fill_batch(void *user, const int64_t *idx, int64_t n, qkv_rng *rng,
+                             void *batch)
+{
+    const feed *f = user;
+    float *x = batch;
+    int64_t *y = (int64_t *)(void *)(x + f->batch * f->size * f->size);
+    for (int64_t i = 0; i < n; i++) {
+        y[i] = f->d->labels[idx[i]];
+        qkv_status s = load_image(x + i * f->size * f->size, f->d, idx[i], f->size, rng,
+                                  f->augment);
+        if (s != QKV_OK)
+            return s;
+    }
+    return QKV_OK;
+}
+
 /* ---- a model on disk ---- */
 
 /* The state dict, with the heads (which shapes do not tell) in the
@@ -259,13 +289,13 @@ static int train(const train_options *o)
     qkv_ctx *ctx = qkv_ctx_new();
     qkv_optim *opt = NULL;
     qkv_metrics *metrics = NULL;
-    int64_t *idx = malloc((size_t)n_train * sizeof *idx), *y = malloc((size_t)B * sizeof *y);
+    qkv_loader *loader = NULL;
     curves cv = {malloc((size_t)(epochs + 1) * sizeof(float)),
                  malloc((size_t)(epochs + 1) * sizeof(float)),
                  malloc((size_t)(epochs + 1) * sizeof(float)),
                  malloc((size_t)(epochs + 1) * sizeof(float))};
     char path[4096], ckpt[4096], cfg_json[1024];
-    if (!md.ps || !ctx || !idx || !y || !cv.loss || !cv.train_acc || !cv.test_acc || !cv.epoch) {
+    if (!md.ps || !ctx || !cv.loss || !cv.train_acc || !cv.test_acc || !cv.epoch) {
         fprintf(stderr, "qkv: out of memory\n");
         goto done;
     }
@@ -280,7 +310,8 @@ static int train(const train_options *o)
     }
     qkv_checkpoint_info info = {0};
     qkv_rng_seed(&info.rng[0], o->seed);     /* dropout, through the context */
-    qkv_rng_seed(&info.rng[1], o->seed + 1); /* shuffling and augmentation */
+    qkv_rng_seed(&info.rng[1], o->seed + 1); /* unused: the loader's order and
+                                                  augmentation come from (seed, epoch) */
     qkv_rng init;
     qkv_rng_seed(&init, o->seed + 2);
     qkv_vit_reset(&md.m, &init);
@@ -325,12 +356,21 @@ static int train(const train_options *o)
     fflush(stdout);
     int64_t size = mc->image_size, K = mc->num_classes;
     qkv_ce_opts ce = {.ignore_index = QKV_NO_IGNORE, .label_smoothing = (float)rc.label_smoothing};
+    feed fd = {.d = &tr, .batch = B, .size = size, .augment = rc.augment};
+    loader = qkv_loader_new(&(qkv_loader_config){
+        .n_examples = n_train, .batch_size = B, .shuffle = 1, .drop_last = 1,
+        .seed = o->seed + 1, .batch_bytes = feed_bytes(&fd), .fill = fill_batch, .user = &fd});
+    if (!loader) {
+        fprintf(stderr, "qkv: %s\n", qkv_error());
+        goto done;
+    }
     double t_run = cli_now();
     int64_t n_points = 0;
     for (int64_t e = first_epoch; e < epochs; e++) {
-        for (int64_t i = 0; i < n_train; i++)
-            idx[i] = i;
-        qkv_rng_shuffle(&info.rng[1], idx, n_train);
+        if (qkv_loader_start_epoch(loader, e) != QKV_OK) {
+            fprintf(stderr, "qkv: %s\n", qkv_error());
+            goto done;
+        }
         qkv_set_training(ctx, 1);
         double t0 = cli_now(), loss_sum = 0.0;
         int64_t right = 0, seen = 0;
@@ -341,14 +381,14 @@ static int train(const train_options *o)
         for (int64_t s = 0; s < steps_per_epoch; s++, step++) {
             if (rc.cosine)
                 qkv_optim_set_lr(opt, qkv_lr_cosine((float)lr, step, warmup, total_steps, 0.0f));
-            qkv_tensor *x = qkv_new(ctx, 4, (int64_t[]){B, 1, size, size});
-            for (int64_t i = 0; x && i < B; i++) {
-                int64_t j = idx[s * B + i];
-                y[i] = tr.labels[j];
-                if (load_image(x->data + i * size * size, &tr, j, size, &info.rng[1],
-                               rc.augment) != QKV_OK)
-                    x = NULL;
+            int64_t got = 0;
+            float *xs = (float *)qkv_loader_next(loader, &got);
+            if (!xs || got != B) {
+                fprintf(stderr, "\nqkv: %s\n", xs ? "short batch" : qkv_error());
+                goto done;
             }
+            const int64_t *y = (const int64_t *)(const void *)(xs + B * size * size);
+            qkv_tensor *x = qkv_wrap(ctx, 4, (int64_t[]){B, 1, size, size}, xs);
             qkv_tensor *logits = x ? qkv_vit_forward(ctx, &md.m, x, NULL) : NULL;
             qkv_tensor *loss = logits ? qkv_cross_entropy(ctx, logits, y, &ce) : NULL;
             if (!loss || qkv_backward(ctx, loss) != QKV_OK) {
@@ -427,8 +467,7 @@ done:
     qkv_params_free(md.ps);
     qkv_mnist_free(&tr);
     qkv_mnist_free(&te);
-    free(idx);
-    free(y);
+    qkv_loader_free(loader);
     free(cv.loss);
     free(cv.train_acc);
     free(cv.test_acc);
