@@ -29,7 +29,10 @@ typedef struct {
 static conv_plan plan_of(const qkv_conv_geom *g, int64_t B, int64_t Cin, int64_t groups)
 {
     int64_t P = g->Ho * g->Wo, nb = (CONV_COLS + P - 1) / P;
-    conv_plan p = {*g, groups, nb < B ? nb : B, false, Cin == groups};
+    /* depthwise: one input channel per group, several groups. A single-channel
+     * input (Cin = groups = 1, e.g. a grey image's patch embedding) is an
+     * ordinary convolution and goes to GEMM, which spreads over the threads. */
+    conv_plan p = {*g, groups, nb < B ? nb : B, false, Cin == groups && groups > 1};
     p.direct = p.nb == 1 && g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 &&
                g->ph == 0 && g->pw == 0;
     return p;
