@@ -7,6 +7,7 @@ import math
 
 import torch
 from torch import nn
+from casekit import r
 
 
 def _grad_case(g, fn, inputs, **meta):
@@ -25,10 +26,6 @@ def _grad_case(g, fn, inputs, **meta):
         if v.requires_grad:
             t["grad_" + k] = v.grad
     return t, {k: str(v) for k, v in meta.items()}
-
-
-def r(g, *shape):
-    return torch.randn(*shape, generator=g)
 
 
 # ---- d2l r0.17, re-created ----

@@ -4,6 +4,7 @@ named x_nhwc are stored channels-last and used as x_nhwc.permute(0, 3, 1, 2),
 a non-contiguous NCHW view on the C side too."""
 import torch
 import torch.nn.functional as F
+from casekit import r
 
 
 def _grad_case(g, fn, inputs, **meta):
@@ -20,10 +21,6 @@ def _grad_case(g, fn, inputs, **meta):
         if v.requires_grad and v.grad is not None:
             t["grad_" + k] = v.grad
     return t, {k: str(v) for k, v in meta.items()}
-
-
-def r(g, *shape):
-    return torch.randn(*shape, generator=g)
 
 
 def _pair(v):

@@ -8,10 +8,7 @@ import math
 
 import torch
 from torch import nn
-
-
-def r(g, *shape):
-    return torch.randn(*shape, generator=g)
+from casekit import r
 
 
 def _fill_params(g, module):

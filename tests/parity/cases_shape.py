@@ -3,6 +3,7 @@ masked_fill, where. Each family has one input that the C test turns into a
 non-contiguous view (named *_t or *_p: stored transposed or permuted)."""
 import torch
 import torch.nn.functional as F
+from casekit import r
 
 
 def _grad_case(g, fn, inputs, **meta):
@@ -19,10 +20,6 @@ def _grad_case(g, fn, inputs, **meta):
         if v.requires_grad and v.grad is not None:
             t["grad_" + k] = v.grad
     return t, {k: str(v) for k, v in meta.items()}
-
-
-def r(g, *shape):
-    return torch.randn(*shape, generator=g)
 
 
 def _index_case(g, fn, inputs, idx, **meta):

@@ -4,13 +4,10 @@ schedules read from torch.optim.lr_scheduler."""
 import math
 
 import torch
+from casekit import r
 
 SHAPES = {"w": (3, 4), "b": (4,), "k": (2, 3, 5)}
 STEPS = 5
-
-
-def r(g, *shape):
-    return torch.randn(*shape, generator=g)
 
 
 def _optim_case(g, make, scale_b=1.0, **meta):

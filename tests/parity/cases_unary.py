@@ -5,22 +5,7 @@ PyTorch's gradient convention there. The scalars must match
 tests/test_unary.c."""
 import torch
 import torch.nn.functional as F
-
-
-def _grad_case(g, fn, inputs, **meta):
-    """Runs fn on leaf copies of inputs, backward with a random upstream
-    gradient `gout`; returns inputs, out, gout and grad_<name> of each."""
-    leaves = {k: v.clone().requires_grad_(v.dtype.is_floating_point) for k, v in inputs.items()}
-    out = fn(**leaves)
-    gout = torch.randn(out.shape, generator=g)
-    out.backward(gout)
-    t = dict(inputs)
-    t["out"] = out.detach()
-    t["gout"] = gout
-    for k, v in leaves.items():
-        if v.requires_grad:
-            t["grad_" + k] = v.grad
-    return t, {k: str(v) for k, v in meta.items()}
+from casekit import _grad_case
 
 
 def _x(g, positive=False, zeros=False):
