@@ -126,6 +126,26 @@ static void translate_ids(qkv_ctx *ctx, const qkv_seq2seq *m, const qkv_nmt_data
     ids_text(out, n, d->tgt_vocab, ids, k, sp->eos, sp->pad);
 }
 
+/* Rows rows[0..b) of d into a batch: src (b, t), valid (b), dec_in (b, t) =
+ * <bos> then the target shifted right (teacher forcing), target (b, t).
+ * Returns the number of target tokens that count. */
+static double gather_batch(const qkv_nmt_data *d, const specials *sp, const int64_t *rows,
+                           int64_t b, int64_t t, int64_t *src, int64_t *valid, int64_t *dec_in,
+                           int64_t *target)
+{
+    double tokens = 0.0;
+    for (int64_t i = 0; i < b; i++) {
+        int64_t r = rows[i];
+        memcpy(src + i * t, d->src + r * t, (size_t)t * sizeof(int64_t));
+        memcpy(target + i * t, d->tgt + r * t, (size_t)t * sizeof(int64_t));
+        valid[i] = d->src_valid[r];
+        dec_in[i * t] = sp->bos;
+        memcpy(dec_in + i * t + 1, d->tgt + r * t, (size_t)(t - 1) * sizeof(int64_t));
+        tokens += (double)d->tgt_valid[r];
+    }
+    return tokens;
+}
+
 /* One epoch over rows order[0..n) in batches. Returns the epoch's loss as
  * d2l prints it (sum of the per-sequence losses over the tokens). */
 static int train_epoch(qkv_ctx *ctx, const qkv_seq2seq *m, qkv_params *ps, qkv_optim *opt,
@@ -140,16 +160,7 @@ static int train_epoch(qkv_ctx *ctx, const qkv_seq2seq *m, qkv_params *ps, qkv_o
     qkv_ce_opts ce = {.ignore_index = sp->pad, .reduction = QKV_REDUCE_SUM};
     for (int64_t start = 0; start < n; start += o->batch) {
         int64_t b = n - start < o->batch ? n - start : o->batch;
-        for (int64_t i = 0; i < b; i++) {
-            int64_t r = order[start + i];
-            memcpy(src + i * t, d->src + r * t, (size_t)t * sizeof(int64_t));
-            memcpy(target + i * t, d->tgt + r * t, (size_t)t * sizeof(int64_t));
-            valid[i] = d->src_valid[r];
-            /* teacher forcing: <bos> then the target shifted right */
-            dec_in[i * t] = sp->bos;
-            memcpy(dec_in + i * t + 1, d->tgt + r * t, (size_t)(t - 1) * sizeof(int64_t));
-            tokens += (double)d->tgt_valid[r];
-        }
+        tokens += gather_batch(d, sp, order + start, b, t, src, valid, dec_in, target);
         qkv_tensor *logits = qkv_seq2seq_forward(ctx, m, src, valid, b, t, dec_in, t, NULL);
         if (logits)
             logits = qkv_reshape(ctx, logits, 2, (int64_t[]){b * t, m->tgt_vocab});
@@ -195,15 +206,7 @@ static double eval_loss(qkv_ctx *ctx, const qkv_seq2seq *m, const qkv_nmt_data *
     qkv_ce_opts ce = {.ignore_index = sp->pad, .reduction = QKV_REDUCE_SUM};
     for (int64_t start = 0; start < n; start += o->batch) {
         int64_t b = n - start < o->batch ? n - start : o->batch;
-        for (int64_t i = 0; i < b; i++) {
-            int64_t r = order[start + i];
-            memcpy(src + i * t, d->src + r * t, (size_t)t * sizeof(int64_t));
-            memcpy(target + i * t, d->tgt + r * t, (size_t)t * sizeof(int64_t));
-            valid[i] = d->src_valid[r];
-            dec_in[i * t] = sp->bos;
-            memcpy(dec_in + i * t + 1, d->tgt + r * t, (size_t)(t - 1) * sizeof(int64_t));
-            tokens += (double)d->tgt_valid[r];
-        }
+        tokens += gather_batch(d, sp, order + start, b, t, src, valid, dec_in, target);
         qkv_tensor *logits = qkv_seq2seq_forward(ctx, m, src, valid, b, t, dec_in, t, NULL);
         if (logits)
             logits = qkv_reshape(ctx, logits, 2, (int64_t[]){b * t, m->tgt_vocab});
