@@ -9,6 +9,7 @@ import math
 import torch
 from torch import nn
 from casekit import r
+from d2l_ref import DotProductAttention
 
 
 def _fill_params(g, module):
@@ -80,32 +81,6 @@ def torch_mha(g, E=8, H=2, B=2, N=5, M=5, kdim=None, vdim=None, bias=True, batch
 
 
 # ---- d2l r0.17 MultiHeadAttention, re-created ----
-
-def masked_softmax(X, valid_lens):
-    if valid_lens is None:
-        return nn.functional.softmax(X, dim=-1)
-    shape = X.shape
-    if valid_lens.dim() == 1:
-        valid_lens = torch.repeat_interleave(valid_lens, shape[1])
-    else:
-        valid_lens = valid_lens.reshape(-1)
-    X = X.reshape(-1, shape[-1])
-    mask = torch.arange(shape[-1], dtype=torch.float32)[None, :] < valid_lens[:, None]
-    X[~mask] = -1e6
-    return nn.functional.softmax(X.reshape(shape), dim=-1)
-
-
-class DotProductAttention(nn.Module):
-    def __init__(self, dropout):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, queries, keys, values, valid_lens=None):
-        d = queries.shape[-1]
-        scores = torch.bmm(queries, keys.transpose(1, 2)) / math.sqrt(d)
-        self.attention_weights = masked_softmax(scores, valid_lens)
-        return torch.bmm(self.dropout(self.attention_weights), values)
-
 
 def transpose_qkv(X, num_heads):
     X = X.reshape(X.shape[0], X.shape[1], num_heads, -1)
