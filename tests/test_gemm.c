@@ -91,6 +91,11 @@ static const gemm_case cases[] = {
     {33, 7, 257, 1, -2.0f, 0.25f},  {7, 1100, 33, 0, 1.0f, 0.0f},
     {7, 1025, 257, 2, 1.0f, 1.0f},  {200, 65, 300, 0, 1.0f, 0.0f},
     {65, 129, 0, 1, 1.0f, 0.5f},    {13, 31, 5, 0, 0.0f, 2.0f},
+    /* the unpacked path for tiny products (attention's per-head blocks):
+     * one vector, several, more than 64 columns, a transposed B too big
+     * to copy (dot products) */
+    {10, 10, 8, 1, 1.0f, 0.5f},     {9, 17, 24, 0, 0.5f, 0.0f},
+    {5, 200, 30, 3, 1.0f, 1.0f},    {2, 100, 64, 0, -1.0f, 0.0f},
 };
 
 static void check_all(gemm_fn fn, const char *name)

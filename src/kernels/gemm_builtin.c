@@ -49,6 +49,11 @@
 #define KC 256
 #define MC 192 /* a multiple of MR */
 #define NC 1024 /* a multiple of NR */
+/* products at most this many multiply-adds, with N at most SMALL_MAX_N,
+ * skip packing (gemm_small) */
+#define SMALL_WORK 32768
+#define SMALL_MAX_N 256
+#define SMALL_BT 4096 /* floats of a transposed B on the stack */
 
 const char *qkv_k_gemm_builtin_isa(void) { return ISA; }
 
@@ -226,6 +231,128 @@ static void scale_c(float *C, int64_t ldc, int64_t M, int64_t N, float beta)
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* One KC x NC block of the product: pack panels [p_lo, p_hi) of op(B), or
+ * run tasks [t_lo, t_hi) (a block of rows by a chunk of panels) against the
+ * packed B. The serial path calls both over their whole ranges; the
+ * parallel path splits them among threads, with a barrier between. */
+typedef struct {
+    bool ta, tb;
+    int64_t M, N, K, lda, ldb, ldc, j0, nc, k0, kc, mc, n_chunks, chunk, n_panels;
+    float alpha, beta;
+    const float *A, *B;
+    float *C, *Bp;
+} gemm_block;
+
+static void pack_panels(const gemm_block *g, int64_t p_lo, int64_t p_hi)
+{
+    for (int64_t p = p_lo; p < p_hi; p++)
+        pack_b_panel(g->Bp + p * g->kc * NR, g->B, g->ldb, g->tb, g->k0, g->kc, g->j0 + p * NR,
+                     min64(NR, g->nc - p * NR));
+}
+
+static void run_tasks(const gemm_block *g, float *Ap, int64_t t_lo, int64_t t_hi)
+{
+    for (int64_t task = t_lo; task < t_hi; task++) {
+        int64_t i0 = task / g->n_chunks * g->mc, m_blk = min64(g->mc, g->M - i0);
+        int64_t p_lo = task % g->n_chunks * g->chunk, p_hi = min64(p_lo + g->chunk, g->n_panels);
+        pack_a(Ap, g->A, g->lda, g->ta, i0, m_blk, g->k0, g->kc);
+        for (int64_t p = p_lo; p < p_hi; p++) {
+            int64_t j = g->j0 + p * NR, n = min64(NR, g->N - j);
+            for (int64_t i = 0; i < m_blk; i += MR) {
+                int64_t m = min64(MR, m_blk - i);
+                float *c = g->C + (i0 + i) * g->ldc + j;
+                const float *a = Ap + i * g->kc, *b = g->Bp + p * g->kc * NR;
+                if (m == MR && n == NR)
+                    micro(g->kc, a, b, c, g->ldc, g->alpha, g->beta);
+                else
+                    micro_edge(g->kc, a, b, c, g->ldc, m, n, g->alpha, g->beta);
+            }
+        }
+    }
+}
+
+/* C (M, N) = beta C + alpha op(A) op(B) directly, for products too small to
+ * repay packing (the per-head blocks of attention at small head sizes): one
+ * row of C at a time, as K axpys of rows of B into accumulators held in
+ * registers. A transposed B is first copied to (K, N) rows when it fits. */
+#if defined(__AVX512F__)
+/* row i of C, columns j0 .. j0+n (n <= 64): four masked vectors */
+static inline void small_row(const float *a, int64_t as, const float *B, int64_t ldb, int64_t K,
+                             int64_t n, float alpha, float beta, float *c)
+{
+    __mmask16 mk[4];
+    for (int v = 0; v < 4; v++) {
+        int64_t left = n - 16 * v;
+        mk[v] = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+    }
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    for (int64_t k = 0; k < K; k++) {
+        __m512 av = _mm512_set1_ps(a[k * as]);
+        const float *b = B + k * ldb;
+        acc0 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk[0], b), acc0);
+        if (n > 16)
+            acc1 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk[1], b + 16), acc1);
+        if (n > 32)
+            acc2 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk[2], b + 32), acc2);
+        if (n > 48)
+            acc3 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk[3], b + 48), acc3);
+    }
+    __m512 acc[4] = {acc0, acc1, acc2, acc3};
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int v = 0; v < 4 && 16 * v < n; v++) {
+        __m512 x = _mm512_mul_ps(va, acc[v]);
+        if (beta != 0.0f)
+            x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mk[v], c + 16 * v), x);
+        _mm512_mask_storeu_ps(c + 16 * v, mk[v], x);
+    }
+}
+#else
+static inline void small_row(const float *a, int64_t as, const float *B, int64_t ldb, int64_t K,
+                             int64_t n, float alpha, float beta, float *c)
+{
+    float acc[64] = {0};
+    for (int64_t k = 0; k < K; k++) {
+        float x = a[k * as];
+        const float *b = B + k * ldb;
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++)
+            acc[j] += x * b[j];
+    }
+    for (int64_t j = 0; j < n; j++)
+        c[j] = beta == 0.0f ? alpha * acc[j] : beta * c[j] + alpha * acc[j];
+}
+#endif
+
+static void gemm_small(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                       float *C, int64_t ldc)
+{
+    float bt[SMALL_BT];
+    if (tb && K * N <= SMALL_BT) { /* B^T into (K, N) rows */
+        for (int64_t j = 0; j < N; j++)
+            for (int64_t k = 0; k < K; k++)
+                bt[k * N + j] = B[j * ldb + k];
+        B = bt, ldb = N, tb = false;
+    }
+    if (tb) { /* too large to copy: dot products */
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) {
+                float acc = 0.0f;
+                for (int64_t k = 0; k < K; k++)
+                    acc += (ta ? A[k * lda + i] : A[i * lda + k]) * B[j * ldb + k];
+                float *c = C + i * ldc + j;
+                *c = beta == 0.0f ? alpha * acc : beta * *c + alpha * acc;
+            }
+        return;
+    }
+    /* row i of op(A) is A + i*lda with stride 1, or A + i with stride lda */
+    int64_t as = ta ? lda : 1, ai = ta ? 1 : lda;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j0 = 0; j0 < N; j0 += 64)
+            small_row(A + i * ai, as, B + j0, ldb, K, N - j0 < 64 ? N - j0 : 64, alpha, beta,
+                      C + i * ldc + j0);
+}
+
 void qkv_k_gemm_builtin(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                         float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                         float beta, float *C, int64_t ldc)
@@ -234,6 +361,10 @@ void qkv_k_gemm_builtin(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_
         return;
     if (K <= 0 || alpha == 0.0f) {
         scale_c(C, ldc, M, N, beta);
+        return;
+    }
+    if (N <= SMALL_MAX_N && (double)M * N * K <= SMALL_WORK) {
+        gemm_small(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     int threads = 1;
@@ -247,46 +378,38 @@ void qkv_k_gemm_builtin(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_
         qkv_k_gemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
+    gemm_block g = {.ta = trans_a, .tb = trans_b, .M = M, .N = N, .K = K, .lda = lda,
+                    .ldb = ldb, .ldc = ldc, .alpha = alpha, .A = A, .B = B, .C = C, .Bp = Bp};
     /* rows per task: MC, or fewer so that every thread gets some */
-    int64_t mc = min64(MC, ceil_div(ceil_div(M, threads), MR) * MR);
-    int64_t m_blocks = ceil_div(M, mc);
-    for (int64_t j0 = 0; j0 < N; j0 += NC) {
-        int64_t nc = min64(NC, N - j0), n_panels = ceil_div(nc, NR);
+    g.mc = min64(MC, ceil_div(ceil_div(M, threads), MR) * MR);
+    int64_t m_blocks = ceil_div(M, g.mc);
+    for (g.j0 = 0; g.j0 < N; g.j0 += NC) {
+        g.nc = min64(NC, N - g.j0), g.n_panels = ceil_div(g.nc, NR);
         /* too few row blocks: split the columns among threads as well */
-        int64_t n_chunks = m_blocks >= threads ? 1 : min64(threads, n_panels);
-        int64_t chunk = ceil_div(n_panels, n_chunks);
-        for (int64_t k0 = 0; k0 < K; k0 += KC) {
-            int64_t kc = min64(KC, K - k0);
-            float b_first = k0 == 0 ? beta : 1.0f;
-#pragma omp parallel num_threads(threads) if (threads > 1)
+        g.n_chunks = m_blocks >= threads ? 1 : min64(threads, g.n_panels);
+        g.chunk = ceil_div(g.n_panels, g.n_chunks);
+        int64_t tasks = m_blocks * g.n_chunks;
+        for (g.k0 = 0; g.k0 < K; g.k0 += KC) {
+            g.kc = min64(KC, K - g.k0);
+            g.beta = g.k0 == 0 ? beta : 1.0f;
+            if (threads == 1) { /* no OpenMP region: even an idle one costs a syscall */
+                pack_panels(&g, 0, g.n_panels);
+                run_tasks(&g, Bp + (size_t)KC * NC, 0, tasks);
+                continue;
+            }
+#pragma omp parallel num_threads(threads)
             {
-#pragma omp for schedule(static)
-                for (int64_t p = 0; p < n_panels; p++)
-                    pack_b_panel(Bp + p * kc * NR, B, ldb, trans_b, k0, kc, j0 + p * NR,
-                                 min64(NR, nc - p * NR));
                 int t = 0;
 #ifdef _OPENMP
                 t = omp_get_thread_num();
 #endif
+#pragma omp for schedule(static)
+                for (int64_t p = 0; p < g.n_panels; p++)
+                    pack_panels(&g, p, p + 1);
                 float *Ap = Bp + (size_t)KC * NC + (size_t)t * MC * KC;
 #pragma omp for schedule(static)
-                for (int64_t task = 0; task < m_blocks * n_chunks; task++) {
-                    int64_t i0 = task / n_chunks * mc, m_blk = min64(mc, M - i0);
-                    int64_t p_lo = task % n_chunks * chunk, p_hi = min64(p_lo + chunk, n_panels);
-                    pack_a(Ap, A, lda, trans_a, i0, m_blk, k0, kc);
-                    for (int64_t p = p_lo; p < p_hi; p++) {
-                        int64_t j = j0 + p * NR, n = min64(NR, N - j);
-                        for (int64_t i = 0; i < m_blk; i += MR) {
-                            int64_t m = min64(MR, m_blk - i);
-                            float *c = C + (i0 + i) * ldc + j;
-                            const float *a = Ap + i * kc, *b = Bp + p * kc * NR;
-                            if (m == MR && n == NR)
-                                micro(kc, a, b, c, ldc, alpha, b_first);
-                            else
-                                micro_edge(kc, a, b, c, ldc, m, n, alpha, b_first);
-                        }
-                    }
-                }
+                for (int64_t task = 0; task < tasks; task++)
+                    run_tasks(&g, Ap, task, task + 1);
             }
         }
     }
