@@ -72,6 +72,7 @@ struct qkv_ctx {
     int training;
     int check_nan;
     qkv_rng rng;
+    struct qkv_profile *prof; /* QKV_PROFILE set: time per op (ctx.c), else NULL */
 };
 
 /* Arena memory of the step; NULL with an error if out of memory. */

@@ -1,12 +1,58 @@
 /* ctx.c - the context: step arena, tape, modes; making step tensors. */
 #include "../qkv_internal.h"
 
+#include <stdio.h>
+#include <time.h>
+
 #include <math.h>
 #include <stdlib.h>
 
 #define QKV__NAME(e, s) s,
 const char *const qkv_op_names[QKV_OP_COUNT] = {QKV_OP_LIST(QKV__NAME)};
 #undef QKV__NAME
+
+/* ---- the op profiler (QKV_PROFILE=1) ----
+ * Forward time of an op is the time from the previous recorded op (or the
+ * reset) to its record, so it holds whatever ran in between; backward time
+ * is its backward rule's. At qkv_ctx_free the totals are printed to stderr,
+ * heaviest first, per step (steps = resets with a tape). */
+struct qkv_profile {
+    double last, fwd[QKV_OP_COUNT], bwd[QKV_OP_COUNT];
+    int64_t calls[QKV_OP_COUNT], steps;
+};
+
+static double prof_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void prof_print(const struct qkv_profile *p)
+{
+    double steps = p->steps > 0 ? (double)p->steps : 1, total = 0;
+    int order[QKV_OP_COUNT], n = 0;
+    for (int op = 0; op < QKV_OP_COUNT; op++) {
+        total += p->fwd[op] + p->bwd[op];
+        if (p->calls[op])
+            order[n++] = op;
+    }
+    for (int i = 1; i < n; i++) /* insertion sort, heaviest first */
+        for (int j = i; j > 0 && p->fwd[order[j]] + p->bwd[order[j]] >
+                                     p->fwd[order[j - 1]] + p->bwd[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1], order[j - 1] = t;
+        }
+    fprintf(stderr, "qkv profile: %lld steps, %.3f ms a step in recorded ops\n"
+                    "%-20s %8s %10s %10s %6s\n", (long long)p->steps, 1e3 * total / steps,
+            "op", "calls", "fwd ms", "bwd ms", "share");
+    for (int i = 0; i < n; i++) {
+        int op = order[i];
+        fprintf(stderr, "%-20s %8.1f %10.3f %10.3f %5.1f%%\n", qkv_op_names[op],
+                (double)p->calls[op] / steps, 1e3 * p->fwd[op] / steps, 1e3 * p->bwd[op] / steps,
+                100 * (p->fwd[op] + p->bwd[op]) / (total > 0 ? total : 1));
+    }
+}
 
 qkv_ctx *qkv_ctx_new(void)
 {
@@ -23,6 +69,12 @@ qkv_ctx *qkv_ctx_new(void)
     ctx->training = 1;
     const char *nan = getenv("QKV_CHECK_NAN");
     ctx->check_nan = nan && *nan && *nan != '0';
+    const char *prof = getenv("QKV_PROFILE");
+    if (prof && *prof && *prof != '0') {
+        ctx->prof = qkv__calloc(1, sizeof *ctx->prof);
+        if (ctx->prof)
+            ctx->prof->last = prof_now();
+    }
     qkv_rng_seed(&ctx->rng, 0);
     return ctx;
 }
@@ -31,12 +83,20 @@ void qkv_ctx_free(qkv_ctx *ctx)
 {
     if (!ctx)
         return;
+    if (ctx->prof) {
+        prof_print(ctx->prof);
+        qkv__free(ctx->prof);
+    }
     qkv_arena_free(ctx->arena);
     qkv__free(ctx);
 }
 
 void qkv_ctx_reset(qkv_ctx *ctx)
 {
+    if (ctx->prof) {
+        ctx->prof->steps += ctx->tape != NULL;
+        ctx->prof->last = prof_now();
+    }
     qkv_arena_reset(ctx->arena);
     ctx->tape = NULL;
     ctx->n_nodes = 0;
@@ -247,6 +307,12 @@ qkv_node *qkv__record(qkv_ctx *ctx, qkv_op op, qkv_backward_fn backward, qkv_ten
     ctx->n_nodes++;
     out->requires_grad = 1;
     out->node = n;
+    if (ctx->prof) {
+        double t = prof_now();
+        ctx->prof->fwd[op] += t - ctx->prof->last;
+        ctx->prof->calls[op]++;
+        ctx->prof->last = t;
+    }
     return n;
 }
 
@@ -292,7 +358,10 @@ static qkv_status run_backward(qkv_ctx *ctx)
     for (qkv_node *n = ctx->tape; n; n = n->prev) {
         if (!n->out->grad)
             continue; /* no gradient reached this op */
+        double t0 = ctx->prof ? prof_now() : 0;
         n->backward(ctx, n);
+        if (ctx->prof)
+            ctx->prof->bwd[n->op] += prof_now() - t0;
         if (qkv_error_status() == QKV_ERR_NOMEM)
             return QKV_ERR_NOMEM;
         if (ctx->check_nan)

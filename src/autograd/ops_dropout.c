@@ -1,6 +1,7 @@
 /* ops_dropout.c - inverted dropout: y = x * mask, mask = 1 / (1 - p) with
- * probability 1 - p and 0 otherwise, drawn from the context RNG. The mask
+ * probability 1 - p and 0 otherwise, seeded from the context RNG. The mask
  * is saved as floats so that forward and backward are one multiply each. */
+#include "../kernels/attention.h"
 #include "../qkv_internal.h"
 
 #include <math.h>
@@ -11,29 +12,35 @@
 /* y = x * mask: dx += dy * mask; saved[0] is the mask (numel of x) */
 static void dropout_backward(qkv_ctx *ctx, qkv_node *n)
 {
-    float *gx = qkv__grad(ctx, n->in[0]);
+    bool acc;
+    float *gx = qkv__grad_for_write(ctx, n->in[0], &acc);
     if (!gx)
         return;
     const float *mask = n->saved[0], *gy = n->out->grad;
     int64_t m = qkv_numel(n->out);
+    if (acc) {
 #pragma omp parallel for simd if (m > PAR_WORK) schedule(static)
-    for (int64_t i = 0; i < m; i++)
-        gx[i] += gy[i] * mask[i];
+        for (int64_t i = 0; i < m; i++)
+            gx[i] += gy[i] * mask[i];
+    } else {
+#pragma omp parallel for simd if (m > PAR_WORK) schedule(static)
+        for (int64_t i = 0; i < m; i++)
+            gx[i] = gy[i] * mask[i];
+    }
 }
 
-/* mask (m) of 0 and 1 / (1 - p), 0 < p < 1. Each 64-bit draw gives two
- * 32-bit uniforms; an element is kept when its uniform is >= p 2^32. The
- * draws run in order on one thread so the mask depends only on the seed. */
+/* mask (m) of 0 and 1 / (1 - p), 0 < p < 1: element i is kept when the high
+ * 32 bits of hash(seed, i) are >= p 2^32, with one 64-bit draw of the
+ * context RNG as the seed (the counter-based hash of attention's dropout):
+ * the mask depends only on the seed and vectorises, where a sequential
+ * generator would cost a dependent chain of updates per element. */
 static void draw_mask(float *mask, int64_t m, float p, qkv_rng *rng)
 {
-    uint64_t threshold = (uint64_t)ldexp((double)p, 32);
+    uint64_t threshold = qkv_k_attn_threshold(p), seed = qkv_rng_u64(rng);
     float keep = 1.0f / (1.0f - p);
-    for (int64_t i = 0; i < m; i += 2) {
-        uint64_t r = qkv_rng_u64(rng);
-        mask[i] = (r & 0xffffffffu) >= threshold ? keep : 0.0f;
-        if (i + 1 < m)
-            mask[i + 1] = (r >> 32) >= threshold ? keep : 0.0f;
-    }
+#pragma omp simd
+    for (int64_t i = 0; i < m; i++)
+        mask[i] = (qkv_k_attn_hash(seed, (uint64_t)i) >> 32) >= threshold ? keep : 0.0f;
 }
 
 qkv_tensor *qkv_dropout(qkv_ctx *ctx, qkv_tensor *x, float p)

@@ -9,12 +9,19 @@ static void contiguous_backward(qkv_ctx *ctx, qkv_node *n)
 {
     /* out = copy(x): dx += g (both contiguous in the same shape) */
     qkv_tensor *x = n->in[0];
-    float *gx = qkv__grad(ctx, x);
+    bool acc;
+    float *gx = qkv__grad_for_write(ctx, x, &acc);
     if (!gx)
         return;
     int64_t m = qkv_numel(x);
+    const float *g = n->out->grad;
+    if (!acc) { /* the first gradient x receives: a copy, no zeroing pass */
+        memcpy(gx, g, (size_t)m * sizeof(float));
+        return;
+    }
+#pragma omp simd
     for (int64_t i = 0; i < m; i++)
-        gx[i] += n->out->grad[i];
+        gx[i] += g[i];
 }
 
 qkv_tensor *qkv_contiguous(qkv_ctx *ctx, qkv_tensor *x)
@@ -87,7 +94,8 @@ qkv_tensor *qkv_reshape(qkv_ctx *ctx, qkv_tensor *x, int ndim, const int64_t *sh
 static void permute_backward(qkv_ctx *ctx, qkv_node *n)
 {
     qkv_tensor *x = n->in[0], *out = n->out;
-    float *gx = qkv__grad(ctx, x);
+    bool acc;
+    float *gx = qkv__grad_for_write(ctx, x, &acc);
     if (!gx)
         return;
     int64_t xs[QKV_MAX_DIMS], ds[QKV_MAX_DIMS], gs[QKV_MAX_DIMS];
@@ -95,7 +103,7 @@ static void permute_backward(qkv_ctx *ctx, qkv_node *n)
     for (int i = 0; i < out->ndim; i++)
         ds[i] = xs[n->iarg[i]];
     qkv__contig_strides(out->ndim, out->shape, gs);
-    qkv__strided_copy(gx, ds, out->grad, gs, out->ndim, out->shape, true);
+    qkv__strided_copy(gx, ds, out->grad, gs, out->ndim, out->shape, acc);
 }
 
 qkv_tensor *qkv_permute(qkv_ctx *ctx, qkv_tensor *x, const int *perm)

@@ -1,6 +1,10 @@
 /* tensor.c - shape, strides, views and broadcasting of the tensor type. */
 #include "../qkv_internal.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <stdio.h>
 
 int64_t qkv__shape_numel(int ndim, const int64_t *shape)
@@ -86,8 +90,54 @@ qkv_tensor *qkv__shape_error(const char *op, const qkv_tensor *a, const qkv_tens
     return NULL;
 }
 
-/* dst (=|+=) src over `shape`. Innermost axis is the loop; outer axes are
- * walked with a counter so any ndim works without recursion. */
+/* Rows o_lo .. o_hi of the copy below: the outer index is decomposed once
+ * and then stepped like an odometer (no division per row). */
+static void copy_rows(float *dst, const int64_t *dst_stride, const float *src,
+                      const int64_t *src_stride, int ndim, const int64_t *shape, bool accumulate,
+                      int64_t o_lo, int64_t o_hi)
+{
+    int64_t idx[QKV_MAX_DIMS], doff = 0, soff = 0, r = o_lo;
+    for (int i = ndim - 2; i >= 0; i--) {
+        idx[i] = r % shape[i];
+        r /= shape[i];
+        doff += idx[i] * dst_stride[i];
+        soff += idx[i] * src_stride[i];
+    }
+    int64_t n = shape[ndim - 1], ds = dst_stride[ndim - 1], ss = src_stride[ndim - 1];
+    for (int64_t o = o_lo; o < o_hi; o++) {
+        float *d = dst + doff;
+        const float *s = src + soff;
+        if (ds == 1 && ss == 1) {
+            if (accumulate) {
+#pragma omp simd
+                for (int64_t j = 0; j < n; j++)
+                    d[j] += s[j];
+            } else if (n < 64) { /* short rows (heads): a call to memcpy costs more */
+#pragma omp simd
+                for (int64_t j = 0; j < n; j++)
+                    d[j] = s[j];
+            } else
+                memcpy(d, s, (size_t)n * sizeof(float));
+        } else if (accumulate) {
+            for (int64_t j = 0; j < n; j++)
+                d[j * ds] += s[j * ss];
+        } else {
+            for (int64_t j = 0; j < n; j++)
+                d[j * ds] = s[j * ss];
+        }
+        for (int i = ndim - 2; i >= 0; i--) {
+            doff += dst_stride[i], soff += src_stride[i];
+            if (++idx[i] < shape[i])
+                break;
+            doff -= shape[i] * dst_stride[i], soff -= shape[i] * src_stride[i];
+            idx[i] = 0;
+        }
+    }
+}
+
+/* dst (=|+=) src over `shape`. Axes that are one block in both layouts are
+ * merged first (so a contiguous copy is one row); the innermost axis is the
+ * loop; outer axes are walked with a counter, so any ndim works. */
 void qkv__strided_copy(float *dst, const int64_t *dst_stride, const float *src,
                        const int64_t *src_stride, int ndim, const int64_t *shape,
                        bool accumulate)
@@ -96,37 +146,40 @@ void qkv__strided_copy(float *dst, const int64_t *dst_stride, const float *src,
         *dst = accumulate ? *dst + *src : *src;
         return;
     }
-    int64_t n_inner = shape[ndim - 1];
-    int64_t ds = dst_stride[ndim - 1], ss = src_stride[ndim - 1];
-    int64_t outer = qkv__shape_numel(ndim - 1, shape);
-    if (n_inner == 0 || outer == 0)
-        return;
-#pragma omp parallel for if (outer * n_inner > 65536) schedule(static)
-    for (int64_t o = 0; o < outer; o++) {
-        int64_t doff = 0, soff = 0, r = o;
-        for (int i = ndim - 2; i >= 0; i--) {
-            int64_t k = r % shape[i];
-            r /= shape[i];
-            doff += k * dst_stride[i];
-            soff += k * src_stride[i];
+    int64_t sh[QKV_MAX_DIMS], dst_st[QKV_MAX_DIMS], src_st[QKV_MAX_DIMS];
+    int nd = 0;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] == 0)
+            return;
+        if (shape[i] == 1) /* an axis of one: nothing to walk */
+            continue;
+        if (nd > 0 && dst_st[nd - 1] == shape[i] * dst_stride[i] &&
+            src_st[nd - 1] == shape[i] * src_stride[i]) { /* merges into the previous axis */
+            sh[nd - 1] *= shape[i];
+            dst_st[nd - 1] = dst_stride[i], src_st[nd - 1] = src_stride[i];
+            continue;
         }
-        float *d = dst + doff;
-        const float *s = src + soff;
-        if (accumulate) {
-            if (ds == 1 && ss == 1)
-                for (int64_t j = 0; j < n_inner; j++)
-                    d[j] += s[j];
-            else
-                for (int64_t j = 0; j < n_inner; j++)
-                    d[j * ds] += s[j * ss];
-        } else {
-            if (ds == 1 && ss == 1)
-                memcpy(d, s, (size_t)n_inner * sizeof(float));
-            else
-                for (int64_t j = 0; j < n_inner; j++)
-                    d[j * ds] = s[j * ss];
-        }
+        sh[nd] = shape[i], dst_st[nd] = dst_stride[i], src_st[nd] = src_stride[i];
+        nd++;
     }
+    if (nd == 0) { /* a single element */
+        *dst = accumulate ? *dst + *src : *src;
+        return;
+    }
+    int64_t outer = qkv__shape_numel(nd - 1, sh), total = outer * sh[nd - 1];
+#ifdef _OPENMP
+    int threads = qkv_threads();
+    if (threads > 1 && total > 65536 && outer >= threads && !omp_in_parallel()) {
+#pragma omp parallel num_threads(threads)
+        {
+            int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            int64_t lo = outer * t / nt, hi = outer * (t + 1) / nt;
+            copy_rows(dst, dst_st, src, src_st, nd, sh, accumulate, lo, hi);
+        }
+        return;
+    }
+#endif
+    copy_rows(dst, dst_st, src, src_st, nd, sh, accumulate, 0, outer);
 }
 
 int qkv__broadcast_shape(const qkv_tensor *a, const qkv_tensor *b, int64_t *shape)
