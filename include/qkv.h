@@ -1262,9 +1262,11 @@ QKV_API qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, cons
  * written). beam <= 1: greedy, as d2l's predict_seq2seq; else beam search
  * keeping `beam` hypotheses, ranked by log-probability / length^alpha
  * (length counts the eos). out receives the ids; returns their count or -1.
- * attn (may be NULL, greedy only): encoder self-attention (n_enc, H, S, S),
- * decoder self (n_dec, H, max_len, max_len) and cross (n_dec, H, max_len, S)
- * weights, rows beyond the output zero. Uses ctx's arena (reset after). */
+ * attn (may be NULL): encoder self-attention (n_enc, H, S, S), decoder self
+ * (n_dec, H, max_len, max_len) and cross (n_dec, H, max_len, S) weights of
+ * the output, one decoder row per step (the eos step included, so
+ * min(count + 1, max_len) rows), rows beyond zero; with a beam, those of
+ * qkv_seq2seq_attention on the chosen ids. Uses ctx's arena (reset after). */
 typedef struct {
     float *enc, *dec_self, *dec_cross;
 } qkv_seq2seq_attn;
@@ -1272,6 +1274,15 @@ QKV_API int64_t qkv_seq2seq_translate(qkv_ctx *ctx, const qkv_seq2seq *m, const 
                                       int64_t src_len, int64_t src_valid, int64_t bos,
                                       int64_t eos, int64_t max_len, int beam, float alpha,
                                       int64_t *out, qkv_seq2seq_attn *attn);
+/* The attention weights of a given translation tgt (n <= max_len ids, no
+ * eos): the cached decoder run step by step on bos, tgt[0], .. (teacher
+ * forcing, as greedy decoding records them), min(n + 1, max_len) steps, in
+ * eval mode without gradients. attn as qkv_seq2seq_translate's (all three
+ * buffers). Returns the decoder rows written or -1. Uses ctx's arena. */
+QKV_API int64_t qkv_seq2seq_attention(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                                      int64_t src_len, int64_t src_valid, int64_t bos,
+                                      const int64_t *tgt, int64_t n, int64_t max_len,
+                                      qkv_seq2seq_attn *attn);
 
 /* BLEU as d2l's bleu(): tokens split on single spaces, n-grams 1..k,
  * exp(min(0, 1 - len_label / len_pred)) * prod_n p_n^(1/2^n). 0 when the

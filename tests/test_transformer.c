@@ -2,7 +2,8 @@
  * (post- and pre-norm, bool and float masks, key padding; outputs, input
  * and parameter gradients), parity of the book's translation model, a
  * gradient check, incremental decoding against full recomputation, and a
- * few training steps on the real corpus. */
+ * few training steps on the real corpus; the attention weights recorded
+ * while translating (greedy and beam). */
 #include "test.h"
 
 #include <sys/wait.h>
@@ -516,4 +517,115 @@ TEST(transformer_cli_resume_is_exact)
     CHECK(system(cmd) == 0, "resumed model differs from the straight run");
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK(system(cmd) == 0, "cleanup");
+}
+
+/* ---- the attention weights of a translation ---- */
+
+/* Rows [0, t) x columns [0, k) of one (H, qmax, kmax) block of recorded
+ * weights against a (1, H, t, k) tensor; returns the worst difference. */
+static double attn_diff(const float *got, int64_t h, int64_t qmax, int64_t kmax, int64_t t,
+                        int64_t k, const qkv_tensor *want)
+{
+    double worst = 0.0;
+    for (int64_t i = 0; i < h; i++)
+        for (int64_t a = 0; a < t; a++)
+            for (int64_t b = 0; b < k; b++) {
+                double d = fabs(got[(i * qmax + a) * kmax + b] -
+                                qkv_get(want, (i * t + a) * k + b));
+                worst = d > worst ? d : worst;
+            }
+    return worst;
+}
+
+/* Nonzero entries of rows [t, qmax) of each of n (qmax, kmax) blocks. */
+static int64_t nonzero_rows_from(const float *w, int64_t n, int64_t qmax, int64_t kmax, int64_t t)
+{
+    int64_t nz = 0;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t a = t; a < qmax; a++)
+            for (int64_t b = 0; b < kmax; b++)
+                nz += w[(i * qmax + a) * kmax + b] != 0.0f;
+    return nz;
+}
+
+/* The weights qkv_seq2seq_translate records, greedy and beam (which decodes
+ * the chosen hypothesis again, teacher-forced), equal those of a full
+ * causal forward on bos + its output (1e-5), one decoder row per step, the
+ * eos step included, and zeros below; qkv_seq2seq_attention on greedy's
+ * output gives greedy's weights bit for bit. 2 + 2 blocks, 2 heads; with
+ * seed 19 greedy says 2 tokens and the beam 1, both ended by eos (3 and 2
+ * decoder rows of 4), though the checks hold whatever they say. */
+TEST(transformer_translate_attention_greedy_and_beam)
+{
+    enum { V = 7, S = 5, L = 4, H = 2, NL = 2, BOS = 2, EOS = 3 };
+    qkv_tf_config cfg = {.layout = QKV_TF_D2L, .d_model = 8, .n_heads = H, .d_ffn = 16,
+                         .n_enc = NL, .n_dec = NL};
+    qkv_params *ps = qkv_params_new();
+    qkv_seq2seq m;
+    REQUIRE(qkv_seq2seq_init(&m, ps, &cfg, 6, V) == QKV_OK && qkv_params_alloc(ps) == QKV_OK,
+            "%s", qkv_error());
+    qkv_rng r;
+    qkv_rng_seed(&r, 19);
+    qkv_seq2seq_reset(&m, &r);
+    qkv_init_normal(&r, m.dense.weight, 0.0f, 0.5f);
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_set_training(ctx, 0);
+    qkv_set_grad_enabled(ctx, 0);
+    int64_t src[S] = {4, 5, 1, 3, 1}, valid = 4;
+    static struct {
+        float enc[NL * H * S * S], self[NL * H * L * L], cross[NL * H * L * S];
+    } buf[3]; /* greedy, beam, qkv_seq2seq_attention */
+    qkv_seq2seq_attn at[3];
+    for (int i = 0; i < 3; i++)
+        at[i] = (qkv_seq2seq_attn){buf[i].enc, buf[i].self, buf[i].cross};
+    int64_t out[2][L], k[2];
+    for (int b = 0; b < 2; b++) {
+        int beam = b ? 4 : 1;
+        /* garbage in the buffers: rows beyond the output must come back 0 */
+        memset(&buf[b], 0xff, sizeof buf[b]);
+        k[b] = qkv_seq2seq_translate(ctx, &m, src, S, valid, BOS, EOS, L, beam, 0.75f, out[b],
+                                     &at[b]);
+        REQUIRE(k[b] >= 0, "beam %d: %s", beam, qkv_error());
+        int64_t t = k[b] + 1 < L ? k[b] + 1 : L;
+        int64_t dec_in[L] = {BOS};
+        for (int64_t i = 1; i < t; i++)
+            dec_in[i] = out[b][i - 1];
+        qkv_tensor *ew[QKV_TF_MAX_LAYERS] = {0}, *sw[QKV_TF_MAX_LAYERS] = {0},
+                   *cw[QKV_TF_MAX_LAYERS] = {0};
+        qkv_tf_masks mk = {.enc_weights = ew, .dec_self_weights = sw, .dec_cross_weights = cw};
+        REQUIRE(qkv_seq2seq_forward(ctx, &m, src, &valid, 1, S, dec_in, t, &mk), "%s",
+                qkv_error());
+        double worst = 0.0;
+        for (int l = 0; l < NL; l++) {
+            worst = fmax(worst, attn_diff(at[b].enc + l * H * S * S, H, S, S, S, S, ew[l]));
+            worst = fmax(worst, attn_diff(at[b].dec_self + l * H * L * L, H, L, L, t, t, sw[l]));
+            worst = fmax(worst, attn_diff(at[b].dec_cross + l * H * L * S, H, L, S, t, S, cw[l]));
+        }
+        fprintf(stderr, "    beam %d: %lld tokens, %lld decoder rows, worst |w - full| %.2g\n",
+                beam, (long long)k[b], (long long)t, worst);
+        CHECK(worst <= 1e-5, "beam %d: weights differ from the full forward by %g", beam, worst);
+        CHECK(nonzero_rows_from(at[b].dec_self, NL * H, L, L, t) == 0 &&
+                  nonzero_rows_from(at[b].dec_cross, NL * H, L, S, t) == 0,
+              "beam %d: rows beyond %lld are not zero", beam, (long long)t);
+        qkv_ctx_reset(ctx);
+    }
+    /* the same rows again from the ids alone */
+    memset(&buf[2], 0xff, sizeof buf[2]);
+    int64_t t = qkv_seq2seq_attention(ctx, &m, src, S, valid, BOS, out[0], k[0], L, &at[2]);
+    CHECK(t == (k[0] + 1 < L ? k[0] + 1 : L), "qkv_seq2seq_attention: %lld rows: %s",
+          (long long)t, qkv_error());
+    CHECK(!memcmp(&buf[2], &buf[0], sizeof buf[0]),
+          "qkv_seq2seq_attention differs from greedy's recorded weights");
+    qkv_ctx_reset(ctx);
+    CHECK(qkv_seq2seq_attention(ctx, &m, src, S, valid, BOS, out[0], L + 1, L, &at[2]) == -1 &&
+              strstr(qkv_error(), "qkv_seq2seq_attention"),
+          "n > max_len accepted");
+    CHECK(qkv_seq2seq_attention(ctx, &m, src, S, valid, BOS, out[0], k[0], L, NULL) == -1,
+          "no buffers accepted");
+    int64_t bad = V;
+    CHECK(qkv_seq2seq_attention(ctx, &m, src, S, valid, BOS, &bad, 1, L, &at[2]) == -1 &&
+              strstr(qkv_error(), "out of range"),
+          "a token outside the vocabulary accepted: %s", qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_params_free(ps);
 }

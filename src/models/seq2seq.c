@@ -2,7 +2,8 @@
  * TransformerEncoder and TransformerDecoder inside an EncoderDecoder):
  * embeddings scaled by sqrt(E), sinusoidal positions, the blocks of
  * nn/transformer.c and a Linear to the target vocabulary; greedy decoding
- * (d2l's predict_seq2seq) and beam search over the cached decoder. */
+ * (d2l's predict_seq2seq) and beam search over the cached decoder; the
+ * attention weights of a translation, recorded step by step. */
 #include "../qkv_internal.h"
 
 #include <math.h>
@@ -170,6 +171,27 @@ static int64_t greedy(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src, in
     return n;
 }
 
+/* Teacher forcing through the cached decoder, step by step as greedy runs
+ * it (so the weights are recorded the same way): bos, tgt[0], .., one step
+ * per output token and one for the eos, at most max_len steps. Returns the
+ * steps run. */
+static int64_t record(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src, int64_t src_len,
+                      int64_t src_valid, int64_t bos, const int64_t *tgt, int64_t n,
+                      int64_t max_len, qkv_seq2seq_attn *attn)
+{
+    qkv_tf_cache c;
+    if (start(ctx, m, src, src_len, src_valid, 1, max_len, &c, attn) != QKV_OK)
+        return -1;
+    int64_t steps = n + 1 < max_len ? n + 1 : max_len;
+    for (int64_t t = 0; t < steps; t++) {
+        int64_t tok = t ? tgt[t - 1] : bos;
+        qkv_tensor *y = embed(ctx, m, m->tgt_embedding, &tok, 1, 1, c.len);
+        if (!qkv_transformer_decode_step(ctx, &m->tf, &c, y))
+            return -1;
+    }
+    return steps;
+}
+
 /* Beam search. Hypotheses are batch rows of one cache; each step keeps the
  * `beam` best continuations by summed log-probability; one that ends in eos
  * is set aside, scored by its sum / length^alpha. The search stops when
@@ -284,7 +306,34 @@ int64_t qkv_seq2seq_translate(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t 
     int64_t n = beam <= 1 ? greedy(ctx, m, src, src_len, src_valid, bos, eos, max_len, out, attn)
                           : beam_search(ctx, m, src, src_len, src_valid, bos, eos, max_len, beam,
                                         alpha, out);
+    /* beam rows are reordered every step: the chosen hypothesis's weights
+     * come from decoding it again alone */
+    if (beam > 1 && attn && n >= 0 &&
+        record(ctx, m, src, src_len, src_valid, bos, out, n, max_len, attn) < 0)
+        n = -1;
     qkv_set_grad_enabled(ctx, was_grad);
     qkv_set_training(ctx, was_training);
     return n;
+}
+
+int64_t qkv_seq2seq_attention(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                              int64_t src_len, int64_t src_valid, int64_t bos,
+                              const int64_t *tgt, int64_t n, int64_t max_len,
+                              qkv_seq2seq_attn *attn)
+{
+    if (!src || (n > 0 && !tgt) || !attn || !attn->enc || !attn->dec_self || !attn->dec_cross ||
+        src_len <= 0 || max_len <= 0 || n < 0 || n > max_len || src_valid < 0 ||
+        src_valid > src_len) {
+        qkv_set_error(QKV_ERR_ARG,
+                      "qkv_seq2seq_attention: bad source, target or buffers (src_len %lld, "
+                      "valid %lld, %lld target tokens, max_len %lld)",
+                      (long long)src_len, (long long)src_valid, (long long)n, (long long)max_len);
+        return -1;
+    }
+    int was_training = qkv_set_training(ctx, 0);
+    int was_grad = qkv_set_grad_enabled(ctx, 0);
+    int64_t steps = record(ctx, m, src, src_len, src_valid, bos, tgt, n, max_len, attn);
+    qkv_set_grad_enabled(ctx, was_grad);
+    qkv_set_training(ctx, was_training);
+    return steps;
 }

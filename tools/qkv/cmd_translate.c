@@ -4,7 +4,9 @@
  * configuration and vocabularies all in that file). Greedy as d2l's
  * predict_seq2seq, or beam search; --attention writes the encoder
  * self-attention, decoder self-attention and encoder-decoder attention of
- * the (first) sentence as heatmaps, layers down and heads across.
+ * every sentence's translation (greedy or the beam's choice) as heatmaps,
+ * layers down and heads across: three pictures per sentence, the second
+ * sentence's named with "-2" after the base name, and so on.
  */
 #include "args.h"
 #include "commands.h"
@@ -113,8 +115,12 @@ static void crop(float *dst, const float *src, int64_t lh, int64_t qmax, int64_t
             memcpy(dst + (i * q + a) * k, src + (i * qmax + a) * kmax, (size_t)k * sizeof(float));
 }
 
-static int heatmaps(const char *path, const qkv_seq2seq *m, const qkv_seq2seq_attn *at,
-                    int64_t s, int64_t src_valid, int64_t max_len, int64_t out_len)
+/* The three pictures of sentence `index` (0-based): PATH-encoder.png, ..
+ * for the first, PATH-2-encoder.png, .. for the second (PATH without its
+ * .png). */
+static int heatmaps(const char *path, int index, const qkv_seq2seq *m,
+                    const qkv_seq2seq_attn *at, int64_t s, int64_t src_valid, int64_t max_len,
+                    int64_t out_len)
 {
     const qkv_tf_config *c = &m->tf.cfg;
     int64_t h = c->n_heads, q = out_len + 1 <= max_len ? out_len + 1 : max_len;
@@ -133,11 +139,15 @@ static int heatmaps(const char *path, const qkv_seq2seq *m, const qkv_seq2seq_at
         snprintf(titles[i], 48, "L%lld H%lld", (long long)(i / h + 1),
                  (long long)(i % h + 1));
     }
-    char base[4096], file[4200];
+    char base[4096], file[4300];
     snprintf(base, sizeof base, "%s", path);
     char *dot = strrchr(base, '.');
     if (dot && !strcmp(dot, ".png"))
         *dot = '\0';
+    if (index > 0) {
+        size_t len = strlen(base);
+        snprintf(base + len, sizeof base - len, "-%d", index + 1);
+    }
     struct {
         const char *suffix, *xlabel, *ylabel;
         const float *src;
@@ -216,24 +226,25 @@ static int run(const options *o, char **sentences, int n)
     }
     int64_t *out = ids + num_steps;
     int64_t bos = vocab_id(&tgt, "<bos>", 5), eos = vocab_id(&tgt, "<eos>", 5);
+    if (o->attention) {
+        int64_t h = cfg.n_heads;
+        at.enc = malloc((size_t)(cfg.n_enc * h * num_steps * num_steps) * sizeof(float));
+        at.dec_self = malloc((size_t)(cfg.n_dec * h * max_len * max_len) * sizeof(float));
+        at.dec_cross = malloc((size_t)(cfg.n_dec * h * max_len * num_steps) * sizeof(float));
+        if (!at.enc || !at.dec_self || !at.dec_cross) {
+            free(ids);
+            qkv_set_error(QKV_ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+    }
     for (int i = 0; i < n; i++) {
         int64_t valid = encode(&src, sentences[i], num_steps, ids);
-        int want_attn = o->attention && i == 0 && o->beam <= 1;
-        if (want_attn) {
-            int64_t h = cfg.n_heads;
-            at.enc = malloc((size_t)(cfg.n_enc * h * num_steps * num_steps) * sizeof(float));
-            at.dec_self = malloc((size_t)(cfg.n_dec * h * max_len * max_len) * sizeof(float));
-            at.dec_cross = malloc((size_t)(cfg.n_dec * h * max_len * num_steps) * sizeof(float));
-            if (!at.enc || !at.dec_self || !at.dec_cross) {
-                free(ids);
-                qkv_set_error(QKV_ERR_NOMEM, "out of memory");
-                goto fail;
-            }
-        }
+        /* with a beam, qkv_seq2seq_translate records the weights of the
+         * chosen hypothesis by decoding it again (teacher forcing) */
         int64_t k = valid < 0 ? -1
                               : qkv_seq2seq_translate(ctx, &m, ids, num_steps, valid, bos, eos,
                                                       max_len, (int)o->beam, (float)o->alpha, out,
-                                                      want_attn ? &at : NULL);
+                                                      o->attention ? &at : NULL);
         qkv_ctx_reset(ctx);
         if (k < 0) {
             free(ids);
@@ -243,13 +254,12 @@ static int run(const options *o, char **sentences, int n)
         for (int64_t j = 0; j < k; j++)
             printf("%s%s", j ? " " : "", out[j] < tgt.n ? tgt.tok[out[j]] : "<?>");
         printf("\n");
-        if (want_attn && heatmaps(o->attention, &m, &at, num_steps, valid, max_len, k) != QKV_OK) {
+        if (o->attention &&
+            heatmaps(o->attention, i, &m, &at, num_steps, valid, max_len, k) != QKV_OK) {
             free(ids);
             goto fail;
         }
     }
-    if (o->attention && o->beam > 1)
-        fprintf(stderr, "qkv translate: --attention is drawn for greedy decoding only\n");
     free(ids);
     rc = 0;
 fail:
@@ -282,8 +292,9 @@ int cmd_translate(int argc, char **argv)
         {.name = "max-len", .kind = ARG_INT, .value = &o.max_len, .min = 0, .max = 1000,
          .help = "most output tokens (0: the model's num_steps)"},
         {.name = "attention", .kind = ARG_STRING, .value = &o.attention, .metavar = "PNG",
-         .help = "write PNG-encoder.png, -decoder-self.png, -decoder-cross.png (first "
-                 "sentence, greedy)"},
+         .help = "attention heatmaps of each translation (greedy or the beam's): "
+                 "P-encoder.png, P-decoder-self.png, P-decoder-cross.png (P: PNG less .png) "
+                 "for the first sentence, P-2-*.png for the second, .."},
     };
     args_spec s = {
         .command = "translate",
