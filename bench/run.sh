@@ -40,6 +40,9 @@ rm -f "$out"/*.txt "$out"/models/*.txt
 # intra-op pool, OpenBLAS and MKL
 export QKV_THREADS=$threads OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads \
        MKL_NUM_THREADS=$threads
+# libgomp's spin before an idle worker sleeps, as the qkv CLI sets it for
+# itself (tools/qkv/main.c); every runtime here uses libgomp and gets it
+export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-300000}
 
 if ! .venv/bin/python -c 'import torch, torchvision' 2>/dev/null; then
     echo "no PyTorch or torchvision in .venv: running scripts/bench-setup.sh" >&2

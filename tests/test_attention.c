@@ -186,6 +186,34 @@ TEST(attention_fused_matches_unfused)
     check_fused("small", &small, (qkv_attn_opts){.causal = 1}, NULL);
 }
 
+/* The short-row path (M <= QKV_ATTN_SHORT_M keys: one task per head, rows
+ * in registers) against the unfused reference, every mask kind; then D and
+ * Dv past 64 (more than one register block) at exactly 64 keys. */
+TEST(attention_short_rows_match_unfused)
+{
+    attn_shape s = {2, 3, 37, 50, 24, 20, false};
+    attn_shape st = s;
+    st.q_transposed = true;
+    check_fused("short: no mask", &s, (qkv_attn_opts){0}, NULL);
+    check_fused("short: q transposed", &st, (qkv_attn_opts){.scale = 0.3f}, NULL);
+    check_fused("short: additive mask", &s, (qkv_attn_opts){0}, mask_additive);
+    check_fused("short: bool mask", &st, (qkv_attn_opts){0}, mask_bool);
+    check_fused("short: causal", &s, (qkv_attn_opts){.causal = 1}, NULL);
+    check_fused("short: valid lens (B)", &s,
+                (qkv_attn_opts){.valid_lens = lens1, .valid_lens_ndim = 1}, NULL);
+    for (int64_t i = 0; i < 2 * 70; i++) /* zero and negative lengths: uniform rows */
+        lens2[i] = (i * 13) % 60 - 5;
+    check_fused("short: valid lens (B, N)", &s,
+                (qkv_attn_opts){.valid_lens = lens2, .valid_lens_ndim = 2}, NULL);
+    check_fused("short: dropout", &st, (qkv_attn_opts){.dropout_p = 0.3f}, NULL);
+    check_fused("short: dropout + causal + additive", &s,
+                (qkv_attn_opts){.dropout_p = 0.5f, .causal = 1}, mask_additive);
+    attn_shape wide = {1, 2, 9, 64, 80, 70, false};
+    check_fused("short: D, Dv > 64", &wide, (qkv_attn_opts){.causal = 1}, NULL);
+    attn_shape one = {3, 1, 1, 1, 3, 2, false};
+    check_fused("short: one key", &one, (qkv_attn_opts){.dropout_p = 0.2f}, NULL);
+}
+
 TEST(attention_dropout_rate_and_eval)
 {
     /* the hash keeps about 1 - p of the weights, scaled by 1 / (1 - p) */

@@ -1,46 +1,66 @@
 /* ops_dropout.c - inverted dropout: y = x * mask, mask = 1 / (1 - p) with
- * probability 1 - p and 0 otherwise, seeded from the context RNG. The mask
- * is saved as floats so that forward and backward are one multiply each. */
+ * probability 1 - p and 0 otherwise, seeded from the context RNG. */
 #include "../kernels/attention.h"
 #include "../qkv_internal.h"
 
 #include <math.h>
+#include <omp.h>
 
 /* Below this many elements the multiply stays on one thread. */
 #define PAR_WORK 32768
 
-/* y = x * mask: dx += dy * mask; saved[0] is the mask (numel of x) */
+/* Element i is kept, as 1 / (1 - p), when the high 32 bits of hash(seed, i)
+ * are >= p 2^32 (the counter-based hash of attention's dropout), with one
+ * 64-bit draw of the context RNG as the seed. The mask is a function of
+ * (seed, i): the forward and the backward each compute it in the same
+ * vector loop as their multiply, and nothing is stored but the seed. */
+typedef struct {
+    uint64_t seed, threshold;
+    float keep; /* 1 / (1 - p), 0 when p == 1 */
+} dropout_mask;
+
+static inline float mask_at(uint64_t seed, uint64_t threshold, float keep, int64_t i)
+{
+    return (qkv_k_attn_hash(seed, (uint64_t)i) >> 32) >= threshold ? keep : 0.0f;
+}
+
+/* elements lo .. hi of y = x * mask, or y += x * mask if accumulate */
+static void mask_range(float *restrict y, const float *restrict x, int64_t lo, int64_t hi,
+                       uint64_t seed, uint64_t thr, float keep, bool accumulate)
+{
+    if (accumulate) {
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++)
+            y[i] += x[i] * mask_at(seed, thr, keep, i);
+    } else {
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++)
+            y[i] = x[i] * mask_at(seed, thr, keep, i);
+    }
+}
+
+static void apply_mask(float *y, const float *x, int64_t m, const dropout_mask *d,
+                       bool accumulate)
+{
+    if (m <= PAR_WORK || qkv_threads() == 1) { /* no OpenMP region */
+        mask_range(y, x, 0, m, d->seed, d->threshold, d->keep, accumulate);
+        return;
+    }
+#pragma omp parallel
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        mask_range(y, x, m * t / nt, m * (t + 1) / nt, d->seed, d->threshold, d->keep,
+                   accumulate);
+    }
+}
+
+/* y = x * mask: dx (+)= dy * mask; saved[0] is the mask's dropout_mask */
 static void dropout_backward(qkv_ctx *ctx, qkv_node *n)
 {
     bool acc;
     float *gx = qkv__grad_for_write(ctx, n->in[0], &acc);
-    if (!gx)
-        return;
-    const float *mask = n->saved[0], *gy = n->out->grad;
-    int64_t m = qkv_numel(n->out);
-    if (acc) {
-#pragma omp parallel for simd if (m > PAR_WORK) schedule(static)
-        for (int64_t i = 0; i < m; i++)
-            gx[i] += gy[i] * mask[i];
-    } else {
-#pragma omp parallel for simd if (m > PAR_WORK) schedule(static)
-        for (int64_t i = 0; i < m; i++)
-            gx[i] = gy[i] * mask[i];
-    }
-}
-
-/* mask (m) of 0 and 1 / (1 - p), 0 < p < 1: element i is kept when the high
- * 32 bits of hash(seed, i) are >= p 2^32, with one 64-bit draw of the
- * context RNG as the seed (the counter-based hash of attention's dropout):
- * the mask depends only on the seed and vectorises, where a sequential
- * generator would cost a dependent chain of updates per element. */
-static void draw_mask(float *mask, int64_t m, float p, qkv_rng *rng)
-{
-    uint64_t threshold = qkv_k_attn_threshold(p), seed = qkv_rng_u64(rng);
-    float keep = 1.0f / (1.0f - p);
-#pragma omp simd
-    for (int64_t i = 0; i < m; i++)
-        mask[i] = (qkv_k_attn_hash(seed, (uint64_t)i) >> 32) >= threshold ? keep : 0.0f;
+    if (gx)
+        apply_mask(gx, n->out->grad, qkv_numel(n->out), n->saved[0], acc);
 }
 
 qkv_tensor *qkv_dropout(qkv_ctx *ctx, qkv_tensor *x, float p)
@@ -55,22 +75,16 @@ qkv_tensor *qkv_dropout(qkv_ctx *ctx, qkv_tensor *x, float p)
     x = qkv_contiguous(ctx, x);
     if (!x)
         return NULL;
-    int64_t m = qkv_numel(x);
     qkv_tensor *y = qkv__tensor(ctx, x->ndim, x->shape);
-    float *mask = qkv__floats(ctx, m);
-    if (!y || !mask)
+    dropout_mask *d = qkv__alloc(ctx, sizeof *d);
+    if (!y || !d)
         return NULL;
-    if (p == 1.0f) /* everything dropped; 1 / (1 - p) would make 0 * inf */
-        memset(mask, 0, (size_t)m * sizeof(float));
-    else
-        draw_mask(mask, m, p, &ctx->rng);
-    const float *xd = x->data;
-    float *yd = y->data;
-#pragma omp parallel for simd if (m > PAR_WORK) schedule(static)
-    for (int64_t i = 0; i < m; i++)
-        yd[i] = xd[i] * mask[i];
+    /* p == 1 drops everything: keep 0, as 1 / (1 - p) would make 0 * inf */
+    *d = (dropout_mask){.seed = qkv_rng_u64(&ctx->rng), .threshold = qkv_k_attn_threshold(p),
+                        .keep = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f};
+    apply_mask(y->data, x->data, qkv_numel(x), d, false);
     qkv_node *n = qkv__record(ctx, QKV_OP_DROPOUT, dropout_backward, y, 1, &x);
     if (n)
-        n->saved[0] = mask;
+        n->saved[0] = d;
     return qkv__done(ctx, QKV_OP_DROPOUT, y);
 }

@@ -1,6 +1,7 @@
 /* ops_matmul.c - matmul with transpose flags and broadcast batch axes, and
  * linear (x W^T + b). Strided inputs whose last two axes are row- or
  * column-major go to GEMM as they are, with a transpose flag, not a copy. */
+#include "../kernels/gemm.h"
 #include "../kernels/kernels.h"
 #include "../qkv_internal.h"
 
@@ -130,28 +131,53 @@ qkv_tensor *qkv_matmul(qkv_ctx *ctx, qkv_tensor *a, qkv_tensor *b, int trans_a, 
 
 /* linear: x (R, in) [R = all leading axes], w (out, in), bias (out)
  * -> y (R, out) = x w^T + bias */
+/* dx (R,in) (+)= G (R,out) W (out,in) */
+static void linear_dx(const float *G, const float *W, float *gx, bool acc, int64_t R, int64_t in,
+                      int64_t outf)
+{
+    qkv_k_gemm(false, false, R, in, outf, 1.0f, G, outf, W, in, acc ? 1.0f : 0.0f, gx, in);
+}
+
+/* dW (out,in) += G^T (out,R) x (R,in); db += the sum of G's rows */
+static void linear_dw(const float *G, const float *X, float *gw, float *gb, int64_t R,
+                      int64_t in, int64_t outf)
+{
+    if (gw)
+        qkv_k_gemm(true, false, outf, in, R, 1.0f, G, outf, X, in, 1.0f, gw, in);
+    if (gb)
+        for (int64_t r = 0; r < R; r++) {
+            const float *g = G + r * outf;
+#pragma omp simd
+            for (int64_t j = 0; j < outf; j++)
+                gb[j] += g[j];
+        }
+}
+
 static void linear_backward(qkv_ctx *ctx, qkv_node *n)
 {
     qkv_tensor *x = n->in[0], *w = n->in[1], *bias = n->in[2], *y = n->out;
     int64_t in = w->shape[1], outf = w->shape[0], R = qkv_numel(x) / (in ? in : 1);
     const float *G = y->grad;
-    if (qkv__wants(n, 0)) { /* dx (R,in) += G (R,out) W (out,in) */
-        float *gx = qkv__grad(ctx, x);
-        if (gx)
-            qkv_k_gemm(false, false, R, in, outf, 1.0f, G, outf, w->data, in, 1.0f, gx, in);
+    bool acc_x = false;
+    float *gx = qkv__wants(n, 0) ? qkv__grad_for_write(ctx, x, &acc_x) : NULL;
+    float *gw = qkv__wants(n, 1) ? qkv__grad(ctx, w) : NULL;
+    float *gb = bias && qkv__wants(n, 2) ? qkv__grad(ctx, bias) : NULL;
+    /* dx and dW are independent products: below the size where one GEMM
+     * splits across threads, two threads take one each */
+    if (gx && (gw || gb) && qkv_threads() > 1 &&
+        (double)R * in * outf < QKV_GEMM_PARALLEL_WORK) {
+#pragma omp parallel sections num_threads(2)
+        {
+#pragma omp section
+            linear_dx(G, w->data, gx, acc_x, R, in, outf);
+#pragma omp section
+            linear_dw(G, x->data, gw, gb, R, in, outf);
+        }
+        return;
     }
-    if (qkv__wants(n, 1)) { /* dW (out,in) += G^T (out,R) x (R,in) */
-        float *gw = qkv__grad(ctx, w);
-        if (gw)
-            qkv_k_gemm(true, false, outf, in, R, 1.0f, G, outf, x->data, in, 1.0f, gw, in);
-    }
-    if (bias && qkv__wants(n, 2)) { /* db += sum over rows of G */
-        float *gb = qkv__grad(ctx, bias);
-        if (gb)
-            for (int64_t r = 0; r < R; r++)
-                for (int64_t j = 0; j < outf; j++)
-                    gb[j] += G[r * outf + j];
-    }
+    if (gx)
+        linear_dx(G, w->data, gx, acc_x, R, in, outf);
+    linear_dw(G, x->data, gw, gb, R, in, outf);
 }
 
 qkv_tensor *qkv_linear(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *w, qkv_tensor *bias)

@@ -30,6 +30,9 @@
 #include "softmax.h"
 
 #include <math.h>
+#ifdef __AVX512F__
+#include "lanes512.h"
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -38,8 +41,10 @@
 #define BR 64  /* queries per tile */
 #define BC 128 /* keys per tile */
 
-/* Below this many score elements (B H N M) attention stays on one thread. */
+/* Below this many score elements (B H N M) attention stays on one thread;
+ * the short-row path, with more work per score, splits from SHORT_PAR_WORK. */
 #define PAR_WORK 65536
+#define SHORT_PAR_WORK 4096
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -147,8 +152,19 @@ typedef struct {
     double *l;
 } fwd_work;
 
+static bool short_rows(const qkv_k_attn *a) { return a->M <= QKV_ATTN_SHORT_M; }
+
+/* the short-row path's per-thread floats: K^T and V^T (D, 64), (Dv, 64),
+ * and four rows of 64 */
+static size_t short_floats(const qkv_k_attn *a)
+{
+    return (size_t)QKV_ATTN_SHORT_M * ((size_t)a->D + (size_t)a->Dv + 4);
+}
+
 static size_t fwd_floats(const qkv_k_attn *a)
 {
+    if (short_rows(a))
+        return short_floats(a);
     return round16(BR * BC) + round16((size_t)BR * a->Dv) + round16(BC) + round16(BR) +
            round16(2 * BR);
 }
@@ -246,11 +262,317 @@ static void forward_tile(const qkv_k_attn *a, int64_t bh, int64_t i0, float *out
     }
 }
 
+/* ---- the short-row path (M <= QKV_ATTN_SHORT_M) ----
+ *
+ * With few keys (the book's 10-token sentences, ViT's 50 patches) the tiles
+ * above are mostly padding and bookkeeping. Here one task takes a whole
+ * (batch, head): K and V are transposed once into (D, 64) and (Dv, 64)
+ * blocks, zero past M, so that a query's row of scores is D vector FMAs
+ * over the keys, and the softmax runs on full vectors of 16. Keys past M
+ * are -inf and weigh exactly 0. The arithmetic is the tiled path's with
+ * one tile: the same masks, exp, statistics and dropout hash. */
+
+#define SM QKV_ATTN_SHORT_M
+
+typedef struct {
+    float *kt, *vt, *s, *e, *keep, *g; /* (D, SM), (Dv, SM), then rows of SM */
+} short_work;
+
+static short_work short_split(const qkv_k_attn *a, float *w)
+{
+    short_work r;
+    r.kt = w;
+    r.vt = r.kt + (size_t)a->D * SM;
+    r.s = r.vt + (size_t)a->Dv * SM;
+    r.e = r.s + SM;
+    r.keep = r.e + SM;
+    r.g = r.keep + SM;
+    return r;
+}
+
+/* dst (d, SM) = src (M, d) with row stride sn, transposed; columns M to the
+ * next multiple of 16 are 0 (the rest is never read) */
+static void transpose_rows(float *dst, const float *src, int64_t sn, int64_t M, int64_t d)
+{
+    int64_t mp = (M + 15) / 16 * 16;
+    for (int64_t c = 0; c < d; c++)
+        for (int64_t j = M; j < mp; j++)
+            dst[c * SM + j] = 0.0f;
+    for (int64_t j = 0; j < M; j++) {
+        const float *r = src + j * sn;
+        for (int64_t c = 0; c < d; c++)
+            dst[c * SM + j] = r[c];
+    }
+}
+
+static bool any_mask(const qkv_k_attn_mask *mk)
+{
+    return mk->add || mk->kpm || mk->causal || mk->valid_lens;
+}
+
+#ifdef __AVX512F__
+/* out[j] = sum_d x[d] xt[d][j] for j < mp (a multiple of 16, at most 64):
+ * a row against the transposed block, the row in up to 4 registers */
+static void short_dots(const float *x, const float *xt, int64_t D, int64_t mp, float *out)
+{
+    int64_t nv = mp / 16;
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    for (int64_t d = 0; d < D; d++) {
+        __m512 b = _mm512_set1_ps(x[d]);
+        const float *r = xt + d * SM;
+        c0 = _mm512_fmadd_ps(b, _mm512_load_ps(r), c0);
+        if (nv > 1)
+            c1 = _mm512_fmadd_ps(b, _mm512_load_ps(r + 16), c1);
+        if (nv > 2)
+            c2 = _mm512_fmadd_ps(b, _mm512_load_ps(r + 32), c2);
+        if (nv > 3)
+            c3 = _mm512_fmadd_ps(b, _mm512_load_ps(r + 48), c3);
+    }
+    __m512 c[4] = {c0, c1, c2, c3};
+    for (int64_t v = 0; v < nv; v++)
+        _mm512_store_ps(out + 16 * v, c[v]);
+}
+
+/* s (SM) = scale q . k_j over the keys, masked; -inf past M; returns the
+ * row maximum */
+static float short_scores(const qkv_k_attn *a, int64_t b, int64_t h, int64_t i, const float *q,
+                          const float *kt, int64_t mp, float *s)
+{
+    int64_t M = a->M;
+    short_dots(q, kt, a->D, mp, s);
+    __m512 sc = _mm512_set1_ps(a->scale), ninf = _mm512_set1_ps(-INFINITY);
+    for (int64_t v = 0; 16 * v < mp; v++) {
+        int64_t left = M - 16 * v;
+        __mmask16 k = left >= 16 ? QKV_ALL : qkv_lanes(left);
+        _mm512_store_ps(s + 16 * v, _mm512_mask_mul_ps(ninf, k, _mm512_load_ps(s + 16 * v), sc));
+    }
+    if (any_mask(&a->mask))
+        qkv_k_attn_mask_row(&a->mask, a->N, M, b, h, i, 0, M, s);
+    __m512 m = ninf;
+    for (int64_t v = 0; 16 * v < mp; v++) /* s second: a NaN is skipped, as row_max */
+        m = _mm512_max_ps(_mm512_load_ps(s + 16 * v), m);
+    return _mm512_reduce_max_ps(m);
+}
+
+/* s[j] = exp((s[j] - m) - ll) over the mp (a multiple of 16) lanes; returns
+ * their sum. The argument is <= 0 (or NaN): m is the row maximum and ll
+ * the log of a sum that holds exp(0). */
+static float short_exp(float *s, int64_t mp, float m, float ll)
+{
+    __m512 vm = _mm512_set1_ps(m), vl = _mm512_set1_ps(ll), sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < mp; j += 16) {
+        __m512 e = exp16_nonpositive(
+            _mm512_sub_ps(_mm512_sub_ps(_mm512_load_ps(s + j), vm), vl));
+        _mm512_store_ps(s + j, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+#else
+static void short_dots(const float *x, const float *xt, int64_t D, int64_t mp, float *out)
+{
+    for (int64_t j = 0; j < mp; j++)
+        out[j] = 0.0f;
+    for (int64_t d = 0; d < D; d++) {
+        float b = x[d];
+        const float *r = xt + d * SM;
+#pragma omp simd
+        for (int64_t j = 0; j < mp; j++)
+            out[j] += b * r[j];
+    }
+}
+
+static float short_scores(const qkv_k_attn *a, int64_t b, int64_t h, int64_t i, const float *q,
+                          const float *kt, int64_t mp, float *s)
+{
+    int64_t M = a->M;
+    short_dots(q, kt, a->D, mp, s);
+    for (int64_t j = 0; j < mp; j++)
+        s[j] = j < M ? s[j] * a->scale : -INFINITY;
+    if (any_mask(&a->mask))
+        qkv_k_attn_mask_row(&a->mask, a->N, M, b, h, i, 0, M, s);
+    return row_max(s, mp);
+}
+
+static float short_exp(float *s, int64_t mp, float m, float ll)
+{
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < mp; j++) {
+        s[j] = qkv_k_expf((s[j] - m) - ll);
+        sum += s[j];
+    }
+    return sum;
+}
+#endif
+
+/* o[0..n) = scale (o if acc) + sum_j w[j] rows_j[0..n) over j < M (rows_j =
+ * rows + j * stride), skipping zero weights: the weighted sum of value rows
+ * (or key rows), accumulated in registers 64 columns at a time. */
+static void short_combo(float *o, bool acc, const float *w, const float *rows, int64_t stride,
+                        int64_t M, int64_t n, float scale)
+{
+#ifdef __AVX512F__
+    for (int64_t d0 = 0; d0 < n; d0 += 64) {
+        int64_t left = n - d0;
+        __mmask16 k[4];
+        for (int v = 0; v < 4; v++) {
+            int64_t l = left - 16 * v;
+            k[v] = l >= 16 ? QKV_ALL : l > 0 ? qkv_lanes(l) : 0;
+        }
+        __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+        for (int64_t j = 0; j < M; j++) {
+            __m512 x = _mm512_set1_ps(w[j]);
+            const float *r = rows + j * stride + d0;
+            c0 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(k[0], r), c0);
+            if (left > 16)
+                c1 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(k[1], r + 16), c1);
+            if (left > 32)
+                c2 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(k[2], r + 32), c2);
+            if (left > 48)
+                c3 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(k[3], r + 48), c3);
+        }
+        __m512 c[4] = {c0, c1, c2, c3}, sc = _mm512_set1_ps(scale);
+        for (int v = 0; v < 4 && 16 * v < left; v++) {
+            __m512 y = _mm512_mul_ps(c[v], sc);
+            if (acc)
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k[v], o + d0 + 16 * v));
+            _mm512_mask_storeu_ps(o + d0 + 16 * v, k[v], y);
+        }
+    }
+#else
+    if (!acc)
+        for (int64_t d = 0; d < n; d++)
+            o[d] = 0.0f;
+    for (int64_t j = 0; j < M; j++) {
+        float x = w[j] * scale;
+        if (x == 0.0f)
+            continue;
+        const float *r = rows + j * stride;
+#pragma omp simd
+        for (int64_t d = 0; d < n; d++)
+            o[d] += x * r[d];
+    }
+#endif
+}
+
+static void short_forward_head(const qkv_k_attn *a, int64_t bh, float *out, float *lse,
+                               short_work w)
+{
+    int64_t H = a->H, N = a->N, M = a->M, Dv = a->Dv, b = bh / H, h = bh % H;
+    int64_t mp = (M + 15) / 16 * 16;
+    const float *q = a->q + b * a->q_sb + h * a->q_sh;
+    const float *v = a->v + b * a->v_sb + h * a->v_sh;
+    transpose_rows(w.kt, a->k + b * a->k_sb + h * a->k_sh, a->k_sn, M, a->D);
+    float *logl = lse + a->B * H * N;
+    for (int64_t i = 0; i < N; i++) {
+        float *o = out + (bh * N + i) * Dv, *s = w.s;
+        float m = short_scores(a, b, h, i, q + i * a->q_sn, w.kt, mp, s);
+        if (m == -INFINITY || m != m) { /* every key masked: NaN, as softmax of all -inf */
+            for (int64_t d = 0; d < Dv; d++)
+                o[d] = NAN;
+            lse[bh * N + i] = logl[bh * N + i] = NAN;
+            continue;
+        }
+        float sum = short_exp(s, mp, m, 0.0f); /* <= 64 terms in (0, 1]: float will do */
+        if (a->dropout_p > 0) {
+            qkv_k_attn_dropout_row(w.keep, a->seed, a->dropout_p, bh, i, 0, M, N, M);
+            for (int64_t j = 0; j < M; j++)
+                s[j] *= w.keep[j];
+        }
+        short_combo(o, false, s, v, a->v_sn, M, Dv, 1.0f / sum);
+        lse[bh * N + i] = m;
+        logl[bh * N + i] = logf(sum);
+    }
+}
+
+/* The backward of one (batch, head), row by row: P recomputed from the
+ * saved statistics, then dV += P^T dO, dP = dO V^T, dS = P (dP Z - Delta),
+ * dQ += scale dS K, dK += scale dS^T Q. */
+static void short_backward_head(const qkv_k_attn *a, int64_t bh, const float *out,
+                                const float *lse, const float *dout, float *dq, float *dk,
+                                float *dv, short_work w)
+{
+    const qkv_k_attn_mask *mk = &a->mask;
+    int64_t H = a->H, N = a->N, M = a->M, D = a->D, Dv = a->Dv, b = bh / H, h = bh % H;
+    int64_t mp = (M + 15) / 16 * 16;
+    const float *q = a->q + b * a->q_sb + h * a->q_sh;
+    const float *k = a->k + b * a->k_sb + h * a->k_sh;
+    transpose_rows(w.kt, k, a->k_sn, M, D);
+    transpose_rows(w.vt, a->v + b * a->v_sb + h * a->v_sh, a->v_sn, M, Dv);
+    const float *logl = lse + a->B * H * N;
+    bool drop = a->dropout_p > 0;
+    for (int64_t i = 0; i < N; i++) {
+        const float *qi = q + i * a->q_sn, *doi = dout + (bh * N + i) * Dv;
+        const float *oi = out + (bh * N + i) * Dv;
+        float *p = w.s, *g = w.g, *z = w.keep, *pd = w.e;
+        short_scores(a, b, h, i, qi, w.kt, mp, p);
+        short_exp(p, mp, lse[bh * N + i], logl[bh * N + i]);
+        if (drop) {
+            qkv_k_attn_dropout_row(z, a->seed, a->dropout_p, bh, i, 0, M, N, M);
+            for (int64_t j = 0; j < M; j++)
+                pd[j] = p[j] * z[j];
+        }
+        const float *pw = drop ? pd : p;
+        if (dv) /* dV (M, Dv) += (P o Z)^T dO */
+            for (int64_t j = 0; j < M; j++) {
+                float x = pw[j];
+                float *r = dv + (bh * M + j) * Dv;
+#pragma omp simd
+                for (int64_t d = 0; d < Dv; d++)
+                    r[d] += x * doi[d];
+            }
+        if (!dq && !dk)
+            continue;
+        /* Delta_i = dO_i . out_i; dP_j = dO_i . v_j */
+        float delta = 0.0f;
+#pragma omp simd reduction(+ : delta)
+        for (int64_t d = 0; d < Dv; d++)
+            delta += doi[d] * oi[d];
+        short_dots(doi, w.vt, Dv, mp, g);
+        float dl = delta;
+        if (drop) {
+            for (int64_t j = 0; j < M; j++)
+                p[j] = p[j] * (g[j] * z[j] - dl);
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < M; j++)
+                p[j] = p[j] * (g[j] - dl);
+        }
+        if (mk->valid_lens) /* nothing where a valid length replaced s */
+            for (int64_t j = max64(qkv_k_attn_valid_len(mk, N, M, b, i), 0); j < M; j++)
+                p[j] = 0.0f;
+        if (dq)
+            short_combo(dq + (bh * N + i) * D, true, p, k, a->k_sn, M, D, a->scale);
+        for (int64_t j = 0; j < M && dk; j++) {
+            float x = a->scale * p[j];
+            {
+                float *r = dk + (bh * M + j) * D;
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++)
+                    r[d] += x * qi[d];
+            }
+        }
+    }
+}
+
 void qkv_k_attn_forward(const qkv_k_attn *a, float *out, float *lse, float *work, int threads)
 {
     int64_t BH = a->B * a->H, nt = (a->N + BR - 1) / BR;
     size_t per = fwd_floats(a);
     double work_size = (double)BH * a->N * a->M;
+    if (short_rows(a)) {
+        if (threads <= 1 || work_size <= SHORT_PAR_WORK) { /* no OpenMP region at all */
+            short_work w = short_split(a, work);
+            for (int64_t bh = 0; bh < BH; bh++)
+                short_forward_head(a, bh, out, lse, w);
+            return;
+        }
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t bh = 0; bh < BH; bh++)
+            short_forward_head(a, bh, out, lse, short_split(a, work + per * (size_t)thread_id()));
+        return;
+    }
 #pragma omp parallel for schedule(dynamic) num_threads(threads) \
     if (threads > 1 && work_size > PAR_WORK)
     for (int64_t t = 0; t < BH * nt; t++) {
@@ -265,6 +587,8 @@ void qkv_k_attn_forward(const qkv_k_attn *a, float *out, float *lse, float *work
 
 static size_t bwd_floats(const qkv_k_attn *a)
 {
+    if (short_rows(a))
+        return short_floats(a);
     return 3 * round16(BR * BC) + round16(BC) + round16((size_t)a->N);
 }
 
@@ -373,6 +697,19 @@ void qkv_k_attn_backward(const qkv_k_attn *a, const float *out, const float *lse
     int64_t BH = a->B * a->H;
     size_t per = bwd_floats(a);
     double work_size = (double)BH * a->N * a->M;
+    if (short_rows(a)) {
+        if (threads <= 1 || work_size <= SHORT_PAR_WORK) {
+            short_work w = short_split(a, work);
+            for (int64_t bh = 0; bh < BH; bh++)
+                short_backward_head(a, bh, out, lse, dout, dq, dk, dv, w);
+            return;
+        }
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t bh = 0; bh < BH; bh++)
+            short_backward_head(a, bh, out, lse, dout, dq, dk, dv,
+                                short_split(a, work + per * (size_t)thread_id()));
+        return;
+    }
 #pragma omp parallel for schedule(dynamic) num_threads(threads) \
     if (threads > 1 && work_size > PAR_WORK)
     for (int64_t bh = 0; bh < BH; bh++)

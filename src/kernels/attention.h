@@ -71,6 +71,10 @@ typedef struct {
     uint64_t seed;                 /* of the dropout hash                 */
 } qkv_k_attn;
 
+/* Rows of at most this many keys take the short-row path: a whole row of
+ * scores in registers, one task per (batch, head), no tiles. */
+#define QKV_ATTN_SHORT_M 64
+
 /* Floats of workspace the kernels need for `threads` threads. */
 size_t qkv_k_attn_forward_work(const qkv_k_attn *a, int threads);
 size_t qkv_k_attn_backward_work(const qkv_k_attn *a, int threads);

@@ -18,13 +18,16 @@ void qkv_k_cross_entropy_forward(float *loss, float *lse, const float *x, const 
     for (int64_t i = 0; i < N; i++) {
         const float *xi = x + i * K;
         float m = -INFINITY;
+#pragma omp simd reduction(max : m)
         for (int64_t c = 0; c < K; c++)
             m = xi[c] > m ? xi[c] : m;
-        double s = 0;
+        /* the sum in float lanes (each lane adds K / lanes terms, as the
+         * softmax kernels): a double per term would keep it from vectorising */
+        float s = 0.0f;
 #pragma omp simd reduction(+ : s)
         for (int64_t c = 0; c < K; c++)
             s += qkv_k_expf(xi[c] - m);
-        double l = m + log(s);
+        double l = m + log((double)s);
         lse[i] = (float)l;
         int64_t t = target[i];
         if (t == ignore) {

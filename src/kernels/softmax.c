@@ -20,30 +20,6 @@
 #ifdef __AVX512F__
 #include "lanes512.h"
 
-/* qkv_k_expf on 16 lanes for x <= 0 or NaN (softmax's x - max): the same
- * clamp, reduction and polynomial, with scalef doing the 2^n scaling in
- * one rounding (as the split scaling does). Nothing overflows, so the
- * upper clamp and the test for it, a fifth of the work, are left out. */
-static inline __m512 exp16_nonpositive(__m512 x)
-{
-    /* max returns its second operand for NaN: NaN passes through */
-    __m512 xc = _mm512_max_ps(_mm512_set1_ps(QKV_EXPF_MIN), x);
-    const __m512 shift = _mm512_set1_ps(0x1.8p23f);
-    __m512 t = _mm512_fmadd_ps(xc, _mm512_set1_ps(0x1.715476p+0f), shift);
-    __m512 n = _mm512_sub_ps(t, shift);
-    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0x1.63p-1f), xc);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(0x1.bd0106p-13f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
 /* qkv_k_expf on 16 lanes, any x */
 static inline __m512 exp16(__m512 x)
 {

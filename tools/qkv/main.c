@@ -5,7 +5,9 @@
 
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     const char *name;
@@ -66,8 +68,24 @@ static void usage(FILE *out)
                  "kernels' threads.\n");
 }
 
+/* An idle OpenMP worker of libgomp spins only briefly before it sleeps,
+ * and waking it takes tens of microseconds: a training step made of many
+ * small kernels (the book's Transformer) lost a third of its time to that
+ * (BENCHMARKS.md). libgomp reads its spin count from the environment once,
+ * when it loads, so qkv sets GOMP_SPINCOUNT to libgomp's own default for
+ * a machine that is not oversubscribed, unless the user chose a value or a
+ * wait policy, and starts itself again. If that fails it goes on as it is. */
+static void tune_openmp(char **argv)
+{
+    if (getenv("GOMP_SPINCOUNT") || getenv("OMP_WAIT_POLICY"))
+        return;
+    if (setenv("GOMP_SPINCOUNT", "300000", 1) == 0)
+        execv("/proc/self/exe", argv);
+}
+
 int main(int argc, char **argv)
 {
+    tune_openmp(argv);
     int i = 1;
     /* Global options come before the command; commands accept them too. */
     while (i < argc && !strncmp(argv[i], "--threads", 9)) {
