@@ -7,7 +7,7 @@
 #include <omp.h>
 
 /* Below this many elements the multiply stays on one thread. */
-#define PAR_WORK 32768
+#define PAR_WORK 8192
 
 /* Element i is kept, as 1 / (1 - p), when the high 32 bits of hash(seed, i)
  * are >= p 2^32 (the counter-based hash of attention's dropout), with one

@@ -155,7 +155,8 @@ typedef struct {
 static bool short_rows(const qkv_k_attn *a) { return a->M <= QKV_ATTN_SHORT_M; }
 
 /* the short-row path's per-thread floats: K^T and V^T (D, 64), (Dv, 64),
- * and four rows of 64 */
+ * and four rows of 64 (a multiple of 16: each thread's block stays
+ * 64-byte aligned, as the aligned vector loads need) */
 static size_t short_floats(const qkv_k_attn *a)
 {
     return (size_t)QKV_ATTN_SHORT_M * ((size_t)a->D + (size_t)a->Dv + 4);
@@ -502,6 +503,7 @@ static void short_backward_head(const qkv_k_attn *a, int64_t bh, const float *ou
     transpose_rows(w.vt, a->v + b * a->v_sb + h * a->v_sh, a->v_sn, M, Dv);
     const float *logl = lse + a->B * H * N;
     bool drop = a->dropout_p > 0;
+    float *pt = w.g + SM, *st = pt + M * N; /* (M, N) each */
     for (int64_t i = 0; i < N; i++) {
         const float *qi = q + i * a->q_sn, *doi = dout + (bh * N + i) * Dv;
         const float *oi = out + (bh * N + i) * Dv;
@@ -514,14 +516,8 @@ static void short_backward_head(const qkv_k_attn *a, int64_t bh, const float *ou
                 pd[j] = p[j] * z[j];
         }
         const float *pw = drop ? pd : p;
-        if (dv) /* dV (M, Dv) += (P o Z)^T dO */
-            for (int64_t j = 0; j < M; j++) {
-                float x = pw[j];
-                float *r = dv + (bh * M + j) * Dv;
-#pragma omp simd
-                for (int64_t d = 0; d < Dv; d++)
-                    r[d] += x * doi[d];
-            }
+        for (int64_t j = 0; j < M && dv; j++) /* column i of (P o Z)^T */
+            pt[j * N + i] = pw[j];
         if (!dq && !dk)
             continue;
         /* Delta_i = dO_i . out_i; dP_j = dO_i . v_j */
@@ -544,16 +540,16 @@ static void short_backward_head(const qkv_k_attn *a, int64_t bh, const float *ou
                 p[j] = 0.0f;
         if (dq)
             short_combo(dq + (bh * N + i) * D, true, p, k, a->k_sn, M, D, a->scale);
-        for (int64_t j = 0; j < M && dk; j++) {
-            float x = a->scale * p[j];
-            {
-                float *r = dk + (bh * M + j) * D;
-#pragma omp simd
-                for (int64_t d = 0; d < D; d++)
-                    r[d] += x * qi[d];
-            }
-        }
+        for (int64_t j = 0; j < M && dk; j++) /* column i of dS^T */
+            st[j * N + i] = p[j];
     }
+    /* dV (M, Dv) += (P o Z)^T dO and dK (M, D) += scale dS^T Q, a key's row
+     * at a time with the row in registers */
+    for (int64_t j = 0; j < M && dv; j++)
+        short_combo(dv + (bh * M + j) * Dv, true, pt + j * N, dout + bh * N * Dv, Dv, N, Dv,
+                    1.0f);
+    for (int64_t j = 0; j < M && dk; j++)
+        short_combo(dk + (bh * M + j) * D, true, st + j * N, q, a->q_sn, N, D, a->scale);
 }
 
 void qkv_k_attn_forward(const qkv_k_attn *a, float *out, float *lse, float *work, int threads)
@@ -587,8 +583,8 @@ void qkv_k_attn_forward(const qkv_k_attn *a, float *out, float *lse, float *work
 
 static size_t bwd_floats(const qkv_k_attn *a)
 {
-    if (short_rows(a))
-        return short_floats(a);
+    if (short_rows(a)) /* and P^T, dS^T (M, N) of the head; 64-byte blocks */
+        return round16(short_floats(a) + 2 * (size_t)a->M * (size_t)a->N);
     return 3 * round16(BR * BC) + round16(BC) + round16((size_t)a->N);
 }
 

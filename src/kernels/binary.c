@@ -50,7 +50,7 @@ void qkv_k_binary(qkv_binop op, float *out, const float *a, const int64_t *a_str
         outer *= shape[i];
     if (inner == 0 || outer == 0)
         return;
-#pragma omp parallel for if (outer * inner > 32768) schedule(static)
+#pragma omp parallel for if (outer * inner > 8192) schedule(static)
     for (int64_t o = 0; o < outer; o++) {
         int64_t ao = 0, bo = 0, r = o;
         for (int i = ndim - 2; i >= 0; i--) {

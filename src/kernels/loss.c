@@ -5,7 +5,7 @@
 #include <math.h>
 
 /* Below this many elements in total a kernel stays on one thread. */
-#define PAR_WORK 32768
+#define PAR_WORK 8192
 
 /* ---- cross entropy ---- */
 

@@ -8,7 +8,7 @@
 #include <string.h>
 
 /* Below this many elements in total a kernel stays on one thread. */
-#define PAR_WORK 32768
+#define PAR_WORK 4096
 
 /* ---- layer norm ----
  *

@@ -7,7 +7,7 @@
 #include <string.h>
 
 /* Below this many elements one thread beats waking a second. */
-#define PAR_MIN 32768
+#define PAR_MIN 8192
 
 /* ---- exp(-c x^2) and erfc for GELU, written so that gcc vectorises them ----
  *

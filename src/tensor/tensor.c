@@ -169,7 +169,7 @@ void qkv__strided_copy(float *dst, const int64_t *dst_stride, const float *src,
     int64_t outer = qkv__shape_numel(nd - 1, sh), total = outer * sh[nd - 1];
 #ifdef _OPENMP
     int threads = qkv_threads();
-    if (threads > 1 && total > 65536 && outer >= threads && !omp_in_parallel()) {
+    if (threads > 1 && total > 16384 && outer >= threads && !omp_in_parallel()) {
 #pragma omp parallel num_threads(threads)
         {
             int t = omp_get_thread_num(), nt = omp_get_num_threads();
