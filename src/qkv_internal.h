@@ -61,6 +61,7 @@ struct qkv_node {
     void *saved[4];     /* arena memory the backward needs */
     int64_t iarg[8];    /* integer arguments of the op */
     float farg[4];      /* float arguments of the op */
+    int grad_lent;      /* out->grad became an input's gradient (qkv__pass_grad) */
     qkv_node *prev;     /* the tape is a list, newest first */
 };
 
@@ -73,6 +74,7 @@ struct qkv_ctx {
     int check_nan;
     qkv_rng rng;
     struct qkv_profile *prof; /* QKV_PROFILE set: time per op (ctx.c), else NULL */
+    const float *seed_grad;   /* the caller's buffer qkv_backward_with lends, or NULL */
 };
 
 /* Arena memory of the step; NULL with an error if out of memory. */
@@ -95,6 +97,12 @@ float *qkv__grad(qkv_ctx *ctx, qkv_tensor *t);
  * made here is left unzeroed and *accumulate is false (store); an existing
  * one is added to (*accumulate true). Spares zeroing and re-reading it. */
 float *qkv__grad_for_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate);
+/* dt += g, where g = n->out->grad holds exactly t's elements in t's
+ * contiguous order (a reshape, a contiguous copy, one side of a same-shape
+ * add). When t has no gradient yet, g itself becomes it, no copy: g is the
+ * step's own memory that only n's backward reads, and at most one input
+ * of a node gets it (n->grad_lent). */
+void qkv__pass_grad(qkv_ctx *ctx, qkv_node *n, qkv_tensor *t);
 /* Whether input i of node n wants a gradient. */
 static inline bool qkv__wants(const qkv_node *n, int i)
 {

@@ -327,6 +327,34 @@ float *qkv__grad(qkv_ctx *ctx, qkv_tensor *t)
     return t->grad;
 }
 
+void qkv__pass_grad(qkv_ctx *ctx, qkv_node *n, qkv_tensor *t)
+{
+    float *g = n->out->grad;
+    if (!t->grad && !n->grad_lent && g != ctx->seed_grad) {
+        t->grad = g;
+        n->grad_lent = 1;
+        return;
+    }
+    bool acc;
+    float *gt = qkv__grad_for_write(ctx, t, &acc);
+    if (!gt)
+        return;
+    int64_t m = qkv_numel(t);
+    if (!acc) {
+        memcpy(gt, g, (size_t)m * sizeof(float));
+        return;
+    }
+    if (gt == g) { /* add(a, a): both sides are the same tensor */
+#pragma omp parallel for simd if (m > 65536) schedule(static)
+        for (int64_t i = 0; i < m; i++)
+            gt[i] *= 2.0f;
+        return;
+    }
+#pragma omp parallel for simd if (m > 65536) schedule(static)
+    for (int64_t i = 0; i < m; i++)
+        gt[i] += g[i];
+}
+
 float *qkv__grad_for_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate)
 {
     *accumulate = t->grad != NULL;
@@ -392,9 +420,12 @@ qkv_status qkv_backward_with(qkv_ctx *ctx, qkv_tensor *out, const float *grad)
     if (!out->grad && out->node && out->node == ctx->tape) {
         /* The newest op made `out`, so no recorded op reads it and nothing
          * will add into its gradient: backward rules only read an output's
-         * gradient, so the caller's buffer serves as it is, without a copy. */
+         * gradient, so the caller's buffer serves as it is, without a copy
+         * (and is never lent on as an input's gradient). */
         out->grad = (float *)grad;
+        ctx->seed_grad = grad;
         qkv_status st = run_backward(ctx);
+        ctx->seed_grad = NULL;
         out->grad = NULL;
         return st;
     }

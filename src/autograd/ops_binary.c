@@ -66,11 +66,16 @@ static void accumulate(qkv_ctx *ctx, qkv_node *n, int i, qkv_binop k, qkv_tensor
 
 static void add_backward(qkv_ctx *ctx, qkv_node *n)
 {
-    /* out = a + b: da += g, db += g (reduced over broadcast axes) */
-    if (qkv__wants(n, 0))
-        accumulate(ctx, n, 0, QKV_BIN_MUL, NULL, NULL, 1);
-    if (qkv__wants(n, 1))
-        accumulate(ctx, n, 1, QKV_BIN_MUL, NULL, NULL, 1);
+    /* out = a + b: da += g, db += g (reduced over broadcast axes; an input
+     * of the output's own shape takes g as it is) */
+    for (int i = 0; i < 2; i++) {
+        if (!qkv__wants(n, i))
+            continue;
+        if (qkv_numel(n->in[i]) == qkv_numel(n->out))
+            qkv__pass_grad(ctx, n, n->in[i]);
+        else
+            accumulate(ctx, n, i, QKV_BIN_MUL, NULL, NULL, 1);
+    }
 }
 
 static void sub_backward(qkv_ctx *ctx, qkv_node *n)

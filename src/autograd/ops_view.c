@@ -8,20 +8,7 @@
 static void contiguous_backward(qkv_ctx *ctx, qkv_node *n)
 {
     /* out = copy(x): dx += g (both contiguous in the same shape) */
-    qkv_tensor *x = n->in[0];
-    bool acc;
-    float *gx = qkv__grad_for_write(ctx, x, &acc);
-    if (!gx)
-        return;
-    int64_t m = qkv_numel(x);
-    const float *g = n->out->grad;
-    if (!acc) { /* the first gradient x receives: a copy, no zeroing pass */
-        memcpy(gx, g, (size_t)m * sizeof(float));
-        return;
-    }
-#pragma omp simd
-    for (int64_t i = 0; i < m; i++)
-        gx[i] += g[i];
+    qkv__pass_grad(ctx, n, n->in[0]);
 }
 
 qkv_tensor *qkv_contiguous(qkv_ctx *ctx, qkv_tensor *x)

@@ -27,6 +27,7 @@
 #include "attention.h"
 
 #include "gemm.h"
+#include "kernels.h"
 #include "softmax.h"
 
 #include <math.h>
@@ -36,6 +37,14 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+/* The tile products: the linked BLAS when there is one (single-threaded
+ * inside the parallel region), else the built-in GEMM. */
+#ifdef QKV_OPENBLAS
+#define TILE_GEMM qkv_k_gemm
+#else
+#define TILE_GEMM qkv_k_gemm_builtin
 #endif
 
 #define BR 64  /* queries per tile */
@@ -209,7 +218,7 @@ static void forward_tile(const qkv_k_attn *a, int64_t bh, int64_t i0, float *out
         int64_t bc = min64(BC, jend - j0);
         if (kpm_tile_masked(mk, M, b, j0, bc))
             continue;
-        qkv_k_gemm_builtin(false, true, br, bc, D, a->scale, q, a->q_sn, k + j0 * a->k_sn,
+        TILE_GEMM(false, true, br, bc, D, a->scale, q, a->q_sn, k + j0 * a->k_sn,
                            a->k_sn, 0.0f, w.s, BC);
         for (int64_t r = 0; r < br; r++) {
             float *s = w.s + r * BC;
@@ -242,7 +251,7 @@ static void forward_tile(const qkv_k_attn *a, int64_t bh, int64_t i0, float *out
                     o[d] *= alpha;
             }
         }
-        qkv_k_gemm_builtin(false, false, br, Dv, bc, 1.0f, w.s, BC, v + j0 * a->v_sn, a->v_sn,
+        TILE_GEMM(false, false, br, Dv, bc, 1.0f, w.s, BC, v + j0 * a->v_sn, a->v_sn,
                            1.0f, w.acc, Dv);
     }
     for (int64_t r = 0; r < br; r++) {
@@ -630,7 +639,7 @@ static void backward_head(const qkv_k_attn *a, int64_t bh, const float *out, con
             if (j0 >= valid_key_end(mk, N, M, b, i0, br))
                 continue;
             const float *qi = q + i0 * a->q_sn, *doi = dout + i0 * Dv;
-            qkv_k_gemm_builtin(false, true, br, bc, D, a->scale, qi, a->q_sn, kj, a->k_sn, 0.0f,
+            TILE_GEMM(false, true, br, bc, D, a->scale, qi, a->q_sn, kj, a->k_sn, 0.0f,
                                P, BC);
             for (int64_t r = 0; r < br; r++) {
                 float *p = P + r * BC;
@@ -649,13 +658,13 @@ static void backward_head(const qkv_k_attn *a, int64_t bh, const float *out, con
             }
             /* out = (P o Z) V: dV (bc, Dv) += (P o Z)^T dO */
             if (dv)
-                qkv_k_gemm_builtin(true, false, bc, Dv, br, 1.0f, drop ? dP : P, BC, doi, Dv,
+                TILE_GEMM(true, false, bc, Dv, br, 1.0f, drop ? dP : P, BC, doi, Dv,
                                    1.0f, dv + (bh * M + j0) * Dv, Dv);
             if (!dq && !dk)
                 continue;
             /* dP (br, bc) = dO V^T, then through dropout and softmax:
              * dS = P (dP Z - Delta), nothing where a valid length replaced s */
-            qkv_k_gemm_builtin(false, true, br, bc, Dv, 1.0f, doi, Dv, vj, a->v_sn, 0.0f, dP,
+            TILE_GEMM(false, true, br, bc, Dv, 1.0f, doi, Dv, vj, a->v_sn, 0.0f, dP,
                                BC);
             for (int64_t r = 0; r < br; r++) {
                 float *p = P + r * BC, *g = dP + r * BC, *z = Z + r * BC;
@@ -677,10 +686,10 @@ static void backward_head(const qkv_k_attn *a, int64_t bh, const float *out, con
             }
             /* s = scale q k^T: dQ += scale dS K, dK += scale dS^T Q */
             if (dq)
-                qkv_k_gemm_builtin(false, false, br, D, bc, a->scale, P, BC, kj, a->k_sn, 1.0f,
+                TILE_GEMM(false, false, br, D, bc, a->scale, P, BC, kj, a->k_sn, 1.0f,
                                    dq + (bh * N + i0) * D, D);
             if (dk)
-                qkv_k_gemm_builtin(true, false, bc, D, br, a->scale, P, BC, qi, a->q_sn, 1.0f,
+                TILE_GEMM(true, false, bc, D, br, a->scale, P, BC, qi, a->q_sn, 1.0f,
                                    dk + (bh * M + j0) * D, D);
         }
     }

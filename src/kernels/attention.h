@@ -73,7 +73,9 @@ typedef struct {
 
 /* Rows of at most this many keys take the short-row path: a whole row of
  * scores in registers, one task per (batch, head), no tiles. */
+#ifndef QKV_ATTN_SHORT_M
 #define QKV_ATTN_SHORT_M 64
+#endif
 
 /* Floats of workspace the kernels need for `threads` threads. */
 size_t qkv_k_attn_forward_work(const qkv_k_attn *a, int threads);

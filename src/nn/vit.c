@@ -212,12 +212,18 @@ qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_t
                       (long long)c->image_size, (long long)c->image_size);
         return NULL;
     }
-    int64_t B = x->shape[0], C = c->hidden_dim, p = c->patch_size;
-    int64_t S = (c->image_size / p) * (c->image_size / p);
-    /* patches: (B, C, g, g) -> (B, C, S) -> (B, S, C) as a view */
-    qkv_conv2d_opts co = {.stride_h = (int)p, .stride_w = (int)p};
-    qkv_tensor *t = qkv_conv2d(ctx, x, m->conv_proj_weight, m->conv_proj_bias, &co);
-    t = qkv_transpose(ctx, qkv_reshape(ctx, t, 3, (int64_t[]){B, C, S}), 1, 2);
+    int64_t B = x->shape[0], C = c->hidden_dim, p = c->patch_size, Cin = c->in_channels;
+    int64_t g = c->image_size / p, S = g * g, K = Cin * p * p;
+    /* conv_proj as a linear map: its kernel equals its stride, so output
+     * (s, o) is row o of the weight (C, Cin p p) against patch s. The
+     * patches (B, g, g, Cin, p, p) are a reshuffle of the image, and the
+     * product comes out token-major (B, S, C), as the encoder wants it (a
+     * convolution gives (B, C, S), one transpose away). */
+    qkv_tensor *t = qkv_reshape(ctx, x, 6, (int64_t[]){B, Cin, g, p, g, p});
+    t = qkv_permute(ctx, t, (int[]){0, 2, 4, 1, 3, 5});
+    t = qkv_reshape(ctx, t, 3, (int64_t[]){B, S, K});
+    t = qkv_linear(ctx, t, qkv_reshape(ctx, m->conv_proj_weight, 2, (int64_t[]){C, K}),
+                   m->conv_proj_bias);
     /* class_token.expand(B, -1, -1): broadcasting onto zeros sums its
      * gradient over the batch in the backward */
     qkv_tensor *cls = qkv_add(ctx, qkv_zeros(ctx, 3, (int64_t[]){B, 1, C}), m->class_token);
