@@ -212,6 +212,16 @@ QKV_API void qkv_arena_reset(qkv_arena *a);
 /* Bytes in use now, and the most ever in use between two resets. */
 QKV_API size_t qkv_arena_used(const qkv_arena *a);
 QKV_API size_t qkv_arena_peak(const qkv_arena *a);
+/* A point to come back to: qkv_arena_rewind(a, m) frees everything
+ * allocated since qkv_arena_mark returned m (memory from before stays).
+ * Inference uses it to drop a layer's intermediates once its output is
+ * copied out, so that memory holds one layer, not the whole network. */
+typedef struct {
+    void *chunk;
+    size_t chunk_used, used;
+} qkv_arena_pos;
+QKV_API qkv_arena_pos qkv_arena_mark(const qkv_arena *a);
+QKV_API void qkv_arena_rewind(qkv_arena *a, qkv_arena_pos m);
 
 /* ------------------------------------------------------------------------ */
 /* Tensors                                                                   */

@@ -21,6 +21,28 @@ TEST(arena_grows_and_settles)
     qkv_arena_free(a);
 }
 
+/* rewind frees what came after the mark, across chunks too, and keeps
+ * what came before */
+TEST(arena_mark_rewind)
+{
+    qkv_arena *a = qkv_arena_new(1024);
+    REQUIRE(a, "arena_new");
+    int *kept = qkv_arena_alloc(a, 100);
+    REQUIRE(kept, "alloc");
+    *kept = 42;
+    qkv_arena_pos m = qkv_arena_mark(a);
+    size_t used = qkv_arena_used(a);
+    for (int i = 0; i < 20; i++) /* several new chunks */
+        CHECK(qkv_arena_alloc(a, 700), "alloc");
+    qkv_arena_rewind(a, m);
+    CHECK(qkv_arena_used(a) == used, "used %zu after rewind, %zu at the mark", qkv_arena_used(a),
+          used);
+    CHECK(*kept == 42, "memory from before the mark changed");
+    void *again = qkv_arena_alloc(a, 64);
+    CHECK(again == (char *)kept + 128, "the next allocation should follow the kept one");
+    qkv_arena_free(a);
+}
+
 TEST(rng_deterministic)
 {
     qkv_rng a, b;

@@ -58,6 +58,21 @@ static void parity_case(const char *name)
     }
     /* 4 top-level, 12 per block, 2 final norm, 2 head */
     CHECK(checked == 8 + 12 * cfg.num_layers, "%s: %lld parameters", name, (long long)checked);
+    /* inference (gradients off) drops each block's intermediates once its
+     * output is copied out: the same logits, in less memory */
+    size_t train_peak = qkv_arena_peak(qkv_ctx_arena(ctx));
+    qkv_ctx_reset(ctx);
+    qkv_ctx *ictx = qkv_ctx_new();
+    qkv_set_training(ictx, 0);
+    qkv_set_grad_enabled(ictx, 0);
+    qkv_tensor *xi = fixture_get(ictx, fx, transposed ? "x_t" : "x");
+    qkv_tensor *yi = qkv_vit_forward(ictx, &m, transposed ? qkv_transpose(ictx, xi, 2, 3) : xi,
+                                     NULL);
+    CHECK_TENSOR(yi, fixture_get(ictx, fx, "out"), 2e-5);
+    size_t infer_peak = qkv_arena_peak(qkv_ctx_arena(ictx));
+    CHECK(infer_peak < train_peak, "%s: inference peak %zu bytes, training %zu", name, infer_peak,
+          train_peak);
+    qkv_ctx_free(ictx);
     qkv_ctx_free(ctx);
     qkv_params_free(ps);
     qkv_st_close(fx);

@@ -109,3 +109,22 @@ void qkv_arena_reset(qkv_arena *a)
 size_t qkv_arena_used(const qkv_arena *a) { return a->used; }
 
 size_t qkv_arena_peak(const qkv_arena *a) { return a->peak; }
+
+qkv_arena_pos qkv_arena_mark(const qkv_arena *a)
+{
+    return (qkv_arena_pos){.chunk = a->head, .chunk_used = a->head->used, .used = a->used};
+}
+
+void qkv_arena_rewind(qkv_arena *a, qkv_arena_pos m)
+{
+    /* chunks begun after the mark go (after a reset there is one chunk as
+     * large as the peak, so a steady step only moves the offset back) */
+    while (a->head != m.chunk && a->head->next) {
+        chunk *c = a->head;
+        a->head = c->next;
+        c->next = NULL;
+        chunks_free(c);
+    }
+    a->head->used = m.chunk_used;
+    a->used = m.used;
+}

@@ -229,8 +229,26 @@ qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_t
     qkv_tensor *cls = qkv_add(ctx, qkv_zeros(ctx, 3, (int64_t[]){B, 1, C}), m->class_token);
     t = qkv_concat(ctx, 2, (qkv_tensor *[]){cls, t}, 1);
     t = qkv_dropout(ctx, qkv_add(ctx, t, m->pos_embedding), c->dropout);
-    for (int64_t l = 0; l < c->num_layers && t; l++)
-        t = block_forward(ctx, m, &m->layers[l], t, attn ? &attn[l] : NULL);
+    if (!qkv_grad_enabled(ctx) && !attn && t) {
+        /* inference: each block's intermediates are dropped once its output
+         * is copied out to one of two buffers made before the loop */
+        qkv_tensor *buf[2] = {qkv_new(ctx, 3, t->shape), qkv_new(ctx, 3, t->shape)};
+        if (!buf[0] || !buf[1])
+            return NULL;
+        qkv_arena *ar = qkv_ctx_arena(ctx);
+        for (int64_t l = 0; l < c->num_layers && t; l++) {
+            qkv_arena_pos at = qkv_arena_mark(ar);
+            qkv_tensor *y = qkv_contiguous(ctx, block_forward(ctx, m, &m->layers[l], t, NULL));
+            if (!y)
+                return NULL;
+            qkv_tensor *keep = buf[l % 2];
+            memcpy(keep->data, y->data, (size_t)qkv_numel(y) * sizeof(float));
+            qkv_arena_rewind(ar, at);
+            t = keep;
+        }
+    } else
+        for (int64_t l = 0; l < c->num_layers && t; l++)
+            t = block_forward(ctx, m, &m->layers[l], t, attn ? &attn[l] : NULL);
     if (!t)
         return NULL;
     /* The final norm acts per token, so normalising only the class token

@@ -3,6 +3,8 @@
  * the gradients one memset and a checkpoint one write. */
 #include "params.h"
 
+#include <stdint.h>
+
 /* 16 floats = 64 bytes: every entry starts on a cache line (and an AVX-512
  * vector). */
 #define ALIGN_FLOATS 16
@@ -19,7 +21,7 @@ void qkv_params_free(qkv_params *ps)
     }
     qkv__free(ps->at);
     qkv__free(ps->values);
-    qkv__free(ps->grads);
+    qkv__free(ps->grads_mem);
     qkv__free(ps);
 }
 
@@ -104,17 +106,21 @@ qkv_status qkv_params_alloc(qkv_params *ps)
     }
     size_t bytes = (size_t)total * sizeof(float);
     float *values = qkv__aligned_alloc(bytes);
-    float *grads = values ? qkv__aligned_alloc(bytes) : NULL;
-    if (!grads) {
+    /* The gradients come zeroed from calloc, which for a large block maps
+     * fresh zero pages without writing them: a model that only runs
+     * forward (inference) never touches them, and they cost no memory. */
+    void *grads_mem = values ? qkv__calloc(1, bytes + 64) : NULL;
+    if (!grads_mem) {
         qkv__free(values);
         return QKV_ERR_NOMEM;
     }
+    float *grads = (float *)(((uintptr_t)grads_mem + 63) & ~(uintptr_t)63);
     /* zeroed values too: the gaps between entries are then defined bytes,
      * so that two runs can be compared with memcmp */
     memset(values, 0, bytes);
-    memset(grads, 0, bytes);
     ps->values = values;
     ps->grads = grads;
+    ps->grads_mem = grads_mem;
     ps->total = total;
     for (int64_t i = 0; i < ps->count; i++) {
         qkv__param *p = &ps->at[i];

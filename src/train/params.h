@@ -24,6 +24,7 @@ struct qkv_params {
     int64_t count, cap;
     float *values;   /* NULL until qkv_params_alloc */
     float *grads;
+    void *grads_mem; /* the allocation grads lies in (grads is it, 64-byte aligned) */
     int64_t total;   /* floats in each flat buffer, gaps included */
 };
 
