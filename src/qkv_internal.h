@@ -103,6 +103,14 @@ float *qkv__grad_for_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate);
  * step's own memory that only n's backward reads, and at most one input
  * of a node gets it (n->grad_lent). */
 void qkv__pass_grad(qkv_ctx *ctx, qkv_node *n, qkv_tensor *t);
+
+/* Fused attention over heads side by side, as multi-head attention projects
+ * them: q (B, N, H D), k (B, M, H D), v (B, M, H Dv) (or sequence first,
+ * (N, B, .), if !batch_first) -> out (B, N, H Dv) in q's layout. The same
+ * as splitting heads, qkv_attention and merging, without the transposes
+ * and their copies. o: masks, scale, dropout (weights and unfused unused). */
+qkv_tensor *qkv__attention_heads(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
+                                 int64_t H, bool batch_first, const qkv_attn_opts *o);
 /* Whether input i of node n wants a gradient. */
 static inline bool qkv__wants(const qkv_node *n, int i)
 {

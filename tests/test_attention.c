@@ -8,6 +8,7 @@
 #include "test.h"
 
 #include "kernels/attention.h"
+#include "qkv_internal.h"
 
 #define SHAPE(...) ((int64_t[]){__VA_ARGS__})
 
@@ -212,6 +213,81 @@ TEST(attention_short_rows_match_unfused)
     check_fused("short: D, Dv > 64", &wide, (qkv_attn_opts){.causal = 1}, NULL);
     attn_shape one = {3, 1, 1, 1, 3, 2, false};
     check_fused("short: one key", &one, (qkv_attn_opts){.dropout_p = 0.2f}, NULL);
+}
+
+/* Heads side by side (qkv__attention_heads, what multi-head attention
+ * runs) against splitting the heads into (B, H, N, D) views, the unfused
+ * path and merging: out and every gradient, both layouts (batch first and
+ * sequence first), short and tiled key counts, masks and dropout. */
+static void check_heads(const char *what, int64_t B, int64_t H, int64_t N, int64_t M, int64_t D,
+                        int64_t Dv, bool bf, qkv_attn_opts o)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 9);
+    int64_t nq = B * N * H * D, nk = B * M * H * D, nv = B * M * H * Dv, no = B * N * H * Dv;
+    float *qd = rand_floats(&r, nq, 1), *kd = rand_floats(&r, nk, 1);
+    float *vd = rand_floats(&r, nv, 1), *gd = rand_floats(&r, no, 1);
+    float *res[2][4];
+    for (int path = 0; path < 2; path++) {
+        qkv_ctx *ctx = qkv_ctx_new();
+        qkv_rng_seed(qkv_ctx_rng(ctx), 77);
+        int64_t a = bf ? B : N, c = bf ? N : B, am = bf ? B : M, cm = bf ? M : B;
+        qkv_tensor *q = qkv_requires_grad(qkv_from_data(ctx, 3, SHAPE(a, c, H * D), qd));
+        qkv_tensor *k = qkv_requires_grad(qkv_from_data(ctx, 3, SHAPE(am, cm, H * D), kd));
+        qkv_tensor *v = qkv_requires_grad(qkv_from_data(ctx, 3, SHAPE(am, cm, H * Dv), vd));
+        qkv_tensor *out;
+        if (path == 0) {
+            out = qkv__attention_heads(ctx, q, k, v, H, bf, &o);
+        } else { /* (a, c, H, D) -> (B, H, N, D) views, unfused, merged back */
+            int perm[4] = {0, 2, 1, 3}, permsf[4] = {1, 2, 0, 3}, back[4] = {0, 2, 1, 3},
+                backsf[4] = {2, 0, 1, 3};
+            qkv_tensor *qs = qkv_permute(ctx, qkv_reshape(ctx, q, 4, SHAPE(a, c, H, D)),
+                                         bf ? perm : permsf);
+            qkv_tensor *ks = qkv_permute(ctx, qkv_reshape(ctx, k, 4, SHAPE(am, cm, H, D)),
+                                         bf ? perm : permsf);
+            qkv_tensor *vs = qkv_permute(ctx, qkv_reshape(ctx, v, 4, SHAPE(am, cm, H, Dv)),
+                                         bf ? perm : permsf);
+            qkv_attn_opts ou = o;
+            ou.unfused = 1;
+            qkv_tensor *os = qkv_attention(ctx, qs, ks, vs, &ou);
+            out = qkv_reshape(ctx, qkv_permute(ctx, os, bf ? back : backsf), 3,
+                              SHAPE(a, c, H * Dv));
+        }
+        REQUIRE(out && qkv_backward_with(ctx, out, gd) == QKV_OK, "%s: %s", what, qkv_error());
+        res[path][0] = malloc((size_t)no * sizeof(float));
+        for (int64_t i = 0; i < no; i++)
+            res[path][0][i] = qkv_get(out, i);
+        const float *g[3] = {q->grad, k->grad, v->grad};
+        int64_t n[3] = {nq, nk, nv};
+        for (int t = 0; t < 3; t++) {
+            res[path][t + 1] = malloc((size_t)n[t] * sizeof(float));
+            memcpy(res[path][t + 1], g[t], (size_t)n[t] * sizeof(float));
+        }
+        qkv_ctx_free(ctx);
+    }
+    int64_t n[4] = {no, nq, nk, nv};
+    const char *names[4] = {"out", "dq", "dk", "dv"};
+    for (int t = 0; t < 4; t++) {
+        double e = rel_diff(res[0][t], res[1][t], n[t]);
+        CHECK(e <= 2e-5, "%s: heads in place vs split %s differ by %.3g", what, names[t], e);
+        free(res[0][t]);
+        free(res[1][t]);
+    }
+    free(qd), free(kd), free(vd), free(gd);
+}
+
+TEST(attention_heads_in_place_match_split)
+{
+    static const int64_t lens[3] = {5, 1, 9};
+    check_heads("short, batch first", 3, 4, 7, 9, 8, 6, true, (qkv_attn_opts){0});
+    check_heads("short, sequence first, causal, dropout", 3, 4, 9, 9, 8, 8, false,
+                (qkv_attn_opts){.causal = 1, .dropout_p = 0.2f});
+    check_heads("short, valid lens", 3, 2, 6, 9, 16, 16, true,
+                (qkv_attn_opts){.valid_lens = lens, .valid_lens_ndim = 1});
+    check_heads("tiled, batch first, dropout", 2, 3, 70, 150, 8, 5, true,
+                (qkv_attn_opts){.dropout_p = 0.3f});
+    check_heads("tiled, sequence first, causal", 2, 3, 70, 150, 8, 8, false,
+                (qkv_attn_opts){.causal = 1});
 }
 
 TEST(attention_dropout_rate_and_eval)

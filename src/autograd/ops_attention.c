@@ -183,7 +183,7 @@ static qkv_tensor *attention_fused(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, q
     int nd = q->ndim;
     int64_t shape[4];
     memcpy(shape, q->shape, sizeof(int64_t) * (size_t)nd);
-    shape[nd - 1] = args->Dv;
+    shape[nd - 1] = q->shape[nd - 1] / args->D * args->Dv; /* Dv, or H Dv side by side */
     int threads = qkv_threads();
     qkv_tensor *out = qkv__tensor(ctx, nd, shape);
     float *lse = qkv__floats(ctx, 2 * args->B * args->H * args->N);
@@ -284,5 +284,60 @@ qkv_tensor *qkv_attention(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor
     a.q = operand(q, &a.q_sb, &a.q_sh, &a.q_sn);
     a.k = operand(k, &a.k_sb, &a.k_sh, &a.k_sn);
     a.v = operand(v, &a.v_sb, &a.v_sh, &a.v_sn);
+    qkv_k_attn_contiguous_outputs(&a);
+    return attention_fused(ctx, q, k, v, &a);
+}
+
+/* (B, N, H d) or (N, B, H d), contiguous: where row i of head h of batch b
+ * starts, and the axis sizes */
+static const float *heads_operand(const qkv_tensor *t, int64_t H, bool bf, int64_t *sb,
+                                  int64_t *sh, int64_t *sn)
+{
+    int64_t E = t->shape[2];
+    *sh = E / H;
+    *sb = bf ? t->shape[1] * E : E;
+    *sn = bf ? E : t->shape[1] * E;
+    return t->data;
+}
+
+qkv_tensor *qkv__attention_heads(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
+                                 int64_t H, bool batch_first, const qkv_attn_opts *o)
+{
+    QKV_INPUTS("attention", q, k, v);
+    if (q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || H < 1 || q->shape[2] % H ||
+        k->shape[2] != q->shape[2] || v->shape[2] % H)
+        return qkv__shape_error("attention", q, v, "q, k, v must be 3-D with heads dividing E");
+    int bi = batch_first ? 0 : 1, ni = batch_first ? 1 : 0;
+    if (k->shape[bi] != q->shape[bi] || v->shape[bi] != q->shape[bi] ||
+        k->shape[ni] != v->shape[ni])
+        return qkv__shape_error("attention", k, v, "batch or key counts differ");
+    q = qkv_contiguous(ctx, q);
+    k = qkv_contiguous(ctx, k);
+    v = qkv_contiguous(ctx, v);
+    if (!q || !k || !v)
+        return NULL;
+    qkv_k_attn a = {0};
+    a.B = q->shape[bi];
+    a.H = H;
+    a.N = q->shape[ni];
+    a.M = k->shape[ni];
+    a.D = q->shape[2] / H;
+    a.Dv = v->shape[2] / H;
+    a.scale = o->scale != 0.0f ? o->scale : (float)(1.0 / sqrt((double)(a.D ? a.D : 1)));
+    if (!prepare_mask(ctx, "attention", o, a.B, a.H, a.N, a.M, &a.mask))
+        return NULL;
+    if (ctx->training && o->dropout_p > 0.0f) {
+        a.dropout_p = o->dropout_p;
+        a.seed = qkv_rng_u64(&ctx->rng);
+    }
+    a.q = heads_operand(q, H, batch_first, &a.q_sb, &a.q_sh, &a.q_sn);
+    a.k = heads_operand(k, H, batch_first, &a.k_sb, &a.k_sh, &a.k_sn);
+    a.v = heads_operand(v, H, batch_first, &a.v_sb, &a.v_sh, &a.v_sn);
+    /* out is laid out as q with Dv per head; the gradients as their inputs */
+    a.o_sh = a.Dv, a.o_sb = batch_first ? a.N * H * a.Dv : H * a.Dv;
+    a.o_sn = batch_first ? H * a.Dv : a.B * H * a.Dv;
+    a.dq_sb = a.q_sb, a.dq_sh = a.q_sh, a.dq_sn = a.q_sn;
+    a.dk_sb = a.k_sb, a.dk_sh = a.k_sh, a.dk_sn = a.k_sn;
+    a.dv_sb = a.v_sb, a.dv_sh = a.v_sh, a.dv_sn = a.v_sn;
     return attention_fused(ctx, q, k, v, &a);
 }

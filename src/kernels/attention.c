@@ -68,6 +68,20 @@ static inline int thread_id(void)
 #endif
 }
 
+/* rows of the outputs: out/dout (o_), dq, dk, dv */
+#define O_ROW(a, b, h, i) ((b) * (a)->o_sb + (h) * (a)->o_sh + (i) * (a)->o_sn)
+#define DQ_ROW(a, b, h, i) ((b) * (a)->dq_sb + (h) * (a)->dq_sh + (i) * (a)->dq_sn)
+#define DK_ROW(a, b, h, j) ((b) * (a)->dk_sb + (h) * (a)->dk_sh + (j) * (a)->dk_sn)
+#define DV_ROW(a, b, h, j) ((b) * (a)->dv_sb + (h) * (a)->dv_sh + (j) * (a)->dv_sn)
+
+void qkv_k_attn_contiguous_outputs(qkv_k_attn *a)
+{
+    a->o_sn = a->Dv, a->o_sh = a->N * a->Dv, a->o_sb = a->H * a->N * a->Dv;
+    a->dq_sn = a->D, a->dq_sh = a->N * a->D, a->dq_sb = a->H * a->N * a->D;
+    a->dk_sn = a->D, a->dk_sh = a->M * a->D, a->dk_sb = a->H * a->M * a->D;
+    a->dv_sn = a->Dv, a->dv_sh = a->M * a->Dv, a->dv_sb = a->H * a->M * a->Dv;
+}
+
 int64_t qkv_k_attn_valid_len(const qkv_k_attn_mask *mk, int64_t N, int64_t M, int64_t b,
                              int64_t i)
 {
@@ -255,7 +269,7 @@ static void forward_tile(const qkv_k_attn *a, int64_t bh, int64_t i0, float *out
                            1.0f, w.acc, Dv);
     }
     for (int64_t r = 0; r < br; r++) {
-        float *o = out + r * Dv;
+        float *o = out + r * a->o_sn;
         const float *acc = w.acc + r * Dv;
         if (w.l[r] == 0) { /* every key masked: NaN, as softmax of all -inf */
             for (int64_t d = 0; d < Dv; d++)
@@ -476,7 +490,7 @@ static void short_forward_head(const qkv_k_attn *a, int64_t bh, float *out, floa
     transpose_rows(w.kt, a->k + b * a->k_sb + h * a->k_sh, a->k_sn, M, a->D);
     float *logl = lse + a->B * H * N;
     for (int64_t i = 0; i < N; i++) {
-        float *o = out + (bh * N + i) * Dv, *s = w.s;
+        float *o = out + O_ROW(a, b, h, i), *s = w.s;
         float m = short_scores(a, b, h, i, q + i * a->q_sn, w.kt, mp, s);
         if (m == -INFINITY || m != m) { /* every key masked: NaN, as softmax of all -inf */
             for (int64_t d = 0; d < Dv; d++)
@@ -514,8 +528,8 @@ static void short_backward_head(const qkv_k_attn *a, int64_t bh, const float *ou
     bool drop = a->dropout_p > 0;
     float *pt = w.g + SM, *st = pt + M * N; /* (M, N) each */
     for (int64_t i = 0; i < N; i++) {
-        const float *qi = q + i * a->q_sn, *doi = dout + (bh * N + i) * Dv;
-        const float *oi = out + (bh * N + i) * Dv;
+        const float *qi = q + i * a->q_sn, *doi = dout + O_ROW(a, b, h, i);
+        const float *oi = out + O_ROW(a, b, h, i);
         float *p = w.s, *g = w.g, *z = w.keep, *pd = w.e;
         short_scores(a, b, h, i, qi, w.kt, mp, p);
         short_exp(p, mp, lse[bh * N + i], logl[bh * N + i]);
@@ -548,17 +562,17 @@ static void short_backward_head(const qkv_k_attn *a, int64_t bh, const float *ou
             for (int64_t j = max64(qkv_k_attn_valid_len(mk, N, M, b, i), 0); j < M; j++)
                 p[j] = 0.0f;
         if (dq)
-            short_combo(dq + (bh * N + i) * D, true, p, k, a->k_sn, M, D, a->scale);
+            short_combo(dq + DQ_ROW(a, b, h, i), true, p, k, a->k_sn, M, D, a->scale);
         for (int64_t j = 0; j < M && dk; j++) /* column i of dS^T */
             st[j * N + i] = p[j];
     }
     /* dV (M, Dv) += (P o Z)^T dO and dK (M, D) += scale dS^T Q, a key's row
      * at a time with the row in registers */
     for (int64_t j = 0; j < M && dv; j++)
-        short_combo(dv + (bh * M + j) * Dv, true, pt + j * N, dout + bh * N * Dv, Dv, N, Dv,
-                    1.0f);
+        short_combo(dv + DV_ROW(a, b, h, j), true, pt + j * N, dout + O_ROW(a, b, h, 0),
+                    a->o_sn, N, Dv, 1.0f);
     for (int64_t j = 0; j < M && dk; j++)
-        short_combo(dk + (bh * M + j) * D, true, st + j * N, q, a->q_sn, N, D, a->scale);
+        short_combo(dk + DK_ROW(a, b, h, j), true, st + j * N, q, a->q_sn, N, D, a->scale);
 }
 
 void qkv_k_attn_forward(const qkv_k_attn *a, float *out, float *lse, float *work, int threads)
@@ -583,7 +597,7 @@ void qkv_k_attn_forward(const qkv_k_attn *a, float *out, float *lse, float *work
     for (int64_t t = 0; t < BH * nt; t++) {
         int64_t bh = t / nt, i0 = (t % nt) * BR;
         fwd_work w = fwd_split(a, work + per * (size_t)thread_id());
-        forward_tile(a, bh, i0, out + (bh * a->N + i0) * a->Dv, lse + bh * a->N + i0,
+        forward_tile(a, bh, i0, out + O_ROW(a, bh / a->H, bh % a->H, i0), lse + bh * a->N + i0,
                      BH * a->N, w);
     }
 }
@@ -616,15 +630,16 @@ static void backward_head(const qkv_k_attn *a, int64_t bh, const float *out, con
     float *keep = Z + round16(BR * BC), *delta = keep + round16(BC);
     bool drop = a->dropout_p > 0;
     const float *logl = lse + a->B * H * N + bh * N;
-    out += bh * N * Dv;
-    dout += bh * N * Dv;
+    out += O_ROW(a, b, h, 0);
+    dout += O_ROW(a, b, h, 0);
     lse += bh * N;
+    int64_t os = a->o_sn;
     /* Delta_i = sum_j P_ij dP_ij = dout_i . out_i */
     for (int64_t i = 0; i < N; i++) {
         double s = 0;
 #pragma omp simd reduction(+ : s)
         for (int64_t d = 0; d < Dv; d++)
-            s += dout[i * Dv + d] * out[i * Dv + d];
+            s += dout[i * os + d] * out[i * os + d];
         delta[i] = (float)s;
     }
     for (int64_t j0 = 0; j0 < M; j0 += BC) {
@@ -638,7 +653,7 @@ static void backward_head(const qkv_k_attn *a, int64_t bh, const float *out, con
             int64_t br = min64(BR, N - i0);
             if (j0 >= valid_key_end(mk, N, M, b, i0, br))
                 continue;
-            const float *qi = q + i0 * a->q_sn, *doi = dout + i0 * Dv;
+            const float *qi = q + i0 * a->q_sn, *doi = dout + i0 * os;
             TILE_GEMM(false, true, br, bc, D, a->scale, qi, a->q_sn, kj, a->k_sn, 0.0f,
                                P, BC);
             for (int64_t r = 0; r < br; r++) {
@@ -658,13 +673,13 @@ static void backward_head(const qkv_k_attn *a, int64_t bh, const float *out, con
             }
             /* out = (P o Z) V: dV (bc, Dv) += (P o Z)^T dO */
             if (dv)
-                TILE_GEMM(true, false, bc, Dv, br, 1.0f, drop ? dP : P, BC, doi, Dv,
-                                   1.0f, dv + (bh * M + j0) * Dv, Dv);
+                TILE_GEMM(true, false, bc, Dv, br, 1.0f, drop ? dP : P, BC, doi, os, 1.0f,
+                          dv + DV_ROW(a, b, h, j0), a->dv_sn);
             if (!dq && !dk)
                 continue;
             /* dP (br, bc) = dO V^T, then through dropout and softmax:
              * dS = P (dP Z - Delta), nothing where a valid length replaced s */
-            TILE_GEMM(false, true, br, bc, Dv, 1.0f, doi, Dv, vj, a->v_sn, 0.0f, dP,
+            TILE_GEMM(false, true, br, bc, Dv, 1.0f, doi, os, vj, a->v_sn, 0.0f, dP,
                                BC);
             for (int64_t r = 0; r < br; r++) {
                 float *p = P + r * BC, *g = dP + r * BC, *z = Z + r * BC;
@@ -687,10 +702,10 @@ static void backward_head(const qkv_k_attn *a, int64_t bh, const float *out, con
             /* s = scale q k^T: dQ += scale dS K, dK += scale dS^T Q */
             if (dq)
                 TILE_GEMM(false, false, br, D, bc, a->scale, P, BC, kj, a->k_sn, 1.0f,
-                                   dq + (bh * N + i0) * D, D);
+                          dq + DQ_ROW(a, b, h, i0), a->dq_sn);
             if (dk)
                 TILE_GEMM(true, false, bc, D, br, a->scale, P, BC, qi, a->q_sn, 1.0f,
-                                   dk + (bh * M + j0) * D, D);
+                          dk + DK_ROW(a, b, h, j0), a->dk_sn);
         }
     }
 }

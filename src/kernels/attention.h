@@ -66,6 +66,13 @@ typedef struct {
     int64_t q_sb, q_sh, q_sn;
     int64_t k_sb, k_sh, k_sn;
     int64_t v_sb, v_sh, v_sn;
+    /* where rows of out and dout (o_), dq, dk, dv go: contiguous
+     * (B, H, rows, cols) for qkv_attention, the inputs' own (B, N, H D)
+     * layout for multi-head attention (heads side by side, no transposes) */
+    int64_t o_sb, o_sh, o_sn;
+    int64_t dq_sb, dq_sh, dq_sn;
+    int64_t dk_sb, dk_sh, dk_sn;
+    int64_t dv_sb, dv_sh, dv_sn;
     qkv_k_attn_mask mask;
     float dropout_p;               /* 0: no dropout                       */
     uint64_t seed;                 /* of the dropout hash                 */
@@ -77,19 +84,24 @@ typedef struct {
 #define QKV_ATTN_SHORT_M 64
 #endif
 
+/* Sets the o_ and d*_ strides to contiguous (B, H, rows, cols) layouts. */
+void qkv_k_attn_contiguous_outputs(qkv_k_attn *a);
+
 /* Floats of workspace the kernels need for `threads` threads. */
 size_t qkv_k_attn_forward_work(const qkv_k_attn *a, int threads);
 size_t qkv_k_attn_backward_work(const qkv_k_attn *a, int threads);
 
-/* out (B, H, N, Dv) contiguous = dropout(softmax(s)) v, and lse (2, B, H, N):
+/* out (B, H, N, Dv) (rows placed by o_ strides) = dropout(softmax(s)) v,
+ * and lse (2, B, H, N) contiguous:
  * the row maxima m_i of the masked scores, then log sum_j exp(s_ij - m_i)
  * (kept apart: their float sum would round a large m). A row whose every
  * score is -inf gives NaN in out and lse (as PyTorch's softmax). */
 void qkv_k_attn_forward(const qkv_k_attn *a, float *out, float *lse, float *work, int threads);
 
 /* The backward of out = dropout(softmax(scale q k^T + masks)) v from out,
- * lse (2, B, H, N) and dout (contiguous (B, H, N, Dv)): accumulates (+=) into dq
- * (B,H,N,D), dk (B,H,M,D), dv (B,H,M,Dv), contiguous; any may be NULL. */
+ * lse (2, B, H, N) and dout (out's layout): accumulates (+=) into dq
+ * (B,H,N,D), dk (B,H,M,D), dv (B,H,M,Dv), laid out by their strides; any
+ * may be NULL. */
 void qkv_k_attn_backward(const qkv_k_attn *a, const float *out, const float *lse,
                          const float *dout, float *dq, float *dk, float *dv, float *work,
                          int threads);

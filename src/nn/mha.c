@@ -2,9 +2,11 @@
  * (W_q, W_k, W_v, W_o, batch first) and torch.nn.MultiheadAttention (packed
  * in_proj_weight, out_proj, sequence first unless batch_first).
  *
- * Both project, view the projection (.., E) as (.., H, D) and permute it to
- * (B, H, N, D) without a copy: the attention kernel reads heads through
- * strides. Only the merge of the heads after attention copies (B N E). */
+ * Both project and attend with the heads side by side in the projection's
+ * last axis (qkv__attention_heads): the kernel reads and writes each head
+ * through strides, so neither a split nor a merge of heads copies. When
+ * the attention weights are wanted, heads are split into (B, H, N, D) views
+ * and merged after the unfused path. */
 #include "../qkv_internal.h"
 
 #include <math.h>
@@ -31,6 +33,24 @@ static qkv_tensor *merge_heads(qkv_ctx *ctx, qkv_tensor *o, bool batch_first)
                                 : qkv_permute(ctx, o, (int[]){2, 0, 1, 3});
     return batch_first ? qkv_reshape(ctx, p, 3, (int64_t[]){B, N, H * D})
                        : qkv_reshape(ctx, p, 3, (int64_t[]){N, B, H * D});
+}
+
+/* Attention of projections q (B, N, H D) (batch_first) or (N, B, H D), k,
+ * v alike: heads in place by default; split into (B, H, N, D) views,
+ * attended and merged when the weights are wanted or the unfused path is
+ * asked for. */
+static qkv_tensor *attend(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v, int64_t H,
+                          bool batch_first, const qkv_attn_opts *o)
+{
+    if (!q || !k || !v)
+        return NULL;
+    if (!o->weights && !o->unfused)
+        return qkv__attention_heads(ctx, q, k, v, H, batch_first, o);
+    return merge_heads(ctx,
+                       qkv_attention(ctx, split_heads(ctx, q, H, batch_first),
+                                     split_heads(ctx, k, H, batch_first),
+                                     split_heads(ctx, v, H, batch_first), o),
+                       batch_first);
 }
 
 static bool check_3d(const char *op, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v)
@@ -87,10 +107,10 @@ qkv_tensor *qkv_nn_d2l_mha_forward(qkv_ctx *ctx, const qkv_nn_d2l_mha *m, qkv_te
     qkv_attn_opts o = opts ? *opts : (qkv_attn_opts){0};
     o.dropout_p = m->dropout;
     int64_t H = m->num_heads;
-    qkv_tensor *q = split_heads(ctx, qkv_nn_linear_forward(ctx, &m->W_q, queries), H, true);
-    qkv_tensor *k = split_heads(ctx, qkv_nn_linear_forward(ctx, &m->W_k, keys), H, true);
-    qkv_tensor *v = split_heads(ctx, qkv_nn_linear_forward(ctx, &m->W_v, values), H, true);
-    qkv_tensor *out = merge_heads(ctx, qkv_attention(ctx, q, k, v, &o), true);
+    qkv_tensor *q = qkv_nn_linear_forward(ctx, &m->W_q, queries);
+    qkv_tensor *k = qkv_nn_linear_forward(ctx, &m->W_k, keys);
+    qkv_tensor *v = qkv_nn_linear_forward(ctx, &m->W_v, values);
+    qkv_tensor *out = attend(ctx, q, k, v, H, true, &o);
     return out ? qkv_nn_linear_forward(ctx, &m->W_o, out) : NULL;
 }
 
@@ -192,10 +212,10 @@ qkv_tensor *qkv_nn_mha_forward(qkv_ctx *ctx, const qkv_nn_mha *m, qkv_tensor *qu
     }
     qkv_tensor *weights = NULL;
     o.weights = opts && opts->weights ? &weights : NULL;
-    qkv_tensor *q = split_heads(ctx, in_project(ctx, m, query, 0), H, bf);
-    qkv_tensor *k = split_heads(ctx, in_project(ctx, m, key, 1), H, bf);
-    qkv_tensor *v = split_heads(ctx, in_project(ctx, m, value, 2), H, bf);
-    qkv_tensor *out = merge_heads(ctx, qkv_attention(ctx, q, k, v, &o), bf);
+    qkv_tensor *q = in_project(ctx, m, query, 0);
+    qkv_tensor *k = in_project(ctx, m, key, 1);
+    qkv_tensor *v = in_project(ctx, m, value, 2);
+    qkv_tensor *out = attend(ctx, q, k, v, H, bf, &o);
     if (!out)
         return NULL;
     if (opts && opts->weights)
