@@ -5,6 +5,10 @@
 #include "../kernels/kernels.h"
 #include "../qkv_internal.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 /* How GEMM sees the last two axes of t: data, leading dimension and
  * whether the storage is transposed relative to the logical (r, c). */
 typedef struct {
@@ -138,19 +142,41 @@ static void linear_dx(const float *G, const float *W, float *gx, bool acc, int64
     qkv_k_gemm(false, false, R, in, outf, 1.0f, G, outf, W, in, acc ? 1.0f : 0.0f, gx, in);
 }
 
+/* db[j] += sum over the R rows of G (R, out) of column j, for the columns
+ * of blocks b0 .. b1 of 64 */
+static void bias_grad_cols(const float *G, float *gb, int64_t R, int64_t outf, int64_t b0,
+                           int64_t b1)
+{
+    int64_t j0 = b0 * 64, j1 = b1 * 64 < outf ? b1 * 64 : outf;
+    for (int64_t r = 0; r < R; r++) {
+        const float *g = G + r * outf;
+#pragma omp simd
+        for (int64_t j = j0; j < j1; j++)
+            gb[j] += g[j];
+    }
+}
+
 /* dW (out,in) += G^T (out,R) x (R,in); db += the sum of G's rows */
 static void linear_dw(const float *G, const float *X, float *gw, float *gb, int64_t R,
                       int64_t in, int64_t outf)
 {
     if (gw)
         qkv_k_gemm(true, false, outf, in, R, 1.0f, G, outf, X, in, 1.0f, gw, in);
-    if (gb)
-        for (int64_t r = 0; r < R; r++) {
-            const float *g = G + r * outf;
-#pragma omp simd
-            for (int64_t j = 0; j < outf; j++)
-                gb[j] += g[j];
-        }
+    if (!gb)
+        return;
+    /* columns j0 .. j0+64 of G summed over its rows, a block per task */
+    int64_t blocks = (outf + 63) / 64;
+    bool par = (double)R * outf > (1 << 18) && blocks > 1 && qkv_threads() > 1;
+#ifdef _OPENMP
+    par = par && !omp_in_parallel();
+#endif
+    if (!par) {
+        bias_grad_cols(G, gb, R, outf, 0, blocks);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t cb = 0; cb < blocks; cb++)
+        bias_grad_cols(G, gb, R, outf, cb, cb + 1);
 }
 
 static void linear_backward(qkv_ctx *ctx, qkv_node *n)
