@@ -184,14 +184,22 @@ static qkv_tensor *ln(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_tensor 
     return qkv_layer_norm(ctx, x, w, b, m->cfg.ln_eps);
 }
 
-/* x (B, T, C) -> (B, T, C): one pre-norm encoder block */
+/* x (B, T, C) -> (B, T, C): one pre-norm encoder block; with cls_only,
+ * -> (B, 1, C), the class token's output alone: every token is still a key
+ * and a value, but only the class token queries, and only it goes through
+ * the residual and the MLP. */
 static qkv_tensor *block_forward(qkv_ctx *ctx, const qkv_vit *m, const qkv_vit_block *b,
-                                 qkv_tensor *x, qkv_tensor **attn)
+                                 qkv_tensor *x, qkv_tensor **attn, bool cls_only)
 {
     float p = m->cfg.dropout;
     qkv_tensor *h = ln(ctx, m, x, b->ln_1_weight, b->ln_1_bias);
+    qkv_tensor *q = h;
+    if (cls_only) {
+        q = qkv_slice(ctx, h, 1, 0, 1, 1);
+        x = qkv_slice(ctx, x, 1, 0, 1, 1);
+    }
     qkv_attn_opts o = {.weights = attn, .average_attn_weights = 1};
-    h = qkv_dropout(ctx, qkv_nn_mha_forward(ctx, &b->self_attention, h, h, h, &o), p);
+    h = qkv_dropout(ctx, qkv_nn_mha_forward(ctx, &b->self_attention, q, h, h, &o), p);
     x = qkv_add(ctx, x, h);
     h = ln(ctx, m, x, b->ln_2_weight, b->ln_2_bias);
     h = qkv_gelu(ctx, qkv_nn_linear_forward(ctx, &b->mlp_0, h));
@@ -229,6 +237,12 @@ qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_t
     qkv_tensor *cls = qkv_add(ctx, qkv_zeros(ctx, 3, (int64_t[]){B, 1, C}), m->class_token);
     t = qkv_concat(ctx, 2, (qkv_tensor *[]){cls, t}, 1);
     t = qkv_dropout(ctx, qkv_add(ctx, t, m->pos_embedding), c->dropout);
+    /* Only the class token's output reaches the head, so the last block
+     * computes only it (all tokens stay its keys and values): the same
+     * logits and gradients as torchvision's, which computes every token's,
+     * for about half the work of that block. Not when the attention maps
+     * are wanted, which need every query. */
+    int64_t L = c->num_layers;
     if (!qkv_grad_enabled(ctx) && !attn && t) {
         /* inference: each block's intermediates are dropped once its output
          * is copied out to one of two buffers made before the loop */
@@ -236,24 +250,29 @@ qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_t
         if (!buf[0] || !buf[1])
             return NULL;
         qkv_arena *ar = qkv_ctx_arena(ctx);
-        for (int64_t l = 0; l < c->num_layers && t; l++) {
+        for (int64_t l = 0; l < L && t; l++) {
             qkv_arena_pos at = qkv_arena_mark(ar);
-            qkv_tensor *y = qkv_contiguous(ctx, block_forward(ctx, m, &m->layers[l], t, NULL));
+            qkv_tensor *y =
+                qkv_contiguous(ctx, block_forward(ctx, m, &m->layers[l], t, NULL, l == L - 1));
             if (!y)
                 return NULL;
-            qkv_tensor *keep = buf[l % 2];
-            memcpy(keep->data, y->data, (size_t)qkv_numel(y) * sizeof(float));
-            qkv_arena_rewind(ar, at);
-            t = keep;
+            int64_t shape[3] = {y->shape[0], y->shape[1], y->shape[2]};
+            memcpy(buf[l % 2]->data, y->data, (size_t)qkv_numel(y) * sizeof(float));
+            qkv_arena_rewind(ar, at); /* y is gone from here on */
+            int64_t stride[3] = {shape[1] * shape[2], shape[2], 1};
+            t = qkv__view(ctx, buf[l % 2], 3, shape, stride, 0);
         }
     } else
-        for (int64_t l = 0; l < c->num_layers && t; l++)
-            t = block_forward(ctx, m, &m->layers[l], t, attn ? &attn[l] : NULL);
+        for (int64_t l = 0; l < L && t; l++)
+            t = block_forward(ctx, m, &m->layers[l], t, attn ? &attn[l] : NULL,
+                              !attn && l == L - 1);
     if (!t)
         return NULL;
     /* The final norm acts per token, so normalising only the class token
      * gives torchvision's ln(x)[:, 0] exactly */
-    t = qkv_reshape(ctx, qkv_slice(ctx, t, 1, 0, 1, 1), 2, (int64_t[]){B, C});
+    if (t->shape[1] != 1)
+        t = qkv_slice(ctx, t, 1, 0, 1, 1);
+    t = qkv_reshape(ctx, t, 2, (int64_t[]){B, C});
     t = ln(ctx, m, t, m->ln_weight, m->ln_bias);
     return qkv_nn_linear_forward(ctx, &m->head, t);
 }
