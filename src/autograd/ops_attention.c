@@ -233,6 +233,21 @@ static qkv_tensor *attention_unfused(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k,
     return qkv_matmul(ctx, w, v, 0, 0);
 }
 
+/* From o, for a kernel whose sizes are set: the scale (1 / sqrt(D) unless
+ * given), the masks, and in training the dropout probability with a seed
+ * drawn from the context. false (error set) if a mask is malformed. */
+static bool scale_masks_dropout(qkv_ctx *ctx, const qkv_attn_opts *o, qkv_k_attn *a)
+{
+    a->scale = o->scale != 0.0f ? o->scale : (float)(1.0 / sqrt((double)(a->D ? a->D : 1)));
+    if (!prepare_mask(ctx, "attention", o, a->B, a->H, a->N, a->M, &a->mask))
+        return false;
+    if (ctx->training && o->dropout_p > 0.0f) {
+        a->dropout_p = o->dropout_p;
+        a->seed = qkv_rng_u64(&ctx->rng);
+    }
+    return true;
+}
+
 qkv_tensor *qkv_attention(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
                           const qkv_attn_opts *opts)
 {
@@ -263,13 +278,8 @@ qkv_tensor *qkv_attention(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor
     a.M = k->shape[nd - 2];
     a.D = q->shape[nd - 1];
     a.Dv = v->shape[nd - 1];
-    a.scale = o->scale != 0.0f ? o->scale : (float)(1.0 / sqrt((double)(a.D ? a.D : 1)));
-    if (!prepare_mask(ctx, "attention", o, a.B, a.H, a.N, a.M, &a.mask))
+    if (!scale_masks_dropout(ctx, o, &a))
         return NULL;
-    if (ctx->training && o->dropout_p > 0.0f) {
-        a.dropout_p = o->dropout_p;
-        a.seed = qkv_rng_u64(&ctx->rng);
-    }
     if (o->weights || o->unfused)
         return attention_unfused(ctx, q, k, v, &a, o->weights);
     /* the kernel reads rows through strides but needs each row contiguous */
@@ -323,13 +333,8 @@ qkv_tensor *qkv__attention_heads(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv
     a.M = k->shape[ni];
     a.D = q->shape[2] / H;
     a.Dv = v->shape[2] / H;
-    a.scale = o->scale != 0.0f ? o->scale : (float)(1.0 / sqrt((double)(a.D ? a.D : 1)));
-    if (!prepare_mask(ctx, "attention", o, a.B, a.H, a.N, a.M, &a.mask))
+    if (!scale_masks_dropout(ctx, o, &a))
         return NULL;
-    if (ctx->training && o->dropout_p > 0.0f) {
-        a.dropout_p = o->dropout_p;
-        a.seed = qkv_rng_u64(&ctx->rng);
-    }
     a.q = heads_operand(q, H, batch_first, &a.q_sb, &a.q_sh, &a.q_sn);
     a.k = heads_operand(k, H, batch_first, &a.k_sb, &a.k_sh, &a.k_sn);
     a.v = heads_operand(v, H, batch_first, &a.v_sb, &a.v_sh, &a.v_sn);
