@@ -86,6 +86,13 @@ double gradcheck(gc_fn f, int n, gc_input *in, void *ud, double eps);
 /* ---- PyTorch parity fixtures (written by tests/parity/gen.py) ---- */
 
 /* Opens $QKV_FIXTURES/<name>.safetensors; fails the test if absent. */
+/* The qkv CLI under test: $QKV_BIN (the Makefile sets it), else build/qkv. */
+const char *test_qkv_bin(void);
+/* Runs a shell command with its stdout into out (NUL-terminated, cut at
+ * n - 1; the rest is read and dropped, so the child never blocks on a full
+ * pipe). Returns the exit status, or -1 if it could not run. */
+int test_run(const char *cmd, char *out, size_t n);
+
 qkv_st_file *fixture_open(const char *name);
 /* Loads a named tensor of the fixture into ctx (fails the test if absent). */
 qkv_tensor *fixture_get(qkv_ctx *ctx, qkv_st_file *f, const char *name);

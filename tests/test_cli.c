@@ -8,27 +8,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *qkv_bin(void)
-{
-    const char *b = getenv("QKV_BIN");
-    return b && *b ? b : "build/qkv";
-}
-
 /* Runs `qkv ARGS` with stdout and stderr into out (NUL-terminated, cut at
  * n - 1); returns the exit status, or -1 if it could not run. */
 static int run_qkv(const char *args, char *out, size_t n)
 {
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", qkv_bin(), args);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    size_t len = fread(out, 1, n - 1, p);
-    out[len] = '\0';
-    while (fgetc(p) != EOF) /* drain, so the child never blocks on a full pipe */
-        ;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", test_qkv_bin(), args);
+    return test_run(cmd, out, n);
 }
 
 static int count_lines_starting(const char *text, const char *prefix)
@@ -41,7 +27,7 @@ static int count_lines_starting(const char *text, const char *prefix)
 
 TEST(cli_binary_exists)
 {
-    CHECK(access(qkv_bin(), X_OK) == 0, "no executable at %s (set QKV_BIN)", qkv_bin());
+    CHECK(access(test_qkv_bin(), X_OK) == 0, "no executable at %s (set QKV_BIN)", test_qkv_bin());
 }
 
 TEST(cli_help_lists_commands)

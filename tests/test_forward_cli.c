@@ -8,27 +8,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *qkv_bin(void)
-{
-    const char *b = getenv("QKV_BIN");
-    return b && *b ? b : "build/qkv";
-}
-
 /* Runs the shell command with stdout and stderr into out (cut at n - 1);
  * returns the exit status, or -1 if it could not run. */
 static int run(const char *cmd, char *out, size_t n)
 {
     char full[4096];
     snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p)
-        return -1;
-    size_t len = fread(out, 1, n - 1, p);
-    out[len] = '\0';
-    while (fgetc(p) != EOF)
-        ;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return test_run(full, out, n);
 }
 
 TEST(forward_cli_matches_pytorch)
@@ -37,7 +23,7 @@ TEST(forward_cli_matches_pytorch)
      * handful of float32 GEMMs and one softmax, so rounding stays near 1e-7 */
     static char out[16384];
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/parity/forward_cli.py %s", qkv_bin());
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/parity/forward_cli.py %s", test_qkv_bin());
     int rc = run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, " 0 failed"), "%s: exit %d\n%s", cmd, rc, out);
     CHECK(!strstr(out, "FAIL"), "%s", out);
@@ -121,7 +107,7 @@ static void expect_error(const paths *p, const char *args, int status, const cha
         }
     }
     expanded[len] = '\0';
-    snprintf(cmd, sizeof cmd, "%s forward %s", qkv_bin(), expanded);
+    snprintf(cmd, sizeof cmd, "%s forward %s", test_qkv_bin(), expanded);
     int rc = run(cmd, out, sizeof out);
     CHECK(rc == status, "%s: exit %d, expected %d\n%s", cmd, rc, status, out);
     CHECK(strstr(out, want), "%s: message lacks \"%s\":\n%s", cmd, want, out);
@@ -153,7 +139,7 @@ TEST(forward_cli_usage_errors)
                  "--arch dot takes none of --heads, --batch-first, --per-head-weights");
 
     char out[8192], cmd[512];
-    snprintf(cmd, sizeof cmd, "%s forward --help", qkv_bin());
+    snprintf(cmd, sizeof cmd, "%s forward --help", test_qkv_bin());
     int rc = run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, "  mha ") && strstr(out, "  additive ") &&
               strstr(out, "  dot ") && strstr(out, "--per-head-weights"),
@@ -236,7 +222,7 @@ TEST(forward_cli_data_errors)
     write_file(w, p.input);
     char cmd[1024], out[4096];
     snprintf(cmd, sizeof cmd, "%s forward --arch additive --weights %s --input %s --output %s",
-             qkv_bin(), p.weights, p.input, p.output);
+             test_qkv_bin(), p.weights, p.input, p.output);
     int rc = run(cmd, out, sizeof out);
     CHECK(rc == 0, "%s: exit %d\n%s", cmd, rc, out);
     qkv_st_file *f = qkv_st_open(p.output);

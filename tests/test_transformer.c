@@ -299,26 +299,6 @@ TEST(transformer_training_loss_falls)
 
 /* ---- the command line and the PyTorch export ---- */
 
-static const char *qkv_bin(void)
-{
-    const char *b = getenv("QKV_BIN");
-    return b && *b ? b : "build/qkv";
-}
-
-/* Runs a shell command; stdout into out. Returns the exit status or -1. */
-static int run_cmd(const char *cmd, char *out, size_t n)
-{
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    size_t len = fread(out, 1, n - 1, p);
-    out[len] = '\0';
-    while (fgetc(p) != EOF)
-        ;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* A short `qkv train transformer`, then `qkv translate` and the PyTorch
  * model that scripts/export_transformer.py builds from the same file must
  * print the same translations of the book's sentences. */
@@ -331,8 +311,8 @@ TEST(transformer_cli_train_translate_export)
     snprintf(cmd, sizeof cmd,
              "QKV_THREADS=1 QKV_PROGRESS=0 %s train transformer --examples 200 --epochs 12 "
              "--out-dir %s 2>&1",
-             qkv_bin(), dir);
-    int rc = run_cmd(cmd, out, sizeof out);
+             test_qkv_bin(), dir);
+    int rc = test_run(cmd, out, sizeof out);
     REQUIRE(rc == 0, "train: exit %d\n%s", rc, out);
     CHECK(strstr(out, "epoch 10, loss") && strstr(out, "go . => "), "train output:\n%s", out);
     snprintf(cmd, sizeof cmd, "%s/metrics.jsonl", dir);
@@ -340,14 +320,14 @@ TEST(transformer_cli_train_translate_export)
     snprintf(cmd, sizeof cmd,
              "QKV_THREADS=1 %s translate --model %s/model.safetensors \"go .\" \"i lost .\" "
              "\"he's calm .\" \"i'm home .\" --attention %s/a.png 2>&1",
-             qkv_bin(), dir, dir);
-    rc = run_cmd(cmd, got, sizeof got);
+             test_qkv_bin(), dir, dir);
+    rc = test_run(cmd, got, sizeof got);
     CHECK(rc == 0, "translate: exit %d\n%s", rc, got);
     snprintf(cmd, sizeof cmd, "%s/a-decoder-cross.png", dir);
     CHECK(access(cmd, R_OK) == 0, "no heatmap");
     snprintf(cmd, sizeof cmd,
              "/usr/bin/python3 scripts/export_transformer.py %s/model.safetensors 2>&1", dir);
-    rc = run_cmd(cmd, want, sizeof want);
+    rc = test_run(cmd, want, sizeof want);
     REQUIRE(rc == 0, "export_transformer.py: exit %d\n%s", rc, want);
     /* translate also prints the heatmaps it wrote: compare the "=>" lines */
     char *lines[2][8];
@@ -482,8 +462,8 @@ TEST(transformer_cli_forward)
     snprintf(cmd, sizeof cmd,
              "%s forward --arch transformer --weights %s/transformer_forward_weights.safetensors "
              "--input %s/transformer_forward_input.safetensors --output %s 2>&1",
-             qkv_bin(), dir, dir, out_path);
-    int rc = run_cmd(cmd, out, sizeof out);
+             test_qkv_bin(), dir, dir, out_path);
+    int rc = test_run(cmd, out, sizeof out);
     REQUIRE(rc == 0, "qkv forward: exit %d\n%s", rc, out);
     qkv_st_file *got = qkv_st_open(out_path), *want = fixture_open("transformer_forward_input");
     REQUIRE(got && want, "%s", qkv_error());
@@ -509,8 +489,8 @@ TEST(transformer_cli_resume_is_exact)
              "%s %s train transformer --examples 100 --epochs 3 --out-dir %s/a >/dev/null 2>&1 && "
              "%s %s train transformer --examples 100 --epochs 2 --out-dir %s/b >/dev/null 2>&1 && "
              "%s %s train transformer --examples 100 --epochs 3 --resume --out-dir %s/b 2>&1",
-             env, qkv_bin(), dir, env, qkv_bin(), dir, env, qkv_bin(), dir);
-    int rc = run_cmd(cmd, out, sizeof out);
+             env, test_qkv_bin(), dir, env, test_qkv_bin(), dir, env, test_qkv_bin(), dir);
+    int rc = test_run(cmd, out, sizeof out);
     REQUIRE(rc == 0, "train: exit %d\n%s", rc, out);
     CHECK(strstr(out, "resumed from") && strstr(out, "at epoch 2"), "resume output:\n%s", out);
     snprintf(cmd, sizeof cmd, "cmp -s %s/a/model.safetensors %s/b/model.safetensors", dir, dir);

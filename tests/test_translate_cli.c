@@ -7,26 +7,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *qkv_bin(void)
-{
-    const char *b = getenv("QKV_BIN");
-    return b && *b ? b : "build/qkv";
-}
-
-/* Runs a shell command; stdout into out. Returns the exit status or -1. */
-static int run_cmd(const char *cmd, char *out, size_t n)
-{
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    size_t len = fread(out, 1, n - 1, p);
-    out[len] = '\0';
-    while (fgetc(p) != EOF)
-        ;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 enum { MAX_LEN = 6, MAX_SENT = 8 };
 
 /* What `qkv translate` printed: per sentence, the output's token count and
@@ -131,8 +111,8 @@ TEST(translate_cli_attention_every_sentence_and_beam)
     snprintf(cmd, sizeof cmd,
              "QKV_THREADS=1 QKV_PROGRESS=0 %s train transformer --examples 200 --epochs 12 "
              "--out-dir %s 2>&1",
-             qkv_bin(), dir);
-    int rc = run_cmd(cmd, out, sizeof out);
+             test_qkv_bin(), dir);
+    int rc = test_run(cmd, out, sizeof out);
     REQUIRE(rc == 0, "train: exit %d\n%s", rc, out);
     long long layers = 0, heads = 0;
     const char *model = strstr(out, "d_model");
@@ -144,9 +124,9 @@ TEST(translate_cli_attention_every_sentence_and_beam)
     snprintf(cmd, sizeof cmd,
              "QKV_THREADS=1 %s translate --model %s/model.safetensors --max-len %d "
              "\"%s\" \"%s\" \"%s\" \"%s\" --attention %s/g.png",
-             qkv_bin(), dir, MAX_LEN, sentences[0], sentences[1], sentences[2], sentences[3],
+             test_qkv_bin(), dir, MAX_LEN, sentences[0], sentences[1], sentences[2], sentences[3],
              dir);
-    rc = run_cmd(cmd, out, sizeof out);
+    rc = test_run(cmd, out, sizeof out);
     REQUIRE(rc == 0, "translate: exit %d\n%s", rc, out);
     fprintf(stderr, "    greedy:\n%s", out);
     printed greedy;
@@ -159,8 +139,8 @@ TEST(translate_cli_attention_every_sentence_and_beam)
     snprintf(cmd, sizeof cmd,
              "QKV_THREADS=1 %s translate --model %s/model.safetensors --max-len %d --beam 2 "
              "\"%s\" \"%s\" --attention %s/b.png 2>&1",
-             qkv_bin(), dir, MAX_LEN, beam_sentences[0], beam_sentences[1], dir);
-    rc = run_cmd(cmd, out, sizeof out);
+             test_qkv_bin(), dir, MAX_LEN, beam_sentences[0], beam_sentences[1], dir);
+    rc = test_run(cmd, out, sizeof out);
     REQUIRE(rc == 0, "translate --beam 2: exit %d\n%s", rc, out);
     fprintf(stderr, "    beam 2:\n%s", out);
     printed beam;

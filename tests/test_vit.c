@@ -289,26 +289,12 @@ TEST(vit_training_loss_falls)
 
 /* ---- the command line ---- */
 
-static const char *qkv_bin(void)
-{
-    const char *b = getenv("QKV_BIN");
-    return b && *b ? b : "build/qkv";
-}
-
 /* Runs `qkv ARGS`, output into out; returns the exit status or -1. */
 static int run_qkv(const char *args, char *out, size_t n)
 {
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", qkv_bin(), args);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    size_t len = fread(out, 1, n - 1, p);
-    out[len] = '\0';
-    while (fgetc(p) != EOF)
-        ;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", test_qkv_bin(), args);
+    return test_run(cmd, out, n);
 }
 
 static int count_lines(const char *s)

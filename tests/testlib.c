@@ -1,6 +1,8 @@
 /* testlib.c - gradient checks and PyTorch fixtures for the tests. */
 #include "test.h"
 
+#include <sys/wait.h>
+
 gc_input gc_rand(qkv_rng *r, int ndim, const int64_t *shape, float lo, float hi, bool grad)
 {
     gc_input in = {.ndim = ndim, .grad = grad};
@@ -176,4 +178,23 @@ double max_rel_diff_buf(const float *got, const qkv_tensor *want)
             worst = d;
     }
     return worst;
+}
+
+const char *test_qkv_bin(void)
+{
+    const char *b = getenv("QKV_BIN");
+    return b && *b ? b : "build/qkv";
+}
+
+int test_run(const char *cmd, char *out, size_t n)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t len = fread(out, 1, n - 1, p);
+    out[len] = '\0';
+    while (fgetc(p) != EOF)
+        ;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
