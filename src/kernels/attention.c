@@ -430,54 +430,12 @@ static float short_exp(float *s, int64_t mp, float m, float ll)
 }
 #endif
 
-/* o[0..n) = scale (o if acc) + sum_j w[j] rows_j[0..n) over j < M (rows_j =
- * rows + j * stride), skipping zero weights: the weighted sum of value rows
- * (or key rows), accumulated in registers 64 columns at a time. */
-static void short_combo(float *o, bool acc, const float *w, const float *rows, int64_t stride,
-                        int64_t M, int64_t n, float scale)
+/* o[0..n) = scale sum_j w[j] rows_j[0..n) (+ o if acc) over j < M, rows_j =
+ * rows + j * stride: the weighted sum of value rows (or key rows) */
+static inline void short_combo(float *o, bool acc, const float *w, const float *rows,
+                               int64_t stride, int64_t M, int64_t n, float scale)
 {
-#ifdef __AVX512F__
-    for (int64_t d0 = 0; d0 < n; d0 += 64) {
-        int64_t left = n - d0;
-        __mmask16 k[4];
-        for (int v = 0; v < 4; v++) {
-            int64_t l = left - 16 * v;
-            k[v] = l >= 16 ? QKV_ALL : l > 0 ? qkv_lanes(l) : 0;
-        }
-        __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-        for (int64_t j = 0; j < M; j++) {
-            __m512 x = _mm512_set1_ps(w[j]);
-            const float *r = rows + j * stride + d0;
-            c0 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(k[0], r), c0);
-            if (left > 16)
-                c1 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(k[1], r + 16), c1);
-            if (left > 32)
-                c2 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(k[2], r + 32), c2);
-            if (left > 48)
-                c3 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(k[3], r + 48), c3);
-        }
-        __m512 c[4] = {c0, c1, c2, c3}, sc = _mm512_set1_ps(scale);
-        for (int v = 0; v < 4 && 16 * v < left; v++) {
-            __m512 y = _mm512_mul_ps(c[v], sc);
-            if (acc)
-                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k[v], o + d0 + 16 * v));
-            _mm512_mask_storeu_ps(o + d0 + 16 * v, k[v], y);
-        }
-    }
-#else
-    if (!acc)
-        for (int64_t d = 0; d < n; d++)
-            o[d] = 0.0f;
-    for (int64_t j = 0; j < M; j++) {
-        float x = w[j] * scale;
-        if (x == 0.0f)
-            continue;
-        const float *r = rows + j * stride;
-#pragma omp simd
-        for (int64_t d = 0; d < n; d++)
-            o[d] += x * r[d];
-    }
-#endif
+    qkv_k_gemv_rows(M, n, scale, w, 1, rows, stride, acc ? 1.0f : 0.0f, o);
 }
 
 static void short_forward_head(const qkv_k_attn *a, int64_t bh, float *out, float *lse,

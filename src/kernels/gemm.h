@@ -21,6 +21,13 @@ void qkv_k_gemm_builtin(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_
                         float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                         float beta, float *C, int64_t ldc);
 
+/* y (n) = beta y + alpha sum_k x[k xs] B[k ldb + 0..n) over k < K: one row
+ * of a product, accumulated in registers 64 columns at a time, without
+ * packing (the built-in GEMM's path for tiny products, and attention's
+ * weighted sums of value and key rows). beta == 0 does not read y. */
+void qkv_k_gemv_rows(int64_t K, int64_t n, float alpha, const float *x, int64_t xs,
+                     const float *B, int64_t ldb, float beta, float *y);
+
 /* The micro-kernel the built-in GEMM was compiled with ("avx512", "avx2"
  * or "scalar"). */
 const char *qkv_k_gemm_builtin_isa(void);

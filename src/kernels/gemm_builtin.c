@@ -323,6 +323,13 @@ static inline void small_row(const float *a, int64_t as, const float *B, int64_t
 }
 #endif
 
+void qkv_k_gemv_rows(int64_t K, int64_t n, float alpha, const float *x, int64_t xs,
+                     const float *B, int64_t ldb, float beta, float *y)
+{
+    for (int64_t j0 = 0; j0 < n; j0 += 64)
+        small_row(x, xs, B + j0, ldb, K, n - j0 < 64 ? n - j0 : 64, alpha, beta, y + j0);
+}
+
 static void gemm_small(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                        const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                        float *C, int64_t ldc)
@@ -348,9 +355,7 @@ static void gemm_small(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
     /* row i of op(A) is A + i*lda with stride 1, or A + i with stride lda */
     int64_t as = ta ? lda : 1, ai = ta ? 1 : lda;
     for (int64_t i = 0; i < M; i++)
-        for (int64_t j0 = 0; j0 < N; j0 += 64)
-            small_row(A + i * ai, as, B + j0, ldb, K, N - j0 < 64 ? N - j0 : 64, alpha, beta,
-                      C + i * ldc + j0);
+        qkv_k_gemv_rows(K, N, alpha, A + i * ai, as, B, ldb, beta, C + i * ldc);
 }
 
 void qkv_k_gemm_builtin(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
