@@ -157,6 +157,19 @@ static qkv_tensor *mask_padding(qkv_ctx *ctx, const attn_shape *s, qkv_attn_opts
     return m;
 }
 
+/* boolean (B, M) key padding: the last quarter of the keys of batch 0,
+ * the last half of batch 1's, ... (never all of them) */
+static qkv_tensor *mask_padding_quarters(qkv_ctx *ctx, const attn_shape *s, qkv_attn_opts *o)
+{
+    qkv_tensor *m = qkv_new(ctx, 2, SHAPE(s->B, s->M));
+    for (int64_t b = 0; b < s->B; b++)
+        for (int64_t j = 0; j < s->M; j++)
+            m->data[b * s->M + j] = j >= s->M - s->M * (b % 3 + 1) / 4 ? 1.0f : 0.0f;
+    o->key_padding_mask = m;
+    o->key_padding_bool = 1;
+    return m;
+}
+
 static const int64_t lens1[] = {3, 140};
 static int64_t lens2[2 * 70];
 
@@ -213,6 +226,21 @@ TEST(attention_short_rows_match_unfused)
     check_fused("short: D, Dv > 64", &wide, (qkv_attn_opts){.causal = 1}, NULL);
     attn_shape one = {3, 1, 1, 1, 3, 2, false};
     check_fused("short: one key", &one, (qkv_attn_opts){.dropout_p = 0.2f}, NULL);
+    /* the query-block path (16 queries a vector, >= 8 queries, no
+     * additive mask): key padding, and block edges at 8, 16, 17 queries */
+    check_fused("short: key padding + dropout", &s, (qkv_attn_opts){.dropout_p = 0.2f},
+                mask_padding_quarters);
+    check_fused("short: dropout + valid lens (B, N) + causal", &s,
+                (qkv_attn_opts){.dropout_p = 0.4f, .causal = 1, .valid_lens = lens2,
+                                .valid_lens_ndim = 2},
+                NULL);
+    for (int64_t n = 8; n <= 17; n += n == 8 ? 8 : 1) {
+        attn_shape e = {2, 2, n, 10, 8, 8, false};
+        check_fused("short: block edge", &e,
+                    (qkv_attn_opts){.dropout_p = 0.1f, .valid_lens = lens1,
+                                    .valid_lens_ndim = 1},
+                    NULL);
+    }
 }
 
 /* Heads side by side (qkv__attention_heads, what multi-head attention

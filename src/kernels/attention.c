@@ -185,10 +185,12 @@ static size_t short_floats(const qkv_k_attn *a)
     return (size_t)QKV_ATTN_SHORT_M * ((size_t)a->D + (size_t)a->Dv + 4);
 }
 
+static size_t block_floats(const qkv_k_attn *a); /* the query-block path's */
+
 static size_t fwd_floats(const qkv_k_attn *a)
 {
     if (short_rows(a))
-        return short_floats(a);
+        return round16(short_floats(a) > block_floats(a) ? short_floats(a) : block_floats(a));
     return round16(BR * BC) + round16((size_t)BR * a->Dv) + round16(BC) + round16(BR) +
            round16(2 * BR);
 }
@@ -533,6 +535,466 @@ static void short_backward_head(const qkv_k_attn *a, int64_t bh, const float *ou
         short_combo(dk + DK_ROW(a, b, h, j), true, st + j * N, q, a->q_sn, N, D, a->scale);
 }
 
+/* ---- the query-block path (AVX-512): lanes are 16 queries ----
+ *
+ * The short-row path still reduces across lanes twice a row (maximum and
+ * sum) and hashes dropout a key at a time; with the book's 10 keys that is
+ * most of its work. Here a vector holds one key's scores for 16 queries:
+ * S^T (M, 16) is M columns of D FMAs (Q^T (D, 16) against a key's entries
+ * broadcast), the maximum and the sum are lane-wise over the M columns,
+ * exp, masks and the dropout hash run on 16 queries at once, and
+ * O^T (Dv, 16) += P_j v_j is again broadcasts. The backward mirrors it:
+ * dP_j = dO^T . v_j, dS_j = P_j (dP_j Z_j - Delta), dQ^T += dS_j k_j, and
+ * dK, dV take a key's row at a time from the stored columns of dS and
+ * P o Z. Same masks, exp, statistics and dropout decisions as the other
+ * paths. Additive masks and fewer than QB_MIN queries take the short-row
+ * path (a block of one query would be 15 lanes of padding). */
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#define QB 16
+#define QB_MIN 8
+
+static bool block_path(const qkv_k_attn *a)
+{
+    return short_rows(a) && !a->mask.add && a->N >= QB_MIN;
+}
+
+/* the block path's per-thread floats: Q^T, dQ^T (D, 16), O^T, dO^T
+ * (Dv, 16), S^T and P^T (SM, 16), and 16 lengths */
+static size_t block_floats(const qkv_k_attn *a)
+{
+    return (size_t)QB * (2 * (size_t)a->D + 2 * (size_t)a->Dv + 2 * SM + 1);
+}
+
+/* xt (d, 16) = rows r < nr of x (row stride sn) transposed, 0 past nr */
+static void block_transpose(float *xt, const float *x, int64_t sn, int64_t nr, int64_t d)
+{
+    if (nr < QB)
+        memset(xt, 0, (size_t)(d * QB) * sizeof(float));
+    for (int64_t r = 0; r < nr; r++)
+        for (int64_t c = 0; c < d; c++)
+            xt[c * QB + r] = x[r * sn + c];
+}
+
+/* The dropout decisions of 16 queries (lanes) for one key: SplitMix64 of
+ * seed + index * golden, index = ((bh N + i) M + j), eight 64-bit lanes a
+ * half. z0 holds seed + index * golden of key j; the caller adds golden
+ * per key. Kept where the top 32 bits are >= thr. */
+static inline __mmask16 block_keep(__m512i zlo, __m512i zhi, __m512i thr)
+{
+    const __m512i c1 = _mm512_set1_epi64((long long)0xbf58476d1ce4e5b9ull);
+    const __m512i c2 = _mm512_set1_epi64((long long)0x94d049bb133111ebull);
+    __m512i z[2] = {zlo, zhi};
+    __mmask8 k[2];
+    for (int x = 0; x < 2; x++) {
+        __m512i t = z[x];
+        t = _mm512_mullo_epi64(_mm512_xor_si512(t, _mm512_srli_epi64(t, 30)), c1);
+        t = _mm512_mullo_epi64(_mm512_xor_si512(t, _mm512_srli_epi64(t, 27)), c2);
+        t = _mm512_xor_si512(t, _mm512_srli_epi64(t, 31));
+        k[x] = _mm512_cmpge_epu64_mask(_mm512_srli_epi64(t, 32), thr);
+    }
+    return (__mmask16)((unsigned)k[0] | ((unsigned)k[1] << 8));
+}
+
+typedef struct {
+    __m512i zlo, zhi, thr, step;
+    __m512 scale;
+} block_drop;
+
+/* the hash state of queries i0 .. i0+16 of head bh at key 0 */
+static block_drop block_drop_init(const qkv_k_attn *a, int64_t bh, int64_t i0)
+{
+    block_drop d;
+    uint64_t g = 0x9e3779b97f4a7c15ull, base = ((uint64_t)bh * (uint64_t)a->N + (uint64_t)i0) *
+                                                   (uint64_t)a->M;
+    uint64_t lo[8], hi[8];
+    for (int r = 0; r < 8; r++) {
+        lo[r] = a->seed + (base + (uint64_t)r * (uint64_t)a->M) * g;
+        hi[r] = a->seed + (base + (uint64_t)(r + 8) * (uint64_t)a->M) * g;
+    }
+    d.zlo = _mm512_loadu_si512(lo);
+    d.zhi = _mm512_loadu_si512(hi);
+    d.thr = _mm512_set1_epi64((long long)qkv_k_attn_threshold(a->dropout_p));
+    d.step = _mm512_set1_epi64((long long)g);
+    d.scale = _mm512_set1_ps(a->dropout_p < 1.0f ? 1.0f / (1.0f - a->dropout_p) : 0.0f);
+    return d;
+}
+
+/* Z_j (16 queries) for the current key; moves the state to the next key */
+static inline __m512 block_drop_next(block_drop *d)
+{
+    __m512 z = _mm512_maskz_mov_ps(block_keep(d->zlo, d->zhi, d->thr), d->scale);
+    d->zlo = _mm512_add_epi64(d->zlo, d->step);
+    d->zhi = _mm512_add_epi64(d->zhi, d->step);
+    return z;
+}
+
+/* column j of out (M, 16) = sum_c xt[c] y_j[c] (xt (d, 16), y_j = y + j ys):
+ * four columns at a time, so that each load of xt feeds four FMAs */
+static void block_dots(float *out, const float *xt, int64_t d, const float *y, int64_t ys,
+                       int64_t M)
+{
+    int64_t j = 0;
+    for (; j + 3 < M; j += 4) {
+        const float *y0 = y + j * ys, *y1 = y0 + ys, *y2 = y1 + ys, *y3 = y2 + ys;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t c = 0; c < d; c++) {
+            __m512 x = _mm512_load_ps(xt + c * QB);
+            a0 = _mm512_fmadd_ps(x, _mm512_set1_ps(y0[c]), a0);
+            a1 = _mm512_fmadd_ps(x, _mm512_set1_ps(y1[c]), a1);
+            a2 = _mm512_fmadd_ps(x, _mm512_set1_ps(y2[c]), a2);
+            a3 = _mm512_fmadd_ps(x, _mm512_set1_ps(y3[c]), a3);
+        }
+        _mm512_store_ps(out + j * QB, a0);
+        _mm512_store_ps(out + (j + 1) * QB, a1);
+        _mm512_store_ps(out + (j + 2) * QB, a2);
+        _mm512_store_ps(out + (j + 3) * QB, a3);
+    }
+    for (; j < M; j++) {
+        const float *y0 = y + j * ys;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+        int64_t c = 0;
+        for (; c + 1 < d; c += 2) {
+            a0 = _mm512_fmadd_ps(_mm512_load_ps(xt + c * QB), _mm512_set1_ps(y0[c]), a0);
+            a1 = _mm512_fmadd_ps(_mm512_load_ps(xt + (c + 1) * QB), _mm512_set1_ps(y0[c + 1]),
+                                 a1);
+        }
+        if (c < d)
+            a0 = _mm512_fmadd_ps(_mm512_load_ps(xt + c * QB), _mm512_set1_ps(y0[c]), a0);
+        _mm512_store_ps(out + j * QB, _mm512_add_ps(a0, a1));
+    }
+}
+
+/* st (M, 16): column j = the masked scores of queries i0 .. i0+16 (qt is
+ * their Q^T) against key j; returns the lane-wise maxima */
+static __m512 block_scores(const qkv_k_attn *a, int64_t b, int64_t i0, int64_t nr,
+                           const float *qt, const float *k, int32_t *lens, float *st)
+{
+    const qkv_k_attn_mask *mk = &a->mask;
+    int64_t M = a->M, D = a->D;
+    __m512 sc = _mm512_set1_ps(a->scale), ninf = _mm512_set1_ps(-INFINITY);
+    __m512 fill = _mm512_set1_ps(QKV_ATTN_VALID_FILL), m = ninf;
+    __m512i iv = _mm512_add_epi32(_mm512_set1_epi32((int)i0),
+                                  _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                                    13, 14, 15));
+    __m512i lv = _mm512_setzero_si512();
+    if (mk->valid_lens) {
+        for (int64_t r = 0; r < QB; r++) /* clamped to [-1, M]: same decisions */
+            lens[r] = r < nr ? (int32_t)max64(-1, min64(M, qkv_k_attn_valid_len(
+                                                               mk, a->N, M, b, i0 + r)))
+                             : 0;
+        lv = _mm512_loadu_si512(lens);
+    }
+    block_dots(st, qt, D, k, a->k_sn, M);
+    for (int64_t j = 0; j < M; j++) {
+        __m512 s = _mm512_mul_ps(_mm512_load_ps(st + j * QB), sc);
+        if (mk->kpm)
+            s = _mm512_add_ps(s, _mm512_set1_ps(mk->kpm[b * M + j]));
+        __m512i jv = _mm512_set1_epi32((int)j);
+        if (mk->causal) /* key j is after query i */
+            s = _mm512_mask_mov_ps(s, _mm512_cmplt_epi32_mask(iv, jv), ninf);
+        if (mk->valid_lens) /* key j is past the length */
+            s = _mm512_mask_mov_ps(s, _mm512_cmple_epi32_mask(lv, jv), fill);
+        _mm512_store_ps(st + j * QB, s);
+        m = _mm512_max_ps(s, m); /* s first: a NaN is skipped, as row_max */
+    }
+    return m;
+}
+
+/* rows r < nr of x (row stride sn) += alpha xt (d, 16) transposed, or = when
+ * !acc */
+static void block_store(float *x, int64_t sn, const float *xt, int64_t nr, int64_t d,
+                        float alpha, bool acc)
+{
+    for (int64_t r = 0; r < nr; r++)
+        for (int64_t c = 0; c < d; c++)
+            x[r * sn + c] = (acc ? x[r * sn + c] : 0.0f) + alpha * xt[c * QB + r];
+}
+
+/* log x on 16 lanes for x >= 1 (a sum of exps that holds exp(0)):
+ * x = 2^e m, m in [1, 2), log m = 2 atanh(f), f = (m - 1) / (m + 1) in
+ * [0, 1/3), the odd series to f^15 (its next term is below float's
+ * rounding) */
+static inline __m512 log16_from_one(__m512 x)
+{
+    __m512 e = _mm512_getexp_ps(x);
+    __m512 mt = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    __m512 one = _mm512_set1_ps(1.0f);
+    __m512 f = _mm512_div_ps(_mm512_sub_ps(mt, one), _mm512_add_ps(mt, one));
+    __m512 f2 = _mm512_mul_ps(f, f);
+    __m512 p = _mm512_set1_ps(1.0f / 15);
+    p = _mm512_fmadd_ps(p, f2, _mm512_set1_ps(1.0f / 13));
+    p = _mm512_fmadd_ps(p, f2, _mm512_set1_ps(1.0f / 11));
+    p = _mm512_fmadd_ps(p, f2, _mm512_set1_ps(1.0f / 9));
+    p = _mm512_fmadd_ps(p, f2, _mm512_set1_ps(1.0f / 7));
+    p = _mm512_fmadd_ps(p, f2, _mm512_set1_ps(1.0f / 5));
+    p = _mm512_fmadd_ps(p, f2, _mm512_set1_ps(1.0f / 3));
+    p = _mm512_fmadd_ps(p, f2, one);
+    __m512 lm = _mm512_mul_ps(_mm512_add_ps(f, f), p);
+    return _mm512_fmadd_ps(e, _mm512_set1_ps(0x1.62e430p-1f), lm);
+}
+
+/* xt (d, 16) = sum over the M columns c_j (16 lanes) of c_j y_j[k], y_j =
+ * y + j ys: a (16, M) by (M, d) product, four columns of xt at a time with
+ * the sums in registers, so that each load of c_j feeds four FMAs */
+static void block_mix(float *xt, const float *c, const float *y, int64_t ys, int64_t M,
+                      int64_t d)
+{
+    int64_t k = 0;
+    for (; k + 3 < d; k += 4) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t j = 0; j < M; j++) {
+            __m512 cj = _mm512_load_ps(c + j * QB);
+            const float *yj = y + j * ys + k;
+            a0 = _mm512_fmadd_ps(cj, _mm512_set1_ps(yj[0]), a0);
+            a1 = _mm512_fmadd_ps(cj, _mm512_set1_ps(yj[1]), a1);
+            a2 = _mm512_fmadd_ps(cj, _mm512_set1_ps(yj[2]), a2);
+            a3 = _mm512_fmadd_ps(cj, _mm512_set1_ps(yj[3]), a3);
+        }
+        _mm512_store_ps(xt + k * QB, a0);
+        _mm512_store_ps(xt + (k + 1) * QB, a1);
+        _mm512_store_ps(xt + (k + 2) * QB, a2);
+        _mm512_store_ps(xt + (k + 3) * QB, a3);
+    }
+    for (; k < d; k++) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+        int64_t j = 0;
+        for (; j + 1 < M; j += 2) {
+            a0 = _mm512_fmadd_ps(_mm512_load_ps(c + j * QB), _mm512_set1_ps(y[j * ys + k]), a0);
+            a1 = _mm512_fmadd_ps(_mm512_load_ps(c + (j + 1) * QB),
+                                 _mm512_set1_ps(y[(j + 1) * ys + k]), a1);
+        }
+        if (j < M)
+            a0 = _mm512_fmadd_ps(_mm512_load_ps(c + j * QB), _mm512_set1_ps(y[j * ys + k]), a0);
+        _mm512_store_ps(xt + k * QB, _mm512_add_ps(a0, a1));
+    }
+}
+
+/* the first n (<= 16) floats at p, the rest 0; and their store. Masked
+ * stores are slow on some CPUs (Zen 4): 16 and 8 lanes go unmasked. */
+static inline __m512 block_load_n(const float *p, int64_t n)
+{
+    if (n == 16)
+        return _mm512_loadu_ps(p);
+    if (n == 8)
+        return _mm512_castps256_ps512(_mm256_loadu_ps(p)); /* upper lanes unused */
+    return _mm512_maskz_loadu_ps(qkv_lanes(n), p);
+}
+
+static inline void block_store_n(float *p, int64_t n, __m512 v)
+{
+    if (n == 16)
+        _mm512_storeu_ps(p, v);
+    else if (n == 8)
+        _mm256_storeu_ps(p, _mm512_castps512_ps256(v));
+    else
+        _mm512_mask_storeu_ps(p, qkv_lanes(n), v);
+}
+
+/* the cache lines of p[0 .. n) into L1, for writing */
+static inline void block_prefetch(const float *p, int64_t n)
+{
+    for (int64_t c = 0; c < n; c += 16)
+        _mm_prefetch((const char *)(p + c), _MM_HINT_T0);
+    _mm_prefetch((const char *)(p + n - 1), _MM_HINT_T0);
+}
+
+/* row j of dst (row stride ds) += alpha sum_{r < nr} c_j[r] x_r for j < M,
+ * x_r = x + r xs of n floats: (M, 16) columns by (16, n) rows, four
+ * destination rows at a time in registers */
+static void block_rows(float *dst, int64_t ds, const float *c, const float *x, int64_t xs,
+                       int64_t nr, int64_t M, int64_t n, float alpha)
+{
+    __m512 al = _mm512_set1_ps(alpha);
+    for (int64_t c0 = 0; c0 < n; c0 += 16) {
+        int64_t w = n - c0 < 16 ? n - c0 : 16;
+        int64_t j = 0;
+        for (; j + 3 < M; j += 4) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t r = 0; r < nr; r++) {
+                __m512 xr = block_load_n(x + r * xs + c0, w);
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(c[j * QB + r]), xr, a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(c[(j + 1) * QB + r]), xr, a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(c[(j + 2) * QB + r]), xr, a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(c[(j + 3) * QB + r]), xr, a3);
+            }
+            __m512 acc[4] = {a0, a1, a2, a3};
+            for (int t = 0; t < 4; t++) {
+                float *dj = dst + (j + t) * ds + c0;
+                block_store_n(dj, w, _mm512_fmadd_ps(acc[t], al, block_load_n(dj, w)));
+            }
+        }
+        for (; j < M; j++) {
+            __m512 a0 = _mm512_setzero_ps();
+            for (int64_t r = 0; r < nr; r++)
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(c[j * QB + r]),
+                                     block_load_n(x + r * xs + c0, w), a0);
+            float *dj = dst + j * ds + c0;
+            block_store_n(dj, w, _mm512_fmadd_ps(a0, al, block_load_n(dj, w)));
+        }
+    }
+}
+
+static void block_forward_head(const qkv_k_attn *a, int64_t bh, float *out, float *lse,
+                               float *w)
+{
+    int64_t H = a->H, N = a->N, M = a->M, D = a->D, Dv = a->Dv, b = bh / H, h = bh % H;
+    const float *q = a->q + b * a->q_sb + h * a->q_sh;
+    const float *k = a->k + b * a->k_sb + h * a->k_sh;
+    const float *v = a->v + b * a->v_sb + h * a->v_sh;
+    float *qt = w, *ot = qt + D * QB, *st = ot + Dv * QB;
+    int32_t *lens = (int32_t *)(st + SM * QB);
+    float *logl = lse + a->B * H * N;
+    bool drop = a->dropout_p > 0;
+    for (int64_t i0 = 0; i0 < N; i0 += QB) {
+        int64_t nr = min64(QB, N - i0);
+        __mmask16 kr = nr == QB ? QKV_ALL : qkv_lanes(nr);
+        block_transpose(qt, q + i0 * a->q_sn, a->q_sn, nr, D);
+        __m512 m = block_scores(a, b, i0, nr, qt, k, lens, st);
+        /* P_j = exp(s_j - m), summed before dropout, kept in place */
+        __m512 sum = _mm512_setzero_ps();
+        block_drop dr;
+        if (drop)
+            dr = block_drop_init(a, bh, i0);
+        for (int64_t j = 0; j < M; j++) {
+            __m512 e = exp16_nonpositive(_mm512_sub_ps(_mm512_load_ps(st + j * QB), m));
+            sum = _mm512_add_ps(sum, e);
+            _mm512_store_ps(st + j * QB, drop ? _mm512_mul_ps(e, block_drop_next(&dr)) : e);
+        }
+        block_mix(ot, st, v, a->v_sn, M, Dv); /* O^T = (P o Z) V, unnormalised */
+        /* every key masked (maximum -inf): NaN, as softmax of all -inf */
+        __mmask16 bad = _mm512_cmp_ps_mask(m, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
+        __m512 nan = _mm512_set1_ps(NAN);
+        __m512 inv = _mm512_mask_mov_ps(_mm512_div_ps(_mm512_set1_ps(1.0f), sum), bad, nan);
+        for (int64_t d = 0; d < Dv; d++)
+            _mm512_store_ps(ot + d * QB, _mm512_mul_ps(_mm512_load_ps(ot + d * QB), inv));
+        block_store(out + O_ROW(a, b, h, i0), a->o_sn, ot, nr, Dv, 1.0f, false);
+        _mm512_mask_storeu_ps(lse + bh * N + i0, kr, _mm512_mask_mov_ps(m, bad, nan));
+        /* <= 64 terms in (0, 1], one of them 1 */
+        _mm512_mask_storeu_ps(logl + bh * N + i0, kr,
+                              _mm512_mask_mov_ps(log16_from_one(sum), bad, nan));
+    }
+}
+
+static void block_backward_head(const qkv_k_attn *a, int64_t bh, const float *out,
+                                const float *lse, const float *dout, float *dq, float *dk,
+                                float *dv, float *w)
+{
+    int64_t H = a->H, N = a->N, M = a->M, D = a->D, Dv = a->Dv, b = bh / H, h = bh % H;
+    const float *q = a->q + b * a->q_sb + h * a->q_sh;
+    const float *k = a->k + b * a->k_sb + h * a->k_sh;
+    const float *v = a->v + b * a->v_sb + h * a->v_sh;
+    float *qt = w, *dqt = qt + D * QB, *ot = dqt + D * QB, *dot = ot + Dv * QB;
+    float *st = dot + Dv * QB, *pt = st + SM * QB;
+    int32_t *lens = (int32_t *)(pt + SM * QB);
+    const float *logl = lse + a->B * H * N;
+    bool drop = a->dropout_p > 0, grad_s = dq || dk;
+    __m512 zero = _mm512_setzero_ps();
+    /* dK and dV rows are read, added to and written: ask for them now,
+     * while the scores are worked out */
+    for (int64_t j = 0; j < M; j++) {
+        if (dv)
+            block_prefetch(dv + DV_ROW(a, b, h, j), Dv);
+        if (dk)
+            block_prefetch(dk + DK_ROW(a, b, h, j), D);
+    }
+    for (int64_t i0 = 0; i0 < N; i0 += QB) {
+        int64_t nr = min64(QB, N - i0);
+        __mmask16 kr = nr == QB ? QKV_ALL : qkv_lanes(nr);
+        const float *oi = out + O_ROW(a, b, h, i0), *doi = dout + O_ROW(a, b, h, i0);
+        const float *qi = q + i0 * a->q_sn;
+        block_transpose(qt, qi, a->q_sn, nr, D);
+        __m512 m = _mm512_maskz_loadu_ps(kr, lse + bh * N + i0);
+        __m512 ll = _mm512_maskz_loadu_ps(kr, logl + bh * N + i0);
+        block_scores(a, b, i0, nr, qt, k, lens, st);
+        /* P_j, and P_j o Z_j into pt */
+        block_drop dr;
+        if (drop)
+            dr = block_drop_init(a, bh, i0);
+        for (int64_t j = 0; j < M; j++) {
+            __m512 p = exp16_nonpositive(
+                _mm512_sub_ps(_mm512_sub_ps(_mm512_load_ps(st + j * QB), m), ll));
+            _mm512_store_ps(st + j * QB, p);
+            _mm512_store_ps(pt + j * QB, drop ? _mm512_mul_ps(p, block_drop_next(&dr)) : p);
+        }
+        /* dV (M, Dv) += (P o Z)^T dO */
+        if (dv)
+            block_rows(dv + DV_ROW(a, b, h, 0), a->dv_sn, pt, doi, a->o_sn, nr, M, Dv, 1.0f);
+        if (!grad_s)
+            continue;
+        block_transpose(ot, oi, a->o_sn, nr, Dv);
+        block_transpose(dot, doi, a->o_sn, nr, Dv);
+        __m512 delta = zero; /* Delta_i = dO_i . out_i */
+        for (int64_t d = 0; d < Dv; d++)
+            delta = _mm512_fmadd_ps(_mm512_load_ps(dot + d * QB), _mm512_load_ps(ot + d * QB),
+                                    delta);
+        __m512i lv = a->mask.valid_lens ? _mm512_loadu_si512(lens) : _mm512_setzero_si512();
+        /* dS_j = P_j (dP_j Z_j - Delta), dP_j = dO v_j; Z_j = (P_j o Z_j) / P_j
+         * is not divided back: the hash is rerun */
+        if (drop)
+            dr = block_drop_init(a, bh, i0);
+        block_dots(pt, dot, Dv, v, a->v_sn, M); /* dP (pt is free: dV is done) */
+        for (int64_t j = 0; j < M; j++) {
+            __m512 g = _mm512_load_ps(pt + j * QB);
+            if (drop)
+                g = _mm512_mul_ps(g, block_drop_next(&dr));
+            __m512 ds = _mm512_mul_ps(_mm512_load_ps(st + j * QB), _mm512_sub_ps(g, delta));
+            if (a->mask.valid_lens) /* nothing where a valid length replaced s */
+                ds = _mm512_mask_mov_ps(
+                    ds, _mm512_cmple_epi32_mask(lv, _mm512_set1_epi32((int)j)), zero);
+            _mm512_store_ps(st + j * QB, ds);
+        }
+        /* dQ += scale dS K, dK += scale dS^T Q */
+        if (dq) {
+            block_mix(dqt, st, k, a->k_sn, M, D);
+            block_store(dq + DQ_ROW(a, b, h, i0), a->dq_sn, dqt, nr, D, a->scale, true);
+        }
+        if (dk)
+            block_rows(dk + DK_ROW(a, b, h, 0), a->dk_sn, st, qi, a->q_sn, nr, M, D, a->scale);
+    }
+}
+#else
+static bool block_path(const qkv_k_attn *a)
+{
+    (void)a;
+    return false;
+}
+static size_t block_floats(const qkv_k_attn *a)
+{
+    (void)a;
+    return 0;
+}
+static void block_forward_head(const qkv_k_attn *a, int64_t bh, float *out, float *lse,
+                               float *w)
+{
+    (void)a, (void)bh, (void)out, (void)lse, (void)w;
+}
+static void block_backward_head(const qkv_k_attn *a, int64_t bh, const float *out,
+                                const float *lse, const float *dout, float *dq, float *dk,
+                                float *dv, float *w)
+{
+    (void)a, (void)bh, (void)out, (void)lse, (void)dout, (void)dq, (void)dk, (void)dv, (void)w;
+}
+#endif
+
+/* one (batch, head) of the short rows, by the block or the row path */
+static void short_forward(const qkv_k_attn *a, int64_t bh, float *out, float *lse, float *w)
+{
+    if (block_path(a))
+        block_forward_head(a, bh, out, lse, w);
+    else
+        short_forward_head(a, bh, out, lse, short_split(a, w));
+}
+
+static void short_backward(const qkv_k_attn *a, int64_t bh, const float *out, const float *lse,
+                           const float *dout, float *dq, float *dk, float *dv, float *w)
+{
+    if (block_path(a))
+        block_backward_head(a, bh, out, lse, dout, dq, dk, dv, w);
+    else
+        short_backward_head(a, bh, out, lse, dout, dq, dk, dv, short_split(a, w));
+}
+
 void qkv_k_attn_forward(const qkv_k_attn *a, float *out, float *lse, float *work, int threads)
 {
     int64_t BH = a->B * a->H, nt = (a->N + BR - 1) / BR;
@@ -540,14 +1002,13 @@ void qkv_k_attn_forward(const qkv_k_attn *a, float *out, float *lse, float *work
     double work_size = (double)BH * a->N * a->M;
     if (short_rows(a)) {
         if (threads <= 1 || work_size <= SHORT_PAR_WORK) { /* no OpenMP region at all */
-            short_work w = short_split(a, work);
             for (int64_t bh = 0; bh < BH; bh++)
-                short_forward_head(a, bh, out, lse, w);
+                short_forward(a, bh, out, lse, work);
             return;
         }
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int64_t bh = 0; bh < BH; bh++)
-            short_forward_head(a, bh, out, lse, short_split(a, work + per * (size_t)thread_id()));
+            short_forward(a, bh, out, lse, work + per * (size_t)thread_id());
         return;
     }
 #pragma omp parallel for schedule(dynamic) num_threads(threads) \
@@ -565,7 +1026,10 @@ void qkv_k_attn_forward(const qkv_k_attn *a, float *out, float *lse, float *work
 static size_t bwd_floats(const qkv_k_attn *a)
 {
     if (short_rows(a)) /* and P^T, dS^T (M, N) of the head; 64-byte blocks */
-        return round16(short_floats(a) + 2 * (size_t)a->M * (size_t)a->N);
+    {
+        size_t row = short_floats(a) + 2 * (size_t)a->M * (size_t)a->N;
+        return round16(row > block_floats(a) ? row : block_floats(a));
+    }
     return 3 * round16(BR * BC) + round16(BC) + round16((size_t)a->N);
 }
 
@@ -677,15 +1141,13 @@ void qkv_k_attn_backward(const qkv_k_attn *a, const float *out, const float *lse
     double work_size = (double)BH * a->N * a->M;
     if (short_rows(a)) {
         if (threads <= 1 || work_size <= SHORT_PAR_WORK) {
-            short_work w = short_split(a, work);
             for (int64_t bh = 0; bh < BH; bh++)
-                short_backward_head(a, bh, out, lse, dout, dq, dk, dv, w);
+                short_backward(a, bh, out, lse, dout, dq, dk, dv, work);
             return;
         }
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int64_t bh = 0; bh < BH; bh++)
-            short_backward_head(a, bh, out, lse, dout, dq, dk, dv,
-                                short_split(a, work + per * (size_t)thread_id()));
+            short_backward(a, bh, out, lse, dout, dq, dk, dv, work + per * (size_t)thread_id());
         return;
     }
 #pragma omp parallel for schedule(dynamic) num_threads(threads) \
