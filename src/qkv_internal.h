@@ -111,6 +111,10 @@ void qkv__pass_grad(qkv_ctx *ctx, qkv_node *n, qkv_tensor *t);
  * and their copies. o: masks, scale, dropout (weights and unfused unused). */
 qkv_tensor *qkv__attention_heads(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
                                  int64_t H, bool batch_first, const qkv_attn_opts *o);
+/* Self-attention of one packed projection x (B, N, 3 H D): q, k and v are
+ * its column blocks [0, E), [E, 2E), [2E, 3E) (E = H D), batch first; out
+ * (B, N, E). The gradient of all three lands in x's one buffer. */
+qkv_tensor *qkv__attention_packed(qkv_ctx *ctx, qkv_tensor *x, int64_t H, const qkv_attn_opts *o);
 /* Whether input i of node n wants a gradient. */
 static inline bool qkv__wants(const qkv_node *n, int i)
 {

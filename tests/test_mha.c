@@ -171,6 +171,67 @@ TEST(parity_d2l_modules)
     parity_d2l("d2l_additive_attention_lens2", true);
 }
 
+/* d2l's MHA on self-attention (queries = keys = values) stacks W_q, W_k,
+ * W_v into one GEMM and attends the packed projection; the unfused path
+ * (held to PyTorch above) splits them. Output and every gradient, input
+ * and parameters, agree (tol 1e-5), with both kinds of valid lengths and
+ * with dropout (the same hash on both paths). */
+TEST(d2l_mha_self_attention_packed_matches_split)
+{
+    int64_t B = 3, N = 7, E = 16, H = 4;
+    int64_t lens1[3] = {7, 2, 5}, lens2[21];
+    for (int i = 0; i < 21; i++)
+        lens2[i] = i % N + 1; /* causal, as the decoder's training lengths */
+    for (int kind = 0; kind < 3; kind++) {
+        float *res[2][6];
+        for (int unfused = 0; unfused < 2; unfused++) {
+            qkv_params *ps = qkv_params_new();
+            qkv_nn_d2l_mha m;
+            REQUIRE(qkv_nn_d2l_mha_init(&m, ps, "", E, E, E, E, H, kind == 2 ? 0.3f : 0.0f, 0) ==
+                            QKV_OK &&
+                        qkv_params_alloc(ps) == QKV_OK,
+                    "%s", qkv_error());
+            qkv_rng r;
+            qkv_rng_seed(&r, 5);
+            qkv_nn_d2l_mha_reset(&m, &r);
+            qkv_ctx *ctx = qkv_ctx_new();
+            qkv_rng_seed(qkv_ctx_rng(ctx), 11);
+            qkv_set_training(ctx, kind == 2);
+            qkv_tensor *x = qkv_requires_grad(qkv_randn(ctx, 3, SHAPE(B, N, E), 0, 1));
+            qkv_rng_seed(qkv_ctx_rng(ctx), 12);
+            qkv_attn_opts o = {.valid_lens = kind == 1 ? lens2 : lens1,
+                               .valid_lens_ndim = kind == 1 ? 2 : 1,
+                               .unfused = unfused};
+            qkv_tensor *out = qkv_nn_d2l_mha_forward(ctx, &m, x, x, x, &o);
+            REQUIRE(out && qkv_backward(ctx, qkv_sum_all(ctx, qkv_mul(ctx, out, out))) == QKV_OK,
+                    "%s", qkv_error());
+            const qkv_tensor *t[6] = {out, x, m.W_q.weight, m.W_k.weight, m.W_v.weight,
+                                      m.W_o.weight};
+            for (int i = 0; i < 6; i++) {
+                int64_t n = qkv_numel(t[i]);
+                res[unfused][i] = malloc((size_t)n * sizeof(float));
+                memcpy(res[unfused][i], i == 0 ? t[i]->data : t[i]->grad,
+                       (size_t)n * sizeof(float));
+            }
+            qkv_ctx_free(ctx);
+            qkv_params_free(ps);
+        }
+        const char *names[6] = {"out", "dx", "dW_q", "dW_k", "dW_v", "dW_o"};
+        int64_t sizes[6] = {B * N * E, B * N * E, E * E, E * E, E * E, E * E};
+        for (int i = 0; i < 6; i++) {
+            double worst = 0, scale = 1;
+            for (int64_t j = 0; j < sizes[i]; j++)
+                scale = fmax(scale, fabs(res[1][i][j]));
+            for (int64_t j = 0; j < sizes[i]; j++)
+                worst = fmax(worst, fabs(res[0][i][j] - res[1][i][j]) / scale);
+            CHECK(worst <= 1e-5, "kind %d: packed vs split %s differ by %.3g", kind, names[i],
+                  worst);
+            free(res[0][i]);
+            free(res[1][i]);
+        }
+    }
+}
+
 /* SPEC section 3: num_hiddens 100, 5 heads, batch 2, 4 queries, 6 pairs,
  * valid_lens [3, 2] -> (2, 4, 100) */
 TEST(d2l_mha_shape_example)

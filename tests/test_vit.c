@@ -314,7 +314,7 @@ static int last_count(const char *text, const char *key, long *right, long *tota
     return at && sscanf(strchr(at, '(') ? strchr(at, '(') : "", "(%ld/%ld)", right, total) == 2;
 }
 
-/* One short epoch; the accuracy `eval vit` computes from the saved model
+/* Two short epochs, the second without crops; the accuracy `eval vit` computes from the saved model
  * is the one training printed, image for image. Then classify and its
  * rollout picture. */
 TEST(vit_cli_train_eval_classify)
@@ -323,10 +323,12 @@ TEST(vit_cli_train_eval_classify)
     char dir[] = "/tmp/qkv_vit_cliXXXXXX", args[2048];
     REQUIRE(mkdtemp(dir), "mkdtemp");
     snprintf(args, sizeof args,
-             "train vit --limit 256 --epochs 1 --eval-limit 300 --batch-size 64 --out-dir %s",
+             "train vit --limit 256 --epochs 2 --plain-epochs 1 --eval-limit 300 --batch-size 64 "
+             "--out-dir %s",
              dir);
     int rc = run_qkv(args, out, sizeof out);
     REQUIRE(rc == 0, "train vit: exit %d\n%s", rc, out);
+    CHECK(strstr(out, "no random crops from epoch 2 on"), "crops not switched off:\n%s", out);
     long r1 = 0, t1 = 0, r2 = -1, t2 = -1;
     CHECK(last_count(out, "test accuracy", &r1, &t1) && t1 == 300,
           "no test accuracy in:\n%s", out);

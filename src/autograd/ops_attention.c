@@ -177,13 +177,30 @@ static void attention_backward(qkv_ctx *ctx, qkv_node *n)
     qkv_k_attn_backward(a, n->out->data, n->saved[1], n->out->grad, dq, dk, dv, work, threads);
 }
 
+/* The backward of qkv__attention_packed: q, k and v are column blocks of
+ * one input, so their gradients are column blocks of its one gradient. */
+static void attention_packed_backward(qkv_ctx *ctx, qkv_node *n)
+{
+    const qkv_k_attn *a = n->saved[0];
+    float *g = qkv__grad(ctx, n->in[0]);
+    int threads = qkv_threads();
+    float *work = qkv__floats(ctx, (int64_t)qkv_k_attn_backward_work(a, threads));
+    if (!g || !work)
+        return;
+    int64_t E = a->H * a->D;
+    qkv_k_attn_backward(a, n->out->data, n->saved[1], n->out->grad, g, g + E, g + 2 * E, work,
+                        threads);
+}
+
 static qkv_tensor *attention_fused(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
                                    const qkv_k_attn *args)
 {
     int nd = q->ndim;
     int64_t shape[4];
     memcpy(shape, q->shape, sizeof(int64_t) * (size_t)nd);
-    shape[nd - 1] = q->shape[nd - 1] / args->D * args->Dv; /* Dv, or H Dv side by side */
+    shape[nd - 1] = args->H * args->Dv; /* Dv, or H Dv side by side */
+    if (nd == 4)
+        shape[nd - 1] = args->Dv;
     int threads = qkv_threads();
     qkv_tensor *out = qkv__tensor(ctx, nd, shape);
     float *lse = qkv__floats(ctx, 2 * args->B * args->H * args->N);
@@ -193,8 +210,11 @@ static qkv_tensor *attention_fused(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, q
         return NULL;
     *saved = *args;
     qkv_k_attn_forward(args, out->data, lse, work, threads);
-    qkv_node *n = qkv__record(ctx, QKV_OP_ATTENTION, attention_backward, out, 3,
-                              (qkv_tensor *[]){q, k, v});
+    /* k == v == NULL: q is the packed (B, N, 3 H D) of qkv__attention_packed */
+    qkv_node *n = k ? qkv__record(ctx, QKV_OP_ATTENTION, attention_backward, out, 3,
+                                  (qkv_tensor *[]){q, k, v})
+                    : qkv__record(ctx, QKV_OP_ATTENTION, attention_packed_backward, out, 1,
+                                  (qkv_tensor *[]){q});
     if (n) {
         n->saved[0] = saved;
         n->saved[1] = lse;
@@ -345,4 +365,32 @@ qkv_tensor *qkv__attention_heads(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv
     a.dk_sb = a.k_sb, a.dk_sh = a.k_sh, a.dk_sn = a.k_sn;
     a.dv_sb = a.v_sb, a.dv_sh = a.v_sh, a.dv_sn = a.v_sn;
     return attention_fused(ctx, q, k, v, &a);
+}
+
+qkv_tensor *qkv__attention_packed(qkv_ctx *ctx, qkv_tensor *x, int64_t H, const qkv_attn_opts *o)
+{
+    QKV_INPUTS("attention", x);
+    if (x->ndim != 3 || H < 1 || x->shape[2] % (3 * H))
+        return qkv__shape_error("attention", x, x, "packed q, k, v must be (B, N, 3 H D)");
+    x = qkv_contiguous(ctx, x);
+    if (!x)
+        return NULL;
+    int64_t E = x->shape[2] / 3;
+    qkv_k_attn a = {0};
+    a.B = x->shape[0];
+    a.H = H;
+    a.N = a.M = x->shape[1];
+    a.D = a.Dv = E / H;
+    if (!scale_masks_dropout(ctx, o, &a))
+        return NULL;
+    /* head h of q, k, v: columns h D, E + h D, 2 E + h D of each row */
+    a.q = x->data, a.k = x->data + E, a.v = x->data + 2 * E;
+    a.q_sb = a.k_sb = a.v_sb = a.N * 3 * E;
+    a.q_sh = a.k_sh = a.v_sh = a.D;
+    a.q_sn = a.k_sn = a.v_sn = 3 * E;
+    a.o_sh = a.D, a.o_sb = a.N * E, a.o_sn = E;
+    a.dq_sb = a.dk_sb = a.dv_sb = a.q_sb;
+    a.dq_sh = a.dk_sh = a.dv_sh = a.q_sh;
+    a.dq_sn = a.dk_sn = a.dv_sn = a.q_sn;
+    return attention_fused(ctx, x, NULL, NULL, &a);
 }

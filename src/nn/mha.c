@@ -97,6 +97,27 @@ void qkv_nn_d2l_mha_reset(qkv_nn_d2l_mha *m, qkv_rng *r)
     qkv_nn_linear_reset(&m->W_o, r);
 }
 
+/* W_q, W_k, W_v as one (3 E, in) leaf tensor over their own values and
+ * gradients, when they are adjacent in the parameter store (qkv_params
+ * allocates in registration order, aligned) and have no biases; else NULL. */
+static qkv_tensor *stacked_qkv(qkv_ctx *ctx, const qkv_nn_d2l_mha *m)
+{
+    const qkv_tensor *wq = m->W_q.weight, *wk = m->W_k.weight, *wv = m->W_v.weight;
+    if (m->W_q.bias || m->W_k.bias || m->W_v.bias || !wq->grad || !wk->grad || !wv->grad)
+        return NULL;
+    int64_t n = qkv_numel(wq);
+    if (!qkv_same_shape(wq, wk) || !qkv_same_shape(wq, wv) || wk->data != wq->data + n ||
+        wv->data != wk->data + n || wk->grad != wq->grad + n || wv->grad != wk->grad + n ||
+        wq->requires_grad != wk->requires_grad || wq->requires_grad != wv->requires_grad)
+        return NULL;
+    qkv_tensor *w = qkv_wrap(ctx, 2, (int64_t[]){3 * wq->shape[0], wq->shape[1]}, wq->data);
+    if (!w)
+        return NULL;
+    w->grad = wq->grad;
+    w->requires_grad = wq->requires_grad;
+    return w;
+}
+
 qkv_tensor *qkv_nn_d2l_mha_forward(qkv_ctx *ctx, const qkv_nn_d2l_mha *m, qkv_tensor *queries,
                                    qkv_tensor *keys, qkv_tensor *values,
                                    const qkv_attn_opts *opts)
@@ -107,6 +128,13 @@ qkv_tensor *qkv_nn_d2l_mha_forward(qkv_ctx *ctx, const qkv_nn_d2l_mha *m, qkv_te
     qkv_attn_opts o = opts ? *opts : (qkv_attn_opts){0};
     o.dropout_p = m->dropout;
     int64_t H = m->num_heads;
+    /* self-attention: one GEMM against W_q, W_k and W_v stacked, one
+     * packed attention, when the three weights lie back to back */
+    qkv_tensor *w3 = queries == keys && keys == values ? stacked_qkv(ctx, m) : NULL;
+    if (w3 && !o.weights && !o.unfused) {
+        qkv_tensor *out = qkv__attention_packed(ctx, qkv_linear(ctx, queries, w3, NULL), H, &o);
+        return out ? qkv_nn_linear_forward(ctx, &m->W_o, out) : NULL;
+    }
     qkv_tensor *q = qkv_nn_linear_forward(ctx, &m->W_q, queries);
     qkv_tensor *k = qkv_nn_linear_forward(ctx, &m->W_k, keys);
     qkv_tensor *v = qkv_nn_linear_forward(ctx, &m->W_v, values);
