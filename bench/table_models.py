@@ -6,7 +6,9 @@ peers, one file per implementation holding all its cases.
 Speed ratios are qkv's speed over the peer's (peer time / qkv time): above
 1, qkv is faster. Memory ratios compare what each process needed above its
 runtime's resident memory before the benchmark built anything (peak RSS -
-base): below 1, qkv needed less."""
+base): below 1, qkv needed less. A case run in several rounds (bench/run.sh
+repeats the short ones, interleaved with the peers) counts by the median
+of its rounds."""
 import sys
 
 # case, label, short label (memory table), unit: ms (per step), tokens/s, images/s
@@ -27,20 +29,30 @@ CASES = [
 
 
 def load(path):
+    """key -> every value the file gives it (a case run in several rounds
+    repeats its keys)."""
     rows = {}
     with open(path) as f:
         for line in f:
             key, _, value = line.strip().partition(" ")
             if key:
-                rows[key] = value
+                rows.setdefault(key, []).append(value)
     return rows
 
 
 def number(rows, key):
-    try:
-        return float(rows[key])
-    except (KeyError, ValueError):
+    """The median of the key's numeric values (one round: its value)."""
+    vals = []
+    for v in rows.get(key, []):
+        try:
+            vals.append(float(v))
+        except ValueError:
+            pass
+    if not vals:
         return None
+    vals.sort()
+    n = len(vals)
+    return vals[n // 2] if n % 2 else 0.5 * (vals[n // 2 - 1] + vals[n // 2])
 
 
 def rate(rows, case, unit):
@@ -68,7 +80,7 @@ def mib(v):
 def main(paths):
     impls = [load(p) for p in paths]
     qkv, peers = impls[0], impls[1:]
-    names = [i.get("impl", "?") for i in impls]
+    names = [i.get("impl", ["?"])[0] for i in impls]
     head = ["", *names] + [f"qkv speed / {p.split(' (')[0]}" for p in names[1:]]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case, label, _, unit in CASES:
@@ -78,7 +90,7 @@ def main(paths):
         for _, p_ms in figs[1:]:
             cells.append("n/a" if q_ms is None or p_ms is None else f"{p_ms / q_ms:.2f}x")
         out.append("| " + " | ".join(cells) + " |")
-    out.append("| threads | " + " | ".join(i.get("threads", "?") for i in impls)
+    out.append("| threads | " + " | ".join(i.get("threads", ["?"])[0] for i in impls)
                + " |" + " |" * len(peers))
 
     out.append("")
