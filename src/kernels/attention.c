@@ -953,46 +953,36 @@ static void block_backward_head(const qkv_k_attn *a, int64_t bh, const float *ou
             block_rows(dk + DK_ROW(a, b, h, 0), a->dk_sn, st, qi, a->q_sn, nr, M, D, a->scale);
     }
 }
-#else
-static bool block_path(const qkv_k_attn *a)
-{
-    (void)a;
-    return false;
-}
+#else /* no AVX-512: the row path only */
 static size_t block_floats(const qkv_k_attn *a)
 {
     (void)a;
     return 0;
-}
-static void block_forward_head(const qkv_k_attn *a, int64_t bh, float *out, float *lse,
-                               float *w)
-{
-    (void)a, (void)bh, (void)out, (void)lse, (void)w;
-}
-static void block_backward_head(const qkv_k_attn *a, int64_t bh, const float *out,
-                                const float *lse, const float *dout, float *dq, float *dk,
-                                float *dv, float *w)
-{
-    (void)a, (void)bh, (void)out, (void)lse, (void)dout, (void)dq, (void)dk, (void)dv, (void)w;
 }
 #endif
 
 /* one (batch, head) of the short rows, by the block or the row path */
 static void short_forward(const qkv_k_attn *a, int64_t bh, float *out, float *lse, float *w)
 {
-    if (block_path(a))
+#ifdef QB
+    if (block_path(a)) {
         block_forward_head(a, bh, out, lse, w);
-    else
-        short_forward_head(a, bh, out, lse, short_split(a, w));
+        return;
+    }
+#endif
+    short_forward_head(a, bh, out, lse, short_split(a, w));
 }
 
 static void short_backward(const qkv_k_attn *a, int64_t bh, const float *out, const float *lse,
                            const float *dout, float *dq, float *dk, float *dv, float *w)
 {
-    if (block_path(a))
+#ifdef QB
+    if (block_path(a)) {
         block_backward_head(a, bh, out, lse, dout, dq, dk, dv, w);
-    else
-        short_backward_head(a, bh, out, lse, dout, dq, dk, dv, short_split(a, w));
+        return;
+    }
+#endif
+    short_backward_head(a, bh, out, lse, dout, dq, dk, dv, short_split(a, w));
 }
 
 void qkv_k_attn_forward(const qkv_k_attn *a, float *out, float *lse, float *work, int threads)
