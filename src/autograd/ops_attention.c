@@ -167,29 +167,23 @@ static const float *operand(const qkv_tensor *t, int64_t *sb, int64_t *sh, int64
 static void attention_backward(qkv_ctx *ctx, qkv_node *n)
 {
     const qkv_k_attn *a = n->saved[0];
-    float *dq = qkv__wants(n, 0) ? qkv__grad(ctx, n->in[0]) : NULL;
-    float *dk = qkv__wants(n, 1) ? qkv__grad(ctx, n->in[1]) : NULL;
-    float *dv = qkv__wants(n, 2) ? qkv__grad(ctx, n->in[2]) : NULL;
+    float *dq, *dk, *dv;
+    if (n->n_in == 1) { /* qkv__attention_packed: column blocks of one gradient */
+        float *g = qkv__grad(ctx, n->in[0]);
+        if (!g)
+            return;
+        int64_t E = a->H * a->D;
+        dq = g, dk = g + E, dv = g + 2 * E;
+    } else {
+        dq = qkv__wants(n, 0) ? qkv__grad(ctx, n->in[0]) : NULL;
+        dk = qkv__wants(n, 1) ? qkv__grad(ctx, n->in[1]) : NULL;
+        dv = qkv__wants(n, 2) ? qkv__grad(ctx, n->in[2]) : NULL;
+    }
     int threads = qkv_threads();
     float *work = qkv__floats(ctx, (int64_t)qkv_k_attn_backward_work(a, threads));
     if (!work)
         return;
     qkv_k_attn_backward(a, n->out->data, n->saved[1], n->out->grad, dq, dk, dv, work, threads);
-}
-
-/* The backward of qkv__attention_packed: q, k and v are column blocks of
- * one input, so their gradients are column blocks of its one gradient. */
-static void attention_packed_backward(qkv_ctx *ctx, qkv_node *n)
-{
-    const qkv_k_attn *a = n->saved[0];
-    float *g = qkv__grad(ctx, n->in[0]);
-    int threads = qkv_threads();
-    float *work = qkv__floats(ctx, (int64_t)qkv_k_attn_backward_work(a, threads));
-    if (!g || !work)
-        return;
-    int64_t E = a->H * a->D;
-    qkv_k_attn_backward(a, n->out->data, n->saved[1], n->out->grad, g, g + E, g + 2 * E, work,
-                        threads);
 }
 
 static qkv_tensor *attention_fused(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
@@ -211,10 +205,8 @@ static qkv_tensor *attention_fused(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, q
     *saved = *args;
     qkv_k_attn_forward(args, out->data, lse, work, threads);
     /* k == v == NULL: q is the packed (B, N, 3 H D) of qkv__attention_packed */
-    qkv_node *n = k ? qkv__record(ctx, QKV_OP_ATTENTION, attention_backward, out, 3,
-                                  (qkv_tensor *[]){q, k, v})
-                    : qkv__record(ctx, QKV_OP_ATTENTION, attention_packed_backward, out, 1,
-                                  (qkv_tensor *[]){q});
+    qkv_node *n = qkv__record(ctx, QKV_OP_ATTENTION, attention_backward, out, k ? 3 : 1,
+                              (qkv_tensor *[]){q, k, v});
     if (n) {
         n->saved[0] = saved;
         n->saved[1] = lse;

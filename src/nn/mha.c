@@ -130,8 +130,10 @@ qkv_tensor *qkv_nn_d2l_mha_forward(qkv_ctx *ctx, const qkv_nn_d2l_mha *m, qkv_te
     int64_t H = m->num_heads;
     /* self-attention: one GEMM against W_q, W_k and W_v stacked, one
      * packed attention, when the three weights lie back to back */
-    qkv_tensor *w3 = queries == keys && keys == values ? stacked_qkv(ctx, m) : NULL;
-    if (w3 && !o.weights && !o.unfused) {
+    qkv_tensor *w3 = queries == keys && keys == values && !o.weights && !o.unfused
+                         ? stacked_qkv(ctx, m)
+                         : NULL;
+    if (w3) {
         qkv_tensor *out = qkv__attention_packed(ctx, qkv_linear(ctx, queries, w3, NULL), H, &o);
         return out ? qkv_nn_linear_forward(ctx, &m->W_o, out) : NULL;
     }
