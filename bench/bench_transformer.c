@@ -23,22 +23,34 @@ typedef struct {
     qkv_seq2seq m;
     qkv_params *ps;
     qkv_optim *opt;
+    qkv_shards *sh;
     int64_t B, T;
     int64_t *src, *valid, *dec_in, *target;
 } tf_state;
 
-static int tf_step(qkv_ctx *ctx, void *p)
+/* One shard of the batch: forward with teacher forcing, r0.17's
+ * MaskedSoftmaxCELoss summed over the sequences, backward. */
+static qkv_status tf_shard(qkv_ctx *ctx, int i, int n, void *p)
 {
     tf_state *s = p;
-    qkv_tensor *logits =
-        qkv_seq2seq_forward(ctx, &s->m, s->src, s->valid, s->B, s->T, s->dec_in, s->T, NULL);
+    int64_t lo, hi, T = s->T;
+    qkv_shard_rows(s->B, i, n, &lo, &hi);
+    qkv_tensor *logits = qkv_seq2seq_forward(ctx, &s->m, s->src + lo * T, s->valid + lo,
+                                             hi - lo, T, s->dec_in + lo * T, T, NULL);
     if (logits)
-        logits = qkv_reshape(ctx, logits, 2, (int64_t[]){s->B * s->T, s->m.tgt_vocab});
-    /* r0.17's MaskedSoftmaxCELoss, summed over the batch */
+        logits = qkv_reshape(ctx, logits, 2, (int64_t[]){(hi - lo) * T, s->m.tgt_vocab});
     qkv_ce_opts ce = {.ignore_index = PAD, .reduction = QKV_REDUCE_SUM};
-    qkv_tensor *loss = qkv_scale(ctx, qkv_cross_entropy(ctx, logits, s->target, &ce),
-                                 1.0f / (float)s->T);
-    if (!loss || qkv_backward(ctx, loss) != QKV_OK)
+    qkv_tensor *loss = qkv_scale(ctx, qkv_cross_entropy(ctx, logits, s->target + lo * T, &ce),
+                                 1.0f / (float)T);
+    return loss ? qkv_backward(ctx, loss) : qkv_error_status();
+}
+
+/* The step: the shards (one per thread), clipping, Adam. */
+static int tf_step(qkv_ctx *ctx, void *p)
+{
+    (void)ctx; /* the shards have their own */
+    tf_state *s = p;
+    if (qkv_shards_run(s->sh, tf_shard, s) != QKV_OK)
         return 1;
     qkv_clip_grad_norm(s->ps, 1.0f);
     if (qkv_optim_step(s->opt) != QKV_OK)
@@ -101,15 +113,22 @@ int main(int argc, char **argv)
         s.dec_in[b * T] = BOS;
         memcpy(s.dec_in + b * T + 1, s.target + b * T, (size_t)(T - 1) * sizeof(int64_t));
     }
-    qkv_ctx *ctx = qkv_ctx_new();
-    qkv_rng_seed(qkv_ctx_rng(ctx), 2);
+    s.sh = qkv_shards_new(s.ps, 0);
+    if (!s.sh) {
+        fprintf(stderr, "bench_transformer: %s\n", qkv_error());
+        return 1;
+    }
+    qkv_ctx *ctx = qkv_shards_ctx(s.sh, 0);
 
     printf("impl qkv %s\nthreads %d\n", QKV_VERSION, qkv_threads());
     bench_result res = bench_time(ctx, tf_step, &s, 2, reps);
+    res.arena_peak = 0; /* all the shards' arenas */
+    for (int i = 0; i < qkv_shards_count(s.sh); i++)
+        res.arena_peak += qkv_arena_peak(qkv_ctx_arena(qkv_shards_ctx(s.sh, i)));
     bench_report(name, res, s.ps, s.opt);
     printf("%s_tokens %lld\n", name, (long long)(B * T));
     free(ids);
-    qkv_ctx_free(ctx);
+    qkv_shards_free(s.sh);
     qkv_optim_free(s.opt);
     qkv_params_free(s.ps);
     return res.ms < 0;

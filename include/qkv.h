@@ -654,6 +654,42 @@ QKV_API void qkv_optim_set_steps(qkv_optim *o, int64_t steps);
  * returned with the gradients untouched; NaN with an error if max_norm < 0. */
 QKV_API float qkv_clip_grad_norm(qkv_params *ps, float max_norm);
 
+/* Data parallelism inside a step: the batch cut into shards, one per
+ * thread, each run forward and backward on a context of its own, at the
+ * same time; their parameter gradients are summed into the store (shard 0
+ * adds into it directly, the others into buffers of their own that
+ * qkv_shards_run adds in shard order, so runs repeat bit for bit). A small
+ * model's kernels are too short to split across threads without waiting
+ * on each other; whole shards are not. Kernels inside a shard run on its
+ * one thread. With one thread there is one shard, run on the caller's.
+ *
+ *     qkv_shards *sh = qkv_shards_new(ps, 0);   // qkv_threads() shards
+ *     // each step: fn(ctx, i, n, arg) computes shard i's loss of the batch
+ *     // (rows [i B / n, (i + 1) B / n)) and calls qkv_backward
+ *     if (qkv_shards_run(sh, fn, &batch) != QKV_OK) ...
+ *     qkv_clip_grad_norm(ps, 1.0f);
+ *     qkv_optim_step(opt);
+ *     qkv_params_zero_grad(ps);
+ *
+ * Each shard's context is reset before fn runs and keeps its tensors until
+ * the next run; shard i's random numbers come from its own context (seeded
+ * i + 1 by qkv_shards_new; reseed them through qkv_shards_ctx). fn returns
+ * QKV_OK or a status with the error set; the first failing shard's message
+ * reaches the caller, prefixed with its number. */
+typedef struct qkv_shards qkv_shards;
+typedef qkv_status (*qkv_shard_fn)(qkv_ctx *ctx, int shard, int n_shards, void *arg);
+/* n <= 0: qkv_threads(). NULL if out of memory or ps is not allocated. */
+QKV_API qkv_shards *qkv_shards_new(qkv_params *ps, int n);
+QKV_API void qkv_shards_free(qkv_shards *s);
+QKV_API int qkv_shards_count(const qkv_shards *s);
+QKV_API qkv_ctx *qkv_shards_ctx(qkv_shards *s, int i);
+/* Sets the training flag of every shard's context (qkv_set_training). */
+QKV_API void qkv_shards_set_training(qkv_shards *s, int training);
+QKV_API qkv_status qkv_shards_run(qkv_shards *s, qkv_shard_fn fn, void *arg);
+/* Rows [lo, hi) of a batch of B that shard i of n takes: B cut as evenly as
+ * it goes, the larger pieces first. */
+QKV_API void qkv_shard_rows(int64_t B, int i, int n, int64_t *lo, int64_t *hi);
+
 /* Schedules: the learning rate at `step` (0-based). */
 QKV_API float qkv_lr_step_decay(float base, int64_t step, int64_t step_size, float gamma);
 /* Linear warmup from 0 over `warmup` steps, then cosine from base to min_lr

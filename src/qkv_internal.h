@@ -75,7 +75,29 @@ struct qkv_ctx {
     qkv_rng rng;
     struct qkv_profile *prof; /* QKV_PROFILE set: time per op (ctx.c), else NULL */
     const float *seed_grad;   /* the caller's buffer qkv_backward_with lends, or NULL */
+    /* Gradient redirection (qkv_shards): a tensor whose grad points into
+     * [grad_lo, grad_lo + grad_n) (a parameter store's gradients) has its
+     * gradient accumulated at the same offset in grad_to instead, so that
+     * contexts running on different threads never write the same memory. */
+    const float *grad_lo;
+    int64_t grad_n;
+    float *grad_to;
 };
+
+/* Sends this context's gradients of the buffer [lo, lo + n) to `to` (same
+ * offsets), or back where they point if to is NULL. */
+void qkv__ctx_redirect_grads(qkv_ctx *ctx, const float *lo, int64_t n, float *to);
+/* Where a backward adds t's gradient: t->grad, redirected (see qkv_ctx). */
+static inline float *qkv__grad_target(const qkv_ctx *ctx, const qkv_tensor *t)
+{
+    float *g = t->grad;
+    if (ctx->grad_to && g) {
+        uintptr_t a = (uintptr_t)g, lo = (uintptr_t)ctx->grad_lo;
+        if (a >= lo && a < lo + (uintptr_t)ctx->grad_n * sizeof(float))
+            return ctx->grad_to + (g - ctx->grad_lo);
+    }
+    return g;
+}
 
 /* Arena memory of the step; NULL with an error if out of memory. */
 void *qkv__alloc(qkv_ctx *ctx, size_t bytes);

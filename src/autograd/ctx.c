@@ -104,6 +104,13 @@ void qkv_ctx_reset(qkv_ctx *ctx)
 
 qkv_arena *qkv_ctx_arena(qkv_ctx *ctx) { return ctx->arena; }
 
+void qkv__ctx_redirect_grads(qkv_ctx *ctx, const float *lo, int64_t n, float *to)
+{
+    ctx->grad_lo = to ? lo : NULL;
+    ctx->grad_n = to ? n : 0;
+    ctx->grad_to = to;
+}
+
 int qkv_set_grad_enabled(qkv_ctx *ctx, int enabled)
 {
     int old = ctx->grad_enabled;
@@ -324,7 +331,7 @@ float *qkv__grad(qkv_ctx *ctx, qkv_tensor *t)
         if (t->grad)
             memset(t->grad, 0, (size_t)n * sizeof(float));
     }
-    return t->grad;
+    return qkv__grad_target(ctx, t);
 }
 
 void qkv__pass_grad(qkv_ctx *ctx, qkv_node *n, qkv_tensor *t)
@@ -360,7 +367,7 @@ float *qkv__grad_for_write(qkv_ctx *ctx, qkv_tensor *t, bool *accumulate)
     *accumulate = t->grad != NULL;
     if (!t->grad)
         t->grad = qkv__floats(ctx, qkv_numel(t));
-    return t->grad;
+    return qkv__grad_target(ctx, t);
 }
 
 qkv_tensor *qkv__done(qkv_ctx *ctx, qkv_op op, qkv_tensor *out)
@@ -397,12 +404,13 @@ static qkv_status run_backward(qkv_ctx *ctx)
                 qkv_tensor *in = n->in[i];
                 if (!in || !in->grad)
                     continue;
+                const float *g = qkv__grad_target(ctx, in);
                 int64_t m = qkv_numel(in);
                 for (int64_t k = 0; k < m; k++)
-                    if (!isfinite(in->grad[k]))
+                    if (!isfinite(g[k]))
                         return qkv_set_error(QKV_ERR_NAN,
                                              "%s backward: gradient of input %d holds %f",
-                                             qkv_op_names[n->op], i, (double)in->grad[k]);
+                                             qkv_op_names[n->op], i, (double)g[k]);
             }
     }
     return QKV_OK;

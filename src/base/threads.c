@@ -47,8 +47,14 @@ void qkv__threads_init(void)
 
 void qkv_set_threads(int n) { apply(n >= 1 ? n : 1); }
 
+/* Inside an active parallel region (qkv_shards runs one shard per thread)
+ * a kernel has its thread to itself: 1. */
 int qkv_threads(void)
 {
     qkv__threads_init();
+#ifdef _OPENMP
+    if (omp_in_parallel())
+        return 1;
+#endif
     return n_threads;
 }

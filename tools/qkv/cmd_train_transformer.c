@@ -146,43 +146,75 @@ static double gather_batch(const qkv_nmt_data *d, const specials *sp, const int6
     return tokens;
 }
 
-/* One epoch over rows order[0..n) in batches. Returns the epoch's loss as
- * d2l prints it (sum of the per-sequence losses over the tokens). */
-static int train_epoch(qkv_ctx *ctx, const qkv_seq2seq *m, qkv_params *ps, qkv_optim *opt,
+/* One batch as the shards see it. */
+typedef struct {
+    const qkv_seq2seq *m;
+    int64_t b, t;
+    const int64_t *src, *valid, *dec_in, *target;
+    int64_t pad;
+    float scale;
+    double *loss; /* one per shard: its loss / scale */
+} batch;
+
+/* Shard i's rows of the batch: forward with teacher forcing, the loss,
+ * backward. r0.17's MaskedSoftmaxCELoss: the masked CE averaged over
+ * num_steps per sequence, summed over the batch (l.sum().backward());
+ * v1.0.3's Seq2Seq.loss: the mean over the batch's target tokens (scale
+ * holds the whole batch's count, so the shards' gradients add up to it). */
+static qkv_status train_shard(qkv_ctx *ctx, int i, int n, void *arg)
+{
+    batch *bt = arg;
+    int64_t lo, hi, t = bt->t;
+    qkv_shard_rows(bt->b, i, n, &lo, &hi);
+    bt->loss[i] = 0.0;
+    if (hi == lo)
+        return QKV_OK;
+    qkv_ce_opts ce = {.ignore_index = bt->pad, .reduction = QKV_REDUCE_SUM};
+    qkv_tensor *logits = qkv_seq2seq_forward(ctx, bt->m, bt->src + lo * t, bt->valid + lo,
+                                             hi - lo, t, bt->dec_in + lo * t, t, NULL);
+    if (logits)
+        logits = qkv_reshape(ctx, logits, 2, (int64_t[]){(hi - lo) * t, bt->m->tgt_vocab});
+    qkv_tensor *loss =
+        qkv_scale(ctx, qkv_cross_entropy(ctx, logits, bt->target + lo * t, &ce), bt->scale);
+    if (!loss)
+        return qkv_error_status();
+    bt->loss[i] = (double)loss->data[0] / (double)bt->scale;
+    return qkv_backward(ctx, loss);
+}
+
+/* One epoch over rows order[0..n) in batches, each cut into one shard per
+ * thread (qkv_shards). Returns the epoch's loss as d2l prints it (sum of
+ * the per-sequence losses over the tokens). */
+static int train_epoch(qkv_shards *sh, const qkv_seq2seq *m, qkv_params *ps, qkv_optim *opt,
                        const qkv_nmt_data *d, const options *o, const specials *sp,
-                       const int64_t *order, int64_t n, int64_t *buf, double *loss_out,
-                       double *tokens_out, qkv_progress *bar, int64_t epoch)
+                       const int64_t *order, int64_t n, int64_t *buf, double *shard_loss,
+                       double *loss_out, double *tokens_out, qkv_progress *bar, int64_t epoch)
 {
     int64_t t = o->num_steps;
     int64_t *src = buf, *valid = src + o->batch * t, *dec_in = valid + o->batch,
             *target = dec_in + o->batch * t;
     double loss_sum = 0.0, tokens = 0.0;
-    qkv_ce_opts ce = {.ignore_index = sp->pad, .reduction = QKV_REDUCE_SUM};
     for (int64_t start = 0; start < n; start += o->batch) {
         int64_t b = n - start < o->batch ? n - start : o->batch;
         tokens += gather_batch(d, sp, order + start, b, t, src, valid, dec_in, target);
-        qkv_tensor *logits = qkv_seq2seq_forward(ctx, m, src, valid, b, t, dec_in, t, NULL);
-        if (logits)
-            logits = qkv_reshape(ctx, logits, 2, (int64_t[]){b * t, m->tgt_vocab});
-        /* r0.17's MaskedSoftmaxCELoss: the masked CE averaged over num_steps
-         * per sequence, summed over the batch (l.sum().backward()); v1.0.3's
-         * Seq2Seq.loss: the mean over the batch's target tokens */
         int64_t batch_tokens = 0;
         for (int64_t i = 0; i < b; i++)
             batch_tokens += d->tgt_valid[order[start + i]];
-        float scale = !strcmp(o->loss, "mean") ? 1.0f / (float)(batch_tokens > 0 ? batch_tokens : 1)
-                                               : 1.0f / (float)t;
-        qkv_tensor *loss = qkv_scale(ctx, qkv_cross_entropy(ctx, logits, target, &ce), scale);
-        if (!loss || qkv_backward(ctx, loss) != QKV_OK)
+        batch bt = {.m = m, .b = b, .t = t, .src = src, .valid = valid, .dec_in = dec_in,
+                    .target = target, .pad = sp->pad, .loss = shard_loss,
+                    .scale = !strcmp(o->loss, "mean")
+                                 ? 1.0f / (float)(batch_tokens > 0 ? batch_tokens : 1)
+                                 : 1.0f / (float)t};
+        if (qkv_shards_run(sh, train_shard, &bt) != QKV_OK)
             return 1;
         /* printed as d2l r0.17 prints it, whichever loss is trained */
-        loss_sum += (double)loss->data[0] / (double)scale / (double)t;
+        for (int i = 0; i < qkv_shards_count(sh); i++)
+            loss_sum += shard_loss[i] / (double)t;
         if (o->clip > 0)
             qkv_clip_grad_norm(ps, (float)o->clip);
         if (qkv_optim_step(opt) != QKV_OK)
             return 1;
         qkv_params_zero_grad(ps);
-        qkv_ctx_reset(ctx);
         char extra[64];
         snprintf(extra, sizeof extra, "epoch %lld loss %.4f", (long long)epoch,
                  loss_sum / fmax(tokens, 1.0));
@@ -226,6 +258,8 @@ static int run(options *o)
     qkv_params *ps = NULL;
     qkv_optim *opt = NULL;
     qkv_ctx *ctx = NULL;
+    qkv_shards *sh = NULL;
+    double *shard_loss = NULL;
     qkv_metrics *metrics = NULL;
     int64_t *order = NULL, *buf = NULL;
     char **preds = NULL, **refs = NULL;
@@ -257,10 +291,19 @@ static int run(options *o)
     qkv_rng_seed(&data_rng, o->seed ^ 0x9e3779b97f4a7c15ull);
     qkv_seq2seq_reset(&m, &rng);
     opt = qkv_optim_new(ps, &(qkv_optim_config){.kind = QKV_ADAM, .lr = (float)o->lr});
-    ctx = qkv_ctx_new();
-    if (!opt || !ctx)
+    ctx = qkv_ctx_new(); /* evaluation and translation */
+    sh = qkv_shards_new(ps, 0); /* training: one shard of each batch per thread */
+    if (!opt || !ctx || !sh)
         goto fail;
-    qkv_rng_seed(qkv_ctx_rng(ctx), o->seed + 1);
+    shard_loss = calloc((size_t)qkv_shards_count(sh), sizeof *shard_loss);
+    if (!shard_loss) {
+        qkv_set_error(QKV_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    /* dropout: each epoch seeds the shards' generators from this one, so
+     * that a checkpoint at an epoch's end holds the whole state */
+    qkv_rng drop_rng;
+    qkv_rng_seed(&drop_rng, o->seed + 1);
     config_json(config, sizeof config, o, &m);
 
     order = malloc((size_t)(2 * d.n) * sizeof *order);
@@ -299,7 +342,7 @@ static int run(options *o)
         if (qkv_checkpoint_load(ckpt, ps, opt, &info) != QKV_OK)
             goto fail;
         first_epoch = info.epoch;
-        *qkv_ctx_rng(ctx) = info.rng[0];
+        drop_rng = info.rng[0];
         data_rng = info.rng[1];
         printf("resumed from %s at epoch %lld\n", ckpt, (long long)first_epoch);
     }
@@ -318,9 +361,11 @@ static int run(options *o)
     for (int64_t e = first_epoch; e < o->epochs; e++) {
         memcpy(train_rows, base, (size_t)n_train * sizeof *base);
         qkv_rng_shuffle(&data_rng, train_rows, n_train);
+        for (int i = 0; i < qkv_shards_count(sh); i++)
+            qkv_rng_seed(qkv_ctx_rng(qkv_shards_ctx(sh, i)), qkv_rng_u64(&drop_rng));
         double loss, tokens, te = cli_now();
-        if (train_epoch(ctx, &m, ps, opt, &d, o, &sp, train_rows, n_train, buf, &loss, &tokens,
-                        &bar, e + 1))
+        if (train_epoch(sh, &m, ps, opt, &d, o, &sp, train_rows, n_train, buf, shard_loss, &loss,
+                        &tokens, &bar, e + 1))
             goto fail;
         te = cli_now() - te;
         train_time += te;
@@ -340,7 +385,7 @@ static int run(options *o)
         if ((o->save_every > 0 && (e + 1) % o->save_every == 0) || e + 1 == o->epochs) {
             qkv_checkpoint_info info = {.step = qkv_optim_steps(opt), .epoch = e + 1,
                                         .config = config};
-            info.rng[0] = *qkv_ctx_rng(ctx);
+            info.rng[0] = drop_rng;
             info.rng[1] = data_rng;
             if (qkv_checkpoint_save(ckpt, ps, opt, &info) != QKV_OK)
                 goto fail;
@@ -418,6 +463,8 @@ fail:
     free(order);
     free(buf);
     qkv_ctx_free(ctx);
+    qkv_shards_free(sh);
+    free(shard_loss);
     qkv_optim_free(opt);
     qkv_params_free(ps);
     qkv_nmt_free(&d);

@@ -1,0 +1,119 @@
+/* test_shards.c - data parallelism inside a step (qkv_shards): the shards'
+ * gradients add up to the whole batch's, the private buffers are clean
+ * between runs, and a failing shard's message reaches the caller. */
+#include "test.h"
+
+#include <math.h>
+#include <string.h>
+
+enum { B = 13, T = 10 };
+
+typedef struct {
+    qkv_seq2seq m;
+    const int64_t *src, *valid, *tgt;
+    int64_t dec_in[B * T];
+    int64_t pad;
+    int fail_shard; /* this shard returns an error; -1: none */
+} state;
+
+/* Rows [lo, hi) of the batch: the book's loss, backward. */
+static qkv_status rows_loss(qkv_ctx *ctx, state *s, int64_t lo, int64_t hi)
+{
+    qkv_ce_opts ce = {.ignore_index = s->pad, .reduction = QKV_REDUCE_SUM};
+    qkv_tensor *logits = qkv_seq2seq_forward(ctx, &s->m, s->src + lo * T, s->valid + lo, hi - lo,
+                                             T, s->dec_in + lo * T, T, NULL);
+    qkv_tensor *loss = qkv_cross_entropy(
+        ctx, qkv_reshape(ctx, logits, 2, (int64_t[]){(hi - lo) * T, s->m.tgt_vocab}),
+        s->tgt + lo * T, &ce);
+    return loss ? qkv_backward(ctx, loss) : qkv_error_status();
+}
+
+static qkv_status shard_fn(qkv_ctx *ctx, int i, int n, void *arg)
+{
+    state *s = arg;
+    if (i == s->fail_shard)
+        return qkv_set_error(QKV_ERR_ARG, "made to fail");
+    int64_t lo, hi;
+    qkv_shard_rows(B, i, n, &lo, &hi);
+    return rows_loss(ctx, s, lo, hi);
+}
+
+/* tolerance: 1e-5 of the largest gradient (sums in another order) */
+static double max_diff(const float *a, const float *b, int64_t n, double *scale)
+{
+    double d = 0, m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        d = fmax(d, fabs((double)a[i] - b[i]));
+        m = fmax(m, fabs((double)b[i]));
+    }
+    *scale = m;
+    return d;
+}
+
+TEST(shards_gradients_add_up_to_the_batch)
+{
+    qkv_nmt_data d = {0};
+    REQUIRE(qkv_nmt_load(&d, NULL, 600, T) == QKV_OK, "%s", qkv_error());
+    state *s = calloc(1, sizeof *s);
+    qkv_tf_config cfg = {.layout = QKV_TF_D2L, .d_model = 32, .n_heads = 4, .d_ffn = 64,
+                         .n_enc = 2, .n_dec = 2, .dropout = 0.0f};
+    qkv_params *ps = qkv_params_new();
+    REQUIRE(qkv_seq2seq_init(&s->m, ps, &cfg, qkv_vocab_size(d.src_vocab),
+                             qkv_vocab_size(d.tgt_vocab)) == QKV_OK &&
+                qkv_params_alloc(ps) == QKV_OK,
+            "%s", qkv_error());
+    qkv_rng r;
+    qkv_rng_seed(&r, 5);
+    qkv_seq2seq_reset(&s->m, &r);
+    int64_t row0 = 100, bos = qkv_vocab_id(d.tgt_vocab, "<bos>");
+    s->src = d.src + row0 * T, s->valid = d.src_valid + row0, s->tgt = d.tgt + row0 * T;
+    s->pad = qkv_vocab_id(d.tgt_vocab, "<pad>");
+    s->fail_shard = -1;
+    for (int i = 0; i < B; i++) {
+        s->dec_in[i * T] = bos;
+        memcpy(s->dec_in + i * T + 1, s->tgt + i * T, (T - 1) * sizeof(int64_t));
+    }
+    int64_t n;
+    float *g = qkv_params_grads(ps, &n);
+    float *want = malloc((size_t)n * sizeof *want);
+
+    /* the whole batch on one context */
+    qkv_ctx *ctx = qkv_ctx_new();
+    REQUIRE(rows_loss(ctx, s, 0, B) == QKV_OK, "%s", qkv_error());
+    memcpy(want, g, (size_t)n * sizeof *want);
+    qkv_ctx_free(ctx);
+
+    for (int shards = 1; shards <= 3; shards++) {
+        qkv_shards *sh = qkv_shards_new(ps, shards);
+        REQUIRE(sh && qkv_shards_count(sh) == shards, "%s", qkv_error());
+        for (int run = 0; run < 2; run++) { /* the second run finds clean buffers */
+            qkv_params_zero_grad(ps);
+            REQUIRE(qkv_shards_run(sh, shard_fn, s) == QKV_OK, "%s", qkv_error());
+            double scale, diff = max_diff(g, want, n, &scale);
+            CHECK(diff <= 1e-5 * scale, "%d shards, run %d: gradients differ by %g (largest %g)",
+                  shards, run, diff, scale);
+        }
+        if (shards > 1) {
+            s->fail_shard = shards - 1;
+            CHECK(qkv_shards_run(sh, shard_fn, s) == QKV_ERR_ARG, "a failing shard is reported");
+            char want_msg[64];
+            snprintf(want_msg, sizeof want_msg, "shard %d of %d: made to fail", shards - 1, shards);
+            CHECK(!strcmp(qkv_error(), want_msg), "message: '%s'", qkv_error());
+            s->fail_shard = -1;
+        }
+        qkv_shards_free(sh);
+    }
+    /* the rows are cut as evenly as they go, the larger pieces first */
+    int64_t lo, hi, at = 0;
+    for (int i = 0; i < 5; i++) {
+        qkv_shard_rows(B, i, 5, &lo, &hi);
+        CHECK(lo == at && hi - lo == (i < 3 ? 3 : 2), "shard %d of 5: [%lld, %lld)", i,
+              (long long)lo, (long long)hi);
+        at = hi;
+    }
+    CHECK(!qkv_shards_new(NULL, 2) && strstr(qkv_error(), "NULL"), "%s", qkv_error());
+    free(want);
+    free(s);
+    qkv_params_free(ps);
+    qkv_nmt_free(&d);
+}
