@@ -37,7 +37,6 @@ static void sgd_update(float *p, const float *g, float *buf, int64_t n, double l
     const float damp = (float)(1.0 - c->dampening); /* alpha=1 - dampening */
     const float neg_lr = (float)-lr;
     const bool nesterov = c->nesterov;
-#pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float d = g[i];
         if (wd != 0.0f)
@@ -120,25 +119,19 @@ static void adam_range(const adam_coef *k, float *p, const float *g, float *m, f
     }
 }
 
-/* p, g, m, v (n): torch.optim.Adam (decoupled = 0) and AdamW (decoupled = 1)
- * on one parameter at step t >= 1. */
-static void adam_update(float *p, const float *g, float *m, float *v, int64_t n, double lr,
-                        const qkv_optim_config *c, int64_t t, bool decoupled)
+/* torch.optim.Adam (decoupled = 0) and AdamW (decoupled = 1) at step t >= 1
+ * with learning rate lr: the coefficients. */
+static adam_coef adam_coefs(double lr, const qkv_optim_config *c, double bc1, double bc2,
+                            bool decoupled)
 {
-    const double bc1 = 1.0 - pow(c->beta1, (double)t), bc2 = 1.0 - pow(c->beta2, (double)t);
-    const adam_coef k = {
+    return (adam_coef){
         .b1 = c->beta1, .b2 = c->beta2,
         .one_b1 = (float)(1.0 - c->beta1), .one_b2 = (float)(1.0 - c->beta2),
         .neg_step = (float)(-lr / bc1), .bc2_sqrt = (float)sqrt(bc2), .eps = c->eps,
         .l2 = decoupled ? 0.0f : c->weight_decay,
         .shrink = (float)(1.0 - lr * (decoupled ? c->weight_decay : 0.0f)),
     };
-    int64_t parts = n > PARALLEL_MIN ? qkv_threads() : 1;
-#pragma omp parallel for if (parts > 1) schedule(static)
-    for (int64_t part = 0; part < parts; part++)
-        adam_range(&k, p, g, m, v, n * part / parts, n * (part + 1) / parts);
 }
-
 /* ---- the optimizer ---- */
 
 static float *moment(int64_t n)
@@ -208,25 +201,58 @@ void qkv_optim_free(qkv_optim *o)
  * them), so unlike PyTorch, which skips parameters whose .grad is None,
  * every trainable entry is updated: a zero gradient still moves it through
  * momentum and weight decay. Freeze an entry (QKV_PARAM_FROZEN) to skip it. */
+/* The learning rate of entry e. */
+static double entry_lr(const qkv_optim *o, const qkv__param *e)
+{
+    double lr = o->cfg.lr;
+    if (e->group < o->n_groups)
+        lr *= o->group_scale[e->group];
+    return lr;
+}
+
+/* The update of the flat range [lo, hi) (entry by entry; gaps skipped). */
+static void step_range(qkv_optim *o, int64_t lo, int64_t hi, double bc1, double bc2)
+{
+    qkv_params *ps = o->ps;
+    for (int64_t i = 0; i < ps->count; i++) {
+        const qkv__param *e = &ps->at[i];
+        int64_t a = e->offset > lo ? e->offset : lo;
+        int64_t b = e->offset + e->numel < hi ? e->offset + e->numel : hi;
+        if (a >= b || !qkv__param_trainable(e))
+            continue;
+        double lr = entry_lr(o, e);
+        float *p = ps->values + a, *g = ps->grads + a;
+        float *m = o->m ? o->m + a : NULL, *v = o->v ? o->v + a : NULL;
+        if (o->cfg.kind == QKV_SGD) {
+            sgd_update(p, g, m, b - a, lr, &o->cfg, o->steps == 0);
+        } else {
+            adam_coef k = adam_coefs(lr, &o->cfg, bc1, bc2, o->cfg.kind == QKV_ADAMW);
+            adam_range(&k, p, g, m, v, 0, b - a);
+        }
+    }
+}
+
+/* Parameters always have a gradient buffer (zero when nothing reached
+ * them), so unlike PyTorch, which skips parameters whose .grad is None,
+ * every trainable entry is updated: a zero gradient still moves it through
+ * momentum and weight decay. Freeze an entry (QKV_PARAM_FROZEN) to skip it.
+ * The update is elementwise, so the threads take equal slices of the flat
+ * buffers, whatever the entries: a model of many small entries is updated
+ * by every thread too. */
 qkv_status qkv_optim_step(qkv_optim *o)
 {
     if (!o)
         return qkv_set_error(QKV_ERR_ARG, "optim_step: the optimizer is NULL");
     qkv_params *ps = o->ps;
-    int64_t t = o->steps + 1;
-    for (int64_t i = 0; i < ps->count; i++) {
-        const qkv__param *e = &ps->at[i];
-        if (!qkv__param_trainable(e))
-            continue;
-        double lr = o->cfg.lr;
-        if (e->group < o->n_groups)
-            lr *= o->group_scale[e->group];
-        float *p = ps->values + e->offset, *g = ps->grads + e->offset;
-        float *m = o->m ? o->m + e->offset : NULL, *v = o->v ? o->v + e->offset : NULL;
-        if (o->cfg.kind == QKV_SGD)
-            sgd_update(p, g, m, e->numel, lr, &o->cfg, o->steps == 0);
-        else
-            adam_update(p, g, m, v, e->numel, lr, &o->cfg, t, o->cfg.kind == QKV_ADAMW);
+    int64_t t = o->steps + 1, total = ps->total;
+    const double bc1 = 1.0 - pow(o->cfg.beta1, (double)t), bc2 = 1.0 - pow(o->cfg.beta2, (double)t);
+    int parts = total > PARALLEL_MIN ? qkv_threads() : 1;
+#pragma omp parallel for if (parts > 1) schedule(static)
+    for (int part = 0; part < parts; part++) {
+        /* slices of whole 16-float blocks: entries start on one */
+        int64_t blocks = (total + 15) / 16;
+        int64_t lo = 16 * (blocks * part / parts), hi = 16 * (blocks * (part + 1) / parts);
+        step_range(o, lo, hi < total ? hi : total, bc1, bc2);
     }
     o->steps = t;
     return QKV_OK;
