@@ -29,18 +29,17 @@ typedef struct {
 } tf_state;
 
 /* One shard of the batch: forward with teacher forcing, r0.17's
- * MaskedSoftmaxCELoss summed over the sequences, backward. */
+ * MaskedSoftmaxCELoss summed over the sequences (qkv_seq2seq_loss: the
+ * padding's dead work skipped), backward. */
 static qkv_status tf_shard(qkv_ctx *ctx, int i, int n, void *p)
 {
     tf_state *s = p;
     int64_t lo, hi, T = s->T;
     qkv_shard_rows(s->B, i, n, &lo, &hi);
-    qkv_tensor *logits = qkv_seq2seq_forward(ctx, &s->m, s->src + lo * T, s->valid + lo,
-                                             hi - lo, T, s->dec_in + lo * T, T, NULL);
-    if (logits)
-        logits = qkv_reshape(ctx, logits, 2, (int64_t[]){(hi - lo) * T, s->m.tgt_vocab});
-    qkv_ce_opts ce = {.ignore_index = PAD, .reduction = QKV_REDUCE_SUM};
-    qkv_tensor *loss = qkv_scale(ctx, qkv_cross_entropy(ctx, logits, s->target + lo * T, &ce),
+    qkv_tensor *loss = qkv_scale(ctx,
+                                 qkv_seq2seq_loss(ctx, &s->m, s->src + lo * T, s->valid + lo,
+                                                  hi - lo, T, s->dec_in + lo * T,
+                                                  s->target + lo * T, T, PAD),
                                  1.0f / (float)T);
     return loss ? qkv_backward(ctx, loss) : qkv_error_status();
 }

@@ -385,6 +385,18 @@ QKV_API qkv_tensor *qkv_slice(qkv_ctx *ctx, qkv_tensor *x, int axis, int64_t sta
  * Embedding lookup is qkv_embedding. Indices out of range: error. */
 QKV_API qkv_tensor *qkv_index_select(qkv_ctx *ctx, qkv_tensor *x, int axis,
                                      const int64_t *idx, int64_t n);
+/* Packed rows: the n rows of a padded (B, T) batch that a model keeps,
+ * at[r] = b T + t, strictly increasing. Per-token work (projections,
+ * norms, the FFN, the loss) then runs on (n, C) instead of (B T, C); the
+ * Transformer's padding is dead work when the masks hide it (qkv_seq2seq_loss). */
+typedef struct {
+    int64_t B, T, n;
+    const int64_t *at;
+} qkv_rows;
+/* x (B, T, C) or (B T, C) -> (n, C): the kept rows. */
+QKV_API qkv_tensor *qkv_rows_pack(qkv_ctx *ctx, qkv_tensor *x, const qkv_rows *r);
+/* x (n, C) -> (B, T, C): the kept rows in place, zeros elsewhere. */
+QKV_API qkv_tensor *qkv_rows_unpack(qkv_ctx *ctx, qkv_tensor *x, const qkv_rows *r);
 /* weight (V, C), ids (n) -> (n, C); reshape the result for (B, T, C). */
 QKV_API qkv_tensor *qkv_embedding(qkv_ctx *ctx, qkv_tensor *weight, const int64_t *ids,
                                   int64_t n);
@@ -515,6 +527,12 @@ typedef struct {
     /* Force the unfused reference path: scores (B, H, N, M) materialised,
      * masked softmax, dropout, matmul. Same results to rounding. */
     int unfused;
+    /* d2l MHA only: queries given packed, (n, E), the kept rows q_rows of a
+     * (B, N) batch; keys and values those of kv_rows of (B, M). The
+     * projections run on the kept rows; the attention on the padded batch
+     * with zero rows elsewhere (which the masks must hide from every kept
+     * query); the output is packed as the queries. NULL: not packed. */
+    const qkv_rows *q_rows, *kv_rows;
 } qkv_attn_opts;
 
 /* Softmax over the last axis of x (B, N, M) or (B, H, N, M) after the masks
@@ -1182,6 +1200,10 @@ typedef struct {
     /* If not NULL, arrays of n_enc (n_dec) pointers receiving each block's
      * attention weights (B, H, N, M) (unfused path). */
     qkv_tensor **enc_weights, **dec_self_weights, **dec_cross_weights;
+    /* d2l layout: src (tgt, memory) given packed as the kept rows src_rows
+     * (tgt_rows, src_rows) of the batch, (n, E); the output is packed too.
+     * The kept rows must be all that the masks let a kept query see. */
+    const qkv_rows *src_rows, *tgt_rows;
 } qkv_tf_masks;
 
 /* src (B, S, E), tgt (B, T, E), embedded, batch first -> memory (B, S, E),
@@ -1303,6 +1325,19 @@ QKV_API qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, cons
                                         const int64_t *src_valid, int64_t batch, int64_t src_len,
                                         const int64_t *dec_in, int64_t tgt_len,
                                         qkv_tf_masks *masks);
+/* Teacher forcing and the loss in one step: the cross-entropy summed over
+ * the target tokens that are not `pad` (qkv_cross_entropy of the forward's
+ * logits with ignore_index pad and QKV_REDUCE_SUM), a scalar. Equal to
+ * that, to rounding, and faster: padding is dead work, so it is skipped
+ * (qkv_rows). Source positions at or past src_valid are hidden from every
+ * query (valid lengths), target positions after a row's last non-pad
+ * target from every earlier one (causal); only the rest are computed, and
+ * logits only where a target counts. A source of valid length <= 0 keeps
+ * all its positions (its queries see all keys, uniformly). */
+QKV_API qkv_tensor *qkv_seq2seq_loss(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                                     const int64_t *src_valid, int64_t batch, int64_t src_len,
+                                     const int64_t *dec_in, const int64_t *target,
+                                     int64_t tgt_len, int64_t pad);
 /* Translation of one source (src_len ids, valid length src_valid) in eval
  * mode without gradients, at most max_len tokens, stopping at eos (not
  * written). beam <= 1: greedy, as d2l's predict_seq2seq; else beam search

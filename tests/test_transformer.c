@@ -609,3 +609,77 @@ TEST(transformer_translate_attention_greedy_and_beam)
     qkv_ctx_free(ctx);
     qkv_params_free(ps);
 }
+
+/* qkv_seq2seq_loss skips padding: the same loss and gradients as the
+ * forward's logits through the masked cross-entropy (dropout off), also
+ * with a source of valid length 0 (all its positions kept) and a row of
+ * padding only (none kept). Tolerance 1e-5 of the largest gradient: sums
+ * over fewer rows round differently. */
+TEST(transformer_seq2seq_loss_skips_padding_exactly)
+{
+    qkv_nmt_data d = {0};
+    REQUIRE(qkv_nmt_load(&d, NULL, 600, 10) == QKV_OK, "%s", qkv_error());
+    enum { B = 12, T = 10 };
+    int64_t bos = qkv_vocab_id(d.tgt_vocab, "<bos>"), pad = qkv_vocab_id(d.tgt_vocab, "<pad>");
+    qkv_tf_config cfg = {.layout = QKV_TF_D2L, .d_model = 32, .n_heads = 4, .d_ffn = 64,
+                         .n_enc = 2, .n_dec = 2, .dropout = 0.0f};
+    qkv_params *ps = qkv_params_new();
+    qkv_seq2seq m;
+    REQUIRE(qkv_seq2seq_init(&m, ps, &cfg, qkv_vocab_size(d.src_vocab),
+                             qkv_vocab_size(d.tgt_vocab)) == QKV_OK &&
+                qkv_params_alloc(ps) == QKV_OK,
+            "%s", qkv_error());
+    qkv_rng r;
+    qkv_rng_seed(&r, 9);
+    qkv_seq2seq_reset(&m, &r);
+    int64_t src[B * T], valid[B], tgt[B * T], dec_in[B * T];
+    for (int i = 0; i < B; i++) { /* every 40th pair: short and long ones */
+        int64_t row = 40 * i;
+        memcpy(src + i * T, d.src + row * T, T * sizeof(int64_t));
+        memcpy(tgt + i * T, d.tgt + row * T, T * sizeof(int64_t));
+        valid[i] = d.src_valid[row];
+    }
+    valid[3] = 0;                        /* a source of valid length 0 */
+    for (int t = 0; t < T; t++)          /* a target of padding only */
+        tgt[5 * T + t] = pad;
+    for (int i = 0; i < B; i++) {
+        dec_in[i * T] = bos;
+        memcpy(dec_in + i * T + 1, tgt + i * T, (T - 1) * sizeof(int64_t));
+    }
+    int64_t n;
+    float *g = qkv_params_grads(ps, &n);
+    float *want = malloc((size_t)n * sizeof *want);
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_ce_opts ce = {.ignore_index = pad, .reduction = QKV_REDUCE_SUM};
+    qkv_tensor *logits = qkv_seq2seq_forward(ctx, &m, src, valid, B, T, dec_in, T, NULL);
+    qkv_tensor *full = qkv_cross_entropy(
+        ctx, qkv_reshape(ctx, logits, 2, (int64_t[]){B * T, m.tgt_vocab}), tgt, &ce);
+    REQUIRE(full && qkv_backward(ctx, full) == QKV_OK, "%s", qkv_error());
+    double want_loss = full->data[0];
+    memcpy(want, g, (size_t)n * sizeof *want);
+    qkv_ctx_reset(ctx);
+    qkv_params_zero_grad(ps);
+    qkv_tensor *loss = qkv_seq2seq_loss(ctx, &m, src, valid, B, T, dec_in, tgt, T, pad);
+    REQUIRE(loss && qkv_numel(loss) == 1 && qkv_backward(ctx, loss) == QKV_OK, "%s",
+            qkv_error());
+    CHECK_NEAR(loss->data[0], want_loss, 1e-5);
+    double diff = 0, scale = 0;
+    for (int64_t i = 0; i < n; i++) {
+        diff = fmax(diff, fabs((double)g[i] - want[i]));
+        scale = fmax(scale, fabs((double)want[i]));
+    }
+    CHECK(diff <= 1e-5 * scale, "gradients differ by %g (largest %g)", diff, scale);
+    /* all targets padding: zero, with a graph */
+    qkv_ctx_reset(ctx);
+    for (int i = 0; i < B * T; i++)
+        tgt[i] = pad;
+    loss = qkv_seq2seq_loss(ctx, &m, src, valid, B, T, dec_in, tgt, T, pad);
+    CHECK(loss && loss->data[0] == 0.0f, "no target counts: %s", loss ? "nonzero" : qkv_error());
+    CHECK(!qkv_seq2seq_loss(ctx, &m, src, NULL, B, T, dec_in, tgt, T, pad) &&
+              strstr(qkv_error(), "seq2seq_loss"),
+          "%s", qkv_error());
+    free(want);
+    qkv_ctx_free(ctx);
+    qkv_params_free(ps);
+    qkv_nmt_free(&d);
+}

@@ -252,6 +252,107 @@ qkv_tensor *qkv_embedding(qkv_ctx *ctx, qkv_tensor *weight, const int64_t *ids, 
 }
 
 /* ------------------------------------------------------------------------ */
+/* packed rows: the kept rows of a (B, T) batch                               */
+/* ------------------------------------------------------------------------ */
+
+static bool rows_ok(const char *op, const qkv_rows *r)
+{
+    if (!r || r->B <= 0 || r->T <= 0 || r->n < 0 || r->n > r->B * r->T || (r->n && !r->at)) {
+        qkv_set_error(QKV_ERR_ARG, "%s: bad row map (B %lld, T %lld, n %lld)", op,
+                      r ? (long long)r->B : 0, r ? (long long)r->T : 0, r ? (long long)r->n : 0);
+        return false;
+    }
+    for (int64_t j = 0; j < r->n; j++)
+        if (r->at[j] < (j ? r->at[j - 1] + 1 : 0) || r->at[j] >= r->B * r->T) {
+            qkv_set_error(QKV_ERR_ARG,
+                          "%s: row %lld of the map is %lld: rows must increase and lie in "
+                          "[0, B T = %lld)",
+                          op, (long long)j, (long long)r->at[j], (long long)(r->B * r->T));
+            return false;
+        }
+    return true;
+}
+
+qkv_tensor *qkv_rows_pack(qkv_ctx *ctx, qkv_tensor *x, const qkv_rows *r)
+{
+    QKV_INPUTS("rows_pack", x);
+    if (!rows_ok("rows_pack", r))
+        return NULL;
+    bool ok = (x->ndim == 3 && x->shape[0] == r->B && x->shape[1] == r->T) ||
+              (x->ndim == 2 && x->shape[0] == r->B * r->T);
+    if (!ok) {
+        char s[128];
+        qkv_set_error(QKV_ERR_SHAPE, "rows_pack: x %s should be (%lld, %lld, C) or (%lld, C)",
+                      qkv_shape_str(x, s, sizeof s), (long long)r->B, (long long)r->T,
+                      (long long)(r->B * r->T));
+        return NULL;
+    }
+    int64_t c = x->shape[x->ndim - 1];
+    x = qkv_reshape(ctx, x, 2, (int64_t[]){r->B * r->T, c});
+    return x ? gather(ctx, QKV_OP_INDEX_SELECT, x, 0, r->at, r->n) : NULL;
+}
+
+/* saved[0] the rows (arena copy), iarg[0] n */
+static void unpack_backward(qkv_ctx *ctx, qkv_node *n)
+{
+    /* out[at[j]] = x[j]: dx[j] = g[at[j]] */
+    qkv_tensor *x = n->in[0];
+    bool acc;
+    float *gx = qkv__grad_for_write(ctx, x, &acc);
+    if (!gx)
+        return;
+    const int64_t *at = n->saved[0];
+    int64_t rows = n->iarg[0], c = x->shape[1];
+    const float *g = n->out->grad;
+    for (int64_t j = 0; j < rows; j++) {
+        const float *s = g + at[j] * c;
+        float *d = gx + j * c;
+        if (acc)
+            for (int64_t k = 0; k < c; k++)
+                d[k] += s[k];
+        else
+            memcpy(d, s, (size_t)c * sizeof(float));
+    }
+}
+
+qkv_tensor *qkv_rows_unpack(qkv_ctx *ctx, qkv_tensor *x, const qkv_rows *r)
+{
+    QKV_INPUTS("rows_unpack", x);
+    if (!rows_ok("rows_unpack", r))
+        return NULL;
+    if (x->ndim != 2 || x->shape[0] != r->n) {
+        char s[128];
+        qkv_set_error(QKV_ERR_SHAPE, "rows_unpack: x %s should be (%lld, C), one row per kept row",
+                      qkv_shape_str(x, s, sizeof s), (long long)r->n);
+        return NULL;
+    }
+    x = qkv_contiguous(ctx, x);
+    int64_t c = x ? x->shape[1] : 0;
+    qkv_tensor *out = x ? qkv__tensor(ctx, 3, (int64_t[]){r->B, r->T, c}) : NULL;
+    int64_t *saved = out ? qkv__alloc(ctx, (size_t)(r->n ? r->n : 1) * sizeof(int64_t)) : NULL;
+    if (!saved)
+        return NULL;
+    if (r->n)
+        memcpy(saved, r->at, (size_t)r->n * sizeof(int64_t));
+    /* the gaps between kept rows are zero; each kept row is copied */
+    int64_t next = 0;
+    for (int64_t j = 0; j <= r->n; j++) {
+        int64_t row = j < r->n ? r->at[j] : r->B * r->T;
+        if (row > next)
+            memset(out->data + next * c, 0, (size_t)((row - next) * c) * sizeof(float));
+        if (j < r->n)
+            memcpy(out->data + row * c, x->data + j * c, (size_t)c * sizeof(float));
+        next = row + 1;
+    }
+    qkv_node *node = qkv__record(ctx, QKV_OP_ROWS_UNPACK, unpack_backward, out, 1, &x);
+    if (node) {
+        node->saved[0] = saved;
+        node->iarg[0] = r->n;
+    }
+    return qkv__done(ctx, QKV_OP_ROWS_UNPACK, out);
+}
+
+/* ------------------------------------------------------------------------ */
 /* masked_fill and where: an elementwise choice between two sources          */
 /* ------------------------------------------------------------------------ */
 

@@ -101,6 +101,107 @@ qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_
     return qkv_nn_linear_forward(ctx, &m->dense, y);
 }
 
+/* ---- the training loss over the kept rows ---- */
+
+/* The sinusoid table P (T, E), no gradient. */
+static qkv_tensor *pos_table(qkv_ctx *ctx, int64_t t, int64_t e)
+{
+    qkv_tensor *p = qkv__tensor(ctx, 2, (int64_t[]){t, e});
+    if (!p)
+        return NULL;
+    for (int64_t i = 0; i < t; i++)
+        for (int64_t j = 0; j < e; j += 2) {
+            float angle = (float)i / powf(10000.0f, (float)j / (float)e); /* as pos_encoding */
+            p->data[i * e + j] = sinf(angle);
+            if (j + 1 < e)
+                p->data[i * e + j + 1] = cosf(angle);
+        }
+    return p;
+}
+
+/* The kept rows of ids (B, T), len[b] of row b: r->at, and the ids and
+ * positions of the kept rows (arena). */
+static bool keep_rows(qkv_ctx *ctx, qkv_rows *r, int64_t B, int64_t T, const int64_t *len,
+                      const int64_t *ids, int64_t **kept_ids, int64_t **pos)
+{
+    int64_t n = 0;
+    for (int64_t b = 0; b < B; b++)
+        n += len[b];
+    int64_t *at = qkv__alloc(ctx, (size_t)(3 * (n ? n : 1)) * sizeof(int64_t));
+    if (!at)
+        return false;
+    *kept_ids = at + n, *pos = at + 2 * n;
+    int64_t k = 0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < len[b]; t++, k++) {
+            at[k] = b * T + t;
+            (*kept_ids)[k] = ids[b * T + t];
+            (*pos)[k] = t;
+        }
+    *r = (qkv_rows){.B = B, .T = T, .n = n, .at = at};
+    return true;
+}
+
+/* ids at the kept rows -> dropout(embedding * sqrt(E) + P[t]) (n, E) */
+static qkv_tensor *embed_rows(qkv_ctx *ctx, const qkv_seq2seq *m, qkv_tensor *weight,
+                              const qkv_rows *r, const int64_t *ids, const int64_t *pos)
+{
+    int64_t e = m->tf.cfg.d_model;
+    qkv_tensor *table = pos_table(ctx, r->T, e);
+    qkv_tensor *p = table ? qkv_index_select(ctx, table, 0, pos, r->n) : NULL;
+    qkv_tensor *x = p ? qkv_scale(ctx, qkv_embedding(ctx, weight, ids, r->n), sqrtf((float)e))
+                      : NULL;
+    return qkv_dropout(ctx, x ? qkv_add(ctx, x, p) : NULL, m->tf.cfg.dropout);
+}
+
+qkv_tensor *qkv_seq2seq_loss(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                             const int64_t *src_valid, int64_t batch, int64_t src_len,
+                             const int64_t *dec_in, const int64_t *target, int64_t tgt_len,
+                             int64_t pad)
+{
+    if (!src || !src_valid || !dec_in || !target || batch <= 0 || src_len <= 0 || tgt_len <= 0) {
+        qkv_set_error(QKV_ERR_ARG, "qkv_seq2seq_loss: no ids or empty batch (%lld, %lld, %lld)",
+                      (long long)batch, (long long)src_len, (long long)tgt_len);
+        return NULL;
+    }
+    int64_t *len = qkv__alloc(ctx, (size_t)(2 * batch) * sizeof(int64_t));
+    if (!len)
+        return NULL;
+    int64_t *slen = len, *tlen = len + batch, n_tgt = 0;
+    for (int64_t b = 0; b < batch; b++) {
+        int64_t v = src_valid[b];
+        slen[b] = v <= 0 ? src_len : v < src_len ? v : src_len;
+        tlen[b] = 0;
+        for (int64_t t = tgt_len - 1; t >= 0; t--)
+            if (target[b * tgt_len + t] != pad) {
+                tlen[b] = t + 1;
+                break;
+            }
+        n_tgt += tlen[b];
+    }
+    qkv_ce_opts ce = {.ignore_index = pad, .reduction = QKV_REDUCE_SUM};
+    if (n_tgt == 0) { /* no target counts: the plain forward's zero */
+        qkv_tensor *logits = qkv_seq2seq_forward(ctx, m, src, src_valid, batch, src_len, dec_in,
+                                                 tgt_len, NULL);
+        logits = logits ? qkv_reshape(ctx, logits, 2, (int64_t[]){batch * tgt_len, m->tgt_vocab})
+                        : NULL;
+        return qkv_cross_entropy(ctx, logits, target, &ce);
+    }
+    qkv_rows sr, tr;
+    int64_t *s_ids, *s_pos, *d_ids, *t_pos, *t_ids, *unused;
+    if (!keep_rows(ctx, &sr, batch, src_len, slen, src, &s_ids, &s_pos) ||
+        !keep_rows(ctx, &tr, batch, tgt_len, tlen, dec_in, &d_ids, &t_pos) ||
+        !keep_rows(ctx, &(qkv_rows){0}, batch, tgt_len, tlen, target, &t_ids, &unused))
+        return NULL;
+    qkv_tf_masks mk = {.src_valid_lens = src_valid, .tgt_causal = 1, .src_rows = &sr,
+                       .tgt_rows = &tr};
+    qkv_tensor *memory = qkv_transformer_encode(
+        ctx, &m->tf, embed_rows(ctx, m, m->src_embedding, &sr, s_ids, s_pos), &mk);
+    qkv_tensor *y = qkv_transformer_decode(
+        ctx, &m->tf, embed_rows(ctx, m, m->tgt_embedding, &tr, d_ids, t_pos), memory, &mk);
+    return qkv_cross_entropy(ctx, qkv_nn_linear_forward(ctx, &m->dense, y), t_ids, &ce);
+}
+
 /* ---- decoding ---- */
 
 /* The encoder's memory for `rows` copies of one source, and the cache. */

@@ -118,16 +118,50 @@ static qkv_tensor *stacked_qkv(qkv_ctx *ctx, const qkv_nn_d2l_mha *m)
     return w;
 }
 
+/* Packed queries (nq, E) and keys, values (nk, E) (o->q_rows, o->kv_rows):
+ * projections on the kept rows, attention on the padded batch. */
+static qkv_tensor *packed_forward(qkv_ctx *ctx, const qkv_nn_d2l_mha *m, qkv_tensor *queries,
+                                  qkv_tensor *keys, qkv_tensor *values, qkv_attn_opts *o)
+{
+    const qkv_rows *qr = o->q_rows, *kr = o->kv_rows;
+    if (!qr || !kr || o->weights || o->unfused || queries->ndim != 2 || keys->ndim != 2 ||
+        values->ndim != 2 || queries->shape[0] != qr->n || keys->shape[0] != kr->n ||
+        values->shape[0] != kr->n || qr->B != kr->B) {
+        qkv_set_error(QKV_ERR_ARG, "d2l_mha: packed rows need both row maps (same batch), "
+                                   "2-D queries, keys and values of their kept rows, and "
+                                   "neither weights nor the unfused path");
+        return NULL;
+    }
+    int64_t H = m->num_heads;
+    qkv_attn_opts a = *o;
+    a.q_rows = a.kv_rows = NULL;
+    qkv_tensor *w3 = queries == keys && keys == values && qr == kr ? stacked_qkv(ctx, m) : NULL;
+    qkv_tensor *out;
+    if (w3) {
+        qkv_tensor *x = qkv_rows_unpack(ctx, qkv_linear(ctx, queries, w3, NULL), qr);
+        out = x ? qkv__attention_packed(ctx, x, H, &a) : NULL;
+    } else {
+        qkv_tensor *q = qkv_rows_unpack(ctx, qkv_nn_linear_forward(ctx, &m->W_q, queries), qr);
+        qkv_tensor *k = qkv_rows_unpack(ctx, qkv_nn_linear_forward(ctx, &m->W_k, keys), kr);
+        qkv_tensor *v = qkv_rows_unpack(ctx, qkv_nn_linear_forward(ctx, &m->W_v, values), kr);
+        out = attend(ctx, q, k, v, H, true, &a);
+    }
+    out = out ? qkv_rows_pack(ctx, out, qr) : NULL;
+    return out ? qkv_nn_linear_forward(ctx, &m->W_o, out) : NULL;
+}
+
 qkv_tensor *qkv_nn_d2l_mha_forward(qkv_ctx *ctx, const qkv_nn_d2l_mha *m, qkv_tensor *queries,
                                    qkv_tensor *keys, qkv_tensor *values,
                                    const qkv_attn_opts *opts)
 {
     QKV_INPUTS("d2l_mha", queries, keys, values);
-    if (!check_3d("d2l_mha", queries, keys, values))
-        return NULL;
     qkv_attn_opts o = opts ? *opts : (qkv_attn_opts){0};
     o.dropout_p = m->dropout;
     int64_t H = m->num_heads;
+    if (o.q_rows || o.kv_rows)
+        return packed_forward(ctx, m, queries, keys, values, &o);
+    if (!check_3d("d2l_mha", queries, keys, values))
+        return NULL;
     /* self-attention: one GEMM against W_q, W_k and W_v stacked, one
      * packed attention, when the three weights lie back to back */
     qkv_tensor *w3 = queries == keys && keys == values && !o.weights && !o.unfused
@@ -227,6 +261,10 @@ qkv_tensor *qkv_nn_mha_forward(qkv_ctx *ctx, const qkv_nn_mha *m, qkv_tensor *qu
                                qkv_tensor *key, qkv_tensor *value, const qkv_attn_opts *opts)
 {
     QKV_INPUTS("mha", query, key, value);
+    if (opts && (opts->q_rows || opts->kv_rows)) {
+        qkv_set_error(QKV_ERR_ARG, "mha: packed rows are for the d2l module only");
+        return NULL;
+    }
     if (!check_3d("mha", query, key, value))
         return NULL;
     bool bf = m->batch_first;

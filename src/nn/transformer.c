@@ -325,7 +325,9 @@ qkv_tensor *qkv_transformer_encode(qkv_ctx *ctx, const qkv_transformer *m, qkv_t
                                 .key_padding_bool = mk->bool_masks,
                                 .valid_lens = mk->src_valid_lens,
                                 .valid_lens_ndim = mk->src_valid_lens ? 1 : 0,
-                                .weights = mk->enc_weights ? &mk->enc_weights[i] : NULL}};
+                                .weights = mk->enc_weights ? &mk->enc_weights[i] : NULL,
+                                .q_rows = mk->src_rows,
+                                .kv_rows = mk->src_rows}};
         x = residual(ctx, c, &l->norm1, x, attn_sub, &l->self_attn, &sa);
         x = residual(ctx, c, &l->norm2, x, ffn_sub, &l->ffn, NULL);
     }
@@ -349,7 +351,9 @@ qkv_tensor *qkv_transformer_decode(qkv_ctx *ctx, const qkv_transformer *m, qkv_t
                                 .key_padding_mask = mk->tgt_key_padding_mask,
                                 .key_padding_bool = mk->bool_masks,
                                 .causal = mk->tgt_causal,
-                                .weights = mk->dec_self_weights ? &mk->dec_self_weights[i] : NULL}};
+                                .weights = mk->dec_self_weights ? &mk->dec_self_weights[i] : NULL,
+                                .q_rows = mk->tgt_rows,
+                                .kv_rows = mk->tgt_rows}};
         attn_arg ca = {.kv = memory,
                        .opts = {.attn_mask = mk->memory_mask,
                                 .attn_mask_bool = mk->bool_masks,
@@ -358,7 +362,9 @@ qkv_tensor *qkv_transformer_decode(qkv_ctx *ctx, const qkv_transformer *m, qkv_t
                                 .valid_lens = mk->src_valid_lens,
                                 .valid_lens_ndim = mk->src_valid_lens ? 1 : 0,
                                 .weights = mk->dec_cross_weights ? &mk->dec_cross_weights[i]
-                                                                 : NULL}};
+                                                                 : NULL,
+                                .q_rows = mk->tgt_rows,
+                                .kv_rows = mk->src_rows}};
         x = residual(ctx, c, &l->norm1, x, attn_sub, &l->self_attn, &sa);
         x = residual(ctx, c, &l->norm2, x, attn_sub, &l->cross_attn, &ca);
         x = residual(ctx, c, &l->norm3, x, ffn_sub, &l->ffn, NULL);

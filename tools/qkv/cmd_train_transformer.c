@@ -169,13 +169,11 @@ static qkv_status train_shard(qkv_ctx *ctx, int i, int n, void *arg)
     bt->loss[i] = 0.0;
     if (hi == lo)
         return QKV_OK;
-    qkv_ce_opts ce = {.ignore_index = bt->pad, .reduction = QKV_REDUCE_SUM};
-    qkv_tensor *logits = qkv_seq2seq_forward(ctx, bt->m, bt->src + lo * t, bt->valid + lo,
-                                             hi - lo, t, bt->dec_in + lo * t, t, NULL);
-    if (logits)
-        logits = qkv_reshape(ctx, logits, 2, (int64_t[]){(hi - lo) * t, bt->m->tgt_vocab});
-    qkv_tensor *loss =
-        qkv_scale(ctx, qkv_cross_entropy(ctx, logits, bt->target + lo * t, &ce), bt->scale);
+    qkv_tensor *loss = qkv_scale(ctx,
+                                 qkv_seq2seq_loss(ctx, bt->m, bt->src + lo * t, bt->valid + lo,
+                                                  hi - lo, t, bt->dec_in + lo * t,
+                                                  bt->target + lo * t, t, bt->pad),
+                                 bt->scale);
     if (!loss)
         return qkv_error_status();
     bt->loss[i] = (double)loss->data[0] / (double)bt->scale;
