@@ -5,7 +5,11 @@
  * gradient clipping to norm 1, Adam; as `qkv train transformer` does it.
  * bench/peer_transformer.py is the PyTorch side. One case per process:
  *
- *   bench_transformer tf_book|tf_large [--threads N]
+ *   bench_transformer tf_book|tf_large [--threads N] [--full]
+ *
+ * The step is qkv_seq2seq_loss's, which skips the padding's dead work (the
+ * same loss and gradients); --full computes every position's logits
+ * through qkv_seq2seq_forward, as the PyTorch model does.
  *
  * tf_book: the r0.17 configuration (vocabularies 184/201, as the 600-pair
  * fra.txt gives; width 32, FFN 64, 4 heads, 2+2 blocks, dropout 0.1,
@@ -24,6 +28,7 @@ typedef struct {
     qkv_params *ps;
     qkv_optim *opt;
     qkv_shards *sh;
+    int full; /* --full: logits of every position, padding included */
     int64_t B, T;
     int64_t *src, *valid, *dec_in, *target;
 } tf_state;
@@ -36,11 +41,19 @@ static qkv_status tf_shard(qkv_ctx *ctx, int i, int n, void *p)
     tf_state *s = p;
     int64_t lo, hi, T = s->T;
     qkv_shard_rows(s->B, i, n, &lo, &hi);
-    qkv_tensor *loss = qkv_scale(ctx,
-                                 qkv_seq2seq_loss(ctx, &s->m, s->src + lo * T, s->valid + lo,
-                                                  hi - lo, T, s->dec_in + lo * T,
-                                                  s->target + lo * T, T, PAD),
-                                 1.0f / (float)T);
+    qkv_tensor *ce;
+    if (s->full) { /* as PyTorch computes it: every position */
+        qkv_tensor *logits = qkv_seq2seq_forward(ctx, &s->m, s->src + lo * T, s->valid + lo,
+                                                 hi - lo, T, s->dec_in + lo * T, T, NULL);
+        logits = logits ? qkv_reshape(ctx, logits, 2, (int64_t[]){(hi - lo) * T, s->m.tgt_vocab})
+                        : NULL;
+        ce = qkv_cross_entropy(ctx, logits, s->target + lo * T,
+                               &(qkv_ce_opts){.ignore_index = PAD, .reduction = QKV_REDUCE_SUM});
+    } else {
+        ce = qkv_seq2seq_loss(ctx, &s->m, s->src + lo * T, s->valid + lo, hi - lo, T,
+                              s->dec_in + lo * T, s->target + lo * T, T, PAD);
+    }
+    qkv_tensor *loss = qkv_scale(ctx, ce, 1.0f / (float)T);
     return loss ? qkv_backward(ctx, loss) : qkv_error_status();
 }
 
@@ -91,11 +104,13 @@ int main(int argc, char **argv)
         cfg.d_model = 256, cfg.d_ffn = 1024, B = 128, T = 35, Vs = 10012, Vt = 17851, lr = 0.001f;
         reps = 5;
     } else {
-        fprintf(stderr, "usage: bench_transformer tf_book|tf_large [--threads N]\n");
+        fprintf(stderr, "usage: bench_transformer tf_book|tf_large [--threads N] [--full]\n");
         return 2;
     }
 
     tf_state s = {.ps = qkv_params_new(), .B = B, .T = T};
+    for (int i = 1; i < argc; i++)
+        s.full |= !strcmp(argv[i], "--full");
     if (qkv_seq2seq_init(&s.m, s.ps, &cfg, Vs, Vt) != QKV_OK || qkv_params_alloc(s.ps) != QKV_OK) {
         fprintf(stderr, "bench_transformer: %s\n", qkv_error());
         return 1;

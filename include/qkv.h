@@ -52,7 +52,8 @@
  *   tensors      the tensor type; the context (step arena, tape, modes)
  *   ops          arithmetic, unary, reductions, matmul, shape ops, softmax,
  *                norms, dropout, convolution, pooling, losses; attention
- *   training     parameters, initialisers, optimizers, clipping, schedules
+ *   training     parameters, initialisers, optimizers, clipping, shards
+ *                (data parallelism inside a step), schedules
  *   io           safetensors, state dicts and checkpoints, datasets, the
  *                data loader, images, pictures and metrics
  *   nn           modules: Linear, attention, multi-head attention, positional
@@ -80,8 +81,10 @@
  * THREADS
  *
  *   Kernels use OpenMP. The thread count comes from QKV_THREADS, else from
- *   the number of cores; qkv_set_threads() changes it. The same seed, machine
- *   and thread count give bit-identical training.
+ *   the number of cores; qkv_set_threads() changes it. Inside a parallel
+ *   region (qkv_shards runs one shard of a batch per thread) kernels run on
+ *   their one thread. The same seed, machine and thread count give
+ *   bit-identical training.
  */
 #ifndef QKV_H
 #define QKV_H

@@ -118,6 +118,52 @@ static qkv_tensor *f_embedding(qkv_ctx *c, qkv_tensor **t, void *u)
     return qkv_embedding(c, t[0], a->idx, a->n);
 }
 
+static const int64_t kept_rows[] = {1, 2, 3, 6, 7}; /* of a (2, 4) batch */
+
+static qkv_tensor *f_rows_pack(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    (void)u; /* t[0] (4, 2, 3) seen as (B, T, C) = (2, 4, 3) */
+    qkv_rows r = {.B = 2, .T = 4, .n = 5, .at = kept_rows};
+    return qkv_rows_pack(c, qkv_permute(c, t[0], (int[]){1, 0, 2}), &r);
+}
+
+static qkv_tensor *f_rows_unpack(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    (void)u; /* t[0] (5, 3) -> (2, 4, 3) */
+    qkv_rows r = {.B = 2, .T = 4, .n = 5, .at = kept_rows};
+    return qkv_rows_unpack(c, t[0], &r);
+}
+
+TEST(gradcheck_rows_pack_and_unpack)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 15);
+    gc_input in[1] = {gc_rand(&r, 3, SHAPE(4, 2, 3), -1, 1, true)};
+    CHECK_GRAD(f_rows_pack, 1, in, NULL, 2e-2);
+    gc_free(1, in);
+    gc_input x[1] = {gc_rand(&r, 2, SHAPE(5, 3), -1, 1, true)};
+    CHECK_GRAD(f_rows_unpack, 1, x, NULL, 2e-2);
+    gc_free(1, x);
+    /* bad maps and shapes: messages that name them */
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *a = qkv_zeros(ctx, 2, (int64_t[]){5, 3});
+    qkv_rows down = {.B = 2, .T = 4, .n = 2, .at = (int64_t[]){3, 1}};
+    CHECK(!qkv_rows_unpack(ctx, a, &down) && strstr(qkv_error(), "rows must increase"), "%s",
+          qkv_error());
+    qkv_rows far = {.B = 2, .T = 4, .n = 1, .at = (int64_t[]){8}};
+    CHECK(!qkv_rows_pack(ctx, qkv_zeros(ctx, 3, (int64_t[]){2, 4, 3}), &far) &&
+              strstr(qkv_error(), "[0, B T = 8)"),
+          "%s", qkv_error());
+    qkv_rows ok = {.B = 2, .T = 4, .n = 5, .at = kept_rows};
+    CHECK(!qkv_rows_pack(ctx, qkv_zeros(ctx, 3, (int64_t[]){2, 5, 3}), &ok) &&
+              strstr(qkv_error(), "rows_pack") && strstr(qkv_error(), "(2, 4, C)"),
+          "%s", qkv_error());
+    CHECK(!qkv_rows_unpack(ctx, qkv_zeros(ctx, 2, (int64_t[]){4, 3}), &ok) &&
+              strstr(qkv_error(), "one row per kept row"),
+          "%s", qkv_error());
+    qkv_ctx_free(ctx);
+}
+
 TEST(gradcheck_index_select_and_embedding)
 {
     qkv_rng r;
@@ -316,6 +362,39 @@ TEST(parity_index_select_and_embedding)
         qkv_tensor *out = qkv_embedding(ctx, w, idx, n);
         CHECK_TENSOR(out, fixture_get(ctx, fx, "out"), EXACT);
         check_grads(ctx, fx, out, 1, (const char *[]){"w"}, &w);
+        free(idx);
+    }
+    if (fx)
+        qkv_st_close(fx);
+    qkv_ctx_free(ctx);
+}
+
+/* packed rows: the kept rows of a (3, 4) batch and back (rows_pack on a
+ * permuted view); exact, both ways */
+TEST(parity_rows_pack_and_unpack)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    int64_t n = 0;
+    qkv_st_file *fx = fixture_open("rows_pack");
+    int64_t *idx = fixture_i64(fx, "idx", &n);
+    if (idx) {
+        qkv_rows r = {.B = 3, .T = 4, .n = n, .at = idx};
+        qkv_tensor *x = qkv_requires_grad(fixture_get(ctx, fx, "x_p"));
+        qkv_tensor *out = qkv_rows_pack(ctx, qkv_permute(ctx, x, (int[]){1, 0, 2}), &r);
+        CHECK_TENSOR(out, fixture_get(ctx, fx, "out"), EXACT);
+        check_grads(ctx, fx, out, 1, (const char *[]){"x_p"}, &x);
+        free(idx);
+    }
+    if (fx)
+        qkv_st_close(fx);
+    fx = fixture_open("rows_unpack");
+    idx = fixture_i64(fx, "idx", &n);
+    if (idx) {
+        qkv_rows r = {.B = 3, .T = 4, .n = n, .at = idx};
+        qkv_tensor *x = qkv_requires_grad(fixture_get(ctx, fx, "x"));
+        qkv_tensor *out = qkv_rows_unpack(ctx, x, &r);
+        CHECK_TENSOR(out, fixture_get(ctx, fx, "out"), EXACT);
+        check_grads(ctx, fx, out, 1, (const char *[]){"x"}, &x);
         free(idx);
     }
     if (fx)

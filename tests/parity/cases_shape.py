@@ -59,6 +59,15 @@ CASES = {
     "embedding_dup": lambda g: _index_case(
         g, lambda w, idx: F.embedding(idx, w), {"w": r(g, 7, 4)},
         torch.tensor([3, 0, 6, 3, 3, 1, 0, 5, 2, 3])),
+    # packed rows of a (B, T) = (3, 4) batch: rows 0, 1, 4, 5, 6, 8 kept;
+    # x_p is stored (T, B, C) and permuted to (B, T, C) in C
+    "rows_pack": lambda g: _index_case(
+        g, lambda x_p, idx: x_p.permute(1, 0, 2).reshape(12, 5).index_select(0, idx),
+        {"x_p": r(g, 4, 3, 5)}, torch.tensor([0, 1, 4, 5, 6, 8])),
+    # the kept rows back into (B, T, C), zeros elsewhere
+    "rows_unpack": lambda g: _index_case(
+        g, lambda x, idx: torch.zeros(12, 5).index_copy(0, idx, x).reshape(3, 4, 5),
+        {"x": r(g, 6, 5)}, torch.tensor([0, 1, 4, 5, 6, 8])),
     "masked_fill_broadcast": _masked_fill,
     "where_broadcast": _where,
 }

@@ -233,14 +233,10 @@ static double eval_loss(qkv_ctx *ctx, const qkv_seq2seq *m, const qkv_nmt_data *
     int64_t *src = buf, *valid = src + o->batch * t, *dec_in = valid + o->batch,
             *target = dec_in + o->batch * t;
     double sum = 0.0, tokens = 0.0;
-    qkv_ce_opts ce = {.ignore_index = sp->pad, .reduction = QKV_REDUCE_SUM};
     for (int64_t start = 0; start < n; start += o->batch) {
         int64_t b = n - start < o->batch ? n - start : o->batch;
         tokens += gather_batch(d, sp, order + start, b, t, src, valid, dec_in, target);
-        qkv_tensor *logits = qkv_seq2seq_forward(ctx, m, src, valid, b, t, dec_in, t, NULL);
-        if (logits)
-            logits = qkv_reshape(ctx, logits, 2, (int64_t[]){b * t, m->tgt_vocab});
-        qkv_tensor *loss = qkv_cross_entropy(ctx, logits, target, &ce);
+        qkv_tensor *loss = qkv_seq2seq_loss(ctx, m, src, valid, b, t, dec_in, target, t, sp->pad);
         sum += loss ? (double)loss->data[0] / (double)t : NAN;
         qkv_ctx_reset(ctx);
     }
