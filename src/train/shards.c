@@ -145,6 +145,7 @@ qkv_status qkv_shards_run(qkv_shards *s, qkv_shard_fn fn, void *arg)
     {
 #ifdef _OPENMP
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        omp_set_num_threads(1); /* no nested teams, even where nesting is on */
 #else
         int t = 0, nt = 1;
 #endif
