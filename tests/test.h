@@ -93,6 +93,12 @@ const char *test_qkv_bin(void);
  * pipe). Returns the exit status, or -1 if it could not run. */
 int test_run(const char *cmd, char *out, size_t n);
 
+/* The book's Transformer (r0.17: E 32, 4 heads, FFN 64, 2 + 2 blocks) on
+ * fra.txt's first 600 pairs at num_steps 10, weights from seed: loads d,
+ * makes *ps (the caller frees both). False, with the test failed, on error. */
+bool test_book_seq2seq(qkv_nmt_data *d, qkv_seq2seq *m, qkv_params **ps, float dropout,
+                       uint64_t seed);
+
 qkv_st_file *fixture_open(const char *name);
 /* Loads a named tensor of the fixture into ctx (fails the test if absent). */
 qkv_tensor *fixture_get(qkv_ctx *ctx, qkv_st_file *f, const char *name);

@@ -53,18 +53,10 @@ static double max_diff(const float *a, const float *b, int64_t n, double *scale)
 TEST(shards_gradients_add_up_to_the_batch)
 {
     qkv_nmt_data d = {0};
-    REQUIRE(qkv_nmt_load(&d, NULL, 600, T) == QKV_OK, "%s", qkv_error());
     state *s = calloc(1, sizeof *s);
-    qkv_tf_config cfg = {.layout = QKV_TF_D2L, .d_model = 32, .n_heads = 4, .d_ffn = 64,
-                         .n_enc = 2, .n_dec = 2, .dropout = 0.0f};
-    qkv_params *ps = qkv_params_new();
-    REQUIRE(qkv_seq2seq_init(&s->m, ps, &cfg, qkv_vocab_size(d.src_vocab),
-                             qkv_vocab_size(d.tgt_vocab)) == QKV_OK &&
-                qkv_params_alloc(ps) == QKV_OK,
-            "%s", qkv_error());
-    qkv_rng r;
-    qkv_rng_seed(&r, 5);
-    qkv_seq2seq_reset(&s->m, &r);
+    qkv_params *ps;
+    if (!test_book_seq2seq(&d, &s->m, &ps, 0.0f, 5))
+        return;
     int64_t row0 = 100, bos = qkv_vocab_id(d.tgt_vocab, "<bos>");
     s->src = d.src + row0 * T, s->valid = d.src_valid + row0, s->tgt = d.tgt + row0 * T;
     s->pad = qkv_vocab_id(d.tgt_vocab, "<pad>");

@@ -242,19 +242,11 @@ TEST(transformer_bad_config)
 TEST(transformer_training_loss_falls)
 {
     qkv_nmt_data d = {0};
-    REQUIRE(qkv_nmt_load(&d, NULL, 600, 10) == QKV_OK, "%s", qkv_error());
-    int64_t bos = qkv_vocab_id(d.tgt_vocab, "<bos>"), pad = qkv_vocab_id(d.tgt_vocab, "<pad>");
-    qkv_tf_config cfg = {.layout = QKV_TF_D2L, .d_model = 32, .n_heads = 4, .d_ffn = 64,
-                         .n_enc = 2, .n_dec = 2, .dropout = 0.1f};
-    qkv_params *ps = qkv_params_new();
     qkv_seq2seq m;
-    REQUIRE(qkv_seq2seq_init(&m, ps, &cfg, qkv_vocab_size(d.src_vocab),
-                             qkv_vocab_size(d.tgt_vocab)) == QKV_OK &&
-                qkv_params_alloc(ps) == QKV_OK,
-            "%s", qkv_error());
-    qkv_rng r;
-    qkv_rng_seed(&r, 3);
-    qkv_seq2seq_reset(&m, &r);
+    qkv_params *ps;
+    if (!test_book_seq2seq(&d, &m, &ps, 0.1f, 3))
+        return;
+    int64_t bos = qkv_vocab_id(d.tgt_vocab, "<bos>"), pad = qkv_vocab_id(d.tgt_vocab, "<pad>");
     qkv_optim *opt = qkv_optim_new(ps, &(qkv_optim_config){.kind = QKV_ADAM, .lr = 0.005f});
     qkv_ctx *ctx = qkv_ctx_new();
     /* the book's model is too small to gain from threads */
@@ -617,21 +609,13 @@ TEST(transformer_translate_attention_greedy_and_beam)
  * over fewer rows round differently. */
 TEST(transformer_seq2seq_loss_skips_padding_exactly)
 {
-    qkv_nmt_data d = {0};
-    REQUIRE(qkv_nmt_load(&d, NULL, 600, 10) == QKV_OK, "%s", qkv_error());
     enum { B = 12, T = 10 };
-    int64_t bos = qkv_vocab_id(d.tgt_vocab, "<bos>"), pad = qkv_vocab_id(d.tgt_vocab, "<pad>");
-    qkv_tf_config cfg = {.layout = QKV_TF_D2L, .d_model = 32, .n_heads = 4, .d_ffn = 64,
-                         .n_enc = 2, .n_dec = 2, .dropout = 0.0f};
-    qkv_params *ps = qkv_params_new();
+    qkv_nmt_data d = {0};
     qkv_seq2seq m;
-    REQUIRE(qkv_seq2seq_init(&m, ps, &cfg, qkv_vocab_size(d.src_vocab),
-                             qkv_vocab_size(d.tgt_vocab)) == QKV_OK &&
-                qkv_params_alloc(ps) == QKV_OK,
-            "%s", qkv_error());
-    qkv_rng r;
-    qkv_rng_seed(&r, 9);
-    qkv_seq2seq_reset(&m, &r);
+    qkv_params *ps;
+    if (!test_book_seq2seq(&d, &m, &ps, 0.0f, 9))
+        return;
+    int64_t bos = qkv_vocab_id(d.tgt_vocab, "<bos>"), pad = qkv_vocab_id(d.tgt_vocab, "<pad>");
     int64_t src[B * T], valid[B], tgt[B * T], dec_in[B * T];
     for (int i = 0; i < B; i++) { /* every 40th pair: short and long ones */
         int64_t row = 40 * i;

@@ -129,6 +129,25 @@ double gradcheck(gc_fn f, int n, gc_input *in, void *ud, double eps)
     return worst;
 }
 
+bool test_book_seq2seq(qkv_nmt_data *d, qkv_seq2seq *m, qkv_params **ps, float dropout,
+                       uint64_t seed)
+{
+    *ps = qkv_params_new();
+    qkv_tf_config cfg = {.layout = QKV_TF_D2L, .d_model = 32, .n_heads = 4, .d_ffn = 64,
+                         .n_enc = 2, .n_dec = 2, .dropout = dropout};
+    if (qkv_nmt_load(d, NULL, 600, 10) != QKV_OK || !*ps ||
+        qkv_seq2seq_init(m, *ps, &cfg, qkv_vocab_size(d->src_vocab),
+                         qkv_vocab_size(d->tgt_vocab)) != QKV_OK ||
+        qkv_params_alloc(*ps) != QKV_OK) {
+        test_fail(__FILE__, __LINE__, "the book's model: %s", qkv_error());
+        return false;
+    }
+    qkv_rng r;
+    qkv_rng_seed(&r, seed);
+    qkv_seq2seq_reset(m, &r);
+    return true;
+}
+
 qkv_st_file *fixture_open(const char *name)
 {
     const char *dir = getenv("QKV_FIXTURES");

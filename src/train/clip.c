@@ -43,71 +43,86 @@ static void entry_blocks(int64_t n, int64_t *nb, int64_t *per)
     *per = (n + *nb - 1) / *nb;
 }
 
-/* Sum of squares of every trainable entry's gradient: each block's sum by
- * whichever thread (blocks dealt round-robin over all entries, so that a
- * model of many small entries keeps every thread busy), then all added in
- * entry and block order. */
-static double sum_squares(const qkv_params *ps)
+/* Calls f(entry, block, lo, hi, k, arg) for block `block` = [lo, hi) of
+ * every trainable entry, k counting the blocks in entry and block order. */
+typedef void (*block_fn)(const qkv__param *e, int64_t lo, int64_t hi, int64_t k, void *arg);
+
+static int64_t each_block(const qkv_params *ps, block_fn f, void *arg)
 {
-    enum { MAX_PARTS = 4096 };
-    double part[MAX_PARTS];
-    int64_t nparts = 0;
-    for (int64_t i = 0; i < ps->count; i++) {
-        int64_t nb, per;
-        entry_blocks(ps->at[i].numel, &nb, &per);
-        nparts += qkv__param_trainable(&ps->at[i]) ? nb : 0;
-    }
-    if (nparts > MAX_PARTS) { /* a store of thousands of entries: in turn */
-        double ss = 0;
-        for (int64_t i = 0; i < ps->count; i++) {
-            if (!qkv__param_trainable(&ps->at[i]))
-                continue;
-            int64_t nb, per, n = ps->at[i].numel;
-            entry_blocks(n, &nb, &per);
-            double s = 0;
-            for (int64_t b = 0; b < nb; b++) {
-                int64_t lo = b * per, hi = lo + per < n ? lo + per : n;
-                s += block_squares(ps->grads + ps->at[i].offset + lo, hi - lo);
-            }
-            ss += s;
-        }
-        return ss;
-    }
-    int64_t total = ps->total;
-    int threads = total > 32768 ? qkv_threads() : 1;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-#ifdef _OPENMP
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-        int t = 0, nt = 1;
-#endif
-        int64_t k = 0;
-        for (int64_t i = 0; i < ps->count; i++) {
-            if (!qkv__param_trainable(&ps->at[i]))
-                continue;
-            int64_t nb, per, n = ps->at[i].numel;
-            entry_blocks(n, &nb, &per);
-            for (int64_t b = 0; b < nb; b++, k++)
-                if (k % nt == t) {
-                    int64_t lo = b * per, hi = lo + per < n ? lo + per : n;
-                    part[k] = block_squares(ps->grads + ps->at[i].offset + lo, hi - lo);
-                }
-        }
-    }
-    double ss = 0;
     int64_t k = 0;
     for (int64_t i = 0; i < ps->count; i++) {
-        if (!qkv__param_trainable(&ps->at[i]))
+        const qkv__param *e = &ps->at[i];
+        if (!qkv__param_trainable(e))
             continue;
         int64_t nb, per;
-        entry_blocks(ps->at[i].numel, &nb, &per);
-        double s = 0;
-        for (int64_t b = 0; b < nb; b++)
-            s += part[k++];
-        ss += s;
+        entry_blocks(e->numel, &nb, &per);
+        for (int64_t b = 0; b < nb; b++, k++)
+            if (f)
+                f(e, b * per, (b + 1) * per < e->numel ? (b + 1) * per : e->numel, k, arg);
     }
-    return ss;
+    return k;
+}
+
+typedef struct {
+    const qkv_params *ps;
+    int t, nt;
+} squares_arg;
+
+/* block k's sum of squares, by the thread it is dealt to (round-robin) */
+static void block_part(const qkv__param *e, int64_t lo, int64_t hi, int64_t k, void *arg)
+{
+    squares_arg *a = arg;
+    if (k % a->nt == a->t)
+        a->ps->norm_parts[k] = block_squares(a->ps->grads + e->offset + lo, hi - lo);
+}
+
+typedef struct {
+    const double *parts;
+    const qkv__param *entry; /* the entry whose blocks s sums */
+    double s, ss;
+} order_arg;
+
+/* the block sums added per entry, the entries' sums in order */
+static void add_in_order(const qkv__param *e, int64_t lo, int64_t hi, int64_t k, void *arg)
+{
+    (void)lo, (void)hi;
+    order_arg *a = arg;
+    if (e != a->entry) {
+        a->ss += a->s;
+        a->s = 0;
+        a->entry = e;
+    }
+    a->s += a->parts[k];
+}
+
+/* Sum of squares of every trainable entry's gradient: each block's sum by
+ * whichever thread (blocks dealt round-robin over all entries, so that a
+ * model of many small entries keeps every thread busy), then added in
+ * entry and block order: per entry, then the entries' sums. */
+static double sum_squares(qkv_params *ps)
+{
+    int64_t nparts = each_block(ps, NULL, NULL);
+    if (nparts > ps->n_norm_parts) { /* once per store */
+        qkv__free(ps->norm_parts);
+        ps->norm_parts = qkv__malloc((size_t)nparts * sizeof(double));
+        ps->n_norm_parts = ps->norm_parts ? nparts : 0;
+        if (!ps->norm_parts) {
+            qkv_set_error(QKV_ERR_NOMEM, "clip_grad_norm: out of memory");
+            return NAN;
+        }
+    }
+    int threads = ps->total > 32768 ? qkv_threads() : 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        squares_arg a = {.ps = ps, .t = 0, .nt = 1};
+#ifdef _OPENMP
+        a.t = omp_get_thread_num(), a.nt = omp_get_num_threads();
+#endif
+        each_block(ps, block_part, &a);
+    }
+    order_arg o = {.parts = ps->norm_parts};
+    each_block(ps, add_in_order, &o);
+    return o.ss + o.s;
 }
 
 /* Buffers and frozen entries are left out: they are not updated, and their
@@ -133,18 +148,12 @@ float qkv_clip_grad_norm(qkv_params *ps, float max_norm)
     int parts = total > 32768 ? qkv_threads() : 1;
 #pragma omp parallel for if (parts > 1) schedule(static)
     for (int part = 0; part < parts; part++) {
-        int64_t blocks = (total + 15) / 16;
-        int64_t lo = 16 * (blocks * part / parts), hi = 16 * (blocks * (part + 1) / parts);
-        for (int64_t i = 0; i < ps->count; i++) {
-            const qkv__param *e = &ps->at[i];
-            int64_t a = e->offset > lo ? e->offset : lo;
-            int64_t b = e->offset + e->numel < hi ? e->offset + e->numel : hi;
-            if (a >= b || !qkv__param_trainable(e))
-                continue;
-            float *g = ps->grads;
-            for (int64_t k = a; k < b; k++)
-                g[k] *= coef;
-        }
+        int64_t lo, hi, a, b;
+        qkv__flat_slice(total, part, parts, &lo, &hi);
+        for (int64_t i = 0; i < ps->count; i++)
+            if (qkv__param_in(&ps->at[i], lo, hi, &a, &b) && qkv__param_trainable(&ps->at[i]))
+                for (int64_t k = a; k < b; k++)
+                    ps->grads[k] *= coef;
     }
     return norm;
 }

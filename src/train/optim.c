@@ -216,9 +216,8 @@ static void step_range(qkv_optim *o, int64_t lo, int64_t hi, double bc1, double 
     qkv_params *ps = o->ps;
     for (int64_t i = 0; i < ps->count; i++) {
         const qkv__param *e = &ps->at[i];
-        int64_t a = e->offset > lo ? e->offset : lo;
-        int64_t b = e->offset + e->numel < hi ? e->offset + e->numel : hi;
-        if (a >= b || !qkv__param_trainable(e))
+        int64_t a, b;
+        if (!qkv__param_in(e, lo, hi, &a, &b) || !qkv__param_trainable(e))
             continue;
         double lr = entry_lr(o, e);
         float *p = ps->values + a, *g = ps->grads + a;
@@ -249,10 +248,9 @@ qkv_status qkv_optim_step(qkv_optim *o)
     int parts = total > PARALLEL_MIN ? qkv_threads() : 1;
 #pragma omp parallel for if (parts > 1) schedule(static)
     for (int part = 0; part < parts; part++) {
-        /* slices of whole 16-float blocks: entries start on one */
-        int64_t blocks = (total + 15) / 16;
-        int64_t lo = 16 * (blocks * part / parts), hi = 16 * (blocks * (part + 1) / parts);
-        step_range(o, lo, hi < total ? hi : total, bc1, bc2);
+        int64_t lo, hi;
+        qkv__flat_slice(total, part, parts, &lo, &hi);
+        step_range(o, lo, hi, bc1, bc2);
     }
     o->steps = t;
     return QKV_OK;

@@ -22,6 +22,7 @@ void qkv_params_free(qkv_params *ps)
     qkv__free(ps->at);
     qkv__free(ps->values);
     qkv__free(ps->grads_mem);
+    qkv__free(ps->norm_parts);
     qkv__free(ps);
 }
 

@@ -26,12 +26,36 @@ struct qkv_params {
     float *grads;
     void *grads_mem; /* the allocation grads lies in (grads is it, 64-byte aligned) */
     int64_t total;   /* floats in each flat buffer, gaps included */
+    double *norm_parts; /* clip.c's per-block sums, made on first use */
+    int64_t n_norm_parts;
 };
 
 /* Updated by the optimizer and touched by clipping: not a buffer, not frozen. */
 static inline bool qkv__param_trainable(const qkv__param *p)
 {
     return !(p->flags & (QKV_PARAM_BUFFER | QKV_PARAM_FROZEN));
+}
+
+/* Slice `part` of `parts` of the flat buffers (total floats): [lo, hi) in
+ * whole 16-float blocks, as the entries start on one. Elementwise work
+ * (optimizers, clipping, summing shards) splits by these, whatever the
+ * entries' sizes. */
+static inline void qkv__flat_slice(int64_t total, int part, int parts, int64_t *lo, int64_t *hi)
+{
+    int64_t blocks = (total + 15) / 16;
+    *lo = 16 * (blocks * part / parts);
+    *hi = 16 * (blocks * (part + 1) / parts);
+    if (*hi > total)
+        *hi = total;
+}
+
+/* The part [*a, *b) of entry e inside [lo, hi); false if empty. */
+static inline bool qkv__param_in(const qkv__param *e, int64_t lo, int64_t hi, int64_t *a,
+                                 int64_t *b)
+{
+    *a = e->offset > lo ? e->offset : lo;
+    *b = e->offset + e->numel < hi ? e->offset + e->numel : hi;
+    return *a < *b;
 }
 
 #endif

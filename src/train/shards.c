@@ -154,8 +154,7 @@ qkv_status qkv_shards_run(qkv_shards *s, qkv_shard_fn fn, void *arg)
             run_one(s, i, fn, arg);
 #pragma omp barrier
         int64_t lo, hi;
-        qkv_shard_rows(total / 16, t, nt, &lo, &hi);
-        lo *= 16, hi = t == nt - 1 ? total : hi * 16;
+        qkv__flat_slice(total, t, nt, &lo, &hi);
         sum_into_store(s, lo, hi);
     }
     for (int i = 0; i < s->n; i++)
