@@ -211,6 +211,32 @@ static fwd_work fwd_split(const qkv_k_attn *a, float *w)
     return f;
 }
 
+/* s[c] = exp(s[c] - m) for c < n, m the row maximum (so the argument is
+ * <= 0, or NaN); returns their sum. Sixteen lanes at a time where AVX-512
+ * is (the compiler leaves the plain loop scalar: a float-to-double sum
+ * and the integer exponent work defeat it), each lane's sum in float. */
+static double exp_row(float *s, int64_t n, float m)
+{
+#ifdef __AVX512F__
+    __m512 vm = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
+    for (int64_t c = 0; c < n; c += 16) {
+        __mmask16 k = n - c >= 16 ? QKV_ALL : qkv_lanes(n - c);
+        __m512 e = exp16_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + c), vm));
+        qkv_store16(s + c, k, e);
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+    }
+    return (double)_mm512_reduce_add_ps(sum);
+#else
+    double sum = 0;
+    for (int64_t c = 0; c < n; c++) {
+        float e = qkv_k_expf(s[c] - m);
+        s[c] = e;
+        sum += e;
+    }
+    return sum;
+#endif
+}
+
 /* queries i0 .. i0+br of head bh: out (br, Dv), lse (br) the row maxima
  * and lse + stats_stride (br) the logs of the sums */
 static void forward_tile(const qkv_k_attn *a, int64_t bh, int64_t i0, float *out, float *lse,
@@ -245,14 +271,7 @@ static void forward_tile(const qkv_k_attn *a, int64_t bh, int64_t i0, float *out
                 continue;
             }
             float alpha = qkv_k_expf(w.m[r] - mnew); /* 0 when m was -inf */
-            double sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t c = 0; c < bc; c++) {
-                float e = qkv_k_expf(s[c] - mnew);
-                s[c] = e;
-                sum += e;
-            }
-            w.l[r] = w.l[r] * alpha + sum;
+            w.l[r] = w.l[r] * alpha + exp_row(s, bc, mnew);
             w.m[r] = mnew;
             if (a->dropout_p > 0) {
                 qkv_k_attn_dropout_row(w.keep, a->seed, a->dropout_p, bh, i0 + r, j0, bc, N, M);
