@@ -585,14 +585,45 @@ static size_t block_floats(const qkv_k_attn *a)
     return (size_t)QB * (2 * (size_t)a->D + 2 * (size_t)a->Dv + 2 * SM + 1);
 }
 
-/* xt (d, 16) = rows r < nr of x (row stride sn) transposed, 0 past nr */
+/* v[0..8) transposed in place: v[i][j] <-> v[j][i] */
+static inline void transpose8(__m256 v[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        v[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+/* xt (d, 16) = rows r < nr of x (row stride sn) transposed, 0 past nr:
+ * 8 x 8 blocks through registers, the columns past a multiple of 8 one by
+ * one */
 static void block_transpose(float *xt, const float *x, int64_t sn, int64_t nr, int64_t d)
 {
-    if (nr < QB)
-        memset(xt, 0, (size_t)(d * QB) * sizeof(float));
-    for (int64_t r = 0; r < nr; r++)
-        for (int64_t c = 0; c < d; c++)
-            xt[c * QB + r] = x[r * sn + c];
+    int64_t c0 = 0;
+    for (; c0 + 8 <= d; c0 += 8)
+        for (int64_t r0 = 0; r0 < QB; r0 += 8) {
+            __m256 v[8];
+            for (int64_t r = 0; r < 8; r++)
+                v[r] = r0 + r < nr ? _mm256_loadu_ps(x + (r0 + r) * sn + c0)
+                                   : _mm256_setzero_ps();
+            transpose8(v);
+            for (int64_t c = 0; c < 8; c++)
+                _mm256_store_ps(xt + (c0 + c) * QB + r0, v[c]);
+        }
+    for (int64_t c = c0; c < d; c++)
+        for (int64_t r = 0; r < QB; r++)
+            xt[c * QB + r] = r < nr ? x[r * sn + c] : 0.0f;
 }
 
 /* The dropout decisions of 16 queries (lanes) for one key: SplitMix64 of
@@ -725,8 +756,22 @@ static __m512 block_scores(const qkv_k_attn *a, int64_t b, int64_t i0, int64_t n
 static void block_store(float *x, int64_t sn, const float *xt, int64_t nr, int64_t d,
                         float alpha, bool acc)
 {
+    const __m256 al = _mm256_set1_ps(alpha);
+    int64_t c0 = 0;
+    for (; c0 + 8 <= d; c0 += 8)
+        for (int64_t r0 = 0; r0 < nr; r0 += 8) {
+            __m256 v[8];
+            for (int64_t c = 0; c < 8; c++)
+                v[c] = _mm256_load_ps(xt + (c0 + c) * QB + r0);
+            transpose8(v); /* v[r]: row r0 + r, columns c0 .. c0 + 8 */
+            for (int64_t r = 0; r < 8 && r0 + r < nr; r++) {
+                float *row = x + (r0 + r) * sn + c0;
+                __m256 old = acc ? _mm256_loadu_ps(row) : _mm256_setzero_ps();
+                _mm256_storeu_ps(row, _mm256_add_ps(old, _mm256_mul_ps(al, v[r])));
+            }
+        }
     for (int64_t r = 0; r < nr; r++)
-        for (int64_t c = 0; c < d; c++)
+        for (int64_t c = c0; c < d; c++)
             x[r * sn + c] = (acc ? x[r * sn + c] : 0.0f) + alpha * xt[c * QB + r];
 }
 
