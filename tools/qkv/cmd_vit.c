@@ -275,6 +275,46 @@ static void plot_curves(const char *dir, const curves *c, int64_t n)
         fprintf(stderr, "qkv: %s\n", qkv_error());
 }
 
+/* One training batch as the shards see it. */
+typedef struct {
+    const qkv_vit *m;
+    float *xs;          /* (B, 1, size, size) */
+    const int64_t *y;   /* (B) */
+    int64_t B, size, K;
+    qkv_ce_opts ce;     /* reduction QKV_REDUCE_SUM: each shard's sum over B */
+    double *loss;       /* per shard: its part of the batch's mean loss */
+    int64_t *right;     /* per shard: images classified right */
+} vit_batch;
+
+/* Shard i's images: forward, its part of the batch's mean cross-entropy
+ * (sum / B, so that the shards' gradients add up to the mean's), backward. */
+static qkv_status train_shard(qkv_ctx *ctx, int i, int n, void *arg)
+{
+    vit_batch *bt = arg;
+    int64_t lo, hi, px = bt->size * bt->size;
+    qkv_shard_rows(bt->B, i, n, &lo, &hi);
+    bt->loss[i] = 0.0, bt->right[i] = 0;
+    if (hi == lo)
+        return QKV_OK;
+    qkv_tensor *x = qkv_wrap(ctx, 4, (int64_t[]){hi - lo, 1, bt->size, bt->size}, bt->xs + lo * px);
+    qkv_tensor *logits = x ? qkv_vit_forward(ctx, bt->m, x, NULL) : NULL;
+    qkv_tensor *loss = qkv_scale(ctx, logits ? qkv_cross_entropy(ctx, logits, bt->y + lo, &bt->ce)
+                                             : NULL,
+                                 1.0f / (float)bt->B);
+    if (!loss)
+        return qkv_error_status();
+    bt->loss[i] = loss->data[0];
+    for (int64_t r = 0; r < hi - lo; r++) {
+        const float *row = logits->data + r * bt->K;
+        int64_t best = 0;
+        for (int64_t k = 1; k < bt->K; k++)
+            if (row[k] > row[best])
+                best = k;
+        bt->right[i] += best == bt->y[lo + r];
+    }
+    return qkv_backward(ctx, loss);
+}
+
 static int train(const train_options *o)
 {
     recipe rc = recipe_for(o->preset);
@@ -303,7 +343,10 @@ static int train(const train_options *o)
     int status = 1;
 
     model md = {.ps = qkv_params_new()};
-    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_ctx *ctx = qkv_ctx_new(); /* evaluation */
+    qkv_shards *sh = NULL;        /* training: one shard of each batch per thread */
+    double shard_loss[64];
+    int64_t shard_right[64];
     qkv_optim *opt = NULL;
     qkv_metrics *metrics = NULL;
     qkv_loader *loader = NULL;
@@ -321,12 +364,13 @@ static int train(const train_options *o)
         goto done;
     }
     qkv_vit_config *mc = &rc.model;
-    if (qkv_vit_init(&md.m, md.ps, mc) != QKV_OK || qkv_params_alloc(md.ps) != QKV_OK) {
+    if (qkv_vit_init(&md.m, md.ps, mc) != QKV_OK || qkv_params_alloc(md.ps) != QKV_OK ||
+        !(sh = qkv_shards_new(md.ps, qkv_threads() < 64 ? qkv_threads() : 64))) {
         fprintf(stderr, "qkv: %s\n", qkv_error());
         goto done;
     }
     qkv_checkpoint_info info = {0};
-    qkv_rng_seed(&info.rng[0], o->seed);     /* dropout, through the context */
+    qkv_rng_seed(&info.rng[0], o->seed);     /* dropout: each epoch seeds the shards' */
     qkv_rng_seed(&info.rng[1], o->seed + 1); /* unused: the loader's order and
                                                   augmentation come from (seed, epoch) */
     qkv_rng init;
@@ -357,7 +401,6 @@ static int train(const train_options *o)
         info.config = cfg_json;
         printf("resumed from %s at epoch %lld\n", ckpt, (long long)first_epoch);
     }
-    *qkv_ctx_rng(ctx) = info.rng[0];
     join(path, sizeof path, o->out_dir, o->resume ? "metrics.resumed.jsonl" : "metrics.jsonl");
     if (!(metrics = qkv_metrics_open(path))) {
         fprintf(stderr, "qkv: %s\n", qkv_error());
@@ -372,7 +415,8 @@ static int train(const train_options *o)
            qkv_threads());
     fflush(stdout);
     int64_t size = mc->image_size, K = mc->num_classes;
-    qkv_ce_opts ce = {.ignore_index = QKV_NO_IGNORE, .label_smoothing = (float)rc.label_smoothing};
+    qkv_ce_opts ce = {.ignore_index = QKV_NO_IGNORE, .label_smoothing = (float)rc.label_smoothing,
+                      .reduction = QKV_REDUCE_SUM};
     feed fd = {.d = &tr, .batch = B, .size = size, .aug = rc.aug};
     loader = qkv_loader_new(&(qkv_loader_config){
         .n_examples = n_train, .batch_size = B, .shuffle = 1, .drop_last = 1,
@@ -394,7 +438,8 @@ static int train(const train_options *o)
             fprintf(stderr, "qkv: %s\n", qkv_error());
             goto done;
         }
-        qkv_set_training(ctx, 1);
+        for (int i = 0; i < qkv_shards_count(sh); i++)
+            qkv_rng_seed(qkv_ctx_rng(qkv_shards_ctx(sh, i)), qkv_rng_u64(&info.rng[0]));
         double t0 = cli_now(), loss_sum = 0.0;
         int64_t right = 0, seen = 0;
         qkv_progress bar;
@@ -410,34 +455,29 @@ static int train(const train_options *o)
                 fprintf(stderr, "\nqkv: %s\n", xs ? "short batch" : qkv_error());
                 goto done;
             }
-            const int64_t *y = (const int64_t *)(const void *)(xs + B * size * size);
-            qkv_tensor *x = qkv_wrap(ctx, 4, (int64_t[]){B, 1, size, size}, xs);
-            qkv_tensor *logits = x ? qkv_vit_forward(ctx, &md.m, x, NULL) : NULL;
-            qkv_tensor *loss = logits ? qkv_cross_entropy(ctx, logits, y, &ce) : NULL;
-            if (!loss || qkv_backward(ctx, loss) != QKV_OK) {
+            vit_batch bt = {.m = &md.m, .xs = xs, .B = B, .size = size, .K = K, .ce = ce,
+                            .y = (const int64_t *)(const void *)(xs + B * size * size),
+                            .loss = shard_loss, .right = shard_right};
+            if (qkv_shards_run(sh, train_shard, &bt) != QKV_OK) {
                 fprintf(stderr, "\nqkv: %s\n", qkv_error());
                 goto done;
             }
-            if (!isfinite(loss->data[0])) {
+            double step_loss = 0;
+            for (int i = 0; i < qkv_shards_count(sh); i++) {
+                step_loss += shard_loss[i];
+                right += shard_right[i];
+            }
+            if (!isfinite(step_loss)) {
                 fprintf(stderr, "\nqkv: the loss is %g at step %lld; try a lower --lr\n",
-                        loss->data[0], (long long)step);
+                        step_loss, (long long)step);
                 goto done;
             }
             if (rc.clip > 0)
                 qkv_clip_grad_norm(md.ps, (float)rc.clip);
             qkv_optim_step(opt);
             qkv_params_zero_grad(md.ps);
-            loss_sum += loss->data[0];
-            for (int64_t i = 0; i < B; i++) {
-                const float *row = logits->data + i * K;
-                int64_t best = 0;
-                for (int64_t k = 1; k < K; k++)
-                    if (row[k] > row[best])
-                        best = k;
-                right += best == y[i];
-            }
+            loss_sum += step_loss;
             seen += B;
-            qkv_ctx_reset(ctx);
             snprintf(extra, sizeof extra, "loss %.4f %.0f img/s", loss_sum / (double)(s + 1),
                      (double)seen / (cli_now() - t0));
             qkv_progress_update(&bar, s + 1, extra);
@@ -468,7 +508,6 @@ static int train(const train_options *o)
         cv.test_acc[n_points++] = (float)test_acc;
         info.epoch = e + 1;
         info.step = step;
-        info.rng[0] = *qkv_ctx_rng(ctx);
         join(path, sizeof path, o->out_dir, "model.safetensors");
         if (qkv_checkpoint_save(ckpt, md.ps, opt, &info) != QKV_OK ||
             save_model(path, md.ps, mc, test_acc) != QKV_OK) {
@@ -487,6 +526,7 @@ done:
         qkv_metrics_close(metrics);
     qkv_optim_free(opt);
     qkv_ctx_free(ctx);
+    qkv_shards_free(sh);
     qkv_params_free(md.ps);
     qkv_mnist_free(&tr);
     qkv_mnist_free(&te);
