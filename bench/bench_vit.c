@@ -6,7 +6,8 @@
  *
  * vit_train: d2l v1.0.3's ViT on Fashion-MNIST resized to 96x96 (1 channel,
  * patch 16, width 512, MLP 2048, 8 heads, 2 blocks, dropout 0.1, 10
- * classes), batch 128: forward, cross-entropy, backward, SGD lr 0.1.
+ * classes), batch 128: forward, cross-entropy, backward, SGD lr 0.1; one
+ * shard of the batch per thread (qkv_shards), as `qkv train vit` trains.
  * vitb16_b*: ViT-B/16 (224x224, 3 channels, patch 16, width 768, MLP 3072,
  * 12 heads, 12 blocks, 1000 classes) with random weights, gradients and
  * dropout off, batch 1 or 8. Images are random. */
@@ -16,20 +17,38 @@ typedef struct {
     qkv_vit m;
     qkv_params *ps;
     qkv_optim *opt;  /* NULL: inference */
+    qkv_shards *sh;  /* training */
     int64_t B, C, S, K;
     const float *images;
     const int64_t *labels;
 } vit_state;
 
+/* Shard i's images: forward, its part of the batch's mean cross-entropy,
+ * backward. */
+static qkv_status train_shard(qkv_ctx *ctx, int i, int n, void *p)
+{
+    vit_state *s = p;
+    int64_t lo, hi, px = s->C * s->S * s->S;
+    qkv_shard_rows(s->B, i, n, &lo, &hi);
+    qkv_tensor *x =
+        qkv_from_data(ctx, 4, (int64_t[]){hi - lo, s->C, s->S, s->S}, s->images + lo * px);
+    qkv_tensor *loss = qkv_scale(
+        ctx,
+        qkv_cross_entropy(ctx, qkv_vit_forward(ctx, &s->m, x, NULL), s->labels + lo,
+                          &(qkv_ce_opts){.ignore_index = QKV_NO_IGNORE,
+                                         .reduction = QKV_REDUCE_SUM}),
+        1.0f / (float)s->B);
+    return loss ? qkv_backward(ctx, loss) : qkv_error_status();
+}
+
 static int vit_step(qkv_ctx *ctx, void *p)
 {
     vit_state *s = p;
-    qkv_tensor *x = qkv_from_data(ctx, 4, (int64_t[]){s->B, s->C, s->S, s->S}, s->images);
-    qkv_tensor *logits = qkv_vit_forward(ctx, &s->m, x, NULL);
-    if (!s->opt)
-        return logits == NULL;
-    qkv_tensor *loss = qkv_cross_entropy(ctx, logits, s->labels, NULL);
-    if (!loss || qkv_backward(ctx, loss) != QKV_OK || qkv_optim_step(s->opt) != QKV_OK)
+    if (!s->opt) {
+        qkv_tensor *x = qkv_from_data(ctx, 4, (int64_t[]){s->B, s->C, s->S, s->S}, s->images);
+        return qkv_vit_forward(ctx, &s->m, x, NULL) == NULL;
+    }
+    if (qkv_shards_run(s->sh, train_shard, s) != QKV_OK || qkv_optim_step(s->opt) != QKV_OK)
         return 1;
     qkv_params_zero_grad(s->ps);
     return 0;
@@ -82,6 +101,13 @@ int main(int argc, char **argv)
     qkv_rng_seed(qkv_ctx_rng(ctx), 2);
     if (train) {
         s.opt = qkv_optim_new(s.ps, &(qkv_optim_config){.kind = QKV_SGD, .lr = 0.1f});
+        s.sh = qkv_shards_new(s.ps, 0);
+        if (!s.opt || !s.sh) {
+            fprintf(stderr, "bench_vit: %s\n", qkv_error());
+            return 1;
+        }
+        qkv_ctx_free(ctx); /* the shards have their own */
+        ctx = qkv_shards_ctx(s.sh, 0);
     } else {
         qkv_set_grad_enabled(ctx, 0);
         qkv_set_training(ctx, 0);
@@ -89,11 +115,19 @@ int main(int argc, char **argv)
 
     printf("impl qkv %s\nthreads %d\n", QKV_VERSION, qkv_threads());
     bench_result res = bench_time(ctx, vit_step, &s, warmup, reps);
+    if (s.sh) { /* all the shards' arenas */
+        res.arena_peak = 0;
+        for (int i = 0; i < qkv_shards_count(s.sh); i++)
+            res.arena_peak += qkv_arena_peak(qkv_ctx_arena(qkv_shards_ctx(s.sh, i)));
+    }
     bench_report(name, res, s.ps, s.opt);
     printf("%s_images %lld\n", name, (long long)B);
     free(images);
     free(labels);
-    qkv_ctx_free(ctx);
+    if (s.sh)
+        qkv_shards_free(s.sh);
+    else
+        qkv_ctx_free(ctx);
     qkv_optim_free(s.opt);
     qkv_params_free(s.ps);
     return res.ms < 0;
