@@ -109,3 +109,52 @@ TEST(shards_gradients_add_up_to_the_batch)
     qkv_params_free(ps);
     qkv_nmt_free(&d);
 }
+
+/* The training step of `qkv train transformer` (two shards, the loss over
+ * kept rows, clipping, Adam) allocates nothing once warm: the shards'
+ * arenas keep their peak, clipping its block sums, each thread its GEMM
+ * workspace. */
+static qkv_status loss_shard(qkv_ctx *ctx, int i, int n, void *arg)
+{
+    state *s = arg;
+    int64_t lo, hi;
+    qkv_shard_rows(B, i, n, &lo, &hi);
+    qkv_tensor *loss = qkv_seq2seq_loss(ctx, &s->m, s->src + lo * T, s->valid + lo, hi - lo, T,
+                                        s->dec_in + lo * T, s->tgt + lo * T, T, s->pad);
+    return loss ? qkv_backward(ctx, loss) : qkv_error_status();
+}
+
+TEST(shards_step_allocates_nothing_when_warm)
+{
+    qkv_nmt_data d = {0};
+    state *s = calloc(1, sizeof *s);
+    qkv_params *ps;
+    if (!test_book_seq2seq(&d, &s->m, &ps, 0.1f, 7))
+        return;
+    int64_t row0 = 200, bos = qkv_vocab_id(d.tgt_vocab, "<bos>");
+    s->src = d.src + row0 * T, s->valid = d.src_valid + row0, s->tgt = d.tgt + row0 * T;
+    s->pad = qkv_vocab_id(d.tgt_vocab, "<pad>");
+    for (int i = 0; i < B; i++) {
+        s->dec_in[i * T] = bos;
+        memcpy(s->dec_in + i * T + 1, s->tgt + i * T, (T - 1) * sizeof(int64_t));
+    }
+    qkv_optim *opt = qkv_optim_new(ps, &(qkv_optim_config){.kind = QKV_ADAM, .lr = 0.005f});
+    qkv_shards *sh = qkv_shards_new(ps, 2);
+    REQUIRE(opt && sh, "%s", qkv_error());
+    uint64_t before = 0;
+    for (int step = 0; step < 4; step++) {
+        if (step == 2)
+            before = qkv_malloc_count();
+        REQUIRE(qkv_shards_run(sh, loss_shard, s) == QKV_OK, "%s", qkv_error());
+        qkv_clip_grad_norm(ps, 1.0f);
+        REQUIRE(qkv_optim_step(opt) == QKV_OK, "%s", qkv_error());
+        qkv_params_zero_grad(ps);
+    }
+    CHECK(qkv_malloc_count() == before, "%llu allocations in two warm steps",
+          (unsigned long long)(qkv_malloc_count() - before));
+    qkv_shards_free(sh);
+    qkv_optim_free(opt);
+    free(s);
+    qkv_params_free(ps);
+    qkv_nmt_free(&d);
+}
