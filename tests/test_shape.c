@@ -120,17 +120,25 @@ static qkv_tensor *f_embedding(qkv_ctx *c, qkv_tensor **t, void *u)
 
 static const int64_t kept_rows[] = {1, 2, 3, 6, 7}; /* of a (2, 4) batch */
 
+/* u non-NULL: the op twice on the same contiguous input, so that the second
+ * backward adds to the gradient the first one wrote */
 static qkv_tensor *f_rows_pack(qkv_ctx *c, qkv_tensor **t, void *u)
 {
-    (void)u; /* t[0] (4, 2, 3) seen as (B, T, C) = (2, 4, 3) */
     qkv_rows r = {.B = 2, .T = 4, .n = 5, .at = kept_rows};
+    if (u) /* t[0] (8, 3) */
+        return qkv_add(c, qkv_rows_pack(c, t[0], &r),
+                       qkv_scale(c, qkv_rows_pack(c, t[0], &r), 0.5f));
+    /* t[0] (4, 2, 3) seen as (B, T, C) = (2, 4, 3) */
     return qkv_rows_pack(c, qkv_permute(c, t[0], (int[]){1, 0, 2}), &r);
 }
 
 static qkv_tensor *f_rows_unpack(qkv_ctx *c, qkv_tensor **t, void *u)
 {
-    (void)u; /* t[0] (5, 3) -> (2, 4, 3) */
+    /* t[0] (5, 3) -> (2, 4, 3) */
     qkv_rows r = {.B = 2, .T = 4, .n = 5, .at = kept_rows};
+    if (u)
+        return qkv_add(c, qkv_rows_unpack(c, t[0], &r),
+                       qkv_scale(c, qkv_rows_unpack(c, t[0], &r), -2.0f));
     return qkv_rows_unpack(c, t[0], &r);
 }
 
@@ -138,11 +146,16 @@ TEST(gradcheck_rows_pack_and_unpack)
 {
     qkv_rng r;
     qkv_rng_seed(&r, 15);
+    int twice = 1;
     gc_input in[1] = {gc_rand(&r, 3, SHAPE(4, 2, 3), -1, 1, true)};
     CHECK_GRAD(f_rows_pack, 1, in, NULL, 2e-2);
     gc_free(1, in);
+    gc_input flat[1] = {gc_rand(&r, 2, SHAPE(8, 3), -1, 1, true)};
+    CHECK_GRAD(f_rows_pack, 1, flat, &twice, 2e-2);
+    gc_free(1, flat);
     gc_input x[1] = {gc_rand(&r, 2, SHAPE(5, 3), -1, 1, true)};
     CHECK_GRAD(f_rows_unpack, 1, x, NULL, 2e-2);
+    CHECK_GRAD(f_rows_unpack, 1, x, &twice, 2e-2);
     gc_free(1, x);
     /* bad maps and shapes: messages that name them */
     qkv_ctx *ctx = qkv_ctx_new();

@@ -273,6 +273,87 @@ static bool rows_ok(const char *op, const qkv_rows *r)
     return true;
 }
 
+/* Row copies between a padded (B T, c) buffer and the packed (n, c) one,
+ * a run of consecutive kept rows at a time (a row of the book's model is
+ * 128 bytes: one call each would cost more than the copy). to_padded:
+ * padded[at[j]] (op)= packed[j], the rows not kept zeroed unless acc;
+ * else packed[j] (op)= padded[at[j]]. acc: += instead of =. */
+static void rows_copy(float *padded, float *packed, const int64_t *at, int64_t n, int64_t total,
+                      int64_t c, bool to_padded, bool acc)
+{
+    int64_t next = 0; /* the first padded row not yet written */
+    for (int64_t j = 0; j <= n;) {
+        int64_t row = j < n ? at[j] : total, len = 1;
+        if (to_padded && !acc && row > next)
+            memset(padded + next * c, 0, (size_t)((row - next) * c) * sizeof(float));
+        if (j == n)
+            break;
+        while (j + len < n && at[j + len] == row + len)
+            len++;
+        float *p = padded + row * c, *q = packed + j * c;
+        int64_t m = len * c;
+        if (!acc)
+            memcpy(to_padded ? p : q, to_padded ? q : p, (size_t)m * sizeof(float));
+        else if (to_padded)
+            for (int64_t k = 0; k < m; k++)
+                p[k] += q[k];
+        else
+            for (int64_t k = 0; k < m; k++)
+                q[k] += p[k];
+        next = row + len;
+        j += len;
+    }
+}
+
+/* saved[0] the rows (arena copy); iarg[0] n, iarg[1] B T */
+static void pack_backward(qkv_ctx *ctx, qkv_node *n)
+{
+    /* out[j] = x[at[j]]: dx[at[j]] = g[j], 0 elsewhere */
+    qkv_tensor *x = n->in[0];
+    bool acc;
+    float *gx = qkv__grad_for_write(ctx, x, &acc);
+    if (gx)
+        rows_copy(gx, n->out->grad, n->saved[0], n->iarg[0], n->iarg[1],
+                  x->shape[x->ndim - 1], true, acc);
+}
+
+static void unpack_backward(qkv_ctx *ctx, qkv_node *n)
+{
+    /* out[at[j]] = x[j]: dx[j] = g[at[j]] */
+    qkv_tensor *x = n->in[0];
+    bool acc;
+    float *gx = qkv__grad_for_write(ctx, x, &acc);
+    if (gx)
+        rows_copy(n->out->grad, gx, n->saved[0], n->iarg[0], n->iarg[1], x->shape[1], false,
+                  acc);
+}
+
+/* out (shape) from x through the row map r; records op with its backward */
+static qkv_tensor *rows_op(qkv_ctx *ctx, qkv_op op, qkv_tensor *x, const qkv_rows *r, int ndim,
+                           const int64_t *shape)
+{
+    x = qkv_contiguous(ctx, x);
+    qkv_tensor *out = x ? qkv__tensor(ctx, ndim, shape) : NULL;
+    int64_t *saved = out ? qkv__alloc(ctx, (size_t)(r->n ? r->n : 1) * sizeof(int64_t)) : NULL;
+    if (!saved)
+        return NULL;
+    if (r->n)
+        memcpy(saved, r->at, (size_t)r->n * sizeof(int64_t));
+    int64_t c = shape[ndim - 1], total = r->B * r->T;
+    bool unpack = op == QKV_OP_ROWS_UNPACK;
+    if (unpack)
+        rows_copy(out->data, x->data, saved, r->n, total, c, true, false);
+    else
+        rows_copy(x->data, out->data, saved, r->n, total, c, false, false);
+    qkv_node *node = qkv__record(ctx, op, unpack ? unpack_backward : pack_backward, out, 1, &x);
+    if (node) {
+        node->saved[0] = saved;
+        node->iarg[0] = r->n;
+        node->iarg[1] = total;
+    }
+    return qkv__done(ctx, op, out);
+}
+
 qkv_tensor *qkv_rows_pack(qkv_ctx *ctx, qkv_tensor *x, const qkv_rows *r)
 {
     QKV_INPUTS("rows_pack", x);
@@ -288,31 +369,7 @@ qkv_tensor *qkv_rows_pack(qkv_ctx *ctx, qkv_tensor *x, const qkv_rows *r)
         return NULL;
     }
     int64_t c = x->shape[x->ndim - 1];
-    x = qkv_reshape(ctx, x, 2, (int64_t[]){r->B * r->T, c});
-    return x ? gather(ctx, QKV_OP_INDEX_SELECT, x, 0, r->at, r->n) : NULL;
-}
-
-/* saved[0] the rows (arena copy), iarg[0] n */
-static void unpack_backward(qkv_ctx *ctx, qkv_node *n)
-{
-    /* out[at[j]] = x[j]: dx[j] = g[at[j]] */
-    qkv_tensor *x = n->in[0];
-    bool acc;
-    float *gx = qkv__grad_for_write(ctx, x, &acc);
-    if (!gx)
-        return;
-    const int64_t *at = n->saved[0];
-    int64_t rows = n->iarg[0], c = x->shape[1];
-    const float *g = n->out->grad;
-    for (int64_t j = 0; j < rows; j++) {
-        const float *s = g + at[j] * c;
-        float *d = gx + j * c;
-        if (acc)
-            for (int64_t k = 0; k < c; k++)
-                d[k] += s[k];
-        else
-            memcpy(d, s, (size_t)c * sizeof(float));
-    }
+    return rows_op(ctx, QKV_OP_ROWS_PACK, x, r, 2, (int64_t[]){r->n, c});
 }
 
 qkv_tensor *qkv_rows_unpack(qkv_ctx *ctx, qkv_tensor *x, const qkv_rows *r)
@@ -326,30 +383,7 @@ qkv_tensor *qkv_rows_unpack(qkv_ctx *ctx, qkv_tensor *x, const qkv_rows *r)
                       qkv_shape_str(x, s, sizeof s), (long long)r->n);
         return NULL;
     }
-    x = qkv_contiguous(ctx, x);
-    int64_t c = x ? x->shape[1] : 0;
-    qkv_tensor *out = x ? qkv__tensor(ctx, 3, (int64_t[]){r->B, r->T, c}) : NULL;
-    int64_t *saved = out ? qkv__alloc(ctx, (size_t)(r->n ? r->n : 1) * sizeof(int64_t)) : NULL;
-    if (!saved)
-        return NULL;
-    if (r->n)
-        memcpy(saved, r->at, (size_t)r->n * sizeof(int64_t));
-    /* the gaps between kept rows are zero; each kept row is copied */
-    int64_t next = 0;
-    for (int64_t j = 0; j <= r->n; j++) {
-        int64_t row = j < r->n ? r->at[j] : r->B * r->T;
-        if (row > next)
-            memset(out->data + next * c, 0, (size_t)((row - next) * c) * sizeof(float));
-        if (j < r->n)
-            memcpy(out->data + row * c, x->data + j * c, (size_t)c * sizeof(float));
-        next = row + 1;
-    }
-    qkv_node *node = qkv__record(ctx, QKV_OP_ROWS_UNPACK, unpack_backward, out, 1, &x);
-    if (node) {
-        node->saved[0] = saved;
-        node->iarg[0] = r->n;
-    }
-    return qkv__done(ctx, QKV_OP_ROWS_UNPACK, out);
+    return rows_op(ctx, QKV_OP_ROWS_UNPACK, x, r, 3, (int64_t[]){r->B, r->T, x->shape[1]});
 }
 
 /* ------------------------------------------------------------------------ */
