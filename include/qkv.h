@@ -696,7 +696,8 @@ QKV_API float qkv_clip_grad_norm(qkv_params *ps, float max_norm);
  * the next run; shard i's random numbers come from its own context (seeded
  * i + 1 by qkv_shards_new; reseed them through qkv_shards_ctx). fn returns
  * QKV_OK or a status with the error set; the first failing shard's message
- * reaches the caller, prefixed with its number. */
+ * reaches the caller, prefixed with its number. Memory: n arenas of a
+ * shard's size each, and n - 1 gradient buffers as large as the store's. */
 typedef struct qkv_shards qkv_shards;
 typedef qkv_status (*qkv_shard_fn)(qkv_ctx *ctx, int shard, int n_shards, void *arg);
 /* n <= 0: qkv_threads(). NULL if out of memory or ps is not allocated. */

@@ -43,10 +43,27 @@ void qkv_seq2seq_reset(qkv_seq2seq *m, qkv_rng *r)
     qkv_init_xavier_uniform(r, m->dense.weight, 1.0f);
 }
 
-/* x (B, T, E) -> x + P[offset .. offset + T), P as nn/posenc.c's d2l
- * sinusoid. The offset is why this is not qkv_nn_posenc: an incremental
- * step adds its own position (d2l's predict_seq2seq adds P[0] at every
- * step, since its decoder sees one token at a time; see docs). */
+/* P[offset .. offset + t) (t, E), the sinusoid of nn/posenc.c's d2l
+ * table, no gradient. d2l builds the angles in float32: i / 10000^(j / E). */
+static qkv_tensor *pos_table(qkv_ctx *ctx, int64_t t, int64_t e, int64_t offset)
+{
+    qkv_tensor *p = qkv__tensor(ctx, 2, (int64_t[]){t, e});
+    if (!p)
+        return NULL;
+    for (int64_t i = 0; i < t; i++)
+        for (int64_t j = 0; j < e; j += 2) {
+            float angle = (float)(offset + i) / powf(10000.0f, (float)j / (float)e);
+            p->data[i * e + j] = sinf(angle);
+            if (j + 1 < e)
+                p->data[i * e + j + 1] = cosf(angle);
+        }
+    return p;
+}
+
+/* x (B, T, E) -> x + P[offset .. offset + T). The offset is why this is
+ * not qkv_nn_posenc: an incremental step adds its own position (d2l's
+ * predict_seq2seq adds P[0] at every step, since its decoder sees one token
+ * at a time; see docs). */
 static qkv_tensor *pos_encoding(qkv_ctx *ctx, qkv_tensor *x, int64_t offset)
 {
     QKV_INPUTS("pos_encoding", x);
@@ -56,19 +73,8 @@ static qkv_tensor *pos_encoding(qkv_ctx *ctx, qkv_tensor *x, int64_t offset)
                       qkv_shape_str(x, s, sizeof s), (long long)offset);
         return NULL;
     }
-    int64_t t = x->shape[1], e = x->shape[2];
-    qkv_tensor *p = qkv__tensor(ctx, 2, (int64_t[]){t, e});
-    if (!p)
-        return NULL;
-    for (int64_t i = 0; i < t; i++)
-        for (int64_t j = 0; j < e; j += 2) {
-            /* d2l builds the angles in float32: i / 10000^(j / E) */
-            float angle = (float)(offset + i) / powf(10000.0f, (float)j / (float)e);
-            p->data[i * e + j] = sinf(angle);
-            if (j + 1 < e)
-                p->data[i * e + j + 1] = cosf(angle);
-        }
-    return qkv_add(ctx, x, p);
+    qkv_tensor *p = pos_table(ctx, x->shape[1], x->shape[2], offset);
+    return p ? qkv_add(ctx, x, p) : NULL;
 }
 
 /* ids (B, T) -> dropout(pos(embedding * sqrt(E))) (B, T, E) */
@@ -103,22 +109,6 @@ qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_
 
 /* ---- the training loss over the kept rows ---- */
 
-/* The sinusoid table P (T, E), no gradient. */
-static qkv_tensor *pos_table(qkv_ctx *ctx, int64_t t, int64_t e)
-{
-    qkv_tensor *p = qkv__tensor(ctx, 2, (int64_t[]){t, e});
-    if (!p)
-        return NULL;
-    for (int64_t i = 0; i < t; i++)
-        for (int64_t j = 0; j < e; j += 2) {
-            float angle = (float)i / powf(10000.0f, (float)j / (float)e); /* as pos_encoding */
-            p->data[i * e + j] = sinf(angle);
-            if (j + 1 < e)
-                p->data[i * e + j + 1] = cosf(angle);
-        }
-    return p;
-}
-
 /* The kept rows of ids (B, T), len[b] of row b: r->at, and the ids and
  * positions of the kept rows (arena). */
 static bool keep_rows(qkv_ctx *ctx, qkv_rows *r, int64_t B, int64_t T, const int64_t *len,
@@ -147,7 +137,7 @@ static qkv_tensor *embed_rows(qkv_ctx *ctx, const qkv_seq2seq *m, qkv_tensor *we
                               const qkv_rows *r, const int64_t *ids, const int64_t *pos)
 {
     int64_t e = m->tf.cfg.d_model;
-    qkv_tensor *table = pos_table(ctx, r->T, e);
+    qkv_tensor *table = pos_table(ctx, r->T, e, 0);
     qkv_tensor *p = table ? qkv_index_select(ctx, table, 0, pos, r->n) : NULL;
     qkv_tensor *x = p ? qkv_scale(ctx, qkv_embedding(ctx, weight, ids, r->n), sqrtf((float)e))
                       : NULL;
