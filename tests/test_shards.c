@@ -50,21 +50,35 @@ static double max_diff(const float *a, const float *b, int64_t n, double *scale)
     return d;
 }
 
-TEST(shards_gradients_add_up_to_the_batch)
+/* The book's model (weights from seed, dropout as given) and the batch of
+ * the corpus' rows row0 .. row0 + B, teacher forcing; NULL (test failed)
+ * on error. */
+static state *book_batch(qkv_nmt_data *d, qkv_params **ps, float dropout, uint64_t seed,
+                         int64_t row0)
 {
-    qkv_nmt_data d = {0};
     state *s = calloc(1, sizeof *s);
-    qkv_params *ps;
-    if (!test_book_seq2seq(&d, &s->m, &ps, 0.0f, 5))
-        return;
-    int64_t row0 = 100, bos = qkv_vocab_id(d.tgt_vocab, "<bos>");
-    s->src = d.src + row0 * T, s->valid = d.src_valid + row0, s->tgt = d.tgt + row0 * T;
-    s->pad = qkv_vocab_id(d.tgt_vocab, "<pad>");
+    if (!s || !test_book_seq2seq(d, &s->m, ps, dropout, seed)) {
+        free(s);
+        return NULL;
+    }
+    int64_t bos = qkv_vocab_id(d->tgt_vocab, "<bos>");
+    s->src = d->src + row0 * T, s->valid = d->src_valid + row0, s->tgt = d->tgt + row0 * T;
+    s->pad = qkv_vocab_id(d->tgt_vocab, "<pad>");
     s->fail_shard = -1;
     for (int i = 0; i < B; i++) {
         s->dec_in[i * T] = bos;
         memcpy(s->dec_in + i * T + 1, s->tgt + i * T, (T - 1) * sizeof(int64_t));
     }
+    return s;
+}
+
+TEST(shards_gradients_add_up_to_the_batch)
+{
+    qkv_nmt_data d = {0};
+    qkv_params *ps;
+    state *s = book_batch(&d, &ps, 0.0f, 5, 100);
+    if (!s)
+        return;
     int64_t n;
     float *g = qkv_params_grads(ps, &n);
     float *want = malloc((size_t)n * sizeof *want);
@@ -127,17 +141,10 @@ static qkv_status loss_shard(qkv_ctx *ctx, int i, int n, void *arg)
 TEST(shards_step_allocates_nothing_when_warm)
 {
     qkv_nmt_data d = {0};
-    state *s = calloc(1, sizeof *s);
     qkv_params *ps;
-    if (!test_book_seq2seq(&d, &s->m, &ps, 0.1f, 7))
+    state *s = book_batch(&d, &ps, 0.1f, 7, 200);
+    if (!s)
         return;
-    int64_t row0 = 200, bos = qkv_vocab_id(d.tgt_vocab, "<bos>");
-    s->src = d.src + row0 * T, s->valid = d.src_valid + row0, s->tgt = d.tgt + row0 * T;
-    s->pad = qkv_vocab_id(d.tgt_vocab, "<pad>");
-    for (int i = 0; i < B; i++) {
-        s->dec_in[i * T] = bos;
-        memcpy(s->dec_in + i * T + 1, s->tgt + i * T, (T - 1) * sizeof(int64_t));
-    }
     qkv_optim *opt = qkv_optim_new(ps, &(qkv_optim_config){.kind = QKV_ADAM, .lr = 0.005f});
     qkv_shards *sh = qkv_shards_new(ps, 2);
     REQUIRE(opt && sh, "%s", qkv_error());
