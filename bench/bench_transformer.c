@@ -5,11 +5,12 @@
  * gradient clipping to norm 1, Adam; as `qkv train transformer` does it.
  * bench/peer_transformer.py is the PyTorch side. One case per process:
  *
- *   bench_transformer tf_book|tf_large [--threads N] [--full]
+ *   bench_transformer tf_book|tf_book_full|tf_large [--threads N] [--full]
  *
  * The step is qkv_seq2seq_loss's, which skips the padding's dead work (the
  * same loss and gradients); --full computes every position's logits
- * through qkv_seq2seq_forward, as the PyTorch model does.
+ * through qkv_seq2seq_forward, as the PyTorch model does (tf_book_full:
+ * tf_book with --full).
  *
  * tf_book: the r0.17 configuration (vocabularies 184/201, as the 600-pair
  * fra.txt gives; width 32, FFN 64, 4 heads, 2+2 blocks, dropout 0.1,
@@ -95,20 +96,23 @@ int main(int argc, char **argv)
     qkv_tf_config cfg = {.layout = QKV_TF_D2L, .n_heads = 4, .n_enc = 2, .n_dec = 2,
                          .dropout = 0.1f, .activation = QKV_ACT_RELU};
     int64_t B, T, Vs, Vt;
-    int reps;
+    int reps, s_full = 0;
     float lr;
-    if (name && !strcmp(name, "tf_book")) {
+    if (name && !strcmp(name, "tf_book_full")) /* tf_book, padding computed */
+        s_full = 1;
+    if (name && (!strcmp(name, "tf_book") || !strcmp(name, "tf_book_full"))) {
         cfg.d_model = 32, cfg.d_ffn = 64, B = 64, T = 10, Vs = 184, Vt = 201, lr = 0.005f;
         reps = 31;
     } else if (name && !strcmp(name, "tf_large")) {
         cfg.d_model = 256, cfg.d_ffn = 1024, B = 128, T = 35, Vs = 10012, Vt = 17851, lr = 0.001f;
         reps = 5;
     } else {
-        fprintf(stderr, "usage: bench_transformer tf_book|tf_large [--threads N] [--full]\n");
+        fprintf(stderr, "usage: bench_transformer tf_book|tf_book_full|tf_large [--threads N] "
+                        "[--full]\n");
         return 2;
     }
 
-    tf_state s = {.ps = qkv_params_new(), .B = B, .T = T};
+    tf_state s = {.ps = qkv_params_new(), .B = B, .T = T, .full = s_full};
     for (int i = 1; i < argc; i++)
         s.full |= !strcmp(argv[i], "--full");
     if (qkv_seq2seq_init(&s.m, s.ps, &cfg, Vs, Vt) != QKV_OK || qkv_params_alloc(s.ps) != QKV_OK) {

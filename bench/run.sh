@@ -69,7 +69,7 @@ load_ops=$(cut -d' ' -f1 /proc/loadavg)
 # 2-core machine has slow spells of tens of seconds) runs in five such
 # rounds and the table takes each one's median.
 if [ "$only" != ops ]; then
-    for c in mha:mha_small:1 mha:mha_large:1 transformer:tf_book:5 transformer:tf_large:1 \
+    for c in mha:mha_small:1 mha:mha_large:1 transformer:tf_book:5 transformer:tf_book_full:5 transformer:tf_large:1 \
              vit:vit_train:1 vit:vitb16_b1:1 vit:vitb16_b8:1; do
         prog=${c%%:*} rest=${c#*:}
         case=${rest%%:*} rounds=${rest#*:}

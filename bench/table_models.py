@@ -19,6 +19,8 @@ CASES = [
      "MHA (4, 1024, 512)", "ms"),
     ("tf_book", "Transformer train step, r0.17 book config (E 32, batch 64 x 10)",
      "Transformer, book", "tokens/s"),
+    ("tf_book_full", "  the same, qkv computing the padding too (as PyTorch does)",
+     "Transformer, book, padding computed", "tokens/s"),
     ("tf_large", "Transformer train step, E 256, FFN 1024, batch 128 x 35, vocab 10012/17851",
      "Transformer, large", "tokens/s"),
     ("vit_train", "ViT train step, book config (96x96x1, patch 16, E 512, 2 blocks, batch 128, SGD)",
