@@ -124,4 +124,25 @@ double max_rel_diff_buf(const float *got, const qkv_tensor *want);
                       #got, #want, d_, (double)(tol));                          \
     } while (0)
 
+/* ---- closeness, as every new test states it ----
+ *
+ * Element by element |got - want| <= atol + rtol * |want|, both tolerances
+ * stated by the test; the shapes must be equal (not only the counts). A
+ * failure names the worst element (flat index), both values and both
+ * shapes. NaN anywhere fails. */
+bool check_close(const char *file, int line, const char *what, const qkv_tensor *got,
+                 const qkv_tensor *want, double atol, double rtol);
+/* got: a contiguous float buffer laid out as want (a gradient buffer). */
+bool check_close_buf(const char *file, int line, const char *what, const float *got,
+                     const qkv_tensor *want, double atol, double rtol);
+bool check_close_scalar(const char *file, int line, const char *what, double got, double want,
+                        double atol, double rtol);
+
+#define CHECK_CLOSE(got, want, atol, rtol)                                      \
+    check_close(__FILE__, __LINE__, #got " vs " #want, (got), (want), (atol), (rtol))
+#define CHECK_CLOSE_BUF(got, want, atol, rtol)                                  \
+    check_close_buf(__FILE__, __LINE__, #got " vs " #want, (got), (want), (atol), (rtol))
+#define CHECK_SCALAR(got, want, atol, rtol)                                     \
+    check_close_scalar(__FILE__, __LINE__, #got, (got), (want), (atol), (rtol))
+
 #endif

@@ -217,3 +217,70 @@ int test_run(const char *cmd, char *out, size_t n)
     int st = pclose(p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+/* ---- closeness: |got - want| <= atol + rtol * |want| ---- */
+
+static bool close_report(const char *file, int line, const char *what, int64_t n,
+                         float (*get)(const void *, int64_t), const void *got,
+                         const qkv_tensor *want, double atol, double rtol)
+{
+    int64_t worst = -1;
+    double worst_excess = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double g = get(got, i), w = qkv_get(want, i);
+        double excess = fabs(g - w) - (atol + rtol * fabs(w));
+        if (!(excess <= 0.0) && (worst < 0 || !(excess <= worst_excess))) {
+            worst = i;
+            worst_excess = isnan(excess) ? INFINITY : excess;
+        }
+    }
+    if (worst < 0)
+        return true;
+    char ws[128];
+    test_fail(file, line,
+              "%s: element %lld of %s: got %.9g, want %.9g (|diff| %.3g > atol %g + rtol %g * "
+              "|want|)",
+              what, (long long)worst, qkv_shape_str(want, ws, sizeof ws), get(got, worst),
+              qkv_get(want, worst), fabs((double)get(got, worst) - qkv_get(want, worst)), atol,
+              rtol);
+    return false;
+}
+
+static float get_tensor(const void *t, int64_t i) { return qkv_get(t, i); }
+static float get_buf(const void *b, int64_t i) { return ((const float *)b)[i]; }
+
+bool check_close(const char *file, int line, const char *what, const qkv_tensor *got,
+                 const qkv_tensor *want, double atol, double rtol)
+{
+    char gs[128], ws[128];
+    if (!got || !want) {
+        test_fail(file, line, "%s: %s is NULL (%s)", what, got ? "want" : "got", qkv_error());
+        return false;
+    }
+    if (!qkv_same_shape(got, want)) {
+        test_fail(file, line, "%s: shape %s, want %s", what, qkv_shape_str(got, gs, sizeof gs),
+                  qkv_shape_str(want, ws, sizeof ws));
+        return false;
+    }
+    return close_report(file, line, what, qkv_numel(want), get_tensor, got, want, atol, rtol);
+}
+
+bool check_close_buf(const char *file, int line, const char *what, const float *got,
+                     const qkv_tensor *want, double atol, double rtol)
+{
+    if (!got || !want) {
+        test_fail(file, line, "%s: %s is NULL (%s)", what, got ? "want" : "got", qkv_error());
+        return false;
+    }
+    return close_report(file, line, what, qkv_numel(want), get_buf, got, want, atol, rtol);
+}
+
+bool check_close_scalar(const char *file, int line, const char *what, double got, double want,
+                        double atol, double rtol)
+{
+    if (fabs(got - want) <= atol + rtol * fabs(want))
+        return true;
+    test_fail(file, line, "%s = %.9g, want %.9g (|diff| %.3g > atol %g + rtol %g * |want|)",
+              what, got, want, fabs(got - want), atol, rtol);
+    return false;
+}
