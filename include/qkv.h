@@ -121,6 +121,7 @@ typedef enum {
     QKV_ERR_FORMAT, /* a file is malformed, truncated or of the wrong kind */
     QKV_ERR_NAN,    /* a NaN or infinity appeared where it must not        */
     QKV_ERR_STATE,  /* a call made in the wrong state (e.g. no grad)       */
+    QKV_ERR_INTERRUPTED, /* stopped by SIGINT or SIGTERM (after saving)   */
 } qkv_status;
 
 /* The last error message set on this thread ("" if none). */
@@ -149,6 +150,8 @@ QKV_API int qkv_threads(void);
 QKV_API uint64_t qkv_malloc_count(void);
 /* The GEMM behind matmul and linear: "openblas" or "builtin". */
 QKV_API const char *qkv_backend(void);
+/* Seconds on a monotonic clock (for rates and elapsed times). */
+QKV_API double qkv_now(void);
 
 /* ------------------------------------------------------------------------ */
 /* Progress: a one-line bar on stderr for long work, drawn only when stderr */
@@ -825,11 +828,32 @@ typedef struct {
 #define QKV_MNIST_DIR "/usr/share/datasets/fashion-mnist"
 QKV_API qkv_status qkv_mnist_load(qkv_mnist *out, const char *dir, int train);
 QKV_API void qkv_mnist_free(qkv_mnist *m);
+/* How a training image is augmented: a random crop of the image padded by
+ * `crop` zero pixels (a shift of up to crop pixels each way), and with
+ * `flip` a mirror image half the time. */
+typedef struct {
+    int64_t crop;
+    int flip;
+} qkv_augment;
+/* Image i of d as floats in [0, 1] (torchvision's ToTensor) into dst
+ * (size * size floats), resized bilinearly (as F.interpolate) when size is
+ * not the data's. aug NULL or all off: as it is; else the image takes three
+ * draws of rng (shift y, shift x, flip) whichever of crop and flip is on. */
+QKV_API qkv_status qkv_mnist_image(float *dst, const qkv_mnist *d, int64_t i, int64_t size,
+                                   qkv_rng *rng, const qkv_augment *aug);
 
-/* A vocabulary as d2l's Vocab: id 0 is "<unk>", then the reserved tokens,
- * then every token seen at least min_freq times, most frequent first (ties in
- * order of first appearance). */
+/* A vocabulary: tokens (strings) <-> ids 0 .. size - 1. */
 typedef struct qkv_vocab qkv_vocab;
+/* d2l's Vocab over a token stream: id 0 is "<unk>", then the reserved
+ * "<pad>" "<bos>" "<eos>", then every token seen at least min_freq times,
+ * most frequent first (ties in order of first appearance). The tokens are
+ * copied. NULL with the error set if out of memory or a token is NULL. */
+QKV_API qkv_vocab *qkv_vocab_build(int64_t n, const char *const *tokens, int64_t min_freq);
+/* The vocabulary whose id i is tokens[i] (copied), as a model file lists
+ * them. A repeated or NULL token is an error (QKV_ERR_ARG, naming it). */
+QKV_API qkv_vocab *qkv_vocab_new(int64_t n, const char *const *tokens);
+/* NULL does nothing. */
+QKV_API void qkv_vocab_free(qkv_vocab *v);
 QKV_API int64_t qkv_vocab_size(const qkv_vocab *v);
 /* The token of an id, or NULL if out of range. */
 QKV_API const char *qkv_vocab_token(const qkv_vocab *v, int64_t id);
@@ -860,6 +884,19 @@ QKV_API void qkv_nmt_free(qkv_nmt_data *d);
  * token count + 1 before truncation; -1 on bad arguments. */
 QKV_API int64_t qkv_nmt_encode(const qkv_vocab *v, const char *sentence, int64_t num_steps,
                                int64_t *ids);
+/* The same for text as a person types it ("Go."): prepared as the corpus
+ * was (qkv_nmt_preprocess with insert_spaces 1), so "Go." and "go ." give
+ * the same ids. */
+QKV_API int64_t qkv_nmt_encode_text(const qkv_vocab *v, const char *text, int64_t num_steps,
+                                    int64_t *ids);
+/* d2l's preprocess_nmt on one string: U+202F and U+00A0 become spaces,
+ * letters are lowercased as Python's str.lower() does for Latin-1, Latin
+ * Extended-A, Greek and Cyrillic ("À" -> "à"), and with insert_spaces a
+ * space goes before , . ! ? when none is there. out receives at most
+ * 2 strlen(in) + 1 bytes (NUL included); returns the length written, or -1
+ * (QKV_ERR_ARG) if out_size is smaller than that bound. */
+QKV_API int64_t qkv_nmt_preprocess(char *out, size_t out_size, const char *in,
+                                   int insert_spaces);
 
 /* ------------------------------------------------------------------------ */
 /* Data loader: mini-batches of a shuffled order, each prepared by a worker */
@@ -881,6 +918,12 @@ typedef struct {
     size_t batch_bytes;     /* > 0: the size of one prepared batch */
     qkv_loader_fill_fn fill;
     void *user;             /* passed to fill */
+    int rank, world;        /* data parallelism over processes: batch_size is
+                               the global batch; rank r of world (0 <= r <
+                               world) prepares rows qkv_shard_rows(n, r, world)
+                               of each global batch of n, so that the ranks
+                               together see what one process would. 0 and 0
+                               mean rank 0 of 1. */
 } qkv_loader_config;
 typedef struct qkv_loader qkv_loader;
 
@@ -893,6 +936,10 @@ QKV_API qkv_loader *qkv_loader_new(const qkv_loader_config *cfg);
  * (seed, epoch, b), nothing else: a run resumed at epoch e sees the batches
  * an uninterrupted one would. Ends the epoch under way, if any. */
 QKV_API qkv_status qkv_loader_start_epoch(qkv_loader *l, int64_t epoch);
+/* The same, starting at batch `first` (0 <= first <= batches): a run
+ * resumed in the middle of an epoch sees the batches an uninterrupted one
+ * would have seen from there on. */
+QKV_API qkv_status qkv_loader_start_epoch_at(qkv_loader *l, int64_t epoch, int64_t first);
 /* The next batch of the epoch (*n_out examples), waiting until it is ready;
  * it stays valid until the next call. NULL at the end of the epoch (then
  * *n_out = 0 and qkv_error_status() is QKV_OK) or on error: the fill's status
@@ -920,6 +967,9 @@ typedef struct {
 QKV_API qkv_status qkv_image_read(qkv_image *img, const char *path);
 /* The same from bytes in memory. */
 QKV_API qkv_status qkv_image_decode(qkv_image *img, const void *bytes, size_t len);
+/* mkdir -p: creates path and its missing parents (0777 less the umask).
+ * QKV_ERR_IO naming the directory that could not be made. */
+QKV_API qkv_status qkv_make_dirs(const char *path);
 /* Writes an 8-bit PNG (C 1 or 3), values clamped to [0, 1] and rounded. */
 QKV_API qkv_status qkv_image_write_png(const qkv_image *img, const char *path);
 QKV_API void qkv_image_free(qkv_image *img);
@@ -971,6 +1021,8 @@ QKV_API qkv_status qkv_plot_lines(const char *path, int nseries, const qkv_serie
 typedef struct qkv_metrics qkv_metrics;
 /* Creates (truncates) path. NULL with an error if it cannot. */
 QKV_API qkv_metrics *qkv_metrics_open(const char *path);
+/* Opens path to add lines after those it has (a resumed run). */
+QKV_API qkv_metrics *qkv_metrics_append(const char *path);
 QKV_API qkv_status qkv_metrics_write(qkv_metrics *m, int64_t epoch, int n,
                                      const char *const *names, const double *values);
 QKV_API qkv_status qkv_metrics_close(qkv_metrics *m);
@@ -1292,12 +1344,10 @@ QKV_API qkv_tensor *qkv_kreg_forward(qkv_ctx *ctx, qkv_tensor *queries, qkv_tens
                                      qkv_tensor *values, qkv_tensor *w,
                                      qkv_tensor **attention);
 
-/* Trains *w (in place) as the book: leave-one-out keys and values (n,
- * n - 1), loss = sum of squared errors over the n training points, SGD with
- * lr, full batch, `epochs` steps. losses (epochs, or NULL) receives each
- * epoch's loss before its update, as the book prints it. */
-QKV_API qkv_status qkv_kreg_train(float *w, const float *x_train, const float *y_train,
-                                  int64_t n, int epochs, float lr, float *losses);
+/* The book's training keys and values (n, n - 1) from x, y (n): row i
+ * holds every pair except pair i (the `1 - eye` mask). */
+QKV_API void qkv_kreg_leave_one_out(float *keys, float *values, const float *x, const float *y,
+                                    int64_t n);
 
 /* Evaluates the parametric model with every training pair as keys/values:
  * y_hat (n_q), weights (n_q, n_k) or NULL. */
@@ -1434,6 +1484,360 @@ QKV_API qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *
  * block to the last gives the class token's row, of which map receives the
  * N - 1 patch entries, scaled to a maximum of 1. */
 QKV_API qkv_status qkv_vit_rollout(float *map, const float *w, int64_t L, int64_t N);
+
+/* ------------------------------------------------------------------------ */
+/* Model files: a trained model with its configuration and vocabularies     */
+/* ------------------------------------------------------------------------ */
+
+/* One safetensors file holds a model: its weights under PyTorch's names
+ * (a ViT's load in torchvision as they are) and, in the metadata, its kind,
+ * its configuration and its vocabularies. qkv_model_open rebuilds it from
+ * the file alone. Reloading a translation model that `qkv train
+ * transformer` made (docs/example_translate.c, built and run by make test):
+ *
+ *     qkv_model *m = qkv_model_open("runs/transformer", NULL);
+ *     qkv_ctx *ctx = qkv_ctx_new();
+ *     char fr[256];
+ *     if (!m || !ctx || qkv_model_translate(ctx, m, "I'm home.", NULL, fr, sizeof fr) < 0)
+ *         fprintf(stderr, "%s\n", qkv_error());
+ *     else
+ *         printf("%s\n", fr);                  // je suis chez moi .
+ *     qkv_ctx_free(ctx);
+ *     qkv_model_free(m);
+ */
+typedef enum { QKV_MODEL_SEQ2SEQ = 1, QKV_MODEL_VIT = 2 } qkv_model_kind;
+typedef struct qkv_model qkv_model;
+typedef struct {
+    int64_t num_heads; /* ViT: heads, when the file does not say (0: from the file) */
+} qkv_model_opts;
+
+/* "seq2seq", "vit". */
+QKV_API const char *qkv_model_kind_name(qkv_model_kind k);
+/* A new model with its parameters declared and allocated (zero; reset them
+ * with qkv_seq2seq_reset / qkv_vit_reset). The vocabularies are copied. */
+QKV_API qkv_model *qkv_model_new_seq2seq(const qkv_tf_config *cfg, const qkv_vocab *src,
+                                         const qkv_vocab *tgt, int64_t num_steps);
+QKV_API qkv_model *qkv_model_new_vit(const qkv_vit_config *cfg);
+/* Opens a model file, or a directory holding model.safetensors (a training
+ * run's out_dir), by the kind its metadata names; older files without one
+ * are recognised by their config or tensors. Every tensor must be there
+ * with its shape and no other (strict). NULL with a message naming the file
+ * and what was wrong; opts may be NULL. */
+QKV_API qkv_model *qkv_model_open(const char *path, const qkv_model_opts *opts);
+/* Writes the model to path atomically (temporary file, then rename). */
+QKV_API qkv_status qkv_model_save(qkv_model *m, const char *path);
+/* NULL does nothing. */
+QKV_API void qkv_model_free(qkv_model *m);
+QKV_API qkv_model_kind qkv_model_kind_of(const qkv_model *m);
+QKV_API qkv_params *qkv_model_params(qkv_model *m);
+/* The model of the kind asked, NULL if m is of another kind. */
+QKV_API qkv_seq2seq *qkv_model_seq2seq(qkv_model *m);
+QKV_API qkv_vit *qkv_model_vit(qkv_model *m);
+/* A seq2seq model's vocabularies (target 0: source, 1: target) and the
+ * sentence length it was trained at; NULL and 0 for other kinds. */
+QKV_API const qkv_vocab *qkv_model_vocab(const qkv_model *m, int target);
+QKV_API int64_t qkv_model_num_steps(const qkv_model *m);
+/* Free-form metadata saved with the model ("test_accuracy", ..): the value,
+ * or NULL. Keys that qkv_model_save writes itself are refused. */
+QKV_API const char *qkv_model_meta(const qkv_model *m, const char *key);
+QKV_API qkv_status qkv_model_set_meta(qkv_model *m, const char *key, const char *value);
+
+typedef struct {
+    int beam;               /* <= 1: greedy (d2l's predict_seq2seq)            */
+    float alpha;            /* beam length penalty                              */
+    int64_t max_len;        /* most output tokens; 0: the model's num_steps     */
+    qkv_seq2seq_attn *attn; /* attention weights of the output, or NULL        */
+    int64_t *src_valid;     /* if not NULL, receives the source's valid length */
+} qkv_translate_opts;
+/* Translates text as a person types it (prepared as the training corpus
+ * was: qkv_nmt_encode_text) into out (n bytes, the tokens joined by single
+ * spaces, cut at n - 1), with a seq2seq model. Returns the number of output
+ * tokens, or -1 with the error set. o may be NULL (greedy). */
+QKV_API int64_t qkv_model_translate(qkv_ctx *ctx, qkv_model *m, const char *text,
+                                    const qkv_translate_opts *o, char *out, size_t n);
+
+/* ------------------------------------------------------------------------ */
+/* The trainer: the one training loop of every model                        */
+/* ------------------------------------------------------------------------ */
+
+/* A model trains by giving qkv_trainer a loss callback and a few hooks; the
+ * trainer owns everything else. Each step:
+ *
+ *   batch        the loader's next batch (prepared on its thread)
+ *   shards       the batch's rows cut into one shard per thread; each shard
+ *                calls loss() on a context of its own, then backward
+ *   grad_hook    the gradients of the whole batch are in the store (e.g. an
+ *                all-reduce across processes)
+ *   clip         the gradients' global norm clipped to `clip`
+ *   step         the schedule's learning rate, the optimizer's update
+ *   post_step    after the update (e.g. an EMA of a second store, a queue)
+ *   zero         the gradients
+ *
+ * and after each epoch: evaluate() adds metrics, a line goes to stdout (every
+ * `print_every` epochs) and metrics.jsonl gets a line; every `save_every`
+ * epochs and after the last, curves.png is redrawn, and a checkpoint and
+ * save_model() write into out_dir.
+ *
+ * The trainer also watches for trouble. A step whose loss or gradient norm is
+ * not finite stops the run with QKV_ERR_NAN and a message naming the step and
+ * the first op whose output (or gradient) held the NaN or infinity, found by
+ * running that step again with NaN checks on; the last good checkpoint stays.
+ * SIGINT or SIGTERM during qkv_trainer_run ends the step under way, writes a
+ * checkpoint of that point and returns QKV_ERR_INTERRUPTED.
+ *
+ * Resuming (resume = 1, out_dir's checkpoint.safetensors) restores the
+ * parameters, the optimizer, the step, the epoch, the position in the epoch,
+ * the epoch's running sums and every extra state (qkv_trainer_add_state): the
+ * run goes on bit for bit as if it had not stopped, given the same options
+ * and thread count. Random numbers never carry state across steps: shard i
+ * of step s draws from a stream seeded by (seed, s, i), and the loader's
+ * order and augmentation from (data seed, epoch, batch).
+ *
+ * Sketch (a classifier; tests/test_trainer.c has complete ones):
+ *
+ *     static qkv_tensor *loss(qkv_ctx *ctx, const qkv_train_batch *b, void *user) {
+ *         const my_batch *mb = b->batch;           // what fill() wrote
+ *         qkv_tensor *x = qkv_wrap(ctx, 2, (int64_t[]){b->hi - b->lo, 784},
+ *                                  mb->x + b->lo * 784);
+ *         qkv_tensor *l = qkv_cross_entropy(ctx, my_forward(ctx, user, x),
+ *                                           mb->y + b->lo, &sum_opts);
+ *         return qkv_scale(ctx, l, 1.0f / (float)b->n_global);   // shares add up
+ *     }
+ *     qkv_trainer *t = qkv_trainer_new(&(qkv_trainer_config){
+ *         .params = ps, .loss = loss, .user = &model, .epochs = 10,
+ *         .data = {.n_examples = n, .batch_size = 64, .shuffle = 1,
+ *                  .batch_bytes = sizeof(my_batch), .fill = fill, .user = &data},
+ *         .optim = {.kind = QKV_ADAMW, .lr = 1e-3f}, .out_dir = "runs/mine"});
+ *     if (!t || qkv_trainer_run(t) != QKV_OK) fprintf(stderr, "%s\n", qkv_error());
+ *     qkv_trainer_free(t);
+ */
+
+#define QKV_TRAIN_STATS 4    /* sums a loss callback may count per epoch */
+#define QKV_TRAIN_METRICS 24 /* metrics of one epoch */
+
+typedef struct qkv_trainer qkv_trainer;
+
+/* What the loss callback of one shard sees. */
+typedef struct {
+    const void *batch;     /* the batch as the loader's fill wrote it          */
+    int64_t n;             /* rows in it (this process's part of the batch)    */
+    int64_t n_global;      /* rows of the whole batch over every process       */
+    int64_t lo, hi;        /* this shard's rows of `batch`: [lo, hi)           */
+    int shard, n_shards;
+    int64_t step;          /* optimizer steps before this one                  */
+    int64_t epoch;         /* 0-based                                          */
+    double *stats;         /* QKV_TRAIN_STATS sums this shard adds to (e.g.
+                              examples classified right, tokens); the trainer
+                              adds them over shards and steps of an epoch      */
+} qkv_train_batch;
+
+/* Returns the shard's term of the batch's loss: the loss of rows [lo, hi)
+ * scaled so that the terms of every shard of every process add up to the
+ * batch's loss (a mean over the batch: a sum over the shard's rows divided
+ * by n_global). The trainer calls backward on it. NULL with the error set
+ * on failure. Runs on the shard's thread, at the same time as the others:
+ * it may write only to its own context and to stats. */
+typedef qkv_tensor *(*qkv_train_loss_fn)(qkv_ctx *ctx, const qkv_train_batch *b, void *user);
+
+/* An epoch's results, as the evaluation callback receives them. */
+typedef struct {
+    int64_t epoch, epochs;          /* 1-based: the epoch just trained, of how many */
+    int64_t step;                   /* optimizer steps so far                       */
+    int64_t examples;               /* examples trained on (this process)           */
+    double loss;                    /* the mean of the epoch's step losses          */
+    double stats[QKV_TRAIN_STATS];  /* the loss callback's sums over the epoch      */
+    double seconds;                 /* training time, evaluation excluded           */
+    int n_metrics;                  /* name = value pairs for stdout, metrics.jsonl */
+    const char *names[QKV_TRAIN_METRICS];
+    double values[QKV_TRAIN_METRICS];
+} qkv_train_epoch;
+
+/* Adds (or replaces) metric `name` (a string that outlives the run: a
+ * literal). QKV_ERR_ARG when QKV_TRAIN_METRICS are taken. */
+QKV_API qkv_status qkv_train_epoch_put(qkv_train_epoch *e, const char *name, double value);
+/* The value of metric `name`, NaN if absent. */
+QKV_API double qkv_train_epoch_get(const qkv_train_epoch *e, const char *name);
+
+/* Learning-rate schedules, evaluated at every step. Lengths in epochs
+ * (fractions allowed); the trainer converts them to steps. */
+typedef enum {
+    QKV_LR_CONSTANT = 0,
+    QKV_LR_COSINE,       /* linear warmup from 0, then cosine down to min_lr      */
+    QKV_LR_STEP,         /* lr * gamma^floor(epoch / step_epochs) (StepLR)        */
+    QKV_LR_INVERSE_SQRT, /* the Transformer paper's, with d_model and warmup      */
+} qkv_lr_kind;
+typedef struct {
+    qkv_lr_kind kind;
+    double warmup_epochs;  /* COSINE, INVERSE_SQRT */
+    float min_lr;          /* COSINE */
+    double step_epochs;    /* STEP */
+    float gamma;           /* STEP; 0 means 0.1 */
+    int64_t d_model;       /* INVERSE_SQRT */
+} qkv_lr_schedule;
+
+typedef qkv_status (*qkv_train_hook)(qkv_trainer *t, void *user);
+
+typedef struct {
+    /* the model */
+    qkv_params *params;         /* trained; allocated (qkv_params_alloc)           */
+    qkv_train_loss_fn loss;
+    void *user;                 /* passed to every callback below                  */
+    /* the data: a loader config (its rank and world are set by the trainer
+     * from `rank` and `world` below) */
+    qkv_loader_config data;
+    int64_t epochs;
+    /* the update */
+    qkv_optim_config optim;
+    qkv_lr_schedule schedule;
+    float clip;                 /* max global gradient norm; 0: no clipping        */
+    int threads;                /* shards per step; 0: qkv_threads()               */
+    uint64_t seed;              /* the shards' random streams (dropout)            */
+    int rank, world;            /* this process of world (0 and 0: one process)    */
+    /* hooks: each may be NULL; a non-OK status stops the run with it */
+    qkv_status (*epoch_start)(qkv_trainer *t, int64_t epoch, void *user); /* 0-based;
+                                   the loader is idle: its fill's data may change  */
+    qkv_train_hook grad_hook;   /* after the shards' gradients are summed          */
+    qkv_train_hook post_step;   /* after the optimizer's update                    */
+    qkv_status (*evaluate)(qkv_trainer *t, qkv_train_epoch *e, void *user);
+    /* writes the model file(s) into dir; called after each epoch's checkpoint
+     * and at the end, on rank 0 only */
+    qkv_status (*save_model)(qkv_trainer *t, const char *dir, void *user);
+    /* output */
+    const char *out_dir;        /* checkpoint.safetensors, metrics.jsonl,
+                                   curves.png; NULL: nothing is written            */
+    int64_t save_every;         /* epochs between checkpoints (and the last); 0: 1 */
+    const char *config_json;    /* the run's options, kept in the checkpoint       */
+    int resume;                 /* continue from out_dir's checkpoint              */
+    const char *label;          /* the progress bar's, e.g. "vit"; NULL "training" */
+    int print_every;            /* an epoch line every N epochs (and the first and
+                                   last); 0: 1; < 0: no lines                      */
+    const char *const *curves;  /* metric names drawn in curves.png (NULL-ended);
+                                   NULL: "loss" alone                              */
+    const char *title;          /* of curves.png                                   */
+    const char *stat_names[QKV_TRAIN_STATS]; /* name stats[i] in metrics.jsonl, or
+                                   NULL to leave it out                            */
+} qkv_trainer_config;
+
+/* Checks the config, makes the optimizer, the shards and the loader, and
+ * with `resume` restores the checkpoint. NULL with a message on error (a bad
+ * config, a missing or mismatched checkpoint). */
+QKV_API qkv_trainer *qkv_trainer_new(const qkv_trainer_config *cfg);
+/* Stops the loader's thread and frees everything the trainer made. */
+QKV_API void qkv_trainer_free(qkv_trainer *t);
+/* Trains from where the trainer stands to cfg.epochs. QKV_OK, or the first
+ * error: a hook's status, QKV_ERR_NAN, QKV_ERR_INTERRUPTED (a checkpoint of
+ * the step reached was written), a loader or I/O error. */
+QKV_API qkv_status qkv_trainer_run(qkv_trainer *t);
+/* Registers another store whose values the checkpoint keeps under
+ * "prefix.name" (e.g. an EMA copy, a queue), restored on resume. Call before
+ * qkv_trainer_run; with resume, qkv_trainer_new has already loaded the
+ * checkpoint, so the trainer reads these stores' values from it here. */
+QKV_API qkv_status qkv_trainer_add_state(qkv_trainer *t, const char *prefix, qkv_params *ps);
+
+QKV_API qkv_optim *qkv_trainer_optim(qkv_trainer *t);
+QKV_API qkv_params *qkv_trainer_params(qkv_trainer *t);
+/* A context for evaluation (gradients and training mode off); the callback
+ * resets it as it likes. */
+QKV_API qkv_ctx *qkv_trainer_eval_ctx(qkv_trainer *t);
+/* The shards' contexts (e.g. to set the training flag). */
+QKV_API qkv_shards *qkv_trainer_shards(qkv_trainer *t);
+/* Where the run stands: epochs done, optimizer steps done, steps per epoch. */
+QKV_API int64_t qkv_trainer_epoch(const qkv_trainer *t);
+QKV_API int64_t qkv_trainer_step(const qkv_trainer *t);
+QKV_API int64_t qkv_trainer_steps_per_epoch(const qkv_trainer *t);
+/* The schedule's learning rate at a step. */
+QKV_API float qkv_trainer_lr_at(const qkv_trainer *t, int64_t step);
+/* Makes the next step act as if SIGINT had come (for tests and embedders). */
+QKV_API void qkv_trainer_interrupt(qkv_trainer *t);
+
+/* ------------------------------------------------------------------------ */
+/* Recipes: the experiments of the `qkv` commands as library calls. Each is  */
+/* a loss callback and hooks on qkv_trainer (src/train/NAME_recipe.c), and  */
+/* prints what the command prints (unless quiet).                            */
+/* ------------------------------------------------------------------------ */
+
+/* ViT on Fashion-MNIST (`qkv train vit`, docs/vit.md). */
+typedef struct {
+    qkv_vit_config model;
+    int64_t epochs, batch_size;
+    double lr, weight_decay, label_smoothing;
+    double warmup_epochs;           /* with cosine */
+    double clip;                    /* max gradient norm, 0: none */
+    qkv_optim_kind optimizer;
+    int cosine;                     /* warmup then cosine decay; else constant */
+    qkv_augment aug;                /* of the training images */
+    int64_t plain_epochs;           /* the last epochs without random crops (flips stay) */
+    /* the run */
+    const char *data_dir;           /* Fashion-MNIST; NULL: QKV_MNIST_DIR */
+    int64_t limit, eval_limit;      /* the first N training / test images (0: all) */
+    uint64_t seed;                  /* init seed + 2, data order seed + 1, dropout seed */
+    const char *out_dir;            /* model.safetensors, checkpoint.safetensors,
+                                       metrics.jsonl, curves.png; NULL: none */
+    int resume, threads, quiet;
+} qkv_vit_recipe;
+/* Sets the model and training fields of a preset, keeping the run's (data
+ * and out_dir, limits, seed, resume, threads, quiet): "default" (28x28,
+ * patch 4, width 96, 4 blocks, AdamW, crops and flips, 34 epochs: 0.918),
+ * "d2l" (the book's 96x96 ViT, SGD 0.1, 10 epochs), "demo" (the default
+ * model, 3 epochs on 12000 images: about a minute). */
+QKV_API qkv_status qkv_vit_recipe_preset(qkv_vit_recipe *r, const char *name);
+/* Trains, evaluating the test set after every epoch; res (may be NULL)
+ * receives the last epoch's accuracies. */
+typedef struct {
+    double test_accuracy, train_accuracy; /* the last epoch's               */
+    int64_t test_right, test_n;           /* test images right, of how many */
+} qkv_vit_result;
+QKV_API qkv_status qkv_vit_train(const qkv_vit_recipe *r, qkv_vit_result *res);
+/* Images of the first n of d classified right by m (eval mode, no
+ * gradients, 500 at a time), or -1. confusion (K * K, rows the true class)
+ * is filled if not NULL. Uses and resets ctx. */
+QKV_API int64_t qkv_vit_evaluate(qkv_ctx *ctx, const qkv_vit *m, const qkv_mnist *d, int64_t n,
+                                 int64_t *confusion);
+
+/* The book's Transformer translating English to French on fra.txt (`qkv
+ * train transformer`, docs/transformer.md). */
+typedef struct {
+    int64_t examples;           /* pairs read (d2l's num_examples; 0: all)           */
+    int64_t held_out;           /* pairs kept out for the loss and corpus BLEU        */
+    int split_tail;             /* held out: 0 a fixed random choice, 1 the last ones */
+    int64_t num_steps;          /* tokens per sentence                                */
+    int64_t hidden, blocks, heads, ffn;
+    double dropout;
+    int norm_first;             /* pre-norm blocks                                    */
+    int loss_mean;              /* 0: r0.17's masked CE / num_steps summed over the
+                                   batch; 1: v1.0.3's mean over the target tokens     */
+    int64_t batch_size, epochs;
+    double lr, clip;            /* Adam; clip 0: none                                 */
+    int64_t beam;               /* of the final translations (1: greedy)              */
+    int64_t save_every;         /* epochs between checkpoints                         */
+    /* the run */
+    const char *data;           /* fra.txt; NULL: $QKV_FRA_ENG, else QKV_FRA_ENG_PATH */
+    uint64_t seed;              /* init seed, dropout seed + 1, order seed ^ const    */
+    const char *out_dir;        /* model.safetensors (for qkv_model_open), checkpoint,
+                                   metrics.jsonl, curves.png; NULL: none              */
+    int resume, threads, quiet;
+} qkv_seq2seq_recipe;
+typedef struct {
+    double loss;                /* the last epoch's, as d2l prints it                 */
+    double held_out_loss;       /* NaN without held-out pairs                         */
+    double book_bleu[4];        /* "go .", "i lost .", "he's calm .", "i'm home ."    */
+    double book_bleu_mean;
+    double held_out_bleu;       /* corpus BLEU in [0, 1]; NaN without held-out pairs  */
+} qkv_seq2seq_result;
+/* "book" (d2l r0.17: 600 pairs, E 32, 200 epochs), "v1" (d2l v1.0.3's
+ * config), "large" (40001 pairs, 2000 held out); keeps the run's fields. */
+QKV_API qkv_status qkv_seq2seq_recipe_preset(qkv_seq2seq_recipe *r, const char *name);
+/* Loads the data, trains, saves the model, translates the book's four
+ * sentences (and the held-out pairs); res (may be NULL) receives the scores. */
+QKV_API qkv_status qkv_seq2seq_train(const qkv_seq2seq_recipe *r, qkv_seq2seq_result *res);
+
+/* Kernel regression (`qkv kernel-regression`): trains *w (in place) as the
+ * book, through qkv_trainer: leave-one-out keys and values (n, n - 1), loss
+ * = the sum of squared errors over the n training points, SGD with lr,
+ * full batch, one step an epoch. losses (epochs, or NULL) receives each
+ * epoch's loss before its update, as the book prints it. */
+QKV_API qkv_status qkv_kreg_train(float *w, const float *x_train, const float *y_train,
+                                  int64_t n, int epochs, float lr, float *losses);
 
 #ifdef __cplusplus
 }

@@ -37,6 +37,7 @@ const char *qkv_status_name(qkv_status s)
     case QKV_ERR_FORMAT: return "bad format";
     case QKV_ERR_NAN: return "nan or inf";
     case QKV_ERR_STATE: return "wrong state";
+    case QKV_ERR_INTERRUPTED: return "interrupted";
     }
     return "unknown";
 }

@@ -10,12 +10,13 @@
 #define BAR_CELLS 20
 #define REDRAW_SECONDS 0.1 /* a terminal repainted faster only flickers */
 
-static double now(void)
+double qkv_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+#define now qkv_now
 
 /* "mm:ss", or "h:mm:ss" from an hour on; "--:--" when unknown. */
 static void clock_str(char *buf, size_t n, double seconds)

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 qkv_status qkv__read_file(const char *path, const char *what, uint8_t **buf, size_t *len)
 {
@@ -37,4 +38,27 @@ qkv_status qkv__read_file(const char *path, const char *what, uint8_t **buf, siz
     *buf = b;
     *len = (size_t)size;
     return QKV_OK;
+}
+
+qkv_status qkv_make_dirs(const char *path)
+{
+    char buf[4096];
+    if (!path || !*path)
+        return qkv_set_error(QKV_ERR_ARG, "make_dirs: no path");
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return qkv_set_error(QKV_ERR_ARG, "make_dirs: path too long: %.64s...", path);
+    for (char *p = buf + 1;; p++) {
+        char c = *p;
+        if (c != '/' && c != '\0')
+            continue;
+        *p = '\0';
+        struct stat st;
+        if (mkdir(buf, 0777) != 0 && !(errno == EEXIST && stat(buf, &st) == 0 &&
+                                       S_ISDIR(st.st_mode)))
+            return qkv_set_error(QKV_ERR_IO, "cannot create directory %s: %s", buf,
+                                 errno == EEXIST ? "a file is in the way" : strerror(errno));
+        *p = c;
+        if (!c)
+            return QKV_OK;
+    }
 }

@@ -99,167 +99,6 @@ static size_t preprocess(char *out, const char *in, size_t n, bool insert_spaces
     return o;
 }
 
-/* ---- vocabulary ---- */
-
-struct qkv_vocab {
-    int64_t n;
-    char **tok;     /* id -> token (each its own allocation) */
-    int64_t *slot;  /* open addressing: hash slot -> id, -1 empty */
-    int64_t cap;    /* slots, a power of two */
-};
-
-static uint64_t hash(const char *s)
-{
-    uint64_t h = 1469598103934665603u; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211u;
-    return h;
-}
-
-/* A token -> count table while counting; the same layout as the vocab. */
-typedef struct {
-    const char **tok;
-    int64_t *count, n, cap_tok;
-    int64_t *slot, cap;
-} counter;
-
-static int64_t *find_slot(int64_t *slot, int64_t cap, const char *const *tok, const char *s)
-{
-    for (uint64_t h = hash(s) & (uint64_t)(cap - 1);; h = (h + 1) & (uint64_t)(cap - 1))
-        if (slot[h] < 0 || !strcmp(tok[slot[h]], s))
-            return &slot[h];
-}
-
-static qkv_status counter_add(counter *c, const char *s)
-{
-    if (2 * (c->n + 1) > c->cap) { /* grow and rehash at half load */
-        int64_t cap = c->cap ? 2 * c->cap : 1024;
-        int64_t *slot = qkv__malloc((size_t)cap * sizeof *slot);
-        if (!slot)
-            return QKV_ERR_NOMEM;
-        memset(slot, 0xff, (size_t)cap * sizeof *slot);
-        for (int64_t i = 0; i < c->n; i++)
-            *find_slot(slot, cap, c->tok, c->tok[i]) = i;
-        qkv__free(c->slot);
-        c->slot = slot, c->cap = cap;
-    }
-    int64_t *p = find_slot(c->slot, c->cap, c->tok, s);
-    if (*p >= 0) {
-        c->count[*p]++;
-        return QKV_OK;
-    }
-    if (c->n == c->cap_tok) {
-        int64_t cap = c->cap_tok ? 2 * c->cap_tok : 1024;
-        const char **tok = qkv__malloc((size_t)cap * sizeof *tok);
-        int64_t *count = qkv__malloc((size_t)cap * sizeof *count);
-        if (!tok || !count) {
-            qkv__free(tok), qkv__free(count);
-            return QKV_ERR_NOMEM;
-        }
-        if (c->n) {
-            memcpy(tok, c->tok, (size_t)c->n * sizeof *tok);
-            memcpy(count, c->count, (size_t)c->n * sizeof *count);
-        }
-        qkv__free(c->tok), qkv__free(c->count);
-        c->tok = tok, c->count = count, c->cap_tok = cap;
-    }
-    c->tok[c->n] = s;
-    c->count[c->n] = 1;
-    *p = c->n++;
-    return QKV_OK;
-}
-
-static void counter_free(counter *c)
-{
-    qkv__free(c->tok), qkv__free(c->count), qkv__free(c->slot);
-}
-
-typedef struct {
-    int64_t count, first; /* first: the token's index in order of appearance */
-} rank;
-
-/* most frequent first; ties in order of first appearance (Python's sort is
- * stable, and Counter keeps insertion order) */
-static int by_count(const void *a, const void *b)
-{
-    const rank *x = a, *y = b;
-    if (x->count != y->count)
-        return x->count > y->count ? -1 : 1;
-    return (x->first > y->first) - (x->first < y->first);
-}
-
-static void vocab_free(qkv_vocab *v)
-{
-    if (!v)
-        return;
-    for (int64_t i = 0; i < v->n; i++)
-        qkv__free(v->tok[i]);
-    qkv__free(v->tok);
-    qkv__free(v->slot);
-    qkv__free(v);
-}
-
-static qkv_status vocab_push(qkv_vocab *v, const char *s)
-{
-    int64_t *p = find_slot(v->slot, v->cap, (const char *const *)v->tok, s);
-    if (*p >= 0)
-        return QKV_OK; /* reserved tokens met again in the text are kept once */
-    v->tok[v->n] = qkv__strdup(s);
-    if (!v->tok[v->n])
-        return QKV_ERR_NOMEM;
-    *p = v->n++;
-    return QKV_OK;
-}
-
-/* d2l's Vocab(tokens, min_freq, reserved_tokens=['<pad>', '<bos>', '<eos>']) */
-static qkv_vocab *vocab_build(const counter *c, int64_t min_freq)
-{
-    qkv_vocab *v = qkv__calloc(1, sizeof *v);
-    rank *order = qkv__malloc((size_t)(c->n + 1) * sizeof *order);
-    if (!v || !order)
-        goto fail;
-    for (int64_t i = 0; i < c->n; i++)
-        order[i] = (rank){c->count[i], i};
-    qsort(order, (size_t)c->n, sizeof *order, by_count);
-    v->cap = 16;
-    while (v->cap < 2 * (c->n + 4))
-        v->cap *= 2;
-    v->tok = qkv__calloc((size_t)(c->n + 4), sizeof *v->tok);
-    v->slot = qkv__malloc((size_t)v->cap * sizeof *v->slot);
-    if (!v->tok || !v->slot)
-        goto fail;
-    memset(v->slot, 0xff, (size_t)v->cap * sizeof *v->slot);
-    static const char *reserved[4] = {"<unk>", "<pad>", "<bos>", "<eos>"};
-    for (int i = 0; i < 4; i++)
-        if (vocab_push(v, reserved[i]))
-            goto fail;
-    for (int64_t i = 0; i < c->n && order[i].count >= min_freq; i++)
-        if (vocab_push(v, c->tok[order[i].first]))
-            goto fail;
-    qkv__free(order);
-    return v;
-fail:
-    qkv__free(order);
-    vocab_free(v);
-    qkv_set_error(QKV_ERR_NOMEM, "fra-eng: out of memory building a vocabulary");
-    return NULL;
-}
-
-int64_t qkv_vocab_size(const qkv_vocab *v) { return v ? v->n : 0; }
-
-const char *qkv_vocab_token(const qkv_vocab *v, int64_t id)
-{
-    return v && id >= 0 && id < v->n ? v->tok[id] : NULL;
-}
-
-int64_t qkv_vocab_id(const qkv_vocab *v, const char *token)
-{
-    if (!v || !token)
-        return 0;
-    int64_t id = *find_slot(v->slot, v->cap, (const char *const *)v->tok, token);
-    return id >= 0 ? id : 0;
-}
-
 /* ---- arrays ---- */
 
 enum { PAD = 1, EOS = 3 }; /* ids fixed by the reserved tokens */
@@ -309,7 +148,7 @@ qkv_status qkv__nmt_parse(qkv_nmt_data *out, const char *text, size_t len, const
                              (long long)num_steps, (long long)num_examples);
     char *buf = qkv__malloc(2 * len + 1);
     pair *pairs = NULL;
-    counter cs = {0}, ct = {0};
+    qkv__counter cs = {0}, ct = {0};
     qkv_status st = QKV_ERR_NOMEM;
     if (!buf)
         goto done;
@@ -347,14 +186,14 @@ qkv_status qkv__nmt_parse(qkv_nmt_data *out, const char *text, size_t len, const
     for (int64_t i = 0; i < np; i++) {
         const char *s = pairs[i].src, *t = pairs[i].tgt;
         for (int64_t k = 0; k < pairs[i].nsrc; k++, s += strlen(s) + 1)
-            if (counter_add(&cs, s))
+            if (qkv__counter_add(&cs, s))
                 goto done;
         for (int64_t k = 0; k < pairs[i].ntgt; k++, t += strlen(t) + 1)
-            if (counter_add(&ct, t))
+            if (qkv__counter_add(&ct, t))
                 goto done;
     }
-    out->src_vocab = vocab_build(&cs, 2);
-    out->tgt_vocab = vocab_build(&ct, 2);
+    out->src_vocab = qkv__vocab_from_counts(&cs, 2);
+    out->tgt_vocab = qkv__vocab_from_counts(&ct, 2);
     out->n = np;
     out->num_steps = num_steps;
     out->src = qkv__malloc((size_t)(np * num_steps) * sizeof(int64_t));
@@ -376,8 +215,8 @@ done:
         qkv_set_error(st, "fra-eng: out of memory");
     if (st)
         qkv_nmt_free(out);
-    counter_free(&cs);
-    counter_free(&ct);
+    qkv__counter_free(&cs);
+    qkv__counter_free(&ct);
     qkv__free(pairs);
     qkv__free(buf);
     return st;
@@ -407,13 +246,23 @@ void qkv_nmt_free(qkv_nmt_data *d)
         return;
     qkv__free(d->src), qkv__free(d->tgt);
     qkv__free(d->src_valid), qkv__free(d->tgt_valid);
-    vocab_free(d->src_vocab);
-    vocab_free(d->tgt_vocab);
+    qkv_vocab_free(d->src_vocab);
+    qkv_vocab_free(d->tgt_vocab);
     memset(d, 0, sizeof *d);
 }
 
-int64_t qkv_nmt_encode(const qkv_vocab *v, const char *sentence, int64_t num_steps,
-                       int64_t *ids)
+int64_t qkv_nmt_preprocess(char *out, size_t out_size, const char *in, int insert_spaces)
+{
+    if (!out || !in || out_size < 2 * strlen(in) + 1) {
+        qkv_set_error(QKV_ERR_ARG, "nmt_preprocess: %s", !out || !in ? "NULL argument"
+                      : "out holds fewer than 2 strlen(in) + 1 bytes");
+        return -1;
+    }
+    return (int64_t)preprocess(out, in, strlen(in), insert_spaces != 0);
+}
+
+static int64_t encode_sentence(const qkv_vocab *v, const char *sentence, int64_t num_steps,
+                               int64_t *ids, bool insert_spaces)
 {
     if (!v || !sentence || !ids || num_steps < 1) {
         qkv_set_error(QKV_ERR_ARG, "qkv_nmt_encode: bad arguments");
@@ -423,9 +272,21 @@ int64_t qkv_nmt_encode(const qkv_vocab *v, const char *sentence, int64_t num_ste
     char *buf = qkv__malloc(2 * n + 1);
     if (!buf)
         return -1;
-    size_t m = preprocess(buf, sentence, n, false);
+    size_t m = preprocess(buf, sentence, n, insert_spaces);
     int64_t ntok = cut_tokens(buf, buf + m);
     encode(v, buf, ntok, num_steps, ids);
     qkv__free(buf);
     return ntok + 1; /* d2l's enc_valid_len: tokens + <eos>, before truncation */
+}
+
+int64_t qkv_nmt_encode(const qkv_vocab *v, const char *sentence, int64_t num_steps,
+                       int64_t *ids)
+{
+    return encode_sentence(v, sentence, num_steps, ids, false);
+}
+
+int64_t qkv_nmt_encode_text(const qkv_vocab *v, const char *text, int64_t num_steps,
+                            int64_t *ids)
+{
+    return encode_sentence(v, text, num_steps, ids, true);
 }

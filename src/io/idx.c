@@ -196,3 +196,41 @@ void qkv_mnist_free(qkv_mnist *m)
     qkv__free(m->labels);
     memset(m, 0, sizeof *m);
 }
+
+qkv_status qkv_mnist_image(float *dst, const qkv_mnist *d, int64_t i, int64_t size, qkv_rng *rng,
+                           const qkv_augment *aug)
+{
+    if (!dst || !d || !d->images || i < 0 || i >= d->n || size < 1 ||
+        (aug && (aug->crop > 0 || aug->flip) && !rng))
+        return qkv_set_error(QKV_ERR_ARG, "mnist_image: bad arguments (image %lld of %lld, "
+                             "size %lld%s)", (long long)i, d ? (long long)d->n : 0LL,
+                             (long long)size, aug && !rng ? ", augmentation without an rng" : "");
+    int64_t R = d->rows, C = d->cols;
+    const uint8_t *src = d->images + i * R * C;
+    int64_t dy = 0, dx = 0;
+    int flip = 0;
+    if (aug && (aug->crop > 0 || aug->flip)) { /* three draws whichever is on */
+        dy = (int64_t)qkv_rng_below(rng, (uint64_t)(2 * aug->crop + 1)) - aug->crop;
+        dx = (int64_t)qkv_rng_below(rng, (uint64_t)(2 * aug->crop + 1)) - aug->crop;
+        flip = qkv_rng_below(rng, 2) == 1 && aug->flip;
+    }
+    qkv_image img = {.c = 1, .h = R, .w = C, .data = size == R && size == C ? dst : NULL};
+    if (!img.data && !(img.data = qkv__malloc((size_t)(R * C) * sizeof(float))))
+        return QKV_ERR_NOMEM;
+    for (int64_t y = 0; y < R; y++)
+        for (int64_t x = 0; x < C; x++) {
+            int64_t sy = y + dy, sx = (flip ? C - 1 - x : x) + dx;
+            img.data[y * C + x] =
+                sy < 0 || sy >= R || sx < 0 || sx >= C ? 0.0f : src[sy * C + sx] / 255.0f;
+        }
+    if (img.data == dst)
+        return QKV_OK;
+    qkv_image big;
+    qkv_status s = qkv_image_resize(&big, &img, size, size);
+    qkv__free(img.data);
+    if (s != QKV_OK)
+        return s;
+    memcpy(dst, big.data, (size_t)(size * size) * sizeof(float));
+    qkv_image_free(&big);
+    return QKV_OK;
+}

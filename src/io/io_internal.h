@@ -44,4 +44,23 @@ qkv_status qkv__png_write(const char *path, const uint8_t *pixels, int64_t w, in
 qkv_status qkv__nmt_parse(qkv_nmt_data *out, const char *text, size_t len, const char *name,
                           int64_t num_examples, int64_t num_steps);
 
+/* ---- vocabularies (vocab.c) ---- */
+
+/* A token -> count table while counting (tokens are not copied: they must
+ * outlive it); the same hash layout as a vocabulary. */
+typedef struct {
+    const char **tok;
+    int64_t *count, n, cap_tok;
+    int64_t *slot, cap;
+} qkv__counter;
+qkv_status qkv__counter_add(qkv__counter *c, const char *token);
+void qkv__counter_free(qkv__counter *c);
+/* d2l's Vocab over counted tokens: "<unk>", "<pad>", "<bos>", "<eos>", then
+ * the tokens counted min_freq times or more, most frequent first (ties in
+ * order of first appearance). */
+qkv_vocab *qkv__vocab_from_counts(const qkv__counter *c, int64_t min_freq);
+/* The tokens one per line (a model file's metadata), and back. */
+char *qkv__vocab_lines(const qkv_vocab *v);
+qkv_vocab *qkv__vocab_from_lines(const char *lines);
+
 #endif

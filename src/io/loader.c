@@ -12,7 +12,9 @@
  *
  * What a batch holds depends on (seed, epoch, batch index) only, never on
  * timing: the order of epoch e and the rng passed to the fill for batch b are
- * seeded from those numbers.
+ * seeded from those numbers. Over several processes (world > 1), every rank
+ * shuffles the same order and prepares its own rows of each global batch;
+ * its fill's rng is also seeded from its rank.
  */
 #include "io_internal.h"
 
@@ -79,11 +81,18 @@ static void *worker_main(void *arg)
         int64_t first = b * c->batch_size;
         int64_t n = c->n_examples - first < c->batch_size ? c->n_examples - first
                                                            : c->batch_size;
+        if (c->world > 1) { /* this rank's rows, as qkv_shard_rows cuts them */
+            int64_t per = n / c->world, extra = n % c->world;
+            first += c->rank * per + (c->rank < extra ? c->rank : extra);
+            n = per + (c->rank < extra);
+        }
         l->busy = 1;
         pthread_mutex_unlock(&l->mu);
 
         qkv_rng rng;
         seed_stream(&rng, c->seed, epoch, b + 1);
+        if (c->world > 1)
+            qkv_rng_seed(&rng, mix(qkv_rng_u64(&rng) ^ (uint64_t)c->rank));
         qkv_clear_error(); /* so that a fill failing silently is told apart */
         qkv_status s = c->fill(c->user, l->order + first, n, &rng, l->slot[b % 2]);
 
@@ -108,6 +117,11 @@ qkv_loader *qkv_loader_new(const qkv_loader_config *cfg)
 {
     if (!cfg || !cfg->fill) {
         qkv_set_error(QKV_ERR_ARG, "qkv_loader_new: %s is NULL", cfg ? "fill" : "cfg");
+        return NULL;
+    }
+    if (cfg->world < 0 || cfg->rank < 0 || (cfg->world > 0 && cfg->rank >= cfg->world)) {
+        qkv_set_error(QKV_ERR_ARG, "qkv_loader_new: rank %d of world %d: need 0 <= rank < world",
+                      cfg->rank, cfg->world);
         return NULL;
     }
     if (cfg->n_examples <= 0 || cfg->batch_size <= 0 || cfg->batch_bytes == 0 ||
@@ -154,9 +168,18 @@ qkv_loader *qkv_loader_new(const qkv_loader_config *cfg)
 
 qkv_status qkv_loader_start_epoch(qkv_loader *l, int64_t epoch)
 {
+    return qkv_loader_start_epoch_at(l, epoch, 0);
+}
+
+qkv_status qkv_loader_start_epoch_at(qkv_loader *l, int64_t epoch, int64_t first)
+{
     if (!l || epoch < 0)
         return qkv_set_error(QKV_ERR_ARG, "qkv_loader_start_epoch: %s",
                              l ? "epoch is negative" : "loader is NULL");
+    if (first < 0 || first > l->n_batches)
+        return qkv_set_error(QKV_ERR_ARG,
+                             "qkv_loader_start_epoch: batch %lld is outside the epoch's %lld",
+                             (long long)first, (long long)l->n_batches);
     pthread_mutex_lock(&l->mu);
     /* A fill of the old epoch may still be reading the order. */
     while (l->busy)
@@ -169,7 +192,7 @@ qkv_status qkv_loader_start_epoch(qkv_loader *l, int64_t epoch)
         qkv_rng_shuffle(&rng, l->order, l->cfg.n_examples);
     }
     l->epoch = epoch;
-    l->filled = l->taken = 0;
+    l->filled = l->taken = first;
     l->failed = QKV_OK;
     l->msg[0] = '\0';
     pthread_cond_signal(&l->to_worker);

@@ -12,7 +12,7 @@ struct qkv_metrics {
     char *path;
 };
 
-qkv_metrics *qkv_metrics_open(const char *path)
+static qkv_metrics *metrics_open(const char *path, const char *mode)
 {
     if (!path) {
         qkv_set_error(QKV_ERR_ARG, "qkv_metrics_open: path is NULL");
@@ -22,7 +22,7 @@ qkv_metrics *qkv_metrics_open(const char *path)
     if (!m)
         return NULL;
     m->path = qkv__strdup(path);
-    m->f = m->path ? fopen(path, "w") : NULL;
+    m->f = m->path ? fopen(path, mode) : NULL;
     if (!m->f) {
         if (m->path)
             qkv_set_error(QKV_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
@@ -32,6 +32,9 @@ qkv_metrics *qkv_metrics_open(const char *path)
     }
     return m;
 }
+
+qkv_metrics *qkv_metrics_open(const char *path) { return metrics_open(path, "w"); }
+qkv_metrics *qkv_metrics_append(const char *path) { return metrics_open(path, "a"); }
 
 /* A JSON string: quotes, backslashes and control characters escaped. */
 static void put_string(FILE *f, const char *s)

@@ -186,7 +186,7 @@ qkv_tensor *qkv_kreg_forward(qkv_ctx *ctx, qkv_tensor *queries, qkv_tensor *keys
 
 /* keys, values (n, n - 1): row i holds every training pair except pair i, so
  * that no point can explain itself (the book's `1 - eye` mask). */
-static void leave_one_out(float *keys, float *values, const float *x, const float *y, int64_t n)
+void qkv_kreg_leave_one_out(float *keys, float *values, const float *x, const float *y, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0, c = 0; j < n; j++)
@@ -194,59 +194,6 @@ static void leave_one_out(float *keys, float *values, const float *x, const floa
                 keys[i * (n - 1) + c] = x[j];
                 values[i * (n - 1) + c++] = y[j];
             }
-}
-
-qkv_status qkv_kreg_train(float *w, const float *x_train, const float *y_train, int64_t n,
-                          int epochs, float lr, float *losses)
-{
-    if (!w || !x_train || !y_train)
-        return qkv_set_error(QKV_ERR_ARG, "kreg_train: NULL argument");
-    if (n < 2 || epochs < 0 || !isfinite(lr))
-        return qkv_set_error(QKV_ERR_ARG,
-                             "kreg_train: need n >= 2, epochs >= 0 and a finite lr, got n "
-                             "%lld, epochs %d, lr %g",
-                             (long long)n, epochs, (double)lr);
-    qkv_status st = QKV_OK;
-    qkv_ctx *ctx = qkv_ctx_new();
-    qkv_params *ps = qkv_params_new();
-    float *kv = qkv__malloc(2 * (size_t)n * (size_t)(n - 1) * sizeof(float));
-    qkv_tensor *wt = ps ? qkv_params_add(ps, "w", 1, (int64_t[]){1}, 0) : NULL;
-    qkv_optim *opt = NULL;
-    if (!ctx || !kv || !wt || qkv_params_alloc(ps) != QKV_OK ||
-        !(opt = qkv_optim_new(ps, &(qkv_optim_config){.kind = QKV_SGD, .lr = lr}))) {
-        st = qkv_error_status() ? qkv_error_status()
-                                : qkv_set_error(QKV_ERR_NOMEM, "kreg_train: out of memory");
-        goto done;
-    }
-    wt->data[0] = *w;
-    float *keys = kv, *values = kv + n * (n - 1);
-    leave_one_out(keys, values, x_train, y_train, n);
-    const int64_t nm[2] = {n, n - 1};
-    for (int epoch = 0; epoch < epochs; epoch++) {
-        qkv_params_zero_grad(ps);
-        qkv_tensor *y_hat = qkv_kreg_forward(ctx, qkv_from_data(ctx, 1, &n, x_train),
-                                             qkv_wrap(ctx, 2, nm, keys),
-                                             qkv_wrap(ctx, 2, nm, values), wt, NULL);
-        /* MSELoss(reduction='none') then .sum(), as the book: the sum of
-         * squared errors, not their mean, so lr 0.5 means what it says there. */
-        qkv_tensor *loss = qkv_mse_loss(ctx, y_hat, qkv_from_data(ctx, 1, &n, y_train),
-                                        QKV_REDUCE_SUM);
-        if (!loss || (st = qkv_backward(ctx, loss)) != QKV_OK ||
-            (st = qkv_optim_step(opt)) != QKV_OK) {
-            st = st ? st : qkv_error_status();
-            goto done;
-        }
-        if (losses)
-            losses[epoch] = loss->data[0];
-        qkv_ctx_reset(ctx);
-    }
-    *w = wt->data[0];
-done:
-    qkv_optim_free(opt);
-    qkv_params_free(ps);
-    qkv_ctx_free(ctx);
-    qkv__free(kv);
-    return st;
 }
 
 qkv_status qkv_kreg_predict(float *y_hat, float *weights, const float *queries, int64_t n_q,

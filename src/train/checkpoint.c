@@ -11,7 +11,7 @@
  * configuration. Keys starting with "__" are not model keys, so a checkpoint
  * loads as a state_dict too. Writes are atomic (temporary file, fsync,
  * rename): a crash during a save leaves the previous checkpoint intact. */
-#include "../qkv_internal.h"
+#include "train_internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -164,14 +164,9 @@ static bool rng_from_str(const char *s, qkv_rng *r)
     return true;
 }
 
-qkv_status qkv_checkpoint_save(const char *path, qkv_params *ps, qkv_optim *opt,
+qkv_status qkv__checkpoint_add(qkv_st_writer *w, qkv_params *ps, qkv_optim *opt,
                                const qkv_checkpoint_info *info)
 {
-    if (!path || !ps || !info)
-        return qkv_set_error(QKV_ERR_ARG, "checkpoint_save: NULL argument");
-    qkv_st_writer *w = qkv_st_writer_new();
-    if (!w)
-        return QKV_ERR_NOMEM;
     qkv_status st = add_params(w, ps);
     char buf[256];
     for (int s = 0; opt && s < 2 && !st; s++) {
@@ -204,6 +199,18 @@ qkv_status qkv_checkpoint_save(const char *path, qkv_params *ps, qkv_optim *opt,
         st = qkv_st_set_meta(w, "config", info->config);
     if (!st)
         st = qkv_st_set_meta(w, "format", "qkv-checkpoint-1");
+    return st;
+}
+
+qkv_status qkv_checkpoint_save(const char *path, qkv_params *ps, qkv_optim *opt,
+                               const qkv_checkpoint_info *info)
+{
+    if (!path || !ps || !info)
+        return qkv_set_error(QKV_ERR_ARG, "checkpoint_save: NULL argument");
+    qkv_st_writer *w = qkv_st_writer_new();
+    if (!w)
+        return QKV_ERR_NOMEM;
+    qkv_status st = qkv__checkpoint_add(w, ps, opt, info);
     if (!st)
         st = qkv_st_write(w, path);
     qkv_st_writer_free(w);
@@ -223,14 +230,9 @@ static bool meta_i64(const qkv_st_file *f, const char *key, int64_t *out)
     return true;
 }
 
-qkv_status qkv_checkpoint_load(const char *path, qkv_params *ps, qkv_optim *opt,
-                               qkv_checkpoint_info *info)
+qkv_status qkv__checkpoint_read(const qkv_st_file *f, const char *path, qkv_params *ps,
+                                qkv_optim *opt, qkv_checkpoint_info *info)
 {
-    if (!path || !ps)
-        return qkv_set_error(QKV_ERR_ARG, "checkpoint_load: NULL argument");
-    qkv_st_file *f = qkv_st_open(path);
-    if (!f)
-        return qkv_error_status();
     qkv_status st = QKV_OK;
     const char *fmt = qkv_st_meta(f, "format");
     if (!fmt || strcmp(fmt, "qkv-checkpoint-1")) {
@@ -288,6 +290,18 @@ qkv_status qkv_checkpoint_load(const char *path, qkv_params *ps, qkv_optim *opt,
         }
     }
 done:
+    return st;
+}
+
+qkv_status qkv_checkpoint_load(const char *path, qkv_params *ps, qkv_optim *opt,
+                               qkv_checkpoint_info *info)
+{
+    if (!path || !ps)
+        return qkv_set_error(QKV_ERR_ARG, "checkpoint_load: NULL argument");
+    qkv_st_file *f = qkv_st_open(path);
+    if (!f)
+        return qkv_error_status();
+    qkv_status st = qkv__checkpoint_read(f, path, ps, opt, info);
     qkv_st_close(f);
     return st;
 }

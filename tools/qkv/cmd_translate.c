@@ -1,7 +1,7 @@
 /*
  * cmd_translate.c - `qkv translate --model FILE "sentence" ...`: English to
- * French with a model.safetensors from `qkv train transformer` (weights,
- * configuration and vocabularies all in that file). Greedy as d2l's
+ * French with a model.safetensors from `qkv train transformer`, opened and
+ * run by the library (qkv_model_open, qkv_model_translate). Greedy as d2l's
  * predict_seq2seq, or beam search; --attention writes the encoder
  * self-attention, decoder self-attention and encoder-decoder attention of
  * every sentence's translation (greedy or the beam's choice) as heatmaps,
@@ -12,99 +12,8 @@
 #include "commands.h"
 #include "qkv.h"
 
-#include <cjson/cJSON.h>
-#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* A vocabulary from the model file: token i on line i. */
-typedef struct {
-    char *text;
-    char **tok;
-    int64_t n;
-} vocab;
-
-static int vocab_parse(vocab *v, const char *lines)
-{
-    v->text = strdup(lines ? lines : "");
-    v->n = 1;
-    for (const char *p = v->text ? v->text : ""; *p; p++)
-        v->n += *p == '\n';
-    v->tok = malloc((size_t)v->n * sizeof *v->tok);
-    if (!v->text || !v->tok || !lines)
-        return -1;
-    int64_t i = 0;
-    for (char *p = v->text, *start = p;; p++)
-        if (*p == '\n' || !*p) {
-            int end = !*p;
-            *p = '\0';
-            v->tok[i++] = start;
-            start = p + 1;
-            if (end)
-                break;
-        }
-    return 0;
-}
-
-static int64_t vocab_id(const vocab *v, const char *tok, size_t len)
-{
-    for (int64_t i = 0; i < v->n; i++)
-        if (strlen(v->tok[i]) == len && !memcmp(v->tok[i], tok, len))
-            return i;
-    return 0; /* <unk> */
-}
-
-/* The source line prepared as the training data was (fra_eng.c's
- * preprocessing): U+202F and U+00A0 become spaces, ASCII is lowercased, a
- * space goes before , . ! ? not preceded by one. Then ids, <eos>, padding
- * to num_steps; returns the valid length. */
-static int64_t encode(const vocab *v, const char *s, int64_t num_steps, int64_t *ids)
-{
-    size_t n = strlen(s);
-    char *t = malloc(2 * n + 1), *q = t;
-    if (!t)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == 0xE2 && i + 2 < n && (unsigned char)s[i + 1] == 0x80 &&
-            (unsigned char)s[i + 2] == 0xAF) {
-            *q++ = ' ';
-            i += 2;
-            continue;
-        }
-        if (c == 0xC2 && i + 1 < n && (unsigned char)s[i + 1] == 0xA0) {
-            *q++ = ' ';
-            i += 1;
-            continue;
-        }
-        if (strchr(",.!?", c) && c && q > t && q[-1] != ' ')
-            *q++ = ' ';
-        *q++ = (char)tolower(c);
-    }
-    *q = '\0';
-    int64_t k = 0;
-    for (char *p = t, *start = t; k < num_steps; p++)
-        if (*p == ' ' || !*p) {
-            ids[k++] = vocab_id(v, start, (size_t)(p - start));
-            start = p + 1;
-            if (!*p)
-                break;
-        }
-    free(t);
-    if (k < num_steps)
-        ids[k++] = vocab_id(v, "<eos>", 5);
-    int64_t valid = k;
-    int64_t pad = vocab_id(v, "<pad>", 5);
-    for (; k < num_steps; k++)
-        ids[k] = pad;
-    return valid;
-}
-
-static int64_t json_int(const cJSON *c, const char *key, int64_t dflt)
-{
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(c, key);
-    return cJSON_IsNumber(x) ? (int64_t)x->valuedouble : dflt;
-}
 
 /* Crops (L, H, Qmax, Kmax) to (L, H, q, k) into dst. */
 static void crop(float *dst, const float *src, int64_t lh, int64_t qmax, int64_t kmax, int64_t q,
@@ -186,81 +95,49 @@ typedef struct {
 static int run(const options *o, char **sentences, int n)
 {
     int rc = 1;
-    vocab src = {0}, tgt = {0};
-    qkv_params *ps = NULL;
     qkv_ctx *ctx = NULL;
-    cJSON *cfg_json = NULL;
     qkv_seq2seq_attn at = {0};
-    qkv_st_file *f = qkv_st_open(o->model);
-    if (!f)
-        goto fail;
-    const char *cfg_text = qkv_st_meta(f, "config");
-    if (!cfg_text || !(cfg_json = cJSON_Parse(cfg_text)) ||
-        vocab_parse(&src, qkv_st_meta(f, "src_vocab")) ||
-        vocab_parse(&tgt, qkv_st_meta(f, "tgt_vocab"))) {
-        qkv_set_error(QKV_ERR_FORMAT,
-                      "%s: not a `qkv train transformer` model (config or vocabularies missing)",
-                      o->model);
+    qkv_model *model = qkv_model_open(o->model, NULL);
+    qkv_seq2seq *m = qkv_model_seq2seq(model);
+    if (model && !m) {
+        qkv_set_error(QKV_ERR_FORMAT, "%s is a %s model; translate needs one from `qkv train "
+                      "transformer`", o->model, qkv_model_kind_name(qkv_model_kind_of(model)));
         goto fail;
     }
-    qkv_tf_config cfg = {.layout = QKV_TF_D2L,
-                         .d_model = json_int(cfg_json, "d_model", 0),
-                         .n_heads = json_int(cfg_json, "n_heads", 0),
-                         .d_ffn = json_int(cfg_json, "d_ffn", 0),
-                         .n_enc = json_int(cfg_json, "n_enc", 0),
-                         .n_dec = json_int(cfg_json, "n_dec", 0),
-                         .norm_first = (int)json_int(cfg_json, "norm_first", 0)};
-    int64_t num_steps = json_int(cfg_json, "num_steps", 10);
+    if (!m)
+        goto fail;
+    const qkv_tf_config *cfg = &m->tf.cfg;
+    int64_t num_steps = qkv_model_num_steps(model);
     int64_t max_len = o->max_len > 0 ? o->max_len : num_steps;
-    qkv_seq2seq m;
-    ps = qkv_params_new();
-    if (!ps || qkv_seq2seq_init(&m, ps, &cfg, src.n, tgt.n) != QKV_OK ||
-        qkv_params_alloc(ps) != QKV_OK || qkv_params_load_file(ps, f, o->model, 1) != QKV_OK)
+    if (!(ctx = qkv_ctx_new()))
         goto fail;
-    ctx = qkv_ctx_new();
-    int64_t *ids = malloc((size_t)(num_steps + max_len) * sizeof *ids);
-    if (!ctx || !ids) {
-        free(ids);
-        qkv_set_error(QKV_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    int64_t *out = ids + num_steps;
-    int64_t bos = vocab_id(&tgt, "<bos>", 5), eos = vocab_id(&tgt, "<eos>", 5);
     if (o->attention) {
-        int64_t h = cfg.n_heads;
-        at.enc = malloc((size_t)(cfg.n_enc * h * num_steps * num_steps) * sizeof(float));
-        at.dec_self = malloc((size_t)(cfg.n_dec * h * max_len * max_len) * sizeof(float));
-        at.dec_cross = malloc((size_t)(cfg.n_dec * h * max_len * num_steps) * sizeof(float));
+        int64_t h = cfg->n_heads;
+        at.enc = malloc((size_t)(cfg->n_enc * h * num_steps * num_steps) * sizeof(float));
+        at.dec_self = malloc((size_t)(cfg->n_dec * h * max_len * max_len) * sizeof(float));
+        at.dec_cross = malloc((size_t)(cfg->n_dec * h * max_len * num_steps) * sizeof(float));
         if (!at.enc || !at.dec_self || !at.dec_cross) {
-            free(ids);
             qkv_set_error(QKV_ERR_NOMEM, "out of memory");
             goto fail;
         }
     }
     for (int i = 0; i < n; i++) {
-        int64_t valid = encode(&src, sentences[i], num_steps, ids);
-        /* with a beam, qkv_seq2seq_translate records the weights of the
-         * chosen hypothesis by decoding it again (teacher forcing) */
-        int64_t k = valid < 0 ? -1
-                              : qkv_seq2seq_translate(ctx, &m, ids, num_steps, valid, bos, eos,
-                                                      max_len, (int)o->beam, (float)o->alpha, out,
-                                                      o->attention ? &at : NULL);
-        qkv_ctx_reset(ctx);
-        if (k < 0) {
-            free(ids);
+        /* with a beam, the weights are those of the chosen hypothesis,
+         * decoded again with teacher forcing */
+        char out[4096];
+        int64_t valid = 0;
+        qkv_translate_opts to = {.beam = (int)o->beam, .alpha = (float)o->alpha,
+                                 .max_len = max_len, .attn = o->attention ? &at : NULL,
+                                 .src_valid = &valid};
+        int64_t k = qkv_model_translate(ctx, model, sentences[i], &to, out, sizeof out);
+        if (k < 0)
             goto fail;
-        }
-        printf("%s => ", sentences[i]);
-        for (int64_t j = 0; j < k; j++)
-            printf("%s%s", j ? " " : "", out[j] < tgt.n ? tgt.tok[out[j]] : "<?>");
-        printf("\n");
+        printf("%s => %s\n", sentences[i], out);
         if (o->attention &&
-            heatmaps(o->attention, i, &m, &at, num_steps, valid, max_len, k) != QKV_OK) {
-            free(ids);
+            heatmaps(o->attention, i, m, &at, num_steps, valid < num_steps ? valid : num_steps,
+                     max_len, k) != QKV_OK)
             goto fail;
-        }
     }
-    free(ids);
     rc = 0;
 fail:
     if (rc)
@@ -268,14 +145,8 @@ fail:
     free(at.enc);
     free(at.dec_self);
     free(at.dec_cross);
-    cJSON_Delete(cfg_json);
-    free(src.text);
-    free(src.tok);
-    free(tgt.text);
-    free(tgt.tok);
     qkv_ctx_free(ctx);
-    qkv_params_free(ps);
-    qkv_st_close(f);
+    qkv_model_free(model);
     return rc;
 }
 

@@ -1,0 +1,393 @@
+/*
+ * model_file.c - a trained model in one safetensors file: the weights under
+ * PyTorch's names, and in the metadata what the shapes do not tell (the
+ * configuration, the vocabularies) and what kind of model it is, so that
+ * qkv_model_open can rebuild it without being told.
+ *
+ * Metadata keys: "qkv.kind" ("seq2seq" or "vit"); "config" (JSON); for a
+ * seq2seq model "src_vocab" and "tgt_vocab" (tokens in id order, one per
+ * line); for a ViT "num_heads" and "format" (torchvision loads the file as
+ * it is, see docs/vit.md). Files written before "qkv.kind" existed are told
+ * apart by their config ("model": "d2l-transformer") or their tensors
+ * ("conv_proj.weight").
+ */
+#include "io_internal.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#define MAX_META 16
+
+struct qkv_model {
+    qkv_model_kind kind;
+    qkv_params *ps;
+    qkv_seq2seq seq2seq;
+    qkv_vocab *vocab[2]; /* source, target */
+    int64_t num_steps;
+    qkv_vit vit;
+    char *key[MAX_META], *value[MAX_META];
+    int n_meta;
+};
+
+const char *qkv_model_kind_name(qkv_model_kind k)
+{
+    switch (k) {
+    case QKV_MODEL_SEQ2SEQ: return "seq2seq";
+    case QKV_MODEL_VIT: return "vit";
+    }
+    return "unknown";
+}
+
+void qkv_model_free(qkv_model *m)
+{
+    if (!m)
+        return;
+    qkv_params_free(m->ps);
+    qkv_vocab_free(m->vocab[0]);
+    qkv_vocab_free(m->vocab[1]);
+    for (int i = 0; i < m->n_meta; i++)
+        qkv__free(m->key[i]), qkv__free(m->value[i]);
+    qkv__free(m);
+}
+
+static qkv_model *model_alloc(qkv_model_kind kind)
+{
+    qkv_model *m = qkv__calloc(1, sizeof *m);
+    if (m && !(m->ps = qkv_params_new())) {
+        qkv__free(m);
+        m = NULL;
+    }
+    if (m)
+        m->kind = kind;
+    return m;
+}
+
+/* Copies v token by token (a vocabulary is read-only once made). */
+static qkv_vocab *vocab_copy(const qkv_vocab *v)
+{
+    int64_t n = qkv_vocab_size(v);
+    const char **tok = qkv__malloc((size_t)(n > 0 ? n : 1) * sizeof *tok);
+    if (!tok)
+        return NULL;
+    for (int64_t i = 0; i < n; i++)
+        tok[i] = qkv_vocab_token(v, i);
+    qkv_vocab *c = qkv_vocab_new(n, tok);
+    qkv__free(tok);
+    return c;
+}
+
+static qkv_status build_seq2seq(qkv_model *m, const qkv_tf_config *cfg)
+{
+    qkv_status st = qkv_seq2seq_init(&m->seq2seq, m->ps, cfg, qkv_vocab_size(m->vocab[0]),
+                                     qkv_vocab_size(m->vocab[1]));
+    return st ? st : qkv_params_alloc(m->ps);
+}
+
+qkv_model *qkv_model_new_seq2seq(const qkv_tf_config *cfg, const qkv_vocab *src,
+                                 const qkv_vocab *tgt, int64_t num_steps)
+{
+    if (!cfg || !src || !tgt || num_steps < 1) {
+        qkv_set_error(QKV_ERR_ARG, "model_new_seq2seq: %s",
+                      num_steps < 1 ? "num_steps must be >= 1" : "NULL argument");
+        return NULL;
+    }
+    qkv_model *m = model_alloc(QKV_MODEL_SEQ2SEQ);
+    if (!m)
+        return NULL;
+    m->num_steps = num_steps;
+    if (!(m->vocab[0] = vocab_copy(src)) || !(m->vocab[1] = vocab_copy(tgt)) ||
+        build_seq2seq(m, cfg) != QKV_OK) {
+        qkv_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+qkv_model *qkv_model_new_vit(const qkv_vit_config *cfg)
+{
+    if (!cfg) {
+        qkv_set_error(QKV_ERR_ARG, "model_new_vit: cfg is NULL");
+        return NULL;
+    }
+    qkv_model *m = model_alloc(QKV_MODEL_VIT);
+    if (m && (qkv_vit_init(&m->vit, m->ps, cfg) != QKV_OK || qkv_params_alloc(m->ps) != QKV_OK)) {
+        qkv_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+qkv_model_kind qkv_model_kind_of(const qkv_model *m) { return m ? m->kind : 0; }
+qkv_params *qkv_model_params(qkv_model *m) { return m ? m->ps : NULL; }
+qkv_seq2seq *qkv_model_seq2seq(qkv_model *m)
+{
+    return m && m->kind == QKV_MODEL_SEQ2SEQ ? &m->seq2seq : NULL;
+}
+qkv_vit *qkv_model_vit(qkv_model *m) { return m && m->kind == QKV_MODEL_VIT ? &m->vit : NULL; }
+const qkv_vocab *qkv_model_vocab(const qkv_model *m, int target)
+{
+    return m && m->kind == QKV_MODEL_SEQ2SEQ ? m->vocab[target ? 1 : 0] : NULL;
+}
+int64_t qkv_model_num_steps(const qkv_model *m)
+{
+    return m && m->kind == QKV_MODEL_SEQ2SEQ ? m->num_steps : 0;
+}
+
+const char *qkv_model_meta(const qkv_model *m, const char *key)
+{
+    for (int i = 0; m && key && i < m->n_meta; i++)
+        if (!strcmp(m->key[i], key))
+            return m->value[i];
+    return NULL;
+}
+
+qkv_status qkv_model_set_meta(qkv_model *m, const char *key, const char *value)
+{
+    if (!m || !key || !value)
+        return qkv_set_error(QKV_ERR_ARG, "model_set_meta: NULL argument");
+    if (!strcmp(key, "qkv.kind") || !strcmp(key, "config") || !strcmp(key, "src_vocab") ||
+        !strcmp(key, "tgt_vocab") || !strcmp(key, "num_heads") || !strcmp(key, "format"))
+        return qkv_set_error(QKV_ERR_ARG, "model_set_meta: '%s' is written by qkv_model_save",
+                             key);
+    int i = 0;
+    while (i < m->n_meta && strcmp(m->key[i], key))
+        i++;
+    if (i == MAX_META)
+        return qkv_set_error(QKV_ERR_ARG, "model_set_meta: more than %d keys", MAX_META);
+    char *v = qkv__strdup(value), *k = i == m->n_meta ? qkv__strdup(key) : m->key[i];
+    if (!v || !k) {
+        qkv__free(v);
+        if (i == m->n_meta)
+            qkv__free(k);
+        return qkv_set_error(QKV_ERR_NOMEM, "model_set_meta: out of memory");
+    }
+    if (i < m->n_meta)
+        qkv__free(m->value[i]);
+    m->key[i] = k, m->value[i] = v;
+    m->n_meta += i == m->n_meta;
+    return QKV_OK;
+}
+
+/* ---- saving ---- */
+
+static void config_json(const qkv_model *m, char *buf, size_t n)
+{
+    if (m->kind == QKV_MODEL_SEQ2SEQ) {
+        const qkv_tf_config *c = &m->seq2seq.tf.cfg;
+        snprintf(buf, n,
+                 "{\"model\": \"d2l-transformer\", \"d_model\": %lld, \"n_heads\": %lld, "
+                 "\"d_ffn\": %lld, \"n_enc\": %lld, \"n_dec\": %lld, \"dropout\": %g, "
+                 "\"norm_first\": %d, \"num_steps\": %lld, \"src_vocab\": %lld, "
+                 "\"tgt_vocab\": %lld}",
+                 (long long)c->d_model, (long long)c->n_heads, (long long)c->d_ffn,
+                 (long long)c->n_enc, (long long)c->n_dec, (double)c->dropout, c->norm_first,
+                 (long long)m->num_steps, (long long)m->seq2seq.src_vocab,
+                 (long long)m->seq2seq.tgt_vocab);
+    } else {
+        const qkv_vit_config *c = &m->vit.cfg;
+        snprintf(buf, n,
+                 "{\"model\": \"vit\", \"image_size\": %lld, \"patch_size\": %lld, "
+                 "\"in_channels\": %lld, \"hidden_dim\": %lld, \"mlp_dim\": %lld, "
+                 "\"num_heads\": %lld, \"num_layers\": %lld, \"num_classes\": %lld}",
+                 (long long)c->image_size, (long long)c->patch_size, (long long)c->in_channels,
+                 (long long)c->hidden_dim, (long long)c->mlp_dim, (long long)c->num_heads,
+                 (long long)c->num_layers, (long long)c->num_classes);
+    }
+}
+
+qkv_status qkv_model_save(qkv_model *m, const char *path)
+{
+    if (!m || !path)
+        return qkv_set_error(QKV_ERR_ARG, "model_save: NULL argument");
+    qkv_st_writer *w = qkv_st_writer_new();
+    if (!w)
+        return qkv_error_status();
+    qkv_status st = QKV_OK;
+    for (int64_t i = 0; i < qkv_params_count(m->ps) && !st; i++) {
+        qkv_tensor *t = qkv_params_at(m->ps, i);
+        st = qkv_st_add_tensor(w, t->name, t);
+    }
+    char cfg[1024];
+    config_json(m, cfg, sizeof cfg);
+    if (!st)
+        st = qkv_st_set_meta(w, "qkv.kind", qkv_model_kind_name(m->kind));
+    if (!st)
+        st = qkv_st_set_meta(w, "config", cfg);
+    if (!st && m->kind == QKV_MODEL_SEQ2SEQ) {
+        for (int i = 0; i < 2 && !st; i++) {
+            char *lines = qkv__vocab_lines(m->vocab[i]);
+            st = lines ? qkv_st_set_meta(w, i ? "tgt_vocab" : "src_vocab", lines)
+                       : qkv_set_error(QKV_ERR_NOMEM, "model_save: out of memory");
+            qkv__free(lines);
+        }
+    } else if (!st) {
+        char heads[32];
+        snprintf(heads, sizeof heads, "%lld", (long long)m->vit.cfg.num_heads);
+        st = qkv_st_set_meta(w, "num_heads", heads);
+        if (!st)
+            st = qkv_st_set_meta(w, "format", "torchvision.models.VisionTransformer state_dict");
+    }
+    for (int i = 0; i < m->n_meta && !st; i++)
+        st = qkv_st_set_meta(w, m->key[i], m->value[i]);
+    if (!st)
+        st = qkv_st_write(w, path);
+    qkv_st_writer_free(w);
+    return st;
+}
+
+/* ---- opening ---- */
+
+static int64_t json_int(const cJSON *c, const char *key)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(c, key);
+    return cJSON_IsNumber(x) ? (int64_t)x->valuedouble : -1;
+}
+
+static qkv_status open_seq2seq(qkv_model *m, const qkv_st_file *f, const char *path)
+{
+    cJSON *c = cJSON_Parse(qkv_st_meta(f, "config") ? qkv_st_meta(f, "config") : "");
+    if (!c)
+        return qkv_set_error(QKV_ERR_FORMAT, "%s: the \"config\" metadata is missing or not "
+                             "JSON", path);
+    qkv_tf_config cfg = {.layout = QKV_TF_D2L,
+                         .d_model = json_int(c, "d_model"),
+                         .n_heads = json_int(c, "n_heads"),
+                         .d_ffn = json_int(c, "d_ffn"),
+                         .n_enc = json_int(c, "n_enc"),
+                         .n_dec = json_int(c, "n_dec"),
+                         .norm_first = json_int(c, "norm_first") == 1};
+    m->num_steps = json_int(c, "num_steps");
+    cJSON_Delete(c);
+    if (cfg.d_model < 1 || cfg.n_heads < 1 || cfg.d_ffn < 1 || cfg.n_enc < 1 || cfg.n_dec < 1 ||
+        m->num_steps < 1)
+        return qkv_set_error(QKV_ERR_FORMAT, "%s: the config lacks d_model, n_heads, d_ffn, "
+                             "n_enc, n_dec or num_steps", path);
+    for (int i = 0; i < 2; i++) {
+        m->vocab[i] = qkv__vocab_from_lines(qkv_st_meta(f, i ? "tgt_vocab" : "src_vocab"));
+        if (!m->vocab[i])
+            return qkv_set_error(QKV_ERR_FORMAT, "%s: %s vocabulary: %s", path,
+                                 i ? "target" : "source", qkv_error());
+    }
+    return build_seq2seq(m, &cfg);
+}
+
+static qkv_status open_vit(qkv_model *m, const qkv_st_file *f, int64_t heads)
+{
+    qkv_vit_config cfg = {.num_heads = heads};
+    qkv_status st = qkv_vit_config_from_file(&cfg, f);
+    if (!st)
+        st = qkv_vit_init(&m->vit, m->ps, &cfg);
+    return st ? st : qkv_params_alloc(m->ps);
+}
+
+static qkv_model_kind kind_of_file(const qkv_st_file *f)
+{
+    const char *k = qkv_st_meta(f, "qkv.kind");
+    if (k)
+        return !strcmp(k, "seq2seq") ? QKV_MODEL_SEQ2SEQ : !strcmp(k, "vit") ? QKV_MODEL_VIT : 0;
+    const char *cfg = qkv_st_meta(f, "config");
+    if (cfg && strstr(cfg, "\"d2l-transformer\""))
+        return QKV_MODEL_SEQ2SEQ;
+    if (qkv_st_find(f, "conv_proj.weight") >= 0 && qkv_st_find(f, "class_token") >= 0)
+        return QKV_MODEL_VIT;
+    return 0;
+}
+
+/* Keeps the file's other metadata (e.g. "test_accuracy") with the model. */
+static qkv_status keep_meta(qkv_model *m, const qkv_st_file *f)
+{
+    static const char *keys[] = {"test_accuracy", "trained_epochs", "preset"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const char *v = qkv_st_meta(f, keys[i]);
+        if (v && qkv_model_set_meta(m, keys[i], v) != QKV_OK)
+            return qkv_error_status();
+    }
+    return QKV_OK;
+}
+
+qkv_model *qkv_model_open(const char *path, const qkv_model_opts *opts)
+{
+    if (!path) {
+        qkv_set_error(QKV_ERR_ARG, "model_open: path is NULL");
+        return NULL;
+    }
+    char buf[4096];
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        snprintf(buf, sizeof buf, "%s/model.safetensors", path);
+        path = buf;
+    }
+    qkv_st_file *f = qkv_st_open(path);
+    if (!f)
+        return NULL;
+    qkv_model_kind kind = kind_of_file(f);
+    qkv_model *m = kind ? model_alloc(kind) : NULL;
+    qkv_status st = QKV_OK;
+    if (!kind)
+        st = qkv_set_error(QKV_ERR_FORMAT, "%s: not a qkv model: its metadata names no kind "
+                           "(\"qkv.kind\": seq2seq or vit) and its tensors are not a ViT's", path);
+    else if (!m)
+        st = qkv_error_status();
+    else if (kind == QKV_MODEL_SEQ2SEQ)
+        st = open_seq2seq(m, f, path);
+    else
+        st = open_vit(m, f, opts ? opts->num_heads : 0);
+    if (!st)
+        st = qkv_params_load_file(m->ps, f, path, 1);
+    if (!st)
+        st = keep_meta(m, f);
+    qkv_st_close(f);
+    if (st) {
+        qkv_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* ---- using a translation model ---- */
+
+int64_t qkv_model_translate(qkv_ctx *ctx, qkv_model *m, const char *text,
+                            const qkv_translate_opts *o, char *out, size_t n)
+{
+    if (!ctx || !m || !text || !out || n == 0) {
+        qkv_set_error(QKV_ERR_ARG, "model_translate: NULL argument");
+        return -1;
+    }
+    if (m->kind != QKV_MODEL_SEQ2SEQ) {
+        qkv_set_error(QKV_ERR_ARG, "model_translate: a %s model does not translate",
+                      qkv_model_kind_name(m->kind));
+        return -1;
+    }
+    qkv_translate_opts d = {.beam = 1, .alpha = 0.75f};
+    if (!o)
+        o = &d;
+    int64_t S = m->num_steps, max_len = o->max_len > 0 ? o->max_len : S;
+    int64_t *ids = qkv__malloc((size_t)(S + max_len) * sizeof *ids);
+    if (!ids)
+        return -1;
+    const qkv_vocab *tv = m->vocab[1];
+    int64_t valid = qkv_nmt_encode_text(m->vocab[0], text, S, ids);
+    int64_t k = valid < 0 ? -1
+                          : qkv_seq2seq_translate(ctx, &m->seq2seq, ids, S, valid,
+                                                  qkv_vocab_id(tv, "<bos>"),
+                                                  qkv_vocab_id(tv, "<eos>"), max_len,
+                                                  o->beam > 0 ? o->beam : 1, o->alpha,
+                                                  ids + S, o->attn);
+    qkv_ctx_reset(ctx);
+    if (o->src_valid)
+        *o->src_valid = valid;
+    size_t used = 0;
+    out[0] = '\0';
+    for (int64_t i = 0; i < k; i++) {
+        const char *tok = qkv_vocab_token(tv, ids[S + i]);
+        int w = snprintf(out + used, n - used, "%s%s", i ? " " : "", tok ? tok : "<?>");
+        if (w < 0 || (size_t)w >= n - used) {
+            out[used] = '\0';
+            break;
+        }
+        used += (size_t)w;
+    }
+    qkv__free(ids);
+    return k;
+}
