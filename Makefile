@@ -52,7 +52,7 @@ TEST_SRC := $(sort $(wildcard tests/test_*.c)) tests/runner.c tests/testlib.c
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS_OK := $(BUILD)/.deps-ok
 
-.PHONY: all test bench demo install clean deps fixtures experiments fuzz
+.PHONY: all test bench demo install clean deps fixtures experiments fuzz example-translate
 all: $(BUILD)/libqkv.a $(BUILD)/libqkv.so $(BUILD)/qkv
 
 # Installs the Debian packages the project needs when something is missing.
@@ -81,6 +81,19 @@ $(BUILD)/test_qkv: $(TEST_OBJ) $(BUILD)/libqkv.a
 $(BUILD)/example: tests/example.c $(BUILD)/libqkv.a
 	$(CC) $(CFLAGS) -fvisibility=default $(LDFLAGS) -o $@ $< $(BUILD)/libqkv.a $(LDLIBS)
 
+$(BUILD)/example_translate: docs/example_translate.c $(BUILD)/libqkv.a
+	$(CC) $(CFLAGS) -fvisibility=default $(LDFLAGS) -o $@ $< $(BUILD)/libqkv.a $(LDLIBS)
+
+# The docs' example reloads a model the CLI trained and must translate as
+# `qkv translate` does.
+example-translate: $(BUILD)/example_translate $(BUILD)/qkv
+	@rm -rf $(BUILD)/example-run
+	QKV_PROGRESS=0 $(BUILD)/qkv train transformer --epochs 40 --out-dir $(BUILD)/example-run >/dev/null
+	$(BUILD)/example_translate $(BUILD)/example-run "I'm home." "He's calm." > $(BUILD)/example-run/library.txt
+	$(BUILD)/qkv translate --model $(BUILD)/example-run "I'm home." "He's calm." > $(BUILD)/example-run/cli.txt
+	cmp $(BUILD)/example-run/library.txt $(BUILD)/example-run/cli.txt
+	@cat $(BUILD)/example-run/library.txt
+
 # PyTorch fixtures for the parity tests (Debian's python3-torch).
 fixtures: $(BUILD)/parity/.stamp
 $(BUILD)/parity/.stamp: $(wildcard tests/parity/*.py) | $(DEPS_OK)
@@ -88,7 +101,7 @@ $(BUILD)/parity/.stamp: $(wildcard tests/parity/*.py) | $(DEPS_OK)
 	$(PYTHON) tests/parity/gen.py $(BUILD)/parity
 	@touch $@
 
-test: $(BUILD)/test_qkv $(BUILD)/example $(BUILD)/qkv fixtures
+test: $(BUILD)/test_qkv $(BUILD)/example $(BUILD)/qkv fixtures example-translate
 	$(BUILD)/example
 	QKV_FIXTURES=$(BUILD)/parity QKV_BIN=$(BUILD)/qkv $(BUILD)/test_qkv
 

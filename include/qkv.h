@@ -1636,7 +1636,8 @@ typedef struct {
  * batch's loss (a mean over the batch: a sum over the shard's rows divided
  * by n_global). The trainer calls backward on it. NULL with the error set
  * on failure. Runs on the shard's thread, at the same time as the others:
- * it may write only to its own context and to stats. */
+ * it may write only to its own context, to stats and to memory that belongs
+ * to its rows (e.g. a buffer of keys that a post-step hook enqueues). */
 typedef qkv_tensor *(*qkv_train_loss_fn)(qkv_ctx *ctx, const qkv_train_batch *b, void *user);
 
 /* An epoch's results, as the evaluation callback receives them. */

@@ -18,8 +18,8 @@ echo "== 2. Transformer: English-French translation (d2l r0.17 setup, 600 pairs)
     "he's calm ."
 
 echo
-echo "== 3. ViT on Fashion-MNIST (short: 1 epoch on 6000 images)"
-"$QKV" train vit --epochs 1 --limit 6000 --eval-limit 2000 --out-dir "$OUT/vit"
+echo "== 3. ViT on Fashion-MNIST (--preset demo: 3 epochs on 12000 images, about a minute)"
+"$QKV" train vit --preset demo --out-dir "$OUT/vit"
 "$QKV" classify --model "$OUT/vit" --attention "$OUT/vit/rollout.png" \
     tests/data/fashion-0-ankle-boot.png tests/data/fashion-1-pullover.png
 
