@@ -59,6 +59,12 @@
  *   nn           modules: Linear, attention, multi-head attention, positional
  *                encodings, the Transformer's blocks
  *   models       kernel regression, the translation Transformer, ViT
+ *   model files  a trained model with its config and vocabularies, opened by
+ *                kind (qkv_model_open), translation in one call
+ *   trainer      qkv_trainer, the one training loop: a model brings a loss
+ *                callback and hooks
+ *   recipes      the CLI's experiments as library calls (qkv_vit_train,
+ *                qkv_seq2seq_train, qkv_kreg_train)
  *
  * SHAPES
  *
