@@ -848,6 +848,32 @@ typedef struct {
 QKV_API qkv_status qkv_mnist_image(float *dst, const qkv_mnist *d, int64_t i, int64_t size,
                                    qkv_rng *rng, const qkv_augment *aug);
 
+/* The name of Fashion-MNIST class k (0..9: "T-shirt/top" .. "Ankle boot"),
+ * or NULL. */
+QKV_API const char *qkv_fashion_class_name(int64_t k);
+
+/* A detection data set from Fashion-MNIST (`qkv data scenes`): canvases of
+ * size x size with min_objects..max_objects items each, scaled min_scale to
+ * max_scale times (28 pixels at 1), placed at random with at most
+ * max_overlap IoU between their frames, pasted with their brightness as
+ * opacity on textured backgrounds. Writes out_dir/train/NNNNNN.png (from
+ * the training items), out_dir/val/NNNNNN.png (from the test items) and
+ * out_dir/annotations/{train,val}.json in COCO's format: images (id,
+ * file_name, width, height), annotations (bbox x, y, w, h: the tight box of
+ * the item's visible pixels; area w * h; iscrowd 0), categories 1..10 with
+ * the class names. Zero fields take the defaults in brackets. */
+typedef struct {
+    const char *out_dir;
+    const char *data_dir;            /* Fashion-MNIST; NULL: QKV_MNIST_DIR        */
+    int64_t n_train, n_val;          /* images in each split                     */
+    int64_t size;                    /* [128]                                    */
+    double min_scale, max_scale;     /* [0.5, 2]                                 */
+    int64_t min_objects, max_objects;/* [1, 5] (both 0 for the default)         */
+    double max_overlap;              /* [0.3]                                    */
+    uint64_t seed;
+} qkv_scenes_config;
+QKV_API qkv_status qkv_scenes_make(const qkv_scenes_config *cfg);
+
 /* A vocabulary: tokens (strings) <-> ids 0 .. size - 1. */
 typedef struct qkv_vocab qkv_vocab;
 /* d2l's Vocab over a token stream: id 0 is "<unk>", then the reserved

@@ -373,3 +373,40 @@ TEST(trainer_cli_ctrl_c_leaves_a_checkpoint)
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK(system(cmd) == 0, "cleanup");
 }
+
+/* `qkv data scenes`: the files, valid COCO annotations (boxes inside the
+ * canvas, categories 1-10, one image entry per PNG), the same bytes for the
+ * same seed, and bad options refused. */
+TEST(scenes_make_a_coco_data_set)
+{
+    char dir[] = "/tmp/qkv_scenesXXXXXX";
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    static char out[8192];
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s data scenes --out %s/a --train 6 --val 3 --size 64 --seed 4 "
+             "2>&1 && %s data scenes --out %s/b --train 6 --val 3 --size 64 --seed 4 2>&1",
+             test_qkv_bin(), dir, test_qkv_bin(), dir);
+    int rc = test_run(cmd, out, sizeof out);
+    REQUIRE(rc == 0, "data scenes: exit %d\n%s", rc, out);
+    snprintf(cmd, sizeof cmd, "cmp -s %s/a/annotations/train.json %s/b/annotations/train.json "
+             "&& cmp -s %s/a/val/000003.png %s/b/val/000003.png", dir, dir, dir, dir);
+    CHECK(system(cmd) == 0, "the same seed gave other files");
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 -c \"import json,sys; d=json.load(open('%s/a/annotations/train.json'));"
+             "assert len(d['images'])==6 and len(d['categories'])==10;"
+             "assert all(0<=a['bbox'][0] and a['bbox'][0]+a['bbox'][2]<=64 and 0<=a['bbox'][1] and "
+             "a['bbox'][1]+a['bbox'][3]<=64 and a['bbox'][2]>0 and 1<=a['category_id']<=10 and "
+             "a['image_id'] in range(1,7) for a in d['annotations']);"
+             "assert len(d['annotations'])>=6; print('ok', len(d['annotations']))\" 2>&1",
+             dir);
+    rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0 && !strncmp(out, "ok", 2), "annotations: %s", out);
+    snprintf(cmd, sizeof cmd, "%s/a/train/000006.png", dir);
+    CHECK(access(cmd, R_OK) == 0, "no image 6");
+    snprintf(cmd, sizeof cmd, "%s data scenes --out %s/c --min-scale 2 --max-scale 1 2>&1",
+             test_qkv_bin(), dir);
+    rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 2 && strstr(out, "--max-scale"), "bad scales: exit %d\n%s", rc, out);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0, "cleanup");
+}

@@ -27,6 +27,8 @@ static const command commands[] = {
     {"train vit", "train a Vision Transformer on Fashion-MNIST", cmd_train_vit},
     {"eval vit", "accuracy and confusion matrix of a ViT on Fashion-MNIST", cmd_eval_vit},
     {"classify", "top classes of images by a ViT, attention rollout", cmd_classify},
+    {"data scenes", "make a detection data set (COCO JSON) from Fashion-MNIST items",
+     cmd_data_scenes},
     {"forward", "run a module on named tensors (safetensors in, safetensors out)", cmd_forward},
     {"version", "print the version, the GEMM backend and the thread count", cmd_version},
 };
