@@ -1017,6 +1017,65 @@ QKV_API void qkv_image_hflip(qkv_image *img);
 QKV_API void qkv_image_normalize(qkv_image *img, const float *mean, const float *std);
 
 /* ------------------------------------------------------------------------ */
+/* Detection samples: an image with its boxes, and DETR's augmentations     */
+/* (facebookresearch/detr datasets/transforms.py), which move both           */
+/* ------------------------------------------------------------------------ */
+
+/* Boxes (n, 4) are (x0, y0, x1, y1) in pixels until qkv_det_finish makes
+ * them (cx, cy, w, h) / (W, H) as DETR's targets. boxes and labels are
+ * qkv-allocated (room for the n boxes at least); qkv_det_sample_free frees
+ * all three parts. */
+typedef struct {
+    qkv_image image;
+    int64_t n;
+    float *boxes;     /* (n, 4) */
+    int64_t *labels;  /* (n) */
+} qkv_det_sample;
+QKV_API void qkv_det_sample_free(qkv_det_sample *s);
+/* Mirrors the image and the boxes left to right. */
+QKV_API void qkv_det_hflip(qkv_det_sample *s);
+/* DETR's resize: the shorter side to `size`, unless the longer would then
+ * exceed max_size (> 0), in which case the longer becomes max_size (sizes
+ * rounded as DETR's get_size_with_aspect_ratio); boxes scaled by the
+ * ratios of the new to the old width and height. The image is resized
+ * bilinearly as F.interpolate (DETR's PIL resize antialiases when it
+ * shrinks; the boxes are the same). */
+QKV_API qkv_status qkv_det_resize(qkv_det_sample *s, int64_t size, int64_t max_size);
+/* The (oh, ow) qkv_det_resize gives an (h, w) image. */
+QKV_API void qkv_det_resized_size(int64_t h, int64_t w, int64_t size, int64_t max_size,
+                                  int64_t *oh, int64_t *ow);
+/* The (h, w) window at (top, left), which must lie inside the image; boxes
+ * shifted and clipped to it, those with nothing left inside dropped (with
+ * their labels), as DETR's crop. */
+QKV_API qkv_status qkv_det_crop(qkv_det_sample *s, int64_t top, int64_t left, int64_t h,
+                                int64_t w);
+/* DETR's training augmentation: a flip with probability flip_p; then with
+ * probability crop_p a resize to one of crop_scales, a crop of random size
+ * in [crop_min, crop_max] (capped at the image) at a random place; then a
+ * resize to one of scales with max_size. COCO's: scales 480..800 step 32,
+ * max_size 1333, crop_scales {400, 500, 600}, crop 384..600, both p 0.5. */
+typedef struct {
+    const int64_t *scales;
+    int n_scales;
+    int64_t max_size;
+    const int64_t *crop_scales;     /* NULL (n 0): no crop branch */
+    int n_crop_scales;
+    int64_t crop_min, crop_max;
+    double flip_p, crop_p;
+} qkv_det_augment_config;
+QKV_API qkv_status qkv_det_augment(qkv_det_sample *s, const qkv_det_augment_config *a,
+                                   qkv_rng *r);
+/* The last step: (x - mean[c]) / std[c] per channel (if mean and std are
+ * not NULL), boxes to (cx, cy, w, h) / (W, H). */
+QKV_API void qkv_det_finish(qkv_det_sample *s, const float *mean, const float *std);
+/* Images of different sizes into one batch: pixels (B, C, H, W) with each
+ * image at the top left and zeros around it; mask (B, H, W) (may be NULL) 1
+ * on image pixels and 0 on padding (Hugging Face's pixel_mask; DETR's own
+ * mask is its negation). An image larger than (H, W) is an error. */
+QKV_API qkv_status qkv_det_pad_batch(float *pixels, float *mask, const qkv_det_sample *const *s,
+                                     int64_t B, int64_t C, int64_t H, int64_t W);
+
+/* ------------------------------------------------------------------------ */
 /* Pictures and metrics                                                      */
 /* ------------------------------------------------------------------------ */
 
