@@ -84,3 +84,65 @@ TEST(detection_resize_sizes_follow_detr)
     qkv_det_resized_size(800, 600, 600, 0, &oh, &ow);
     CHECK(oh == 800 && ow == 600, "already there: %lldx%lld", (long long)oh, (long long)ow);
 }
+
+static qkv_det_sample sample_of(int64_t h, int64_t w, int64_t n, qkv_rng *r)
+{
+    qkv_det_sample s = {.image = {.c = 1, .h = h, .w = w}, .n = n};
+    s.image.data = malloc((size_t)(h * w) * sizeof(float));
+    s.boxes = malloc((size_t)(4 * n) * sizeof(float));
+    s.labels = malloc((size_t)n * sizeof(int64_t));
+    for (int64_t i = 0; i < h * w; i++)
+        s.image.data[i] = (float)qkv_rng_uniform(r);
+    for (int64_t i = 0; i < n; i++) {
+        float x = (float)(qkv_rng_uniform(r) * (double)(w - 8)), y = (float)(qkv_rng_uniform(r) * (double)(h - 8));
+        float bw = 4 + (float)(qkv_rng_uniform(r) * 30), bh = 4 + (float)(qkv_rng_uniform(r) * 30);
+        float b[4] = {x, y, fminf((float)w, x + bw), fminf((float)h, y + bh)};
+        memcpy(s.boxes + 4 * i, b, sizeof b);
+        s.labels[i] = i;
+    }
+    return s;
+}
+
+/* The random augmentation: with the flip and no crop it is hflip then the
+ * resize; with crops, every kept box stays inside the image, non-empty,
+ * with its own label, and the shorter side is one of the scales. */
+TEST(detection_augment_keeps_boxes_inside)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 9);
+    const int64_t scales[] = {64, 72, 80}, crop_scales[] = {60, 70};
+    qkv_det_sample a = sample_of(90, 120, 6, &r), b = sample_of(90, 120, 6, &r);
+    memcpy(b.image.data, a.image.data, 90 * 120 * sizeof(float));
+    memcpy(b.boxes, a.boxes, 24 * sizeof(float));
+    qkv_det_augment_config only_flip = {.scales = scales, .n_scales = 1, .max_size = 1000,
+                                        .flip_p = 1.0};
+    REQUIRE(qkv_det_augment(&a, &only_flip, &r) == QKV_OK, "%s", qkv_error());
+    qkv_det_hflip(&b);
+    REQUIRE(qkv_det_resize(&b, 64, 1000) == QKV_OK, "%s", qkv_error());
+    CHECK(a.image.h == b.image.h && a.image.w == b.image.w &&
+              !memcmp(a.image.data, b.image.data, (size_t)(a.image.h * a.image.w) * sizeof(float)) &&
+              !memcmp(a.boxes, b.boxes, 24 * sizeof(float)),
+          "flip + resize differ from the augmentation");
+    qkv_det_sample_free(&a);
+    qkv_det_sample_free(&b);
+    qkv_det_augment_config full = {.scales = scales, .n_scales = 3, .max_size = 100,
+                                   .crop_scales = crop_scales, .n_crop_scales = 2,
+                                   .crop_min = 30, .crop_max = 50, .flip_p = 0.5, .crop_p = 1.0};
+    for (int trial = 0; trial < 20; trial++) {
+        qkv_det_sample s = sample_of(90, 120, 6, &r);
+        REQUIRE(qkv_det_augment(&s, &full, &r) == QKV_OK, "%s", qkv_error());
+        int64_t shorter = s.image.h < s.image.w ? s.image.h : s.image.w;
+        CHECK(shorter == 64 || shorter == 72 || shorter == 80 || s.image.h == 100 ||
+                  s.image.w == 100 || s.image.h >= 99 || s.image.w >= 99,
+              "trial %d: %lld x %lld", trial, (long long)s.image.h, (long long)s.image.w);
+        for (int64_t i = 0; i < s.n; i++) {
+            const float *bx = s.boxes + 4 * i;
+            CHECK(bx[0] >= 0 && bx[1] >= 0 && bx[2] <= (float)s.image.w + 1e-3f &&
+                      bx[3] <= (float)s.image.h + 1e-3f && bx[2] > bx[0] && bx[3] > bx[1] &&
+                      s.labels[i] >= 0 && s.labels[i] < 6 && (i == 0 || s.labels[i] > s.labels[i - 1]),
+                  "trial %d box %lld: %g %g %g %g label %lld", trial, (long long)i, bx[0], bx[1],
+                  bx[2], bx[3], (long long)s.labels[i]);
+        }
+        qkv_det_sample_free(&s);
+    }
+}
