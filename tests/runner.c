@@ -13,6 +13,8 @@ typedef struct {
 static entry tests[4096];
 static int n_tests;
 static int cur_failures;
+static char note[256];
+static int expecting = -1; /* >= 0: failures recorded inside EXPECT_FAIL */
 
 void test_register(const char *name, const char *file, test_fn fn)
 {
@@ -24,11 +26,34 @@ void test_fail(const char *file, int line, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "    %s:%d: ", file, line);
+    fprintf(stderr, "%s%s:%d: %s%s", expecting >= 0 ? "    (expected) " : "    ", file, line,
+            note, note[0] ? ": " : "");
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
-    cur_failures++;
+    if (expecting >= 0)
+        expecting++;
+    else
+        cur_failures++;
+}
+
+void test_note(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(note, sizeof note, fmt, ap);
+    va_end(ap);
+}
+
+const char *test_current_note(void) { return note; }
+
+void test_expect_begin(void) { expecting = 0; }
+
+int test_expect_end(void)
+{
+    int n = expecting;
+    expecting = -1;
+    return n;
 }
 
 static int by_file_then_name(const void *a, const void *b)
@@ -50,6 +75,8 @@ int main(int argc, char **argv)
         if (!run)
             continue;
         cur_failures = 0;
+        note[0] = '\0';
+        expecting = -1;
         qkv_clear_error();
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
