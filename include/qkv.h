@@ -82,7 +82,10 @@
  *   both cases qkv_error() gives a message naming what was wrong (the op and
  *   both shapes, or the file, the tensor and the byte offset). An op given a
  *   NULL input returns NULL and keeps the first message, so a chain of ops can
- *   be checked once at its end.
+ *   be checked once at its end. A function that succeeds leaves the thread's
+ *   error as it found it (it never erases the caller's message); the
+ *   exceptions say so: qkv_backward starts from a clean status, and
+ *   qkv_loader_next clears it at the end of an epoch.
  *
  * THREADS
  *
@@ -309,7 +312,11 @@ QKV_API qkv_tensor *qkv_requires_grad(qkv_tensor *t);
 QKV_API qkv_tensor *qkv_detach(qkv_ctx *ctx, qkv_tensor *t);
 
 /* Runs backward from a scalar (one-element) tensor: seeds its grad with 1 and
- * accumulates (+=) into every tensor of the tape that needs a gradient. */
+ * accumulates (+=) into every tensor of the tape that needs a gradient.
+ * Starts from a clean status: the thread's error is cleared first, so an
+ * earlier failure the caller handled cannot fail it; after it the status
+ * and message are its own. A NULL loss returns the error of the op that
+ * failed to make it (QKV_ERR_ARG if none is set). */
 QKV_API qkv_status qkv_backward(qkv_ctx *ctx, qkv_tensor *loss);
 /* As qkv_backward, seeding the output's gradient with `grad` (same shape).
  * `grad` is only read; when `out` is the newest op's output it is used in

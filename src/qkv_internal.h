@@ -15,6 +15,9 @@
 void *qkv__malloc(size_t bytes);
 void *qkv__calloc(size_t n, size_t size);
 void *qkv__aligned_alloc(size_t bytes); /* 64-byte aligned */
+/* The same, setting no error on failure: for a caller that has a fallback
+ * and must leave the thread's error as its own caller set it. */
+void *qkv__aligned_alloc_quiet(size_t bytes);
 void qkv__free(void *p);
 char *qkv__strdup(const char *s);
 

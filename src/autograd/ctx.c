@@ -418,6 +418,9 @@ static qkv_status run_backward(qkv_ctx *ctx)
 
 qkv_status qkv_backward_with(qkv_ctx *ctx, qkv_tensor *out, const float *grad)
 {
+    /* a clean start: the rules report failure through the thread's status,
+     * which must not hold an earlier, handled error of the caller's */
+    qkv_clear_error();
     if (!out || !grad)
         return qkv_set_error(QKV_ERR_ARG, "backward: %s is NULL", out ? "grad" : "output");
     if (!out->requires_grad)

@@ -27,11 +27,16 @@ void *qkv__calloc(size_t n, size_t size)
     return p;
 }
 
-void *qkv__aligned_alloc(size_t bytes)
+void *qkv__aligned_alloc_quiet(size_t bytes)
 {
     atomic_fetch_add(&n_mallocs, 1);
     size_t rounded = (bytes + 63) / 64 * 64;
-    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    return aligned_alloc(64, rounded ? rounded : 64);
+}
+
+void *qkv__aligned_alloc(size_t bytes)
+{
+    void *p = qkv__aligned_alloc_quiet(bytes);
     if (!p)
         qkv_set_error(QKV_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
     return p;

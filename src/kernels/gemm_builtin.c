@@ -208,8 +208,10 @@ static _Thread_local int ws_threads;
 static float *workspace(int threads)
 {
     if (ws_threads < threads) {
-        float *p = qkv__aligned_alloc(sizeof(float) * ((size_t)KC * NC +
-                                                       (size_t)threads * MC * KC));
+        /* quiet: the slow path answers instead, and a kernel leaves the
+         * thread's error as its caller set it */
+        float *p = qkv__aligned_alloc_quiet(sizeof(float) * ((size_t)KC * NC +
+                                                             (size_t)threads * MC * KC));
         if (!p)
             return NULL;
         qkv__free(ws);
@@ -378,8 +380,7 @@ void qkv_k_gemm_builtin(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_
         threads = omp_get_max_threads();
 #endif
     float *Bp = workspace(threads);
-    if (!Bp) {
-        qkv_clear_error(); /* an answer is still given, through the slow path */
+    if (!Bp) { /* an answer is still given, through the slow path */
         qkv_k_gemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
