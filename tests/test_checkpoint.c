@@ -90,7 +90,7 @@ TEST(state_dict_pytorch_both_ways)
     qkv_tensor *x = qkv_st_load(ctx, f, "__x"), *want = qkv_st_load(ctx, f, "__y");
     qkv_tensor *h = qkv_nn_linear_forward(ctx, &m.l0, x);
     qkv_tensor *y = qkv_nn_linear_forward(ctx, &m.l2, qkv_tanh(ctx, h));
-    CHECK_TENSOR(y, want, 1e-6);
+    CHECK_CLOSE(y, want, 1e-7, 5e-7);
     qkv_st_close(f);
     REQUIRE(qkv_params_save(ps, out, QKV_DT_F32) == QKV_OK, "%s", qkv_error());
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/parity/state_dict_io.py check %s %s", in,

@@ -1,11 +1,13 @@
 /* test_conv.c - conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d.
  *   - im2col + GEMM against the direct reference kernel over many option
- *     combinations (tol 1e-5 relative to max(1, |ref|): float GEMM against
- *     double accumulation over at most 100 terms);
- *   - gradient checks per option (tol 2e-2, as test_core.c);
- *   - PyTorch parity, forward and backward, tol 1e-5 for conv (GEMM sums in
- *     another order than mkldnn) and 1e-6 for pooling (the same sums);
- *   - errors name the op and the shapes. */
+ *     combinations (float GEMM against double accumulation, at most 100
+ *     terms);
+ *   - gradient checks per option, by central differences;
+ *   - PyTorch parity, forward and backward: conv within a few ulp (GEMM
+ *     sums in another order than mkldnn), pooling's gradients exactly;
+ *   - errors name the op and the shapes.
+ * Tolerances: atol + rtol |want| as stated at each check, a few times the
+ * worst error measured (docs/testing.md). */
 #include "test.h"
 
 #include "kernels/conv.h"
@@ -62,8 +64,8 @@ TEST(conv2d_matches_direct_reference)
         qkv_tensor *ref = qkv_new(ctx, 4, y->shape);
         qkv_k_conv2d_ref(ref->data, x->data, w->data, b ? b->data : NULL, c->B, c->Cin,
                          c->Cout, groups, &g);
-        double d = max_rel_diff(y, ref);
-        CHECK(d <= 1e-5, "case %d: max rel diff %.3g", i, d);
+        test_note("case %d", i);
+        CHECK_CLOSE(y, ref, 5e-6, 5e-7);
     }
     qkv_ctx_free(ctx);
 }
@@ -96,15 +98,16 @@ TEST(gradcheck_conv2d_options)
             gc_rand(&r, 4, SHAPE(c->Cout, c->Cin / groups, c->kh, c->kw), -1, 1, true),
             gc_rand(&r, 1, SHAPE(c->Cout), -1, 1, true),
         };
-        double e = gradcheck(f_conv, c->bias ? 3 : 2, in, (void *)c, 1e-3);
-        CHECK(e <= 2e-2, "case %d: gradcheck error %.3g", i, e);
+        test_note("case %d", i);
+        CHECK_GRAD(f_conv, c->bias ? 3 : 2, in, (void *)c, 2e-3, 1e-3);
         gc_free(3, in);
     }
+    test_note("channels last");
     conv_case nhwc = {2, 3, 6, 5, 4, 2, 3, {.stride_w = 2, .pad_h = 1}, true};
     gc_input in[3] = {gc_rand(&r, 4, SHAPE(2, 6, 5, 3), -1, 1, true),
                       gc_rand(&r, 4, SHAPE(4, 3, 2, 3), -1, 1, true),
                       gc_rand(&r, 1, SHAPE(4), -1, 1, true)};
-    CHECK_GRAD(f_conv_nhwc, 3, in, &nhwc, 2e-2);
+    CHECK_GRAD(f_conv_nhwc, 3, in, &nhwc, 5e-4, 1e-3);
     gc_free(3, in);
 }
 
@@ -148,8 +151,8 @@ TEST(gradcheck_pooling)
             for (int j = 0; j < 140; j++)
                 in[0].data[j] = 0.01f * (float)perm[j] - 0.7f;
         }
-        double e = gradcheck(f_pool, 1, in, (void *)c, 1e-3);
-        CHECK(e <= 2e-2, "pool case %zu: gradcheck error %.3g", i, e);
+        test_note("pool case %zu", i);
+        CHECK_GRAD(f_pool, 1, in, (void *)c, 2e-5, 1e-3);
         gc_free(1, in);
     }
 }
@@ -233,17 +236,19 @@ static qkv_tensor *fixture_x(qkv_ctx *ctx, qkv_st_file *fx, qkv_tensor **leaf, c
     return strcmp(*name, "x") ? qkv_permute(ctx, *leaf, (int[]){0, 3, 1, 2}) : *leaf;
 }
 
-static void check_grad(qkv_ctx *ctx, qkv_st_file *fx, const char *case_name,
-                       const char *input, const qkv_tensor *t, double tol)
+/* t's gradient against the fixture's grad_<input>; the fixture's inputs
+ * are the leaves, so the shapes compare as stored */
+static void check_grad(qkv_ctx *ctx, qkv_st_file *fx, const char *name, const char *input,
+                       const qkv_tensor *t, double atol, double rtol)
 {
     char key[64];
     snprintf(key, sizeof key, "grad_%s", input);
-    qkv_tensor *want = fixture_get(ctx, fx, key);
-    double d = t && t->grad && want ? max_rel_diff_buf(t->grad, want) : INFINITY;
-    CHECK(d <= tol, "%s: %s max rel diff %.3g > %g", case_name, key, d, tol);
+    test_note("%s: %s", name, key);
+    CHECK_CLOSE_GRAD(t, fixture_get(ctx, fx, key), atol, rtol);
 }
 
-static void parity_conv(const char *name)
+/* atol: of the gradients, which sum B Ho Wo or Cout kh kw products */
+static void parity_conv(const char *name, double atol)
 {
     qkv_st_file *fx = fixture_open(name);
     if (!fx)
@@ -262,13 +267,13 @@ static void parity_conv(const char *name)
                                                : NULL;
     qkv_tensor *out = qkv_conv2d(ctx, x, w, b, &o);
     qkv_tensor *want = fixture_get(ctx, fx, "out"), *gout = fixture_get(ctx, fx, "gout");
-    double dout = out && want ? max_rel_diff(out, want) : INFINITY;
-    CHECK(dout <= 1e-5, "%s: out max rel diff %.3g (%s)", name, dout, qkv_error());
+    test_note("%s", name);
+    CHECK_CLOSE(out, want, 5e-6, 1e-6);
     if (out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK) {
-        check_grad(ctx, fx, name, xname, xleaf, 1e-5);
-        check_grad(ctx, fx, name, "w", w, 1e-5);
+        check_grad(ctx, fx, name, xname, xleaf, atol, 1e-6);
+        check_grad(ctx, fx, name, "w", w, atol, 1e-6);
         if (b)
-            check_grad(ctx, fx, name, "b", b, 1e-5);
+            check_grad(ctx, fx, name, "b", b, atol, 1e-6);
     } else
         CHECK(0, "%s: %s", name, qkv_error());
     qkv_ctx_free(ctx);
@@ -277,17 +282,17 @@ static void parity_conv(const char *name)
 
 TEST(parity_conv2d)
 {
-    parity_conv("conv2d_basic");
-    parity_conv("conv2d_stride2_pad1");
-    parity_conv("conv2d_dil2");
-    parity_conv("conv2d_groups2");
-    parity_conv("conv2d_depthwise");
-    parity_conv("conv2d_depthwise_s2_dil2");
-    parity_conv("conv2d_1x1_nobias");
-    parity_conv("conv2d_1x1_stride2");
-    parity_conv("conv2d_patch");
-    parity_conv("conv2d_chunks");
-    parity_conv("conv2d_nhwc");
+    parity_conv("conv2d_basic", 1e-5);
+    parity_conv("conv2d_stride2_pad1", 1e-5);
+    parity_conv("conv2d_dil2", 1e-5);
+    parity_conv("conv2d_groups2", 1e-5);
+    parity_conv("conv2d_depthwise", 1e-5);
+    parity_conv("conv2d_depthwise_s2_dil2", 1e-5);
+    parity_conv("conv2d_1x1_nobias", 1e-5);
+    parity_conv("conv2d_1x1_stride2", 1e-5);
+    parity_conv("conv2d_patch", 1e-5);
+    parity_conv("conv2d_chunks", 1e-4); /* grad_w: 960 terms up to 97 */
+    parity_conv("conv2d_nhwc", 1e-5);
 }
 
 static void parity_pool(const char *name, int kind)
@@ -304,10 +309,10 @@ static void parity_pool(const char *name, int kind)
     qkv_tensor *xleaf, *x = fixture_x(ctx, fx, &xleaf, &xname);
     qkv_tensor *out = x ? f_pool(ctx, &x, &pc) : NULL;
     qkv_tensor *want = fixture_get(ctx, fx, "out"), *gout = fixture_get(ctx, fx, "gout");
-    double dout = out && want ? max_rel_diff(out, want) : INFINITY;
-    CHECK(dout <= 1e-6, "%s: out max rel diff %.3g (%s)", name, dout, qkv_error());
+    test_note("%s", name);
+    CHECK_CLOSE(out, want, 2e-7, 5e-7);
     if (out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK)
-        check_grad(ctx, fx, name, xname, xleaf, 1e-6);
+        check_grad(ctx, fx, name, xname, xleaf, 0, 5e-7);
     else
         CHECK(0, "%s: %s", name, qkv_error());
     qkv_ctx_free(ctx);
