@@ -1,14 +1,13 @@
-/* test_vit.c - the Vision Transformer: PyTorch parity of the logits and of
- * the gradients of the input and of every parameter against a small random
- * torchvision VisionTransformer (tol 2e-5 relative to max(1, max|ref|): a
- * dozen float32 ops deep, each within 1e-5 of PyTorch, the errors add), a
- * gradient check of the input through the whole model (tol 3e-2: two blocks
- * of float32 rounding, ~6e-8 relative per output, divided by the 2e-3 of a
- * central difference, leave ~5e-5 absolute noise on gradients of ~3e-3;
- * the parity above is the sharp test), the configuration read from a state dict, the attention rollout
- * against a hand computation, a short training run whose loss falls, and
- * the CLI: the accuracy `qkv eval vit` computes from the checkpoint equals
- * the one `qkv train vit` printed. */
+/* test_vit.c - the Vision Transformer: the logits and the gradients of the
+ * input and of every parameter against a small random torchvision
+ * VisionTransformer evaluated in float64 at qkv's float32 inputs and
+ * weights (tests/parity/cases_vit.py), so that the only error measured is
+ * qkv's own float32 rounding; with the forward equal to PyTorch's, this is
+ * the model's gradient check, far sharper than central differences of a
+ * float32 forward (docs/testing.md). Also: the configuration read from a
+ * state dict, the attention rollout against a hand computation, a short
+ * training run whose loss falls, and the CLI: the accuracy `qkv eval vit`
+ * computes from the checkpoint equals the one `qkv train vit` printed. */
 #include "test.h"
 
 #include <sys/stat.h>
@@ -42,18 +41,18 @@ static void parity_case(const char *name)
     CHECK(!transposed || !qkv_is_contiguous(x), "the transposed input should be a view");
     qkv_tensor *out = qkv_vit_forward(ctx, &m, x, NULL);
     qkv_tensor *want = fixture_get(ctx, fx, "out");
-    CHECK_TENSOR(out, want, 2e-5);
+    /* float32 against float64: a dozen ops deep, ~1e-7 of the logits */
+    CHECK_CLOSE(out, want, 2e-7, 1e-6);
     qkv_tensor *gout = fixture_get(ctx, fx, "gout");
     REQUIRE(out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK, "%s", qkv_error());
-    CHECK_GRADBUF(x0->grad, fixture_get(ctx, fx, transposed ? "grad_x_t" : "grad_x"), 2e-5);
+    CHECK_CLOSE_GRAD(x0, fixture_get(ctx, fx, transposed ? "grad_x_t" : "grad_x"), 1e-8, 1e-6);
     int64_t checked = 0;
     for (int64_t i = 0; i < qkv_params_count(ps); i++) {
         qkv_tensor *p = qkv_params_at(ps, i);
         char key[600];
         snprintf(key, sizeof key, "grad_%s", p->name);
-        qkv_tensor *g = fixture_get(ctx, fx, key);
-        double d = g ? max_rel_diff_buf(p->grad, g) : INFINITY;
-        CHECK(d <= 2e-5, "%s: %s max rel diff %.3g > 2e-5", name, key, d);
+        test_note("%s: %s", name, key);
+        CHECK_CLOSE_GRAD(p, fixture_get(ctx, fx, key), 5e-7, 1e-6);
         checked++;
     }
     /* 4 top-level, 12 per block, 2 final norm, 2 head */
@@ -68,7 +67,7 @@ static void parity_case(const char *name)
     qkv_tensor *xi = fixture_get(ictx, fx, transposed ? "x_t" : "x");
     qkv_tensor *yi = qkv_vit_forward(ictx, &m, transposed ? qkv_transpose(ictx, xi, 2, 3) : xi,
                                      NULL);
-    CHECK_TENSOR(yi, fixture_get(ictx, fx, "out"), 2e-5);
+    CHECK_CLOSE(yi, fixture_get(ictx, fx, "out"), 2e-7, 1e-6);
     size_t infer_peak = qkv_arena_peak(qkv_ctx_arena(ictx));
     CHECK(infer_peak < train_peak, "%s: inference peak %zu bytes, training %zu", name, infer_peak,
           train_peak);
@@ -103,24 +102,6 @@ static bool tiny_make(tiny_vit *t, uint64_t seed, float dropout)
     qkv_init_uniform(&r, t->m.head.weight, -0.5f, 0.5f);
     qkv_init_uniform(&r, t->m.class_token, -0.5f, 0.5f);
     return true;
-}
-
-static qkv_tensor *f_vit(qkv_ctx *ctx, qkv_tensor **in, void *ud)
-{
-    qkv_set_training(ctx, 0);
-    return qkv_vit_forward(ctx, &((tiny_vit *)ud)->m, in[0], NULL);
-}
-
-TEST(vit_gradcheck_input)
-{
-    tiny_vit t;
-    REQUIRE(tiny_make(&t, 3, 0.0f), "%s", qkv_error());
-    qkv_rng r;
-    qkv_rng_seed(&r, 4);
-    gc_input x[] = {gc_rand(&r, 4, SHAPE(2, 1, 8, 8), -1, 1, true)};
-    CHECK_GRAD(f_vit, 1, x, &t, 3e-2);
-    gc_free(1, x);
-    qkv_params_free(t.ps);
 }
 
 TEST(vit_shape_errors)
@@ -179,7 +160,7 @@ TEST(vit_config_from_file)
     qkv_rng_seed(&r, 9);
     qkv_tensor *x = qkv_randn(ctx, 4, SHAPE(2, 1, 8, 8), 0, 1);
     qkv_tensor *a = qkv_vit_forward(ctx, &t.m, x, NULL), *b = qkv_vit_forward(ctx, &m2, x, NULL);
-    CHECK_TENSOR(a, b, 0.0);
+    CHECK_CLOSE(a, b, 0, 0);
     qkv_ctx_free(ctx);
     qkv_params_free(ps2);
     qkv_params_free(t.ps);
@@ -207,8 +188,8 @@ TEST(vit_rollout_by_hand)
     double mx = fmax(r[1], r[2]);
     float map[2];
     REQUIRE(qkv_vit_rollout(map, w, 2, 3) == QKV_OK, "%s", qkv_error());
-    CHECK_NEAR(map[0], r[1] / mx, 1e-6);
-    CHECK_NEAR(map[1], r[2] / mx, 1e-6);
+    CHECK_SCALAR(map[0], r[1] / mx, 0, 5e-7);
+    CHECK_SCALAR(map[1], r[2] / mx, 1e-8, 5e-7);
     CHECK(qkv_vit_rollout(map, w, 0, 3) != QKV_OK, "L = 0 accepted");
 }
 
@@ -225,13 +206,13 @@ TEST(vit_forward_weights)
     qkv_tensor *a = qkv_vit_forward(ctx, &t.m, x, w);
     qkv_tensor *b = qkv_vit_forward(ctx, &t.m, x, NULL);
     REQUIRE(a && w[0] && w[1], "%s", qkv_error());
-    CHECK_TENSOR(a, b, 2e-6); /* the unfused path rounds differently */
+    CHECK_CLOSE(a, b, 5e-7, 5e-7); /* the unfused path rounds differently */
     CHECK(w[1]->ndim == 3 && w[1]->shape[0] == 2 && w[1]->shape[1] == 5 && w[1]->shape[2] == 5,
           "weights shape");
     double s = 0;
     for (int j = 0; j < 5; j++)
         s += qkv_get(w[1], 5 * 3 + j);
-    CHECK_NEAR(s, 1.0, 1e-5);
+    CHECK_SCALAR(s, 1.0, 1e-8, 5e-7);
     qkv_ctx_free(ctx);
     qkv_params_free(t.ps);
 }
@@ -279,7 +260,7 @@ TEST(vit_training_loss_falls)
         qkv_params_zero_grad(t.ps);
         qkv_ctx_reset(ctx);
     }
-    CHECK_NEAR(first, log(3.0), 1e-5); /* the zero head: uniform predictions */
+    CHECK_SCALAR(first, log(3.0), 2e-8, 5e-7); /* the zero head: uniform predictions */
     CHECK(last < 0.6 * first, "loss %.4f -> %.4f did not fall enough", first, last);
     qkv_ctx_free(ctx);
     qkv_optim_free(opt);
@@ -379,7 +360,7 @@ TEST(vit_torchvision_state_dict_strict)
     qkv_ctx *ctx = qkv_ctx_new();
     qkv_set_training(ctx, 0);
     qkv_tensor *out = qkv_vit_forward(ctx, &m, fixture_get(ctx, fx, "__x"), NULL);
-    CHECK_TENSOR(out, fixture_get(ctx, fx, "__out"), 2e-5);
+    CHECK_CLOSE(out, fixture_get(ctx, fx, "__out"), 1e-5, 5e-6);
     qkv_ctx_free(ctx);
     qkv_params_free(ps);
     qkv_st_close(fx);

@@ -4,7 +4,16 @@ and the gradients of the input and of every parameter under the state_dict
 names. Parameters are redrawn from the case's generator so that none is
 zero (torchvision zeroes the head). One case takes a grey image (conv_proj
 replaced by a 1-channel Conv2d, as qkv's Fashion-MNIST models) stored
-channels-last, which the C test reads through a permuted view."""
+channels-last, which the C test reads through a permuted view.
+
+Inputs and parameters are float32 (what qkv computes with); the logits and
+gradients are computed in float64 from those very values, so that the
+reference's own rounding (~1e-16) is nil and the C test measures qkv's
+float32 error alone. This is the ViT's gradient check: central differences
+of a float32 forward this deep carry ~1e-4 of noise, the float64 reference
+none."""
+import copy
+
 import torch
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
@@ -25,19 +34,21 @@ def _vit_case(g, image=8, patch=4, layers=2, heads=2, hidden=8, mlp=12, classes=
         m.conv_proj = nn.Conv2d(channels, hidden, kernel_size=patch, stride=patch)
     m.eval()
     _fill_params(g, m)
-    x = torch.randn(B, channels, image, image, generator=g).requires_grad_()
-    out = m(x)
+    x = torch.randn(B, channels, image, image, generator=g)
+    m64 = copy.deepcopy(m).double()
+    x64 = x.double().requires_grad_()
+    out = m64(x64)
     gout = torch.randn(out.shape, generator=g)
-    (out * gout).sum().backward()
+    (out * gout.double()).sum().backward()
     t = {"out": out.detach(), "gout": gout}
     if transposed:
-        t["x_t"] = x.detach().transpose(2, 3).contiguous()
-        t["grad_x_t"] = x.grad.transpose(2, 3).contiguous()
+        t["x_t"] = x.transpose(2, 3).contiguous()
+        t["grad_x_t"] = x64.grad.transpose(2, 3).contiguous()
     else:
-        t["x"], t["grad_x"] = x.detach(), x.grad
-    for name, p in m.named_parameters():
+        t["x"], t["grad_x"] = x, x64.grad
+    for (name, p), p64 in zip(m.named_parameters(), m64.parameters()):
         t[name] = p.detach().clone()
-        t["grad_" + name] = p.grad
+        t["grad_" + name] = p64.grad
     return t, {"num_heads": str(heads), "transposed": str(int(transposed))}
 
 
