@@ -1,8 +1,12 @@
 /* test_loader.c - the data loader: every example once per epoch, orders fixed
  * by (seed, epoch), batches prepared ahead, errors crossing from the worker
- * thread, a clean stop mid-epoch, no allocation after creation. */
+ * thread, a clean stop mid-epoch, no allocation after creation. Nothing is
+ * timed: that the next batch is prepared while the caller holds one is
+ * checked by events (the fill counts what it starts and finishes; the
+ * caller waits for the fill it expects). */
 #include "test.h"
 
+#include <pthread.h>
 #include <time.h>
 
 #define MAX_BATCH 16
@@ -16,11 +20,20 @@ typedef struct {
 } tbatch;
 
 typedef struct {
-    int sleep_ms; /* per batch, to stand for decoding and augmentation */
+    int sleep_ms; /* per batch, to vary how far the worker runs ahead */
     int64_t bad;  /* an example whose batch fails (-1: none) */
     int silent;   /* fail without setting a message */
-    int calls;    /* written by the worker only; read after qkv_loader_free */
+    /* events, under mu: fills started and finished, qkv_loader_next calls
+     * the caller began (test_next), and a fill that started before the
+     * caller had asked for the batch before it */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int calls, done, asked;
+    int early; /* -1, or the first fill that ran more than one batch ahead */
 } tfill;
+
+#define TFILL(...)                                                              \
+    {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .early = -1, __VA_ARGS__}
 
 static void sleep_ms(int ms)
 {
@@ -29,30 +42,63 @@ static void sleep_ms(int ms)
         ;
 }
 
-static double now_ms(void)
+/* Waits until `done` fills have finished; false if that never happens: the
+ * wait gives up after 60 s, which only keeps a loader that never prepares
+ * the batch from hanging the suite (a correct one takes microseconds). */
+static bool wait_fills_done(tfill *f, int done)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 60;
+    pthread_mutex_lock(&f->mu);
+    int rc = 0;
+    while (f->done < done && rc == 0)
+        rc = pthread_cond_timedwait(&f->cv, &f->mu, &until);
+    bool ok = f->done >= done;
+    pthread_mutex_unlock(&f->mu);
+    return ok;
+}
+
+/* qkv_loader_next, counting the calls begun */
+static const void *test_next(qkv_loader *l, tfill *f, int64_t *k)
+{
+    pthread_mutex_lock(&f->mu);
+    f->asked++;
+    pthread_mutex_unlock(&f->mu);
+    return qkv_loader_next(l, k);
 }
 
 static qkv_status fill(void *user, const int64_t *idx, int64_t n, qkv_rng *rng, void *batch)
 {
     tfill *f = user;
     tbatch *t = batch;
+    pthread_mutex_lock(&f->mu);
+    /* fill number `calls` (0-based, in the epoch's order when the caller
+     * counts with test_next) may start once the caller asked for the batch
+     * before it: at most one batch ahead */
+    if (f->calls > f->asked && f->early < 0)
+        f->early = f->calls;
     f->calls++;
+    pthread_mutex_unlock(&f->mu);
     if (f->sleep_ms)
         sleep_ms(f->sleep_ms);
-    for (int64_t i = 0; i < n; i++) {
+    qkv_status s = QKV_OK;
+    for (int64_t i = 0; i < n && s == QKV_OK; i++) {
         if (idx[i] == f->bad)
-            return f->silent ? QKV_ERR_IO
-                             : qkv_set_error(QKV_ERR_FORMAT, "example %lld is corrupt",
-                                             (long long)idx[i]);
+            s = f->silent ? QKV_ERR_IO
+                          : qkv_set_error(QKV_ERR_FORMAT, "example %lld is corrupt",
+                                          (long long)idx[i]);
         t->idx[i] = idx[i];
     }
-    t->n = n;
-    t->draw = qkv_rng_u64(rng);
-    return QKV_OK;
+    if (s == QKV_OK) {
+        t->n = n;
+        t->draw = qkv_rng_u64(rng);
+    }
+    pthread_mutex_lock(&f->mu);
+    f->done++;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+    return s;
 }
 
 static qkv_loader_config config(tfill *f, int64_t n, int64_t bs, int shuffle, int drop_last,
@@ -91,7 +137,7 @@ TEST(loader_every_example_once_per_epoch)
     /* 10 examples in batches of 3: 3 + 3 + 3 + 1, or 3 + 3 + 3 with drop_last. */
     for (int drop_last = 0; drop_last < 2; drop_last++) {
         for (int shuffle = 0; shuffle < 2; shuffle++) {
-            tfill f = {.bad = -1};
+            tfill f = TFILL(.bad = -1);
             qkv_loader_config cfg = config(&f, 10, 3, shuffle, drop_last, 7);
             qkv_loader *l = qkv_loader_new(&cfg);
             REQUIRE(l, "%s", qkv_error());
@@ -133,7 +179,7 @@ TEST(loader_every_example_once_per_epoch)
 TEST(loader_order_depends_on_seed_and_epoch_only)
 {
     enum { N = 50, BS = 8, NB = 7 };
-    tfill f = {.bad = -1};
+    tfill f = TFILL(.bad = -1);
     qkv_loader_config cfg = config(&f, N, BS, 1, 0, 1234);
     qkv_loader *a = qkv_loader_new(&cfg), *b = qkv_loader_new(&cfg);
     cfg.seed = 1235;
@@ -178,53 +224,61 @@ TEST(loader_order_depends_on_seed_and_epoch_only)
 }
 
 /* The buffer handed out stays intact until the next call, although the
- * worker (with an instant fill) is ready to overwrite any free slot. */
+ * worker has meanwhile prepared the next batch (waited for) and would
+ * overwrite any slot it was allowed to. */
 TEST(loader_batch_stays_valid_until_next_call)
 {
-    tfill f = {.bad = -1};
+    tfill f = TFILL(.bad = -1);
     qkv_loader_config cfg = config(&f, 40, 4, 1, 0, 3);
     qkv_loader *l = qkv_loader_new(&cfg);
     REQUIRE(l, "%s", qkv_error());
     REQUIRE(qkv_loader_start_epoch(l, 0) == QKV_OK, "%s", qkv_error());
     const tbatch *t;
-    int64_t k;
-    while ((t = qkv_loader_next(l, &k))) {
+    int64_t k, b = 0;
+    while ((t = test_next(l, &f, &k))) {
         tbatch copy = *t;
-        sleep_ms(2); /* time for the worker to run ahead, were it allowed to */
-        CHECK(memcmp(&copy, t, sizeof copy) == 0, "batch overwritten while held");
+        if (b + 1 < qkv_loader_batches(l))
+            CHECK(wait_fills_done(&f, (int)b + 2), "batch %lld: the next never prepared",
+                  (long long)b);
+        CHECK(memcmp(&copy, t, sizeof copy) == 0, "batch %lld overwritten while held",
+              (long long)b);
+        b++;
     }
     qkv_loader_free(l);
 }
 
-/* Fill and training each take 20 ms a batch. Serial, 10 batches take 400 ms;
- * with the next batch prepared during training, 20 + 10 x 20 = 220 ms. The
- * bound, 360 ms, leaves 140 ms for a loaded machine and still fails for a
- * loader that prepares nothing ahead. */
+/* While the caller holds batch b (trains on it), the worker prepares batch
+ * b + 1, without the caller asking: the caller waits for that fill to
+ * finish before it asks again, which a loader preparing nothing ahead never
+ * lets happen. And never more than one batch ahead: no fill starts before
+ * the caller has asked for the batch before it. */
 TEST(loader_prepares_next_batch_while_caller_trains)
 {
-    tfill f = {.sleep_ms = 20, .bad = -1};
+    tfill f = TFILL(.bad = -1);
     qkv_loader_config cfg = config(&f, 40, 4, 1, 0, 5);
     qkv_loader *l = qkv_loader_new(&cfg);
     REQUIRE(l, "%s", qkv_error());
-    double t0 = now_ms();
     REQUIRE(qkv_loader_start_epoch(l, 0) == QKV_OK, "%s", qkv_error());
     int64_t k, nb = 0;
-    while (qkv_loader_next(l, &k)) {
-        sleep_ms(20);
+    while (test_next(l, &f, &k)) {
+        if (nb + 1 < 10)
+            CHECK(wait_fills_done(&f, (int)nb + 2),
+                  "holding batch %lld: batch %lld was not prepared meanwhile", (long long)nb,
+                  (long long)nb + 1);
         nb++;
     }
-    double ms = now_ms() - t0;
     CHECK(nb == 10, "%lld batches", (long long)nb);
-    CHECK(ms < 360.0, "10 batches took %.0f ms (serial: 400, overlapped: 220)", ms);
     qkv_loader_free(l);
     CHECK(f.calls == 10, "%d fills: the worker ran past the epoch", f.calls);
+    CHECK(f.early < 0, "fill %d started before the caller asked for batch %d", f.early,
+          f.early - 1);
 }
 
 TEST(loader_fill_error_reaches_caller)
 {
     /* Unshuffled, batches of 3: example 7 is in batch 2. */
     for (int silent = 0; silent < 2; silent++) {
-        tfill f = {.bad = 7, .silent = silent};
+        tfill f = TFILL(.bad = 7, .silent = silent);
         qkv_loader_config cfg = config(&f, 10, 3, 0, 0, 0);
         qkv_loader *l = qkv_loader_new(&cfg);
         REQUIRE(l, "%s", qkv_error());
@@ -252,7 +306,7 @@ TEST(loader_fill_error_reaches_caller)
 TEST(loader_free_mid_epoch)
 {
     for (int stop = 0; stop < 4; stop++) {
-        tfill f = {.sleep_ms = 5, .bad = -1};
+        tfill f = TFILL(.sleep_ms = 5, .bad = -1);
         qkv_loader_config cfg = config(&f, 30, 3, 1, 0, 9);
         qkv_loader *l = qkv_loader_new(&cfg);
         REQUIRE(l, "%s", qkv_error());
@@ -264,7 +318,7 @@ TEST(loader_free_mid_epoch)
         if (stop >= 2)
             CHECK(qkv_loader_next(l, &k) && k == 3, "%s", qkv_error());
         if (stop == 3)
-            sleep_ms(20);
+            CHECK(wait_fills_done(&f, 2), "batch 1 never prepared");
         qkv_loader_free(l);
         CHECK(f.calls <= 2, "stop %d: %d fills, more than one batch ahead", stop, f.calls);
     }
@@ -272,7 +326,7 @@ TEST(loader_free_mid_epoch)
 
 TEST(loader_allocates_nothing_after_creation)
 {
-    tfill f = {.bad = -1};
+    tfill f = TFILL(.bad = -1);
     qkv_loader_config cfg = config(&f, 100, 16, 1, 0, 11);
     qkv_loader *l = qkv_loader_new(&cfg);
     REQUIRE(l, "%s", qkv_error());
@@ -288,7 +342,7 @@ TEST(loader_allocates_nothing_after_creation)
 
 TEST(loader_rejects_bad_use)
 {
-    tfill f = {.bad = -1};
+    tfill f = TFILL(.bad = -1);
     qkv_loader_config cfg = config(&f, 10, 3, 1, 0, 1);
     CHECK(!qkv_loader_new(NULL) && qkv_error_status() == QKV_ERR_ARG, "NULL config");
     qkv_loader_config bad = cfg;
