@@ -436,6 +436,12 @@ QKV_API qkv_tensor *qkv_log_softmax(qkv_ctx *ctx, qkv_tensor *x);
  * weight, bias (C) may be NULL. */
 QKV_API qkv_tensor *qkv_layer_norm(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
                                    qkv_tensor *bias, float eps);
+/* x / max(||x||, eps), the L2 norm taken along `axis` (F.normalize(x, p=2,
+ * dim=axis, eps); PyTorch's eps is 1e-12): each vector along the axis
+ * becomes a unit vector (MoCo's queries and keys). Gradient (dy - y (y . dy))
+ * / ||x||, and dy / eps where the norm was clamped to eps. Errors: an axis
+ * out of range, eps < 0. */
+QKV_API qkv_tensor *qkv_l2_normalize(qkv_ctx *ctx, qkv_tensor *x, int axis, float eps);
 /* x (B, C, ...) normalised per channel. In training mode (and not frozen) it
  * uses batch statistics and updates running_mean/var (unbiased variance) with
  * `momentum` (PyTorch's convention: new = (1-m) old + m batch); otherwise the
@@ -1081,6 +1087,69 @@ QKV_API void qkv_det_finish(qkv_det_sample *s, const float *mean, const float *s
  * mask is its negation). An image larger than (H, W) is an error. */
 QKV_API qkv_status qkv_det_pad_batch(float *pixels, float *mask, const qkv_det_sample *const *s,
                                      int64_t B, int64_t C, int64_t H, int64_t W);
+
+/* ------------------------------------------------------------------------ */
+/* Augmentations: torchvision's random transforms on float images (C, H, W)  */
+/* in [0, 1] held in plain buffers, for the two views of self-supervised    */
+/* training (MoCo). Each random one draws from the rng it is given (on the  */
+/* loader's thread, a batch's own stream) and allocates nothing.            */
+/* ------------------------------------------------------------------------ */
+
+/* A window of an image: rows [top, top + height), columns [left, left +
+ * width). */
+typedef struct {
+    int64_t top, left, height, width;
+} qkv_crop_box;
+/* RandomResizedCrop's window (torchvision's get_params) for an h x w image:
+ * up to ten draws of an area fraction U(scale_min, scale_max) and a log-
+ * uniform aspect ratio in [ratio_min, ratio_max] (width / height), sides
+ * rounded half to even as Python's round, kept when the window fits, at a
+ * uniform position; after ten misses the central crop at the nearest
+ * allowed ratio. */
+QKV_API qkv_crop_box qkv_random_resized_crop_box(qkv_rng *r, int64_t h, int64_t w,
+                                                 float scale_min, float scale_max,
+                                                 float ratio_min, float ratio_max);
+/* F.resized_crop with bilinear interpolation and no antialiasing: the box of
+ * src (C, h, w) resized to dst (C, oh, ow) as F.interpolate(align_corners=
+ * False). QKV_ERR_ARG if the box is not inside the image. */
+QKV_API qkv_status qkv_resized_crop(float *dst, int64_t oh, int64_t ow, const float *src,
+                                    int64_t C, int64_t h, int64_t w, qkv_crop_box box);
+/* F.hflip in place: x (C, h, w) mirrored left to right. */
+QKV_API void qkv_hflip(float *x, int64_t C, int64_t h, int64_t w);
+/* F.adjust_brightness: x (n) = clamp(x f, 0, 1) in place. */
+QKV_API void qkv_adjust_brightness(float *x, int64_t n, float f);
+/* F.adjust_contrast in place: x = clamp(f x + (1 - f) m, 0, 1), m the mean of
+ * the image's grey version (the mean of x for C = 1; for C = 3 the mean of
+ * 0.299 R + 0.587 G + 0.114 B). C must be 1 or 3. */
+QKV_API qkv_status qkv_adjust_contrast(float *x, int64_t C, int64_t h, int64_t w, float f);
+/* F.gaussian_blur in place: a k x k kernel (k odd) of the normal density
+ * with std sigma at the offsets -(k-1)/2 .. (k-1)/2, normalised to sum 1,
+ * applied with reflect padding (so k/2 < h and k/2 < w); tmp holds h w
+ * floats. QKV_ERR_ARG on an even k, a kernel wider than the image allows or
+ * sigma <= 0. */
+QKV_API qkv_status qkv_gaussian_blur(float *x, int64_t C, int64_t h, int64_t w, int k,
+                                     float sigma, float *tmp);
+
+/* A view as MoCo makes one (moco/main_moco.py's augmentation, grey images):
+ * RandomResizedCrop(area crop_min..crop_max, ratio 3/4..4/3) to the output
+ * size, with probability `jitter` ColorJitter's brightness and contrast
+ * (factors U(max(0, 1 - s), 1 + s), in random order; saturation and hue do
+ * nothing to grey pixels, nor does RandomGrayscale), with probability `blur`
+ * a Gaussian blur of sigma U(blur_sigma_min, blur_sigma_max) (kernel
+ * 2 ceil(3 sigma) + 1, at most the image allows), and with probability
+ * `flip` a mirror image. MoCo v2's: crop 0.2..1, jitter 0.8 of strength
+ * 0.4, blur 0.5 of sigma 0.1..2 (at 224 pixels), flip 0.5; v1 has no blur. */
+typedef struct {
+    float crop_min, crop_max;          /* area fractions; crop_max 0: no crop */
+    float jitter, brightness, contrast;
+    float blur, blur_sigma_min, blur_sigma_max;
+    float flip;
+} qkv_view_aug;
+/* dst (C, oh, ow) <- a random view of src (C, h, w); scratch holds
+ * C max(h w, oh ow) floats. */
+QKV_API qkv_status qkv_augment_view(float *dst, int64_t oh, int64_t ow, const float *src,
+                                    int64_t C, int64_t h, int64_t w, const qkv_view_aug *a,
+                                    qkv_rng *r, float *scratch);
 
 /* ------------------------------------------------------------------------ */
 /* Pictures and metrics                                                      */

@@ -40,7 +40,8 @@ char *qkv__strdup(const char *s);
     X(CROSS_ENTROPY, "cross_entropy") X(MSE_LOSS, "mse_loss")                   \
     X(L1_LOSS, "l1_loss") X(SMOOTH_L1_LOSS, "smooth_l1_loss")                   \
     X(MASKED_SOFTMAX, "masked_softmax") X(ATTENTION, "attention")               \
-    X(ROWS_PACK, "rows_pack") X(ROWS_UNPACK, "rows_unpack") X(CUSTOM, "custom")
+    X(ROWS_PACK, "rows_pack") X(ROWS_UNPACK, "rows_unpack")                     \
+    X(L2_NORMALIZE, "l2_normalize") X(CUSTOM, "custom")
 
 #define QKV__ENUM(e, s) QKV_OP_##e,
 typedef enum { QKV_OP_LIST(QKV__ENUM) QKV_OP_COUNT } qkv_op;
