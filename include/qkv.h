@@ -455,6 +455,39 @@ QKV_API qkv_tensor *qkv_batch_norm(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weig
 QKV_API qkv_tensor *qkv_batch_norm_frozen(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
                                           qkv_tensor *bias, qkv_tensor *running_mean,
                                           qkv_tensor *running_var, float eps);
+/* Batch norm with every option; the two above are this. x (B, C, ...) is
+ * normalised per channel, y = (x - mean) / sqrt(var + eps) * weight + bias
+ * (weight, bias (C) may be NULL):
+ *   - training mode, not frozen: mean and the biased var of the batch. With
+ *     groups G > 1 the batch is cut into G runs of B/G rows, each
+ *     normalised with its own statistics (MoCo's shuffle BN on one machine:
+ *     each group stands for one GPU's batch). The running statistics are
+ *     updated once per group, in group order, as G calls on the groups
+ *     would: new = (1 - momentum) old + momentum stat, with the unbiased
+ *     variance for running_var; num_batches_tracked += 1 per group.
+ *   - otherwise (eval mode or frozen): running_mean and running_var, which
+ *     must be given; groups are ignored.
+ *   - frozen (DETR's FrozenBatchNorm2d): never updates, and the gradient
+ *     reaches x only, as scale = w rsqrt(rv + eps), shift = b - rm scale.
+ * In a shard's context (qkv_shards with n > 1) each shard normalises its
+ * rows with their own statistics, as each process of DistributedDataParallel
+ * without SyncBatchNorm; the running statistics are written once, when
+ * qkv_shards_run has joined the shards, from the whole batch's statistics
+ * (the shards' means and sums of squares merged exactly): equal to one
+ * context's update over the whole batch. opts NULL: training statistics
+ * only, eps 1e-5. Errors: shapes (weight, bias, running (C); one value in
+ * num_batches_tracked; B divisible by groups), no running statistics where
+ * needed, one value per channel (or group) in training. */
+typedef struct {
+    qkv_tensor *running_mean, *running_var; /* (C) contiguous, or NULL */
+    qkv_tensor *num_batches_tracked;        /* one value, or NULL      */
+    double momentum;                        /* PyTorch's default: 0.1  */
+    float eps;                              /* PyTorch's default: 1e-5 */
+    int64_t groups;                         /* 0 or 1: the whole batch */
+    int frozen;
+} qkv_bn_opts;
+QKV_API qkv_tensor *qkv_batch_norm_ext(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
+                                       qkv_tensor *bias, const qkv_bn_opts *opts);
 /* Inverted dropout with probability p from the context RNG; identity when
  * not training or p == 0. */
 QKV_API qkv_tensor *qkv_dropout(qkv_ctx *ctx, qkv_tensor *x, float p);
@@ -719,7 +752,11 @@ QKV_API float qkv_clip_grad_norm(qkv_params *ps, float max_norm);
  * i + 1 by qkv_shards_new; reseed them through qkv_shards_ctx). fn returns
  * QKV_OK or a status with the error set; the first failing shard's message
  * reaches the caller, prefixed with its number. Memory: n arenas of a
- * shard's size each, and n - 1 gradient buffers as large as the store's. */
+ * shard's size each, and n - 1 gradient buffers as large as the store's.
+ * Batch norm in training mode normalises each shard with its own batch
+ * statistics; the running statistics are written once, after the shards
+ * join, from the whole batch's (qkv_batch_norm_ext); if a shard fails, or
+ * the shards' batch-norm calls differ, they are not written. */
 typedef struct qkv_shards qkv_shards;
 typedef qkv_status (*qkv_shard_fn)(qkv_ctx *ctx, int shard, int n_shards, void *arg);
 /* n <= 0: qkv_threads(). NULL if out of memory or ps is not allocated. */

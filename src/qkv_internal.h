@@ -69,6 +69,18 @@ struct qkv_node {
     qkv_node *prev;     /* the tape is a list, newest first */
 };
 
+/* A batch norm's running-statistics update, kept in the arena by a context
+ * that defers them (a shard's, qkv_shards) until every shard is done:
+ * qkv__bn_apply_deferred combines the shards' moments and applies each
+ * update once, as one context over the whole batch would. */
+typedef struct qkv__bn_update {
+    float *running_mean, *running_var, *num_batches_tracked; /* each may be NULL */
+    int64_t C, groups, count;    /* count: values per channel in each group */
+    double momentum;
+    double *mean, *m2;           /* (groups, C): moments of each group */
+    struct qkv__bn_update *next; /* in call order */
+} qkv__bn_update;
+
 struct qkv_ctx {
     qkv_arena *arena;
     qkv_node *tape;
@@ -86,11 +98,22 @@ struct qkv_ctx {
     const float *grad_lo;
     int64_t grad_n;
     float *grad_to;
+    /* Batch norm in training mode: with bn_defer, running statistics are not
+     * written but listed here (call order) for qkv__bn_apply_deferred. */
+    int bn_defer;
+    qkv__bn_update *bn_first, *bn_last;
 };
 
 /* Sends this context's gradients of the buffer [lo, lo + n) to `to` (same
  * offsets), or back where they point if to is NULL. */
 void qkv__ctx_redirect_grads(qkv_ctx *ctx, const float *lo, int64_t n, float *to);
+/* Combines the deferred batch-norm updates of n contexts that ran the same
+ * model on the shards of one batch (the k-th update of each context belongs
+ * to the same call) and applies them in call order: for a call of one
+ * group, the shards' moments merged into the whole batch's, one update; for
+ * a grouped call, every group's update in shard order. Clears the lists.
+ * An error (nothing applied) if the contexts' calls differ. */
+qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n);
 /* Where a backward adds t's gradient: t->grad, redirected (see qkv_ctx). */
 static inline float *qkv__grad_target(const qkv_ctx *ctx, const qkv_tensor *t)
 {

@@ -349,6 +349,65 @@ TEST(parity_batch_norm)
     parity_batch_norm("batch_norm_frozen", BN_FROZEN, false, 0.0f);
 }
 
+/* Shuffle BN on one machine: three groups of two rows, each normalised with
+ * its own statistics, the running ones updated by each group in turn, as
+ * three F.batch_norm calls (tol: the ops' 1e-5 relative, 1e-6 for the
+ * running statistics, which are a few float roundings deep). */
+TEST(parity_batch_norm_groups)
+{
+    qkv_st_file *fx = fixture_open("batch_norm_groups");
+    REQUIRE(fx, "no fixture");
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_requires_grad(fixture_get(ctx, fx, "x"));
+    qkv_tensor *w = qkv_requires_grad(fixture_get(ctx, fx, "w"));
+    qkv_tensor *b = qkv_requires_grad(fixture_get(ctx, fx, "b"));
+    qkv_tensor *rm = fixture_get(ctx, fx, "running_mean");
+    qkv_tensor *rv = fixture_get(ctx, fx, "running_var");
+    qkv_tensor *nbt = qkv_zeros(ctx, 0, NULL);
+    qkv_bn_opts o = {.running_mean = rm, .running_var = rv, .num_batches_tracked = nbt,
+                     .momentum = 0.1, .eps = 1e-5f, .groups = 3};
+    qkv_tensor *out = qkv_batch_norm_ext(ctx, x, w, b, &o);
+    CHECK_CLOSE(out, fixture_get(ctx, fx, "out"), 1e-5, 1e-5);
+    CHECK_CLOSE(rm, fixture_get(ctx, fx, "running_mean_after"), 1e-6, 1e-6);
+    CHECK_CLOSE(rv, fixture_get(ctx, fx, "running_var_after"), 1e-6, 1e-6);
+    CHECK(nbt && nbt->data[0] == 3.0f, "num_batches_tracked %g after three groups",
+          nbt ? nbt->data[0] : -1.0f);
+    qkv_tensor *gout = fixture_get(ctx, fx, "gout");
+    REQUIRE(out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK, "%s", qkv_error());
+    CHECK_CLOSE_BUF(x->grad, fixture_get(ctx, fx, "grad_x"), 1e-5, 1e-5);
+    CHECK_CLOSE_BUF(w->grad, fixture_get(ctx, fx, "grad_w"), 1e-5, 1e-5);
+    CHECK_CLOSE_BUF(b->grad, fixture_get(ctx, fx, "grad_b"), 1e-5, 1e-5);
+    /* eval mode ignores the groups: the running statistics for all rows */
+    qkv_set_training(ctx, 0);
+    qkv_tensor *ye = qkv_batch_norm_ext(ctx, x, w, b, &o);
+    qkv_tensor *y1 = qkv_batch_norm(ctx, x, w, b, rm, rv, 0.1f, 1e-5f);
+    CHECK_CLOSE(ye, y1, 0, 0);
+    CHECK(nbt->data[0] == 3.0f, "eval mode counted a batch");
+    qkv_set_training(ctx, 1);
+    o.groups = 4;
+    CHECK(!qkv_batch_norm_ext(ctx, x, w, b, &o) && strstr(qkv_error(), "4 groups") &&
+              strstr(qkv_error(), "(6, 3, 4, 2)"),
+          "6 rows in 4 groups: %s", qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_st_close(fx);
+}
+
+static qkv_tensor *f_bn_groups(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    return qkv_batch_norm_ext(c, t[0], t[1], t[2], &(qkv_bn_opts){.eps = 1e-5f, .groups = 2});
+}
+
+TEST(gradcheck_batch_norm_groups)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 23);
+    gc_input in[3] = {gc_rand(&r, 4, SHAPE(4, 3, 2, 2), -2, 2, true),
+                      gc_rand(&r, 1, SHAPE(3), 0.5f, 1.5f, true),
+                      gc_rand(&r, 1, SHAPE(3), -1, 1, true)};
+    CHECK_GRAD(f_bn_groups, 3, in, NULL, 1e-2);
+    gc_free(3, in);
+}
+
 /* ---- dropout ---- */
 
 static qkv_tensor *f_dropout(qkv_ctx *c, qkv_tensor **t, void *u)

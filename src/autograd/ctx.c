@@ -100,6 +100,7 @@ void qkv_ctx_reset(qkv_ctx *ctx)
     qkv_arena_reset(ctx->arena);
     ctx->tape = NULL;
     ctx->n_nodes = 0;
+    ctx->bn_first = ctx->bn_last = NULL;
 }
 
 qkv_arena *qkv_ctx_arena(qkv_ctx *ctx) { return ctx->arena; }

@@ -99,96 +99,215 @@ qkv_tensor *qkv_layer_norm(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight, qkv_
 
 /* ---- batch norm ---- */
 
-/* x (B, C, S..) -> y, normalised per channel with mean (C), rstd (C):
- * y = (x - mean) rstd w + b. iarg[0]: whether mean and rstd are x's own
- * batch statistics (then they depend on x). saved: mean, rstd, w (or NULL) */
+/* x (B, C, S..) -> y, normalised per channel and group: rows [g B/G,
+ * (g + 1) B/G) with mean (G, C), rstd (G, C): y = (x - mean) rstd w + b.
+ * iarg[0]: whether mean and rstd are x's own batch statistics (then they
+ * depend on x); iarg[1]: G. saved: mean, rstd, w (or NULL) */
 static void batch_norm_backward(qkv_ctx *ctx, qkv_node *n)
 {
     qkv_tensor *x = n->in[0], *y = n->out;
     qkv_tensor *w = n->n_in > 1 ? n->in[1] : NULL, *b = n->n_in > 2 ? n->in[2] : NULL;
     int64_t B = x->shape[0], C = x->shape[1], S = B * C != 0 ? qkv_numel(x) / (B * C) : 0;
+    int64_t G = n->iarg[1], rows = B / G, step = rows * C * S;
     float *dx = qkv__wants(n, 0) ? qkv__grad(ctx, x) : NULL;
     float *dw = w && qkv__wants(n, 1) ? qkv__grad(ctx, w) : NULL;
     float *db = b && qkv__wants(n, 2) ? qkv__grad(ctx, b) : NULL;
-    qkv_k_batch_norm_backward(dx, dw, db, y->grad, x->data, n->saved[0], n->saved[1],
-                              n->saved[2], B, C, S, n->iarg[0] != 0);
+    const float *mean = n->saved[0], *rstd = n->saved[1];
+    /* each group is a batch norm of its own; dw and db add up over them */
+    for (int64_t g = 0; g < G; g++)
+        qkv_k_batch_norm_backward(dx ? dx + g * step : NULL, dw, db, y->grad + g * step,
+                                  x->data + g * step, mean + g * C, rstd + g * C, n->saved[2],
+                                  rows, C, S, n->iarg[0] != 0);
 }
 
-/* batch_stats: normalise with x's statistics (and update the running ones
- * if given); otherwise with the running ones. frozen: record x only. */
-static qkv_tensor *batch_norm(qkv_ctx *ctx, const char *op, qkv_tensor *x, qkv_tensor *weight,
-                              qkv_tensor *bias, qkv_tensor *running_mean,
-                              qkv_tensor *running_var, float momentum, float eps,
-                              bool batch_stats, bool frozen)
+/* Checks the options against x (B, C, ...); false with the error set. */
+static bool bn_check(const char *op, qkv_tensor *x, qkv_tensor *weight, qkv_tensor *bias,
+                     const qkv_bn_opts *o, bool batch_stats)
 {
     char s[128];
     if (x->ndim < 2) {
         qkv_set_error(QKV_ERR_SHAPE, "%s: input must be (B, C, ...), has shape %s", op,
                       qkv_shape_str(x, s, sizeof s));
-        return NULL;
+        return false;
     }
     int64_t B = x->shape[0], C = x->shape[1], S = B * C != 0 ? qkv_numel(x) / (B * C) : 0;
     if (!check_vec(op, "weight", x, weight, C) || !check_vec(op, "bias", x, bias, C) ||
-        !check_vec(op, "running_mean", x, running_mean, C) ||
-        !check_vec(op, "running_var", x, running_var, C))
-        return NULL;
-    if (!batch_stats && (!running_mean || !running_var)) {
-        qkv_set_error(QKV_ERR_ARG, "%s: running_mean and running_var are needed outside "
-                      "training mode", op);
-        return NULL;
+        !check_vec(op, "running_mean", x, o->running_mean, C) ||
+        !check_vec(op, "running_var", x, o->running_var, C))
+        return false;
+    if (!batch_stats && (!o->running_mean || !o->running_var)) {
+        qkv_set_error(QKV_ERR_ARG, "%s: running_mean and running_var are needed %s", op,
+                      o->frozen ? "when frozen" : "outside training mode");
+        return false;
     }
-    if ((running_mean && running_mean->stride[0] != 1) ||
-        (running_var && running_var->stride[0] != 1)) {
+    if ((o->running_mean && o->running_mean->stride[0] != 1) ||
+        (o->running_var && o->running_var->stride[0] != 1)) {
         qkv_set_error(QKV_ERR_ARG, "%s: running statistics must be contiguous", op);
-        return NULL;
+        return false;
     }
-    int64_t count = B * S;
-    if (batch_stats && count <= 1) {
+    if (o->num_batches_tracked && qkv_numel(o->num_batches_tracked) != 1) {
+        qkv_set_error(QKV_ERR_SHAPE, "%s: num_batches_tracked must hold one value, has shape %s",
+                      op, qkv_shape_str(o->num_batches_tracked, s, sizeof s));
+        return false;
+    }
+    int64_t G = o->groups > 1 ? o->groups : 1;
+    if (o->groups < 0 || B % G) {
+        qkv_set_error(QKV_ERR_SHAPE, "%s: a batch of %lld cannot be cut into %lld groups of "
+                      "equal size (input %s)", op, (long long)B, (long long)o->groups,
+                      qkv_shape_str(x, s, sizeof s));
+        return false;
+    }
+    if (batch_stats && (B / G) * S <= 1) {
         qkv_set_error(QKV_ERR_SHAPE, "%s: expected more than 1 value per channel when "
-                      "training, got input of shape %s", op, qkv_shape_str(x, s, sizeof s));
-        return NULL;
+                      "training, got input of shape %s%s", op, qkv_shape_str(x, s, sizeof s),
+                      G > 1 ? " in groups" : "");
+        return false;
     }
+    return true;
+}
+
+/* The running statistics' update of one call: applied now, or listed for
+ * qkv_shards_run when the context defers them. false if out of memory. */
+static bool bn_update(qkv_ctx *ctx, const qkv_bn_opts *o, double *mean, double *m2, int64_t G,
+                      int64_t C, int64_t count)
+{
+    float *rm = o->running_mean ? o->running_mean->data : NULL;
+    float *rv = o->running_var ? o->running_var->data : NULL;
+    float *nbt = o->num_batches_tracked ? o->num_batches_tracked->data : NULL;
+    if (!rm && !rv && !nbt)
+        return true;
+    if (ctx->bn_defer) {
+        qkv__bn_update *u = qkv__alloc(ctx, sizeof *u);
+        if (!u)
+            return false;
+        *u = (qkv__bn_update){rm, rv, nbt, C, G, count, o->momentum, mean, m2, NULL};
+        if (ctx->bn_last)
+            ctx->bn_last->next = u;
+        else
+            ctx->bn_first = u;
+        ctx->bn_last = u;
+        return true;
+    }
+    /* each group updates as a call of its own would, in order */
+    for (int64_t g = 0; g < G; g++)
+        qkv_k_batch_norm_update(rm, rv, mean + g * C, m2 + g * C, count, C, o->momentum);
+    if (nbt)
+        *nbt += (float)G;
+    return true;
+}
+
+qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n)
+{
+    /* first check that every context made the same calls */
+    int64_t calls = 0;
+    for (qkv__bn_update *u = ctx[0]->bn_first; u; u = u->next)
+        calls++;
+    for (int i = 1; i < n; i++) {
+        int64_t k = 0;
+        qkv__bn_update *u0 = ctx[0]->bn_first, *u = ctx[i]->bn_first;
+        for (; u && u0; u = u->next, u0 = u0->next, k++)
+            if (u->running_mean != u0->running_mean || u->running_var != u0->running_var ||
+                u->num_batches_tracked != u0->num_batches_tracked || u->C != u0->C ||
+                (u->groups > 1) != (u0->groups > 1))
+                return qkv_set_error(QKV_ERR_STATE, "batch norm: shard %d's call %lld is not "
+                                     "shard 0's (another layer or grouping); running "
+                                     "statistics left as they were", i, (long long)k);
+        if (u || u0)
+            return qkv_set_error(QKV_ERR_STATE, "batch norm: shard %d made %s calls in "
+                                 "training mode than shard 0 (%lld); running statistics left "
+                                 "as they were", i, u ? "more" : "fewer", (long long)calls);
+    }
+    qkv__bn_update **at = qkv__alloc(ctx[0], (size_t)n * sizeof *at);
+    if (!at)
+        return qkv_error_status();
+    for (int i = 0; i < n; i++)
+        at[i] = ctx[i]->bn_first;
+    while (at[0]) {
+        qkv__bn_update *u = at[0];
+        float *nbt = u->num_batches_tracked;
+        if (u->groups == 1) {
+            /* the whole batch's moments from the shards', then one update */
+            int64_t count = u->count;
+            for (int i = 1; i < n; i++) {
+                qkv_k_moments_merge(u->mean, u->m2, count, at[i]->mean, at[i]->m2,
+                                    at[i]->count, u->C);
+                count += at[i]->count;
+            }
+            qkv_k_batch_norm_update(u->running_mean, u->running_var, u->mean, u->m2, count,
+                                    u->C, u->momentum);
+            if (nbt)
+                *nbt += 1.0f;
+        } else
+            /* whole groups in each shard: every group's update, shard order */
+            for (int i = 0; i < n; i++)
+                for (int64_t g = 0; g < at[i]->groups; g++) {
+                    qkv_k_batch_norm_update(u->running_mean, u->running_var,
+                                            at[i]->mean + g * u->C, at[i]->m2 + g * u->C,
+                                            at[i]->count, u->C, u->momentum);
+                    if (nbt)
+                        *nbt += 1.0f;
+                }
+        for (int i = 0; i < n; i++)
+            at[i] = at[i]->next;
+    }
+    for (int i = 0; i < n; i++)
+        ctx[i]->bn_first = ctx[i]->bn_last = NULL;
+    return QKV_OK;
+}
+
+qkv_tensor *qkv_batch_norm_ext(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
+                               qkv_tensor *bias, const qkv_bn_opts *opts)
+{
+    const char *op = opts && opts->frozen ? "batch_norm_frozen" : "batch_norm";
+    QKV_INPUTS(op, x);
+    qkv_bn_opts o = opts ? *opts : (qkv_bn_opts){.eps = 1e-5f};
+    bool batch_stats = qkv_training(ctx) && !o.frozen;
+    if (!bn_check(op, x, weight, bias, &o, batch_stats))
+        return NULL;
     if (!contiguous_inputs(ctx, &x, &weight, &bias))
         return NULL;
+    int64_t B = x->shape[0], C = x->shape[1], S = B * C != 0 ? qkv_numel(x) / (B * C) : 0;
+    int64_t G = batch_stats && o.groups > 1 ? o.groups : 1, rows = B / G;
     qkv_tensor *y = qkv__tensor(ctx, x->ndim, x->shape);
-    float *mean = qkv__floats(ctx, C), *rstd = qkv__floats(ctx, C);
-    float *scale = qkv__floats(ctx, C), *shift = qkv__floats(ctx, C);
+    float *mean = qkv__floats(ctx, G * C), *rstd = qkv__floats(ctx, G * C);
+    float *scale = qkv__floats(ctx, G * C), *shift = qkv__floats(ctx, G * C);
     if (!y || !mean || !rstd || !scale || !shift)
         return NULL;
     if (batch_stats) {
-        float *var = rstd; /* becomes rstd below */
-        qkv_k_batch_norm_stats(mean, var, x->data, B, C, S);
-        /* PyTorch's update: new = (1 - m) old + m batch, with the unbiased
-         * variance for the running one */
-        double unbias = (double)count / (double)(count - 1);
-        for (int64_t c = 0; c < C; c++) {
-            if (running_mean)
-                running_mean->data[c] =
-                    (float)((1.0 - momentum) * running_mean->data[c] + momentum * (double)mean[c]);
-            if (running_var)
-                running_var->data[c] = (float)((1.0 - momentum) * running_var->data[c] +
-                                               momentum * (double)var[c] * unbias);
-            rstd[c] = (float)(1.0 / sqrt((double)var[c] + eps));
+        double *dmean = qkv__alloc(ctx, (size_t)(2 * G * C) * sizeof(double));
+        if (!dmean)
+            return NULL;
+        double *m2 = dmean + G * C, n = (double)(rows * S);
+        qkv_k_batch_norm_moments(dmean, m2, x->data, B, C, S, G);
+        for (int64_t k = 0; k < G * C; k++) {
+            mean[k] = (float)dmean[k];
+            rstd[k] = (float)(1.0 / sqrt(m2[k] / n + o.eps)); /* biased variance */
         }
+        if (!bn_update(ctx, &o, dmean, m2, G, C, rows * S))
+            return NULL;
     } else
         for (int64_t c = 0; c < C; c++) {
-            mean[c] = running_mean->data[c];
-            rstd[c] = (float)(1.0 / sqrt((double)running_var->data[c] + eps));
+            mean[c] = o.running_mean->data[c];
+            rstd[c] = (float)(1.0 / sqrt((double)o.running_var->data[c] + o.eps));
         }
     /* y = x scale + shift with scale = w rstd and shift = b - mean scale:
      * one fma per element, as PyTorch and DETR's FrozenBatchNorm2d */
-    for (int64_t c = 0; c < C; c++) {
-        scale[c] = (weight ? weight->data[c] : 1.0f) * rstd[c];
-        shift[c] = (bias ? bias->data[c] : 0.0f) - mean[c] * scale[c];
+    for (int64_t k = 0; k < G * C; k++) {
+        int64_t c = k % C;
+        scale[k] = (weight ? weight->data[c] : 1.0f) * rstd[k];
+        shift[k] = (bias ? bias->data[c] : 0.0f) - mean[k] * scale[k];
     }
-    qkv_k_channel_affine(y->data, x->data, scale, shift, B, C, S);
-    qkv_node *nd = qkv__record(ctx, QKV_OP_BATCH_NORM, batch_norm_backward, y, frozen ? 1 : 3,
-                               (qkv_tensor *[]){x, weight, bias});
+    for (int64_t g = 0; g < G; g++)
+        qkv_k_channel_affine(y->data + g * rows * C * S, x->data + g * rows * C * S,
+                             scale + g * C, shift + g * C, rows, C, S);
+    qkv_node *nd = qkv__record(ctx, QKV_OP_BATCH_NORM, batch_norm_backward, y,
+                               o.frozen ? 1 : 3, (qkv_tensor *[]){x, weight, bias});
     if (nd) {
         nd->saved[0] = mean;
         nd->saved[1] = rstd;
         nd->saved[2] = weight ? weight->data : NULL;
         nd->iarg[0] = batch_stats;
+        nd->iarg[1] = G;
     }
     return qkv__done(ctx, QKV_OP_BATCH_NORM, y);
 }
@@ -197,16 +316,18 @@ qkv_tensor *qkv_batch_norm(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight, qkv_
                            qkv_tensor *running_mean, qkv_tensor *running_var, float momentum,
                            float eps)
 {
-    QKV_INPUTS("batch_norm", x);
-    return batch_norm(ctx, "batch_norm", x, weight, bias, running_mean, running_var, momentum,
-                      eps, qkv_training(ctx), false);
+    return qkv_batch_norm_ext(ctx, x, weight, bias,
+                              &(qkv_bn_opts){.running_mean = running_mean,
+                                             .running_var = running_var,
+                                             .momentum = momentum, .eps = eps});
 }
 
 qkv_tensor *qkv_batch_norm_frozen(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
                                   qkv_tensor *bias, qkv_tensor *running_mean,
                                   qkv_tensor *running_var, float eps)
 {
-    QKV_INPUTS("batch_norm_frozen", x);
-    return batch_norm(ctx, "batch_norm_frozen", x, weight, bias, running_mean, running_var,
-                      0.0f, eps, false, true);
+    return qkv_batch_norm_ext(ctx, x, weight, bias,
+                              &(qkv_bn_opts){.running_mean = running_mean,
+                                             .running_var = running_var, .eps = eps,
+                                             .frozen = 1});
 }

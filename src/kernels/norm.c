@@ -289,22 +289,24 @@ void qkv_k_layer_norm_backward(float *dx, float *dw, float *db, double *scratch,
 
 /* ---- batch norm ---- */
 
-/* mean (C), var (C) of x (B, C, S) over B and S; var biased */
-void qkv_k_batch_norm_stats(float *mean, float *var, const float *x, int64_t B, int64_t C,
-                            int64_t S)
+/* mean (G, C), m2 (G, C) of x (B, C, S) in G groups of B / G rows */
+void qkv_k_batch_norm_moments(double *mean, double *m2, const float *x, int64_t B, int64_t C,
+                              int64_t S, int64_t G)
 {
-    double n = (double)(B * S);
+    int64_t rows = B / G;
+    double n = (double)(rows * S);
 #pragma omp parallel for if (B * C * S > PAR_WORK) schedule(static)
-    for (int64_t c = 0; c < C; c++) {
+    for (int64_t gc = 0; gc < G * C; gc++) {
+        int64_t g = gc / C, c = gc % C;
         double s = 0, v = 0;
-        for (int64_t b = 0; b < B; b++) {
+        for (int64_t b = g * rows; b < (g + 1) * rows; b++) {
             const float *xb = x + (b * C + c) * S;
 #pragma omp simd reduction(+ : s)
             for (int64_t k = 0; k < S; k++)
                 s += xb[k];
         }
         double mu = s / n;
-        for (int64_t b = 0; b < B; b++) {
+        for (int64_t b = g * rows; b < (g + 1) * rows; b++) {
             const float *xb = x + (b * C + c) * S;
 #pragma omp simd reduction(+ : v)
             for (int64_t k = 0; k < S; k++) {
@@ -312,8 +314,33 @@ void qkv_k_batch_norm_stats(float *mean, float *var, const float *x, int64_t B, 
                 v += d * d;
             }
         }
-        mean[c] = (float)mu;
-        var[c] = (float)(v / n);
+        mean[gc] = mu;
+        m2[gc] = v;
+    }
+}
+
+void qkv_k_moments_merge(double *mean_a, double *m2_a, int64_t na, const double *mean_b,
+                         const double *m2_b, int64_t nb, int64_t C)
+{
+    /* (na, mean_a, m2_a) and (nb, mean_b, m2_b) -> moments of all na + nb */
+    double n = (double)(na + nb), fb = (double)nb / n, fab = (double)na * (double)nb / n;
+    for (int64_t c = 0; c < C; c++) {
+        double d = mean_b[c] - mean_a[c];
+        mean_a[c] += d * fb;
+        m2_a[c] += m2_b[c] + d * d * fab;
+    }
+}
+
+void qkv_k_batch_norm_update(float *rm, float *rv, const double *mean, const double *m2,
+                             int64_t n, int64_t C, double momentum)
+{
+    /* rm, rv (C) from the moments (C) of n values per channel */
+    double unbiased = 1.0 / (double)(n - 1);
+    for (int64_t c = 0; c < C; c++) {
+        if (rm)
+            rm[c] = (float)((1.0 - momentum) * rm[c] + momentum * mean[c]);
+        if (rv)
+            rv[c] = (float)((1.0 - momentum) * rv[c] + momentum * m2[c] * unbiased);
     }
 }
 

@@ -37,9 +37,24 @@ void qkv_k_layer_norm_backward(float *dx, float *dw, float *db, double *scratch,
                                const float *rstd, const float *w, int64_t N, int64_t C,
                                bool accumulate);
 
-/* mean (C) and biased variance var (C) of x (B, C, S) over B and S. */
-void qkv_k_batch_norm_stats(float *mean, float *var, const float *x, int64_t B, int64_t C,
-                            int64_t S);
+/* Moments of x (B, C, S) cut into G groups of B/G rows (B divisible by
+ * G): mean (G, C) and m2 (G, C) = sum (x - mean)^2 over each group's rows
+ * and S, two passes, summed in double. */
+void qkv_k_batch_norm_moments(double *mean, double *m2, const float *x, int64_t B, int64_t C,
+                              int64_t S, int64_t G);
+/* The moments of a set of na values per channel (mean_a, m2_a (C)) and of
+ * nb more (mean_b, m2_b (C)) become those of all na + nb, written over
+ * mean_a and m2_a (Chan, Golub and LeVeque's pairwise update):
+ *   d = mean_b - mean_a, mean_a += d nb / n, m2_a += m2_b + d^2 na nb / n */
+void qkv_k_moments_merge(double *mean_a, double *m2_a, int64_t na, const double *mean_b,
+                         const double *m2_b, int64_t nb, int64_t C);
+/* PyTorch's running update from the moments of a batch of n > 1 values per
+ * channel, in double, rounded once:
+ *   rm (C) = (1 - momentum) rm + momentum mean
+ *   rv (C) = (1 - momentum) rv + momentum m2 / (n - 1)   (unbiased)
+ * rm or rv may be NULL. */
+void qkv_k_batch_norm_update(float *rm, float *rv, const double *mean, const double *m2,
+                             int64_t n, int64_t C, double momentum);
 /* y (B, C, S) = x * scale[c] + shift[c]. */
 void qkv_k_channel_affine(float *y, const float *x, const float *scale, const float *shift,
                           int64_t B, int64_t C, int64_t S);

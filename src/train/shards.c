@@ -10,6 +10,12 @@
  * buffers into the store, in shard order, and zeroes them for the next
  * step. Inside the parallel region qkv_threads() is 1, so a shard's
  * kernels open no parallel regions of their own.
+ *
+ * Batch norm in training mode normalises each shard's rows with their own
+ * statistics; its running statistics are not written by the shards (they
+ * would race) but listed by each context, and applied once after the join,
+ * from the shards' moments merged (qkv__bn_apply_deferred): the same
+ * update as one context over the whole batch.
  */
 #include "params.h"
 
@@ -83,6 +89,8 @@ qkv_shards *qkv_shards_new(qkv_params *ps, int n)
             return NULL;
         }
         qkv_rng_seed(qkv_ctx_rng(s->ctx[i]), (uint64_t)i + 1);
+        /* batch norm's running statistics: written once, after the join */
+        s->ctx[i]->bn_defer = n > 1;
         if (i > 0)
             qkv__ctx_redirect_grads(s->ctx[i], ps->grads, ps->total,
                                     s->own + (size_t)(i - 1) * (size_t)ps->total);
@@ -160,5 +168,5 @@ qkv_status qkv_shards_run(qkv_shards *s, qkv_shard_fn fn, void *arg)
     for (int i = 0; i < s->n; i++)
         if (s->status[i] != QKV_OK)
             return qkv_set_error(s->status[i], "shard %d of %d: %s", i, s->n, s->msg[i]);
-    return QKV_OK;
+    return qkv__bn_apply_deferred(s->ctx, s->n);
 }

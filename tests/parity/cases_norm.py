@@ -33,6 +33,24 @@ def batch_norm(g, shape, training, permuted=False, momentum=0.1, eps=1e-5):
     return t, meta
 
 
+def grouped_batch_norm(g, shape, groups, momentum=0.1, eps=1e-5):
+    """Shuffle BN on one machine: the batch cut into `groups` runs of rows,
+    each normalised by its own F.batch_norm call in training mode, the
+    running statistics (and a num_batches_tracked count) updated by each
+    call in turn; out is the runs' outputs concatenated."""
+    C = shape[1]
+    rm, rv = r(g, C) * 0.5, torch.rand(C, generator=g) + 0.5
+    inputs = {"x": r(g, *shape) * 2 + 0.5, "w": r(g, C), "b": r(g, C)}
+    m, v = rm.clone(), rv.clone()
+
+    def fn(x, w, b):
+        return torch.cat([F.batch_norm(part, m, v, w, b, True, momentum, eps)
+                          for part in x.chunk(groups)])
+    t, meta = _grad_case(g, fn, inputs, momentum=momentum, eps=eps, groups=groups)
+    t.update(running_mean=rm, running_var=rv, running_mean_after=m, running_var_after=v)
+    return t, meta
+
+
 def frozen_batch_norm(g, shape, eps=1e-5):
     """DETR's FrozenBatchNorm2d: scale = w rsqrt(rv + eps), y = x scale +
     (b - rm scale); the gradient reaches x only."""
@@ -57,4 +75,5 @@ CASES = {
     "batch_norm_train_permuted": lambda g: batch_norm(g, (3, 7, 4), True, permuted=True),
     "batch_norm_eval_4d": lambda g: batch_norm(g, (4, 3, 5, 2), False),
     "batch_norm_frozen": lambda g: frozen_batch_norm(g, (2, 3, 4, 5)),
+    "batch_norm_groups": lambda g: grouped_batch_norm(g, (6, 3, 4, 2), 3),
 }
