@@ -57,7 +57,8 @@
  *   io           safetensors, state dicts and checkpoints, datasets, the
  *                data loader, images, pictures and metrics
  *   nn           modules: Linear, attention, multi-head attention, positional
- *                encodings, the Transformer's blocks
+ *                encodings, the Transformer's blocks; Conv2d, BatchNorm2d,
+ *                MaxPool2d, ResNet
  *   models       kernel regression, the translation Transformer, ViT
  *   model files  a trained model with its config and vocabularies, opened by
  *                kind (qkv_model_open), translation in one call
@@ -1502,6 +1503,142 @@ QKV_API qkv_tensor *qkv_transformer_decode_step(qkv_ctx *ctx, const qkv_transfor
 /* Beam search: batch row i takes the cache of row from[i] (B entries), the
  * memory and valid lengths too (a memory_key_padding_mask is not moved). */
 QKV_API qkv_status qkv_tf_cache_reorder(qkv_ctx *ctx, qkv_tf_cache *c, const int64_t *from);
+
+/* ------------------------------------------------------------------------ */
+/* Convolutional networks: Conv2d, BatchNorm2d, MaxPool2d and ResNet         */
+/* (torchvision's, with DETR's and MoCo's options; docs/resnet.md). ReLU has  */
+/* no state: it is the op qkv_relu.                                          */
+/* ------------------------------------------------------------------------ */
+
+/* nn.Conv2d: weight (out, in/groups, kh, kw) and bias (out) or NULL, named
+ * prefix.weight, prefix.bias; opts (copied, may be NULL) gives stride,
+ * padding, dilation and groups. x (B, in, H, W) -> (B, out, Ho, Wo).
+ * Errors: sizes not positive, channels not divisible by groups. */
+typedef struct {
+    qkv_tensor *weight, *bias;
+    int64_t in_channels, out_channels;
+    qkv_conv2d_opts opts;
+} qkv_nn_conv2d;
+QKV_API qkv_status qkv_nn_conv2d_init(qkv_nn_conv2d *m, qkv_params *ps, const char *prefix,
+                                      int64_t in_channels, int64_t out_channels, int kernel_h,
+                                      int kernel_w, const qkv_conv2d_opts *opts, int bias);
+/* PyTorch's: weight and bias U(+-1/sqrt(fan_in)), fan_in = in/groups kh kw
+ * (kaiming_uniform with a = sqrt(5)). */
+QKV_API void qkv_nn_conv2d_reset(qkv_nn_conv2d *m, qkv_rng *r);
+QKV_API qkv_tensor *qkv_nn_conv2d_forward(qkv_ctx *ctx, const qkv_nn_conv2d *m, qkv_tensor *x);
+
+/* nn.BatchNorm2d (any x (B, C, ...)): parameters prefix.weight, .bias (C),
+ * buffers .running_mean, .running_var (C) and .num_batches_tracked (a
+ * single value, stored as float; PyTorch's is int64, and load_state_dict
+ * copies either into the other). frozen: DETR's FrozenBatchNorm2d, whose
+ * weight, bias, running_mean and running_var are all buffers (no gradient,
+ * not counted by qkv_params_numel) and which has no num_batches_tracked.
+ * init sets eps 1e-5 and momentum 0.1 (change the fields after it). */
+typedef struct {
+    qkv_tensor *weight, *bias, *running_mean, *running_var;
+    qkv_tensor *num_batches_tracked; /* NULL when frozen */
+    int64_t num_features;
+    double momentum;
+    float eps;
+    int frozen;
+} qkv_nn_batch_norm;
+QKV_API qkv_status qkv_nn_batch_norm_init(qkv_nn_batch_norm *m, qkv_params *ps,
+                                          const char *prefix, int64_t num_features, int frozen);
+/* weight 1, bias 0, running_mean 0, running_var 1, num_batches_tracked 0. */
+QKV_API void qkv_nn_batch_norm_reset(qkv_nn_batch_norm *m);
+/* qkv_batch_norm_ext with the module's tensors: batch statistics in
+ * training mode (in `groups` groups of rows, 0 or 1 for the whole batch;
+ * shuffle BN), running statistics in eval mode or when frozen. */
+QKV_API qkv_tensor *qkv_nn_batch_norm_forward(qkv_ctx *ctx, const qkv_nn_batch_norm *m,
+                                              qkv_tensor *x, int64_t groups);
+
+/* nn.MaxPool2d(kernel, stride, padding), square: no parameters. */
+typedef struct {
+    int kernel, stride, padding; /* stride 0 means kernel */
+} qkv_nn_max_pool2d;
+QKV_API qkv_tensor *qkv_nn_max_pool2d_forward(qkv_ctx *ctx, const qkv_nn_max_pool2d *m,
+                                              qkv_tensor *x);
+
+/* torchvision's ResNet (v1.5: a bottleneck's stride on its 3x3 conv), depth
+ * 18, 34 (basic blocks), 50, 101 or 152 (bottlenecks), under torchvision's
+ * state_dict names: conv1, bn1, layer1.0.conv1, layer1.0.bn1, ..,
+ * layer2.0.downsample.0 (the 1x1 conv), layer2.0.downsample.1 (its batch
+ * norm), .., fc; each name after `prefix` (DETR's backbone:
+ * "backbone.0.body"). Options:
+ *   in_channels   the image's channels (0 means 3; 1 for grey images);
+ *   num_classes   fc's outputs; 0: no fc (a backbone, as DETR's body);
+ *   fc_hidden     > 0: fc is MoCo v2's MLP head, fc.0 Linear(F, fc_hidden),
+ *                 ReLU, fc.2 Linear(fc_hidden, num_classes);
+ *   small_stem    conv1 3x3 stride 1 padding 1 and no max pool (the CIFAR
+ *                 variant of MoCo's demo, for 28x28 or 32x32 images);
+ *   frozen_bn     every batch norm is DETR's FrozenBatchNorm2d;
+ *   frozen_stages the first stages' parameters are QKV_PARAM_FROZEN: 1 the
+ *                 stem (conv1, bn1), 2 also layer1 (DETR), .., 5 all but fc;
+ *   zero_init_residual  reset zeroes each block's last BN weight.
+ *   bn_eps, bn_momentum 0 mean 1e-5 and 0.1.
+ * F = 512 (basic) or 2048 (bottleneck) features come out of layer4. */
+typedef struct {
+    int depth;
+    int64_t in_channels, num_classes, fc_hidden;
+    int small_stem, frozen_bn, frozen_stages, zero_init_residual;
+    float bn_eps;
+    double bn_momentum;
+} qkv_resnet_config;
+
+#define QKV_RESNET_MAX_BLOCKS 50
+typedef struct {
+    qkv_nn_conv2d conv1, conv2, conv3;          /* conv3: bottlenecks only */
+    qkv_nn_batch_norm bn1, bn2, bn3;
+    qkv_nn_conv2d downsample_conv;              /* weight NULL: identity   */
+    qkv_nn_batch_norm downsample_bn;
+} qkv_resnet_block;
+typedef struct {
+    qkv_resnet_config cfg;
+    int bottleneck;
+    int64_t features;                           /* F */
+    int n_blocks[4];                            /* per layer */
+    qkv_nn_conv2d conv1;
+    qkv_nn_batch_norm bn1;
+    qkv_nn_max_pool2d maxpool;
+    qkv_resnet_block blocks[QKV_RESNET_MAX_BLOCKS]; /* layer1's, then layer2's, .. */
+    qkv_nn_linear fc, fc_out;   /* fc (or fc.0 and fc.2 with fc_hidden) */
+} qkv_resnet;
+
+/* Declares every parameter and buffer in torchvision's state_dict order.
+ * Errors: a depth not in the list, channels or classes negative. */
+QKV_API qkv_status qkv_resnet_init(qkv_resnet *m, qkv_params *ps, const char *prefix,
+                                   const qkv_resnet_config *cfg);
+/* torchvision's initialisation: convolutions kaiming_normal (fan_out,
+ * ReLU gain), batch norms weight 1, bias 0 (and the last of each block 0
+ * with zero_init_residual), running statistics 0 and 1, fc as nn.Linear. */
+QKV_API void qkv_resnet_reset(qkv_resnet *m, qkv_rng *r);
+
+typedef enum {
+    QKV_RESNET_LOGITS = 0, /* fc's output (B, num_classes); the pooled
+                              features without fc */
+    QKV_RESNET_POOLED,     /* global average pool (B, F): before fc */
+    QKV_RESNET_C5,         /* layer4's map (B, F, h, w), stride 32 (8 with
+                              small_stem) */
+} qkv_resnet_output;
+/* x (B, in_channels, H, W) -> the output asked for. Batch norms use batch
+ * statistics in training mode, in bn_groups groups of rows (0 or 1: the
+ * whole batch; shuffle BN), running statistics in eval mode or frozen.
+ * With gradients off and no running statistics to update (eval mode, or
+ * frozen_bn), each stage's intermediates are dropped once its output is
+ * copied out, so memory holds about one block (ResNet-50 at 800x1066,
+ * DETR's inference size). NULL with an error on a wrong shape. */
+QKV_API qkv_tensor *qkv_resnet_forward(qkv_ctx *ctx, const qkv_resnet *m, qkv_tensor *x,
+                                       qkv_resnet_output output, int64_t bn_groups);
+/* The (h, w) of C5 for an (H, W) input, as the convolutions compute it. */
+QKV_API void qkv_resnet_c5_size(const qkv_resnet *m, int64_t H, int64_t W, int64_t *h,
+                                int64_t *w);
+/* DETR's backbone mask: mask (B, H, W), nonzero on padding, resized to
+ * out (B, h, w) by nearest interpolation as F.interpolate(mask[None].float(),
+ * size=(h, w)).bool()[0] does: source row min(floor(i s), H - 1) with the
+ * float scale s = H / h (row i itself when h = H, i / 2 when h = 2 H), the
+ * same for columns. Errors: a size < 1, NULL buffers. */
+QKV_API qkv_status qkv_mask_resize_nearest(uint8_t *out, const uint8_t *mask, int64_t B,
+                                           int64_t H, int64_t W, int64_t h, int64_t w);
 
 /* ------------------------------------------------------------------------ */
 /* Models: kernel regression (Nadaraya-Watson attention pooling, d2l r0.17   */
