@@ -13,6 +13,9 @@ CC      ?= gcc
 PREFIX  ?= /usr/local
 SAN     ?= 0
 PYTHON  ?= /usr/bin/python3
+# PyPI's pycocotools, the reference of the COCO evaluation tests
+# (scripts/install-deps.sh puts it in .venv)
+VENV_PYTHON ?= .venv/bin/python
 
 ifeq ($(SAN),1)
 BUILD   ?= build-san
@@ -95,10 +98,16 @@ example-translate: $(BUILD)/example_translate $(BUILD)/qkv
 	@cat $(BUILD)/example-run/library.txt
 
 # PyTorch fixtures for the parity tests (Debian's python3-torch).
-fixtures: $(BUILD)/parity/.stamp
+fixtures: $(BUILD)/parity/.stamp $(BUILD)/parity/coco/.stamp
 $(BUILD)/parity/.stamp: $(wildcard tests/parity/*.py) | $(DEPS_OK)
 	@mkdir -p $(BUILD)/parity
 	$(PYTHON) tests/parity/gen.py $(BUILD)/parity
+	@touch $@
+
+# Random COCO sets scored by pycocotools (tests/test_coco.c compares).
+$(BUILD)/parity/coco/.stamp: $(wildcard tests/coco/*.py) | $(DEPS_OK)
+	@mkdir -p $(BUILD)/parity/coco
+	$(VENV_PYTHON) tests/coco/gen.py $(BUILD)/parity/coco
 	@touch $@
 
 test: $(BUILD)/test_qkv $(BUILD)/example $(BUILD)/qkv fixtures example-translate

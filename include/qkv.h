@@ -55,7 +55,8 @@
  *   training     parameters, initialisers, optimizers, clipping, shards
  *                (data parallelism inside a step), schedules
  *   io           safetensors, state dicts and checkpoints, datasets, the
- *                data loader, images, pictures and metrics
+ *                data loader, images, pictures and metrics; COCO detection
+ *                evaluation (mAP)
  *   nn           modules: Linear, attention, multi-head attention, positional
  *                encodings, the Transformer's blocks; Conv2d, BatchNorm2d,
  *                MaxPool2d, ResNet
@@ -1231,6 +1232,144 @@ QKV_API qkv_metrics *qkv_metrics_append(const char *path);
 QKV_API qkv_status qkv_metrics_write(qkv_metrics *m, int64_t epoch, int n,
                                      const char *const *names, const double *values);
 QKV_API qkv_status qkv_metrics_close(qkv_metrics *m);
+
+/* ------------------------------------------------------------------------ */
+/* COCO detection evaluation (mAP): pycocotools' COCOeval for boxes        */
+/* ------------------------------------------------------------------------ */
+
+/* A ground truth (images, categories, annotations) and a list of detections,
+ * read from COCO JSON or built in memory, evaluated as pycocotools' COCOeval
+ * evaluates boxes: the 12 summary numbers, AP per category and the precision
+ * and recall arrays, equal to pycocotools' (docs/coco.md).
+ *
+ *     qkv_coco_gt *gt = qkv_coco_gt_load("instances_val2017.json");
+ *     qkv_coco_dets *dt = gt ? qkv_coco_dets_load("detections.json") : NULL;
+ *     qkv_coco_result r = {0};
+ *     if (!dt || qkv_coco_evaluate(gt, dt, &r) != QKV_OK)
+ *         fprintf(stderr, "%s\n", qkv_error());
+ *     else
+ *         printf("AP %.3f\n", r.stats[0]);
+ *     qkv_coco_result_free(&r);      // zeroed on error: always safe
+ *     qkv_coco_dets_free(dt);
+ *     qkv_coco_gt_free(gt);
+ *
+ * Legend: T 10 IoU thresholds .50:.05:.95, R 101 recall points 0:.01:1,
+ * K categories (the ground truth's, ids ascending), A 4 area ranges (all,
+ * small, medium, large), M 3 detection limits per image (1, 10, 100). */
+
+#define QKV_COCO_T 10
+#define QKV_COCO_R 101
+#define QKV_COCO_A 4
+#define QKV_COCO_M 3
+#define QKV_COCO_NSTATS 12
+
+/* One ground-truth box. */
+typedef struct {
+    int64_t id;          /* unique in the set; as in pycocotools, a detection
+                          * matched to an annotation of id 0 counts as a false
+                          * positive (pycocotools stores the id as "matched") */
+    int64_t image_id, category_id;
+    double bbox[4];      /* x, y, w, h; w, h >= 0 */
+    double area;         /* >= 0: the area ranges test this (COCO: the mask's
+                          * area), not w * h */
+    int iscrowd;         /* 0 or 1: a crowd region is never missed, and any
+                          * number of detections inside it are ignored */
+} qkv_coco_ann;
+
+/* One detection. Its area is w * h. */
+typedef struct {
+    int64_t image_id, category_id;
+    double bbox[4];      /* x, y, w, h; w, h >= 0 */
+    double score;        /* finite; higher first, ties in list order */
+} qkv_coco_det;
+
+typedef struct qkv_coco_gt qkv_coco_gt;
+typedef struct qkv_coco_dets qkv_coco_dets;
+
+/* Reads a COCO ground-truth file: an object with "images" ([{"id"}]),
+ * "categories" ([{"id", "name"?}]) and "annotations" ([{"id", "image_id",
+ * "category_id", "bbox", "area", "iscrowd"? (default 0), "ignore"?}]); other
+ * keys are skipped. Ids are integers; image and category ids may be listed
+ * twice (once counts), annotation ids may not. "ignore" is read and checked
+ * but, as in pycocotools (which overwrites it with iscrowd), changes nothing.
+ * NULL with QKV_ERR_IO (cannot read) or QKV_ERR_FORMAT, the message naming
+ * the file and the entry: not JSON, a missing or mistyped key, a negative
+ * width, height or area, an annotation whose image or category is not
+ * listed, a repeated annotation id. Free with qkv_coco_gt_free. */
+QKV_API qkv_coco_gt *qkv_coco_gt_load(const char *path);
+/* Reads a COCO results file: a JSON list of {"image_id", "category_id",
+ * "bbox", "score"} (other keys skipped). NULL with QKV_ERR_IO or
+ * QKV_ERR_FORMAT naming the file and the entry (its index in the list). An
+ * image or category missing from the ground truth is reported by
+ * qkv_coco_evaluate, which sees both. Free with qkv_coco_dets_free. */
+QKV_API qkv_coco_dets *qkv_coco_dets_load(const char *path);
+
+/* In memory (a training loop evaluating its own predictions). `name` stands
+ * for a file in messages (NULL: "ground truth", "detections"). Each add
+ * copies its argument and returns QKV_ERR_ARG on a bad value (negative size,
+ * non-finite number, iscrowd not 0/1) or QKV_ERR_NOMEM; entries are checked
+ * against each other (unknown image or category, repeated annotation id)
+ * when evaluated. */
+QKV_API qkv_coco_gt *qkv_coco_gt_new(const char *name);
+QKV_API qkv_status qkv_coco_gt_add_image(qkv_coco_gt *gt, int64_t image_id);
+/* name: NULL or a label kept for tables and pictures. */
+QKV_API qkv_status qkv_coco_gt_add_category(qkv_coco_gt *gt, int64_t category_id,
+                                            const char *name);
+QKV_API qkv_status qkv_coco_gt_add_ann(qkv_coco_gt *gt, const qkv_coco_ann *ann);
+/* Counts as added (repeated image and category ids included). */
+QKV_API int64_t qkv_coco_gt_count_images(const qkv_coco_gt *gt);
+QKV_API int64_t qkv_coco_gt_count_anns(const qkv_coco_gt *gt);
+/* The category's name, "" if it has none, NULL if no category has this id. */
+QKV_API const char *qkv_coco_gt_category_name(const qkv_coco_gt *gt, int64_t category_id);
+QKV_API void qkv_coco_gt_free(qkv_coco_gt *gt);
+
+QKV_API qkv_coco_dets *qkv_coco_dets_new(const char *name);
+QKV_API qkv_status qkv_coco_dets_add(qkv_coco_dets *dt, const qkv_coco_det *det);
+QKV_API int64_t qkv_coco_dets_count(const qkv_coco_dets *dt);
+QKV_API void qkv_coco_dets_free(qkv_coco_dets *dt);
+
+/* What qkv_coco_evaluate returns; every array is owned by the result. */
+typedef struct {
+    double stats[QKV_COCO_NSTATS]; /* AP, AP50, AP75, APs, APm, APl, AR1, AR10,
+                                    * AR100, ARs, ARm, ARl, as pycocotools'
+                                    * COCOeval.stats; -1 where nothing counts */
+    int64_t n_categories;          /* K */
+    int64_t *category_ids;         /* (K) ascending */
+    double *category_ap;           /* (K) AP at IoU .50:.95, all areas, 100
+                                    * detections; -1 for a category without
+                                    * ground truth */
+    double *precision;             /* (T, R, K, A, M), -1 where a category has
+                                    * no ground truth in that area range */
+    double *recall;                /* (T, K, A, M), likewise */
+    double iou_thresholds[QKV_COCO_T];
+    double recall_thresholds[QKV_COCO_R];
+    double area_ranges[QKV_COCO_A][2]; /* inclusive, on the annotation's area */
+    int64_t max_dets[QKV_COCO_M];
+} qkv_coco_result;
+
+/* pycocotools' evaluate(), accumulate() and summarize() for iouType 'bbox'
+ * with default parameters: on every image of gt and every category of gt,
+ * detections sorted by score (stable) and cut to 100, greedy matching at each
+ * IoU threshold to the unmatched ground truth of highest IoU (crowds and
+ * boxes outside the area range ignored, not missed; IoU with a crowd is
+ * intersection over the detection's area), precision made monotone and read
+ * at the recall points. Runs on qkv_threads() threads; same numbers on any
+ * count. QKV_ERR_FORMAT naming the entry (and both files) when a detection's
+ * image or category is not in gt, or when gt contradicts itself;
+ * QKV_ERR_NOMEM. On error *out is zeroed (qkv_coco_result_free is safe). */
+QKV_API qkv_status qkv_coco_evaluate(const qkv_coco_gt *gt, const qkv_coco_dets *dt,
+                                     qkv_coco_result *out);
+/* The 12 numbers over one category (category index k in [0, K)), as
+ * summarize() would give for a ground truth of that category alone; k = -1
+ * gives r->stats. */
+QKV_API void qkv_coco_summarize(const qkv_coco_result *r, int64_t k,
+                                double stats[QKV_COCO_NSTATS]);
+/* Line i (0..11) of summarize()'s printout for value v, without the newline:
+ * " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.412".
+ * Writes at most n bytes (NUL included); returns the length it needs. */
+QKV_API int qkv_coco_stat_line(int i, double v, char *buf, size_t n);
+/* Frees the arrays and zeroes r; NULL is a no-op. */
+QKV_API void qkv_coco_result_free(qkv_coco_result *r);
 
 /* ------------------------------------------------------------------------ */
 /* Modules (nn). A module is a struct of parameter pointers with three steps: */

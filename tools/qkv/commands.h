@@ -13,5 +13,6 @@ int cmd_train_vit(int argc, char **argv);
 int cmd_eval_vit(int argc, char **argv);
 int cmd_classify(int argc, char **argv);
 int cmd_data_scenes(int argc, char **argv);
+int cmd_coco_eval(int argc, char **argv);
 
 #endif

@@ -30,6 +30,8 @@ static const command commands[] = {
     {"data scenes", "make a detection data set (COCO JSON) from Fashion-MNIST items",
      cmd_data_scenes},
     {"forward", "run a module on named tensors (safetensors in, safetensors out)", cmd_forward},
+    {"coco-eval", "COCO detection mAP of a results file, equal to pycocotools' COCOeval",
+     cmd_coco_eval},
     {"version", "print the version, the GEMM backend and the thread count", cmd_version},
 };
 
