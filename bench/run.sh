@@ -3,13 +3,14 @@
 # count, one report. Peers: Debian's PyTorch (/usr/bin/python3) and the
 # newest PyTorch from PyPI in .venv (scripts/bench-setup.sh makes it).
 #
-#   bash bench/run.sh [BUILD] [--threads N] [--only ops|models]
+#   bash bench/run.sh [BUILD] [--threads N] [--only ops|models|coco]
 #                                               (default N: $QKV_THREADS, else 2)
 #
-# Two parts: the ops table (bench_ops.c, peer_ops.py), then the models
+# Three parts: the ops table (bench_ops.c, peer_ops.py), then the models
 # (multi-head attention, the Transformer, the ViT: bench_{mha,transformer,vit}.c
 # and peer_{mha,transformer,vit}.py), each case in a fresh process so that
-# its peak RSS is its own. The report is printed and also written to
+# its peak RSS is its own; then `qkv coco-eval` against pycocotools and
+# faster-coco-eval (coco_bench.py). The report is printed and also written to
 # BUILD/bench.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,15 +45,15 @@ export QKV_THREADS=$threads OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threa
 # itself (tools/qkv/main.c); every runtime here uses libgomp and gets it
 export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-300000}
 
-if ! .venv/bin/python -c 'import torch, torchvision' 2>/dev/null; then
-    echo "no PyTorch or torchvision in .venv: running scripts/bench-setup.sh" >&2
+if ! .venv/bin/python -c 'import torch, torchvision, pycocotools, faster_coco_eval' 2>/dev/null; then
+    echo "no PyTorch, torchvision, pycocotools or faster-coco-eval in .venv: running scripts/bench-setup.sh" >&2
     bash scripts/bench-setup.sh >&2 || echo "bench-setup failed: PyPI peer left out" >&2
 fi
 peers=(/usr/bin/python3)
 .venv/bin/python -c 'import torch' 2>/dev/null && peers+=(.venv/bin/python)
 
 load_before=$(cut -d' ' -f1 /proc/loadavg)
-if [ "$only" != models ]; then
+if [ -z "$only" ] || [ "$only" = ops ]; then
     echo "qkv ..." >&2
     "$build/bench_ops" --threads "$threads" >"$out/1-qkv.txt"
     echo "PyTorch (Debian, /usr/bin/python3) ..." >&2
@@ -68,7 +69,7 @@ load_ops=$(cut -d' ' -f1 /proc/loadavg)
 # all three see the same load. The book Transformer's step (a few ms; this
 # 2-core machine has slow spells of tens of seconds) runs in five such
 # rounds and the table takes each one's median.
-if [ "$only" != ops ]; then
+if [ -z "$only" ] || [ "$only" = models ]; then
     for c in mha:mha_small:1 mha:mha_large:1 transformer:tf_book:5 transformer:tf_book_full:5 transformer:tf_large:1 \
              vit:vit_train:1 vit:vitb16_b1:1 vit:vitb16_b8:1; do
         prog=${c%%:*} rest=${c#*:}
@@ -89,6 +90,13 @@ if [ "$only" != ops ]; then
 fi
 load_after=$(cut -d' ' -f1 /proc/loadavg)
 
+# COCO evaluation: the whole command against the PyPI peers, in rounds
+rm -f "$out/coco.md"
+if [ -z "$only" ] || [ "$only" = coco ]; then
+    .venv/bin/python bench/coco_bench.py --build "$build" --threads "$threads" >"$out/coco.md" ||
+        { echo "coco bench failed" >&2; rm -f "$out/coco.md"; }
+fi
+
 {
     model=$(lscpu | sed -n 's/^Model name: *//p')
     cores=$(nproc)
@@ -98,16 +106,22 @@ load_after=$(cut -d' ' -f1 /proc/loadavg)
     # other work on the machine distorts every number: say how much there was
     echo "Load average (1 min) before, after the ops and after the models:" \
          "$load_before, $load_ops, $load_after."
-    if [ "$only" != models ]; then
+    if [ -z "$only" ] || [ "$only" = ops ]; then
         echo
         echo "### Ops"
         echo
         /usr/bin/python3 bench/table.py "$out"/*.txt
     fi
-    if [ "$only" != ops ]; then
+    if [ -z "$only" ] || [ "$only" = models ]; then
         echo
         echo "### Models"
         echo
         /usr/bin/python3 bench/table_models.py "$out"/models/*.txt
+    fi
+    if [ -s "$out/coco.md" ]; then
+        echo
+        echo "### COCO evaluation"
+        echo
+        cat "$out/coco.md"
     fi
 } | tee "$build/bench.md"

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # bench-setup.sh - the PyPI peer of `make bench`: a virtual environment .venv
-# with the newest torch and numpy from PyPI, and torchvision (with pillow)
-# for the ViT benchmarks. Does nothing if .venv already imports all of them;
-# waits if another bench-setup is installing.
+# with the newest torch and numpy from PyPI, torchvision (with pillow) for
+# the ViT benchmarks, pycocotools and faster-coco-eval for the COCO one. Does
+# nothing if .venv already imports all of them; waits if another bench-setup
+# is installing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec 9>"${TMPDIR:-/tmp}/qkv-bench-setup.lock"
 flock 9
-if .venv/bin/python -c 'import torch, numpy, torchvision' 2>/dev/null; then
+if .venv/bin/python -c 'import torch, numpy, torchvision, pycocotools, faster_coco_eval' 2>/dev/null; then
     echo ".venv has torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
     exit 0
 fi
@@ -23,4 +24,7 @@ trap 'rm -f "$pin"' EXIT
 .venv/bin/python -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' >"$pin"
 .venv/bin/python -m pip install --quiet --constraint "$pin" torchvision pillow ||
     echo "bench-setup: no torchvision for this torch: the PyPI peer's ViT rows read n/a" >&2
+.venv/bin/python -c 'import pycocotools, faster_coco_eval' 2>/dev/null ||
+    .venv/bin/python -m pip install --quiet pycocotools faster-coco-eval ||
+    echo "bench-setup: no pycocotools or faster-coco-eval: the COCO rows read n/a" >&2
 echo ".venv has torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"

@@ -53,6 +53,22 @@ def evaluate(gt_path, dt_path):
     return e, lines.getvalue().splitlines()
 
 
+def make(seed, i):
+    """Case i of a seed: (gt, dt) ready to write."""
+    rng = np.random.default_rng([seed, i])
+    p = case_params(rng, i)
+    gt, dt = coco_random.make_case(rng, **p)
+    if i % 7 == 3 and gt["annotations"]:
+        # pycocotools stores the matched ground truth's id as "matched": a
+        # detection matched to annotation id 0 counts as a false positive
+        gt["annotations"][int(rng.integers(0, len(gt["annotations"])))]["id"] = 0
+    if not dt:  # loadRes cannot take an empty list
+        img = gt["images"][0]["id"]
+        dt = [{"image_id": img, "category_id": gt["categories"][0]["id"],
+               "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5}]
+    return gt, dt
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -61,17 +77,7 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     for i in range(a.cases):
-        rng = np.random.default_rng([a.seed, i])
-        p = case_params(rng, i)
-        gt, dt = coco_random.make_case(rng, **p)
-        if i % 7 == 3 and gt["annotations"]:
-            # pycocotools stores the matched ground truth's id as "matched":
-            # a detection matched to annotation id 0 counts as a false positive
-            gt["annotations"][int(rng.integers(0, len(gt["annotations"])))]["id"] = 0
-        if not dt:  # loadRes cannot take an empty list
-            img = gt["images"][0]["id"]
-            dt = [{"image_id": img, "category_id": gt["categories"][0]["id"],
-                   "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5}]
+        gt, dt = make(a.seed, i)
         base = os.path.join(a.out, "case_%03d" % i)
         with open(base + ".gt.json", "w") as f:
             json.dump(gt, f)
