@@ -1301,13 +1301,15 @@ QKV_API qkv_coco_gt *qkv_coco_gt_load(const char *path);
  * "bbox", "score"} (other keys skipped). NULL with QKV_ERR_IO or
  * QKV_ERR_FORMAT naming the file and the entry (its index in the list). An
  * image or category missing from the ground truth is reported by
- * qkv_coco_evaluate, which sees both. Free with qkv_coco_dets_free. */
+ * qkv_coco_evaluate, which sees both. A file of 4 MiB or more is read on
+ * qkv_threads() threads (the same set). Free with qkv_coco_dets_free. */
 QKV_API qkv_coco_dets *qkv_coco_dets_load(const char *path);
 
 /* In memory (a training loop evaluating its own predictions). `name` stands
  * for a file in messages (NULL: "ground truth", "detections"). Each add
  * copies its argument and returns QKV_ERR_ARG on a bad value (negative size,
- * non-finite number, iscrowd not 0/1) or QKV_ERR_NOMEM; entries are checked
+ * non-finite number, iscrowd not 0/1, an id beyond +-2^53) or QKV_ERR_NOMEM;
+ * NULL gt or dt gives QKV_ERR_ARG. Entries are checked
  * against each other (unknown image or category, repeated annotation id)
  * when evaluated. */
 QKV_API qkv_coco_gt *qkv_coco_gt_new(const char *name);
