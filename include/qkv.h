@@ -294,6 +294,20 @@ QKV_API qkv_rng *qkv_ctx_rng(qkv_ctx *ctx);
  * QKV_ERR_NAN naming the op). Off by default; on when $QKV_CHECK_NAN is set. */
 QKV_API void qkv_set_check_nan(qkv_ctx *ctx, int on);
 
+/* Inference memory: with gradients off, frees every tensor made since mark
+ * (qkv_arena_mark(qkv_ctx_arena(ctx)), taken before a block of ops) except
+ * y, the block's output, which is returned as a contiguous tensor of y's
+ * shape, its data moved down to the mark (data older than the mark, such
+ * as a parameter's, stays where it is). A model calls it after each of
+ * its blocks with one mark taken before the first: each block's output
+ * then takes the place of its input, and memory holds the weights, one
+ * activation and one block's intermediates, not the whole network's.
+ * Tensors made since the mark other than y must not be used afterwards. With gradients on it does
+ * nothing and returns y (the backward needs the intermediates). y NULL:
+ * rewinds and returns NULL (the error that made y NULL stands); NULL with
+ * an error if out of memory. */
+QKV_API qkv_tensor *qkv_ctx_rewind_keep(qkv_ctx *ctx, qkv_arena_pos mark, qkv_tensor *y);
+
 /* Tensors in the step arena (freed by qkv_ctx_reset). */
 QKV_API qkv_tensor *qkv_new(qkv_ctx *ctx, int ndim, const int64_t *shape);
 QKV_API qkv_tensor *qkv_zeros(qkv_ctx *ctx, int ndim, const int64_t *shape);
@@ -633,8 +647,20 @@ QKV_API void qkv_params_free(qkv_params *ps);
  * qkv_params_alloc; until then data and grad are NULL. flags: QKV_PARAM_*. */
 QKV_API qkv_tensor *qkv_params_add(qkv_params *ps, const char *name, int ndim,
                                    const int64_t *shape, int flags);
-/* One allocation for every value, one for every gradient (zeroed). */
+/* One allocation for every value, one for every gradient (zeroed); both
+ * zero. QKV_ERR_STATE if the store is already allocated, QKV_ERR_NOMEM. */
 QKV_API qkv_status qkv_params_alloc(qkv_params *ps);
+/* For inference (a model opened to run forward only): the values alone,
+ * zero, and no gradient buffer: every entry's grad is NULL and its
+ * requires_grad 0, so that backward never writes into the store, and the
+ * store's memory is its values' bytes. qkv_params_grads gives NULL (count
+ * 0); qkv_params_zero_grad does nothing; qkv_optim_new, qkv_shards_new and
+ * qkv_clip_grad_norm refuse the store with an error. Loading, saving and
+ * every forward work as after qkv_params_alloc. Errors as qkv_params_alloc. */
+QKV_API qkv_status qkv_params_alloc_inference(qkv_params *ps);
+/* 1 if the store has gradient buffers (qkv_params_alloc), 0 if not (not
+ * allocated, qkv_params_alloc_inference, or NULL). */
+QKV_API int qkv_params_has_grads(const qkv_params *ps);
 QKV_API int64_t qkv_params_count(const qkv_params *ps);
 QKV_API qkv_tensor *qkv_params_at(qkv_params *ps, int64_t i);
 QKV_API int qkv_params_flags(const qkv_params *ps, int64_t i);
@@ -651,6 +677,7 @@ QKV_API int64_t qkv_params_numel(const qkv_params *ps);
  * 64-byte boundary; the gaps between them are zero. *count (if not NULL)
  * receives the length in floats, gaps included. The store owns them. */
 QKV_API float *qkv_params_values(qkv_params *ps, int64_t *count);
+/* qkv_params_grads: NULL (count 0) for a store without gradients. */
 QKV_API float *qkv_params_grads(qkv_params *ps, int64_t *count);
 QKV_API void qkv_params_zero_grad(qkv_params *ps);
 
@@ -1929,6 +1956,12 @@ typedef struct {
     float dropout;           /* after the embedding, attention and in the MLP */
     float attention_dropout; /* on the attention weights */
     float ln_eps;            /* 0 means 1e-6, torchvision's */
+    /* Only the class token's output reaches the head, so by default (0)
+     * the last block computes only it (every token is still its keys and
+     * values): the same logits and gradients for less work. 1: it
+     * computes every token's, as torchvision does (benchmarks on equal
+     * work). Attention maps (qkv_vit_forward's attn) need every token. */
+    int every_token;
 } qkv_vit_config;
 
 #define QKV_VIT_MAX_LAYERS 32

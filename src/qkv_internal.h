@@ -126,6 +126,10 @@ static inline float *qkv__grad_target(const qkv_ctx *ctx, const qkv_tensor *t)
     return g;
 }
 
+/* Rewinds arena a to m, keeping the `bytes` at src: returns where they lie
+ * now (moved down to the mark, or src itself if rewinding does not free
+ * them), NULL with an error if out of memory. */
+void *qkv__arena_rewind_keep(qkv_arena *a, qkv_arena_pos m, const void *src, size_t bytes);
 /* Arena memory of the step; NULL with an error if out of memory. */
 void *qkv__alloc(qkv_ctx *ctx, size_t bytes);
 float *qkv__floats(qkv_ctx *ctx, int64_t n);

@@ -43,6 +43,94 @@ TEST(arena_mark_rewind)
     qkv_arena_free(a);
 }
 
+/* n floats 0, 1, 2, ... made after whatever the arena holds */
+static qkv_tensor *iota(qkv_ctx *ctx, int64_t rows, int64_t cols)
+{
+    qkv_tensor *t = qkv_new(ctx, 2, SHAPE(rows, cols));
+    for (int64_t i = 0; t && i < rows * cols; i++)
+        t->data[i] = (float)i;
+    return t;
+}
+
+static bool is_iota(const qkv_tensor *t, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (t->data[i] != (float)i)
+            return false;
+    return true;
+}
+
+/* qkv_ctx_rewind_keep frees a block's intermediates and moves its output
+ * down to the mark: within the mark's chunk (source and destination
+ * overlapping), from a chunk begun after the mark, from a view; data older
+ * than the mark stays put; with gradients on nothing happens; and once the
+ * arena has settled, a second pass allocates nothing. */
+TEST(ctx_rewind_keep_frees_all_but_the_output)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    REQUIRE(ctx, "ctx_new");
+    qkv_set_grad_enabled(ctx, 0);
+    qkv_arena *a = qkv_ctx_arena(ctx);
+    size_t tensor_bytes = (sizeof(qkv_tensor) + 63) / 64 * 64;
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t mallocs = qkv_malloc_count();
+        qkv_tensor *old = iota(ctx, 4, 4);
+        /* in the mark's chunk: 1 KiB of intermediates, then 4 KiB of output
+         * that overlaps where it moves to */
+        qkv_arena_pos m = qkv_arena_mark(a);
+        size_t at_mark = qkv_arena_used(a);
+        CHECK(qkv_new(ctx, 1, SHAPE(256)), "alloc");
+        qkv_tensor *y = qkv_ctx_rewind_keep(ctx, m, iota(ctx, 32, 32));
+        REQUIRE(y && y->ndim == 2 && y->shape[0] == 32 && y->shape[1] == 32, "kept: %s",
+                qkv_error());
+        CHECK(is_iota(y, 1024), "pass %d: the output changed on its way down", pass);
+        CHECK(qkv_arena_used(a) == at_mark + 4096 + tensor_bytes,
+              "pass %d: %zu bytes in use, %zu at the mark + the output", pass, qkv_arena_used(a),
+              at_mark);
+        /* from chunks begun after the mark (the first pass; after the reset
+         * one chunk holds the peak), and a transposed view of the output */
+        m = qkv_arena_mark(a);
+        at_mark = qkv_arena_used(a);
+        CHECK(qkv_new(ctx, 1, SHAPE(1 << 19)), "a 2 MiB intermediate");
+        qkv_tensor *big = iota(ctx, 600, 1000);
+        qkv_tensor *z = qkv_ctx_rewind_keep(ctx, m, qkv_transpose(ctx, big, 0, 1));
+        REQUIRE(z && z->shape[0] == 1000 && z->shape[1] == 600 && qkv_is_contiguous(z),
+                "kept view: %s", qkv_error());
+        CHECK(z->data[0] == 0 && z->data[1] == 1000 && z->data[600] == 1 &&
+                  z->data[1000 * 600 - 1] == 600 * 1000 - 1,
+              "pass %d: the transposed output is wrong", pass);
+        CHECK(qkv_arena_used(a) == at_mark + 2400000 + tensor_bytes,
+              "pass %d: %zu bytes in use after the keep, %zu at the mark", pass,
+              qkv_arena_used(a), at_mark);
+        /* data from before the mark is not moved; only the tensor is new */
+        m = qkv_arena_mark(a);
+        at_mark = qkv_arena_used(a);
+        CHECK(qkv_new(ctx, 1, SHAPE(1000)), "alloc");
+        qkv_tensor *o = qkv_ctx_rewind_keep(ctx, m, old);
+        CHECK(o && o->data == old->data && is_iota(o, 16) &&
+                  qkv_arena_used(a) == at_mark + tensor_bytes,
+              "pass %d: older data moved or the arena kept more", pass);
+        /* NULL: rewinds */
+        m = qkv_arena_mark(a);
+        at_mark = qkv_arena_used(a);
+        CHECK(qkv_new(ctx, 1, SHAPE(1000)), "alloc");
+        CHECK(!qkv_ctx_rewind_keep(ctx, m, NULL) && qkv_arena_used(a) == at_mark,
+              "NULL output: the arena was not rewound");
+        if (pass == 1)
+            CHECK(qkv_malloc_count() == mallocs, "the settled arena allocated %llu times",
+                  (unsigned long long)(qkv_malloc_count() - mallocs));
+        qkv_ctx_reset(ctx);
+    }
+    /* gradients on: the backward needs the intermediates, nothing goes */
+    qkv_set_grad_enabled(ctx, 1);
+    qkv_arena_pos m = qkv_arena_mark(a);
+    qkv_tensor *y = iota(ctx, 8, 8);
+    size_t used = qkv_arena_used(a);
+    CHECK(qkv_ctx_rewind_keep(ctx, m, y) == y && qkv_arena_used(a) == used,
+          "with gradients on the arena was rewound");
+    qkv_ctx_free(ctx);
+}
+
 TEST(rng_deterministic)
 {
     qkv_rng a, b;

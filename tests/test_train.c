@@ -82,6 +82,57 @@ TEST(params_layout_and_flags)
     qkv_params_free(ps);
 }
 
+/* A store opened for inference has values only: no gradient buffer, no
+ * grad pointers, nothing requires a gradient, and what trains refuses it
+ * with a message that names why; a forward (and a backward to an input)
+ * works as with qkv_params_alloc. */
+TEST(params_alloc_inference_has_no_gradients)
+{
+    qkv_params *ps = qkv_params_new();
+    qkv_tensor *w = qkv_params_add(ps, "w", 2, SHAPE(3, 4), 0);
+    qkv_tensor *rm = qkv_params_add(ps, "running_mean", 1, SHAPE(4), QKV_PARAM_BUFFER);
+    REQUIRE(w && rm, "params_add: %s", qkv_error());
+    CHECK(!qkv_params_has_grads(ps), "an unallocated store has gradients");
+    uint64_t before = qkv_malloc_count();
+    REQUIRE(qkv_params_alloc_inference(ps) == QKV_OK, "alloc_inference: %s", qkv_error());
+    CHECK(qkv_malloc_count() - before == 1, "alloc_inference made %llu allocations, not 1",
+          (unsigned long long)(qkv_malloc_count() - before));
+    int64_t nv = 0, ng = -1;
+    CHECK(qkv_params_values(ps, &nv) == w->data && nv == 32, "values: %lld floats",
+          (long long)nv);
+    CHECK(qkv_params_grads(ps, &ng) == NULL && ng == 0, "grads: %lld floats", (long long)ng);
+    CHECK(!qkv_params_has_grads(ps), "has_grads");
+    CHECK(w->grad == NULL && rm->grad == NULL, "an entry has a grad pointer");
+    CHECK(!w->requires_grad && !rm->requires_grad, "an entry requires a gradient");
+    qkv_params_set_flags(ps, 0, 0); /* unfreezing gives it no gradient to receive */
+    CHECK(!w->requires_grad, "set_flags made an entry require a gradient");
+    qkv_params_zero_grad(ps); /* nothing to zero: no crash */
+    CHECK(qkv_params_alloc_inference(ps) == QKV_ERR_STATE && strstr(qkv_error(), "already"),
+          "a second alloc: %s", qkv_error());
+
+    CHECK(!qkv_optim_new(ps, &(qkv_optim_config){.kind = QKV_SGD, .lr = 1}) &&
+              qkv_error_status() == QKV_ERR_STATE &&
+              strstr(qkv_error(), "qkv_params_alloc_inference"),
+          "optim_new: %s", qkv_error());
+    CHECK(!qkv_shards_new(ps, 1) && strstr(qkv_error(), "qkv_params_alloc_inference"),
+          "shards_new: %s", qkv_error());
+    CHECK(isnan(qkv_clip_grad_norm(ps, 1.0f)) && strstr(qkv_error(), "qkv_params_alloc_inference"),
+          "clip_grad_norm: %s", qkv_error());
+
+    /* y = x w: the forward as usual; a backward reaches x, not w */
+    for (int i = 0; i < 12; i++)
+        w->data[i] = 0.5f * (float)i;
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_requires_grad(qkv_full(ctx, 2, SHAPE(2, 3), 1.0f));
+    qkv_tensor *y = qkv_matmul(ctx, x, w, 0, 0);
+    REQUIRE(y && qkv_backward(ctx, qkv_sum_all(ctx, y)) == QKV_OK, "%s", qkv_error());
+    CHECK_SCALAR(y->data[0], 0.5 * (0 + 4 + 8), 0, 0);
+    CHECK_SCALAR(x->grad[0], 0.5 * (0 + 1 + 2 + 3), 0, 0); /* row 0 of w summed */
+    CHECK(w->grad == NULL, "the backward wrote a gradient for an inference store");
+    qkv_ctx_free(ctx);
+    qkv_params_free(ps);
+}
+
 /* ---- initialisers ---- */
 
 typedef struct {

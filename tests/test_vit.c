@@ -18,12 +18,15 @@
 
 /* ---- parity with torchvision ---- */
 
-static void parity_case(const char *name)
+/* every_token: the last block computes every token, as torchvision does,
+ * instead of the class token alone: the same logits and gradients. */
+static void parity_case(const char *name, int every_token)
 {
     qkv_st_file *fx = fixture_open(name);
     REQUIRE(fx, "no fixture %s", name);
     qkv_vit_config cfg = {0};
     REQUIRE(qkv_vit_config_from_file(&cfg, fx) == QKV_OK, "%s: %s", name, qkv_error());
+    cfg.every_token = every_token;
     qkv_params *ps = qkv_params_new();
     qkv_vit m;
     REQUIRE(qkv_vit_init(&m, ps, &cfg) == QKV_OK, "%s", qkv_error());
@@ -57,15 +60,21 @@ static void parity_case(const char *name)
     }
     /* 4 top-level, 12 per block, 2 final norm, 2 head */
     CHECK(checked == 8 + 12 * cfg.num_layers, "%s: %lld parameters", name, (long long)checked);
-    /* inference (gradients off) drops each block's intermediates once its
-     * output is copied out: the same logits, in less memory */
+    /* inference: the weights in a store without gradients, gradients off,
+     * each block's intermediates dropped once its output exists: the same
+     * logits, in less memory */
     size_t train_peak = qkv_arena_peak(qkv_ctx_arena(ctx));
     qkv_ctx_reset(ctx);
+    qkv_params *ips = qkv_params_new();
+    qkv_vit im;
+    REQUIRE(qkv_vit_init(&im, ips, &cfg) == QKV_OK && qkv_params_alloc_inference(ips) == QKV_OK &&
+                qkv_params_load_file(ips, fx, name, 0) == QKV_OK,
+            "%s", qkv_error());
     qkv_ctx *ictx = qkv_ctx_new();
     qkv_set_training(ictx, 0);
     qkv_set_grad_enabled(ictx, 0);
     qkv_tensor *xi = fixture_get(ictx, fx, transposed ? "x_t" : "x");
-    qkv_tensor *yi = qkv_vit_forward(ictx, &m, transposed ? qkv_transpose(ictx, xi, 2, 3) : xi,
+    qkv_tensor *yi = qkv_vit_forward(ictx, &im, transposed ? qkv_transpose(ictx, xi, 2, 3) : xi,
                                      NULL);
     CHECK_CLOSE(yi, fixture_get(ictx, fx, "out"), 2e-7, 1e-6);
     size_t infer_peak = qkv_arena_peak(qkv_ctx_arena(ictx));
@@ -73,12 +82,50 @@ static void parity_case(const char *name)
           train_peak);
     qkv_ctx_free(ictx);
     qkv_ctx_free(ctx);
+    qkv_params_free(ips);
     qkv_params_free(ps);
     qkv_st_close(fx);
 }
 
-TEST(vit_parity_rgb) { parity_case("vit_rgb"); }
-TEST(vit_parity_gray_transposed) { parity_case("vit_gray_transposed"); }
+TEST(vit_parity_rgb) { parity_case("vit_rgb", 0); }
+TEST(vit_parity_gray_transposed) { parity_case("vit_gray_transposed", 0); }
+TEST(vit_parity_every_token_in_the_last_block) { parity_case("vit_rgb", 1); }
+
+/* Inference keeps one block's intermediates at a time (qkv_ctx_rewind_keep
+ * after each block), so its arena peak does not grow with the depth: 2 and
+ * 6 blocks of the same width peak alike, and their weights sit in stores
+ * without gradients. */
+TEST(vit_inference_memory_does_not_grow_with_depth)
+{
+    size_t peak[2];
+    int64_t depth[2] = {2, 6};
+    for (int i = 0; i < 2; i++) {
+        qkv_vit_config cfg = {.image_size = 32, .patch_size = 4, .in_channels = 3,
+                              .hidden_dim = 32, .mlp_dim = 128, .num_heads = 4,
+                              .num_layers = depth[i], .num_classes = 10, .every_token = 1};
+        qkv_params *ps = qkv_params_new();
+        qkv_vit m;
+        REQUIRE(qkv_vit_init(&m, ps, &cfg) == QKV_OK && qkv_params_alloc_inference(ps) == QKV_OK,
+                "%s", qkv_error());
+        qkv_rng r;
+        qkv_rng_seed(&r, 1);
+        qkv_vit_reset(&m, &r);
+        qkv_ctx *ctx = qkv_ctx_new();
+        qkv_set_grad_enabled(ctx, 0);
+        qkv_set_training(ctx, 0);
+        qkv_tensor *x = qkv_randn(ctx, 4, SHAPE(4, 3, 32, 32), 0, 1);
+        size_t before = qkv_arena_used(qkv_ctx_arena(ctx));
+        REQUIRE(qkv_vit_forward(ctx, &m, x, NULL), "%s", qkv_error());
+        peak[i] = qkv_arena_peak(qkv_ctx_arena(ctx)) - before;
+        qkv_ctx_free(ctx);
+        qkv_params_free(ps);
+    }
+    CHECK(peak[1] == peak[0], "inference peak %zu bytes with 2 blocks, %zu with 6", peak[0],
+          peak[1]);
+    /* and a block's worth: 65 tokens x 4 images x (32 + 128) floats a
+     * handful of times, far below what 6 blocks' intermediates would take */
+    CHECK(peak[0] < 1024 * 1024, "inference peak %zu bytes", peak[0]);
+}
 
 /* ---- a tiny model built here ---- */
 

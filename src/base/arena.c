@@ -128,3 +128,50 @@ void qkv_arena_rewind(qkv_arena *a, qkv_arena_pos m)
     a->head->used = m.chunk_used;
     a->used = m.used;
 }
+
+/* Where p lies: in the part that rewinding to m frees (a chunk begun after
+ * m, or m's own chunk past the mark), or not (older memory, or none of the
+ * arena's: a parameter, the caller's data). */
+static bool freed_by_rewind(const qkv_arena *a, qkv_arena_pos m, const unsigned char *p)
+{
+    for (const chunk *c = a->head; c; c = c->next) {
+        if (p >= c->mem && p < c->mem + c->size)
+            return c != m.chunk || p >= c->mem + m.chunk_used;
+        if (c == m.chunk)
+            break;
+    }
+    return false;
+}
+
+void *qkv__arena_rewind_keep(qkv_arena *a, qkv_arena_pos m, const void *src, size_t bytes)
+{
+    if (!freed_by_rewind(a, m, src)) {
+        qkv_arena_rewind(a, m);
+        return (void *)src;
+    }
+    size_t need = (bytes + 63) & ~(size_t)63;
+    chunk *mc = m.chunk;
+    if (mc->size - m.chunk_used >= need) {
+        /* the bytes move down to the mark before the chunks after it go;
+         * within one chunk source and destination may overlap */
+        memmove(mc->mem + m.chunk_used, src, bytes);
+        qkv_arena_rewind(a, m);
+        return qkv_arena_alloc(a, bytes); /* the very bytes just written */
+    }
+    /* no room after the mark in its chunk (the first pass, before a reset
+     * merged the chunks): a chunk of their own, on top of the mark's */
+    chunk *c = chunk_new(need > mc->size ? need : mc->size);
+    if (!c) {
+        qkv_set_error(QKV_ERR_NOMEM, "arena: out of memory keeping %zu bytes", bytes);
+        return NULL;
+    }
+    memcpy(c->mem, src, bytes);
+    qkv_arena_rewind(a, m);
+    c->next = a->head;
+    c->used = need;
+    a->head = c;
+    a->used += need;
+    if (a->used > a->peak)
+        a->peak = a->used;
+    return c->mem;
+}

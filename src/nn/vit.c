@@ -227,6 +227,8 @@ qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_t
      * patches (B, g, g, Cin, p, p) are a reshuffle of the image, and the
      * product comes out token-major (B, S, C), as the encoder wants it (a
      * convolution gives (B, C, S), one transpose away). */
+    qkv_arena *ar = qkv_ctx_arena(ctx);
+    qkv_arena_pos at = qkv_arena_mark(ar);
     qkv_tensor *t = qkv_reshape(ctx, x, 6, (int64_t[]){B, Cin, g, p, g, p});
     t = qkv_permute(ctx, t, (int[]){0, 2, 4, 1, 3, 5});
     t = qkv_reshape(ctx, t, 3, (int64_t[]){B, S, K});
@@ -237,35 +239,24 @@ qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_t
     qkv_tensor *cls = qkv_add(ctx, qkv_zeros(ctx, 3, (int64_t[]){B, 1, C}), m->class_token);
     t = qkv_concat(ctx, 2, (qkv_tensor *[]){cls, t}, 1);
     t = qkv_dropout(ctx, qkv_add(ctx, t, m->pos_embedding), c->dropout);
+    /* the patches' copies go; then each block's output takes the place of
+     * its input, at the same mark */
+    t = qkv_ctx_rewind_keep(ctx, at, t);
     /* Only the class token's output reaches the head, so the last block
      * computes only it (all tokens stay its keys and values): the same
      * logits and gradients as torchvision's, which computes every token's,
      * for about half the work of that block. Not when the attention maps
-     * are wanted, which need every query. */
+     * are wanted, which need every query, nor when cfg.every_token asks for
+     * torchvision's work. With gradients off each block's intermediates go
+     * once its output exists (qkv_ctx_rewind_keep); the attention maps, when
+     * wanted, live in the arena and so keep everything. */
     int64_t L = c->num_layers;
-    if (!qkv_grad_enabled(ctx) && !attn && t) {
-        /* inference: each block's intermediates are dropped once its output
-         * is copied out to one of two buffers made before the loop */
-        qkv_tensor *buf[2] = {qkv_new(ctx, 3, t->shape), qkv_new(ctx, 3, t->shape)};
-        if (!buf[0] || !buf[1])
-            return NULL;
-        qkv_arena *ar = qkv_ctx_arena(ctx);
-        for (int64_t l = 0; l < L && t; l++) {
-            qkv_arena_pos at = qkv_arena_mark(ar);
-            qkv_tensor *y =
-                qkv_contiguous(ctx, block_forward(ctx, m, &m->layers[l], t, NULL, l == L - 1));
-            if (!y)
-                return NULL;
-            int64_t shape[3] = {y->shape[0], y->shape[1], y->shape[2]};
-            memcpy(buf[l % 2]->data, y->data, (size_t)qkv_numel(y) * sizeof(float));
-            qkv_arena_rewind(ar, at); /* y is gone from here on */
-            int64_t stride[3] = {shape[1] * shape[2], shape[2], 1};
-            t = qkv__view(ctx, buf[l % 2], 3, shape, stride, 0);
-        }
-    } else
-        for (int64_t l = 0; l < L && t; l++)
-            t = block_forward(ctx, m, &m->layers[l], t, attn ? &attn[l] : NULL,
-                              !attn && l == L - 1);
+    for (int64_t l = 0; l < L && t; l++) {
+        bool cls_only = !attn && !c->every_token && l == L - 1;
+        t = block_forward(ctx, m, &m->layers[l], t, attn ? &attn[l] : NULL, cls_only);
+        if (!attn)
+            t = qkv_ctx_rewind_keep(ctx, at, t);
+    }
     if (!t)
         return NULL;
     /* The final norm acts per token, so normalising only the class token

@@ -133,7 +133,8 @@ float qkv_clip_grad_norm(qkv_params *ps, float max_norm)
     if (!ps || !ps->grads || !(max_norm >= 0)) {
         qkv_set_error(QKV_ERR_ARG, "clip_grad_norm: %s",
                       !ps ? "the store is NULL"
-                      : !ps->grads ? "qkv_params_alloc has not been called"
+                      : !ps->values ? "qkv_params_alloc has not been called"
+                      : !ps->grads  ? "the store has no gradients (qkv_params_alloc_inference)"
                                    : "max_norm must be >= 0");
         return NAN;
     }

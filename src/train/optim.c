@@ -148,8 +148,10 @@ qkv_optim *qkv_optim_new(qkv_params *ps, const qkv_optim_config *cfg)
         qkv_set_error(QKV_ERR_ARG, "optim_new: %s is NULL", ps ? "the config" : "the store");
         return NULL;
     }
-    if (!ps->values) {
-        qkv_set_error(QKV_ERR_STATE, "optim_new: qkv_params_alloc has not been called");
+    if (!ps->values || !ps->grads) {
+        qkv_set_error(QKV_ERR_STATE, "optim_new: %s",
+                      !ps->values ? "qkv_params_alloc has not been called"
+                                  : "the store has no gradients (qkv_params_alloc_inference)");
         return NULL;
     }
     qkv_optim_config c = *cfg;

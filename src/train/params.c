@@ -89,17 +89,20 @@ qkv_tensor *qkv_params_add(qkv_params *ps, const char *name, int ndim, const int
 
 /* Buffers never get a gradient; frozen parameters neither, so backward does
  * not spend time on them (PyTorch's requires_grad_(False)). */
-static void set_requires_grad(qkv__param *p)
+static void set_requires_grad(const qkv_params *ps, qkv__param *p)
 {
-    p->t->requires_grad = qkv__param_trainable(p);
+    /* a store without gradients (qkv_params_alloc_inference) has none to
+     * receive: nothing in it requires one */
+    p->t->requires_grad = ps->grads && qkv__param_trainable(p);
 }
 
-qkv_status qkv_params_alloc(qkv_params *ps)
+/* Values (and, with grads, gradients) for every declared entry. */
+static qkv_status params_alloc(qkv_params *ps, bool with_grads, const char *fn)
 {
     if (!ps)
-        return qkv_set_error(QKV_ERR_ARG, "params_alloc: the store is NULL");
+        return qkv_set_error(QKV_ERR_ARG, "%s: the store is NULL", fn);
     if (ps->values)
-        return qkv_set_error(QKV_ERR_STATE, "params_alloc: called twice");
+        return qkv_set_error(QKV_ERR_STATE, "%s: the store is already allocated", fn);
     int64_t total = 0;
     for (int64_t i = 0; i < ps->count; i++) {
         ps->at[i].offset = total;
@@ -109,13 +112,15 @@ qkv_status qkv_params_alloc(qkv_params *ps)
     float *values = qkv__aligned_alloc(bytes);
     /* The gradients come zeroed from calloc, which for a large block maps
      * fresh zero pages without writing them: a model that only runs
-     * forward (inference) never touches them, and they cost no memory. */
-    void *grads_mem = values ? qkv__calloc(1, bytes + 64) : NULL;
-    if (!grads_mem) {
+     * forward never touches them. qkv_params_alloc_inference goes further
+     * and has none: no address space, no grad pointers, nothing to misuse. */
+    void *grads_mem = values && with_grads ? qkv__calloc(1, bytes + 64) : NULL;
+    if (!values || (with_grads && !grads_mem)) {
         qkv__free(values);
-        return QKV_ERR_NOMEM;
+        return qkv_set_error(QKV_ERR_NOMEM, "%s: out of memory for %lld floats", fn,
+                             (long long)total);
     }
-    float *grads = (float *)(((uintptr_t)grads_mem + 63) & ~(uintptr_t)63);
+    float *grads = grads_mem ? (float *)(((uintptr_t)grads_mem + 63) & ~(uintptr_t)63) : NULL;
     /* zeroed values too: the gaps between entries are then defined bytes,
      * so that two runs can be compared with memcmp */
     memset(values, 0, bytes);
@@ -126,11 +131,20 @@ qkv_status qkv_params_alloc(qkv_params *ps)
     for (int64_t i = 0; i < ps->count; i++) {
         qkv__param *p = &ps->at[i];
         p->t->data = values + p->offset;
-        p->t->grad = grads + p->offset;
-        set_requires_grad(p);
+        p->t->grad = grads ? grads + p->offset : NULL;
+        set_requires_grad(ps, p);
     }
     return QKV_OK;
 }
+
+qkv_status qkv_params_alloc(qkv_params *ps) { return params_alloc(ps, true, "params_alloc"); }
+
+qkv_status qkv_params_alloc_inference(qkv_params *ps)
+{
+    return params_alloc(ps, false, "params_alloc_inference");
+}
+
+int qkv_params_has_grads(const qkv_params *ps) { return ps && ps->grads; }
 
 int64_t qkv_params_count(const qkv_params *ps) { return ps ? ps->count : 0; }
 
@@ -163,7 +177,7 @@ void qkv_params_set_flags(qkv_params *ps, int64_t i, int flags)
         return;
     p->flags = flags;
     if (ps->values)
-        set_requires_grad(p);
+        set_requires_grad(ps, p);
 }
 
 void qkv_params_set_group(qkv_params *ps, int64_t i, int group)
@@ -214,7 +228,7 @@ float *qkv_params_values(qkv_params *ps, int64_t *count)
 float *qkv_params_grads(qkv_params *ps, int64_t *count)
 {
     if (count)
-        *count = ps ? ps->total : 0;
+        *count = ps && ps->grads ? ps->total : 0;
     return ps ? ps->grads : NULL;
 }
 

@@ -59,7 +59,9 @@ qkv_shards *qkv_shards_new(qkv_params *ps, int n)
 {
     if (!ps || !ps->grads) {
         qkv_set_error(QKV_ERR_STATE, "shards_new: the parameter store is %s",
-                      ps ? "not allocated yet (qkv_params_alloc)" : "NULL");
+                      !ps           ? "NULL"
+                      : !ps->values ? "not allocated yet (qkv_params_alloc)"
+                                    : "without gradients (qkv_params_alloc_inference)");
         return NULL;
     }
     if (n <= 0)
