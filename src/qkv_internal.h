@@ -19,6 +19,11 @@ void *qkv__aligned_alloc(size_t bytes); /* 64-byte aligned */
  * and must leave the thread's error as its own caller set it. */
 void *qkv__aligned_alloc_quiet(size_t bytes);
 void qkv__free(void *p);
+/* Large blocks of their own pages (page-aligned, zero): once freed they go
+ * back to the system at once, whatever malloc's heap holds around them.
+ * qkv__pages_free takes the size given to qkv__pages_alloc. */
+void *qkv__pages_alloc(size_t bytes);
+void qkv__pages_free(void *p, size_t bytes);
 char *qkv__strdup(const char *s);
 
 /* ---- ops: one enum, one name table ---- */

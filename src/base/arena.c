@@ -19,12 +19,22 @@ struct qkv_arena {
     size_t peak;
 };
 
+/* Chunks from this size on get pages of their own (qkv__pages_alloc), so
+ * that a chunk freed by a rewind or a reset is returned to the system, not
+ * kept in malloc's heap. */
+#define PAGES_FROM ((size_t)1 << 18)
+
+static unsigned char *chunk_mem(size_t size)
+{
+    return size >= PAGES_FROM ? qkv__pages_alloc(size) : qkv__aligned_alloc(size);
+}
+
 static chunk *chunk_new(size_t size)
 {
     chunk *c = qkv__malloc(sizeof *c);
     if (!c)
         return NULL;
-    c->mem = qkv__aligned_alloc(size);
+    c->mem = chunk_mem(size);
     if (!c->mem) {
         qkv__free(c);
         return NULL;
@@ -39,7 +49,10 @@ static void chunks_free(chunk *c)
 {
     while (c) {
         chunk *n = c->next;
-        qkv__free(c->mem);
+        if (c->size >= PAGES_FROM)
+            qkv__pages_free(c->mem, c->size);
+        else
+            qkv__free(c->mem);
         qkv__free(c);
         c = n;
     }
