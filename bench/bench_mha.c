@@ -30,8 +30,7 @@ static int mha_step(qkv_ctx *ctx, void *p)
 
 int main(int argc, char **argv)
 {
-    bench_start();
-    qkv_set_threads(bench_threads(argc, argv));
+    bench_start(argc, argv);
     const char *name = bench_case(argc, argv);
     int unfused = 0;
     for (int i = 1; i < argc; i++)
@@ -39,9 +38,9 @@ int main(int argc, char **argv)
     int64_t B, N, E, H = 8;
     int reps;
     if (name && !strcmp(name, "mha_small")) {
-        B = 32, N = 128, E = 256, reps = 15;
+        B = 32, N = 128, E = 256, reps = 9;
     } else if (name && !strcmp(name, "mha_large")) {
-        B = 4, N = 1024, E = 512, reps = 7;
+        B = 4, N = 1024, E = 512, reps = 5;
     } else {
         fprintf(stderr, "usage: bench_mha mha_small|mha_large [--threads N] [--unfused]\n");
         return 2;

@@ -1,14 +1,24 @@
 """peer_util.py - what the PyTorch sides of the model benchmarks
 (peer_mha.py, peer_transformer.py, peer_vit.py) share; the twin of
-bench/bench_util.h, with the same method: `warmup` untimed steps, then the
-median of `reps` timed steps, printed as "key value" lines.
+bench/bench_util.h, with the same method, printed as "key value" lines:
 
-Memory: peak RSS of the process (getrusage ru_maxrss; each case runs in a
-fresh process), and the RSS right after `import torch`, before the model or
-data exist (base), so that peak - base is what the benchmark itself needed:
-parameters, gradients, optimizer state, activations and whatever the
-allocator keeps cached. tracemalloc cannot see tensor memory."""
+- base: the resident memory after every import and one tiny step of the
+  runtime (eager: a (8, 8) product forward and backward; --compile: the
+  same through torch.compile, so that Inductor and its compiler are
+  loaded), before the case builds anything;
+- `warmup` untimed steps (with --compile the first ones compile: their
+  time beyond the steady steps' is printed as compile time, apart); then
+  the peak-RSS mark is reset (/proc/self/clear_refs) and `reps` steps are
+  timed: their median, and the timed steps' peak RSS (VmHWM).
+
+Peers: eager PyTorch as an expert would run it (torch.set_num_threads equal
+to qkv's, Adam and clipping in their foreach forms, no graph breaks), and
+--compile: torch.compile in its default mode (Inductor, CPU) over the
+step's forward and loss, whose backward AOTAutograd compiles too; the
+optimizer and clipping run eagerly, foreach. tracemalloc cannot see tensor
+memory, hence RSS."""
 import argparse
+import inspect
 import os
 import resource
 import time
@@ -17,6 +27,24 @@ import time
 def rss_now_mib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1048576
+
+
+def hwm_mib():
+    """VmHWM, the peak resident memory since the last reset, in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_hwm():
+    """Resets VmHWM to the resident memory now (Linux 4.0+)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def peak_rss_mib():
@@ -35,49 +63,91 @@ def blas_of_torch(torch):
     return "unknown BLAS"
 
 
-def start(cases):
-    """Parses `CASE [--threads N]`, imports torch with that many threads and
-    prints the header lines. Returns (torch, case)."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument("case", choices=sorted(cases))
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("QKV_THREADS", "2") or 2))
-    args = ap.parse_args()
-    import torch  # after the environment holds the thread counts
-    global _base
-    _base = rss_now_mib()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(1)
-    print(f"impl torch {torch.__version__} ({blas_of_torch(torch)})")
-    print(f"threads {torch.get_num_threads()}")
-    return torch, args.case
+class Peer:
+    """The parsed command line, torch, and the mode's helpers."""
 
+    def __init__(self, cases):
+        ap = argparse.ArgumentParser()
+        ap.add_argument("case", choices=sorted(cases))
+        ap.add_argument("--threads", type=int,
+                        default=int(os.environ.get("QKV_THREADS", "2") or 2))
+        ap.add_argument("--compile", action="store_true",
+                        help="torch.compile (default mode, Inductor on CPU)")
+        args = ap.parse_args()
+        import torch  # after the environment holds the thread counts
+        self.torch, self.case, self.threads = torch, args.case, args.threads
+        self.compiling = args.compile
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(1)
+        impl = f"torch {torch.__version__} ({blas_of_torch(torch)})"
+        if self.compiling:
+            impl = f"torch.compile {torch.__version__} (Inductor, CPU)"
+        print(f"impl {impl}")
+        print(f"threads {torch.get_num_threads()}")
+        self.base = 0.0
 
-_base = 0.0
+    def compile(self, fn):
+        """fn itself when eager, else torch.compile(fn) (default mode)."""
+        return self.torch.compile(fn) if self.compiling else fn
 
+    def start(self):
+        """Call after every import: one tiny step of the runtime, then the
+        base memory and a reset of the peak mark."""
+        torch = self.torch
+        a = torch.full((8, 8), 0.5, requires_grad=True)
+        f = self.compile(lambda x: (x @ x).relu().sum())
+        f(a).backward()
+        with torch.no_grad():
+            f(a)
+        if self.compiling:  # the case's graphs and breaks counted from here
+            torch._dynamo.utils.counters.clear()
+        self.base = rss_now_mib()
+        reset_hwm()
 
-def time_steps(step, warmup, reps):
-    """Median milliseconds of `reps` calls of step() after `warmup` calls."""
-    ms = []
-    for i in range(warmup + reps):
+    def foreach(self, fn):
+        """{'foreach': True} if fn takes it (torch 2.x clipping; Debian's
+        1.13 has no foreach clip_grad_norm_), else {}."""
+        return {"foreach": True} if "foreach" in inspect.signature(fn).parameters else {}
+
+    def time_steps(self, step, warmup, reps):
+        """Median milliseconds of `reps` calls of step() after `warmup`
+        calls; with --compile also the compile time (the warm-up calls'
+        time beyond as many steady steps), in seconds."""
+        if self.compiling:  # the first call compiles, the second may still
+            warmup = max(warmup, 2)
         t0 = time.perf_counter()
-        step()
-        t = time.perf_counter() - t0
-        if i >= warmup:
-            ms.append(1e3 * t)
-    ms.sort()
-    return ms[len(ms) // 2]
+        for _ in range(warmup):
+            step()
+        warm = time.perf_counter() - t0
+        reset_hwm()
+        ms = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            step()
+            ms.append(1e3 * (time.perf_counter() - t))
+        ms.sort()
+        med = ms[len(ms) // 2]
+        self.compile_s = max(0.0, warm - warmup * med * 1e-3)
+        return med
 
-
-def report(key, ms, params=(), optim=None):
-    """The same keys as bench_report in bench_util.h."""
-    n = sum(p.numel() for p in params)
-    grads = sum(p.numel() for p in params if p.grad is not None)
-    state = 0
-    if optim is not None:
-        for s in optim.state.values():
-            state += sum(v.numel() for v in s.values() if hasattr(v, "numel") and v.dim() > 0)
-    print(f"{key}_ms {ms:.3f}")
-    print(f"{key}_params_mib {4 * (n + grads) / 1048576:.1f}")
-    print(f"{key}_optim_mib {4 * state / 1048576:.1f}")
-    print(f"{key}_rss_mib {peak_rss_mib():.1f}")
-    print(f"{key}_base_mib {_base:.1f}", flush=True)
+    def report(self, key, ms, params=(), optim=None):
+        """The same keys as bench_report in bench_util.h."""
+        peak = hwm_mib()
+        n = sum(p.numel() for p in params)
+        grads = sum(p.numel() for p in params if p.grad is not None)
+        state = 0
+        if optim is not None:
+            for s in optim.state.values():
+                state += sum(v.numel() for v in s.values() if hasattr(v, "numel") and v.dim() > 0)
+        print(f"{key}_ms {ms:.3f}")
+        print(f"{key}_peak_mib {peak:.1f}")
+        print(f"{key}_params_mib {4 * (n + grads) / 1048576:.1f}")
+        print(f"{key}_optim_mib {4 * state / 1048576:.1f}")
+        print(f"{key}_rss_mib {peak_rss_mib():.1f}")
+        print(f"{key}_base_mib {self.base:.1f}")
+        if self.compiling:
+            print(f"{key}_compile_s {self.compile_s:.1f}")
+            c = self.torch._dynamo.utils.counters
+            print(f"{key}_graphs {c['stats']['unique_graphs']}")
+            print(f"{key}_graph_breaks {sum(c['graph_break'].values())}")
+        print(flush=True, end="")

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# bench-setup.sh - the PyPI peer of `make bench`: a virtual environment .venv
-# with the newest torch and numpy from PyPI, torchvision (with pillow) for
-# the ViT benchmarks, pycocotools and faster-coco-eval for the COCO one. Does
-# nothing if .venv already imports all of them; waits if another bench-setup
-# is installing.
+# bench-setup.sh - the PyPI peers of `make bench`: a virtual environment .venv
+# with the newest torch and numpy from PyPI (eager and torch.compile, whose
+# Inductor compiles C++ with the system's g++), torchvision (with pillow)
+# for the ViT benchmarks, and onnxruntime with onnx and onnxscript (what
+# torch.onnx.export needs) for the ONNX Runtime peer, pycocotools and
+# faster-coco-eval for the COCO one. Does nothing if .venv already imports
+# all of them; waits if another bench-setup is installing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec 9>"${TMPDIR:-/tmp}/qkv-bench-setup.lock"
 flock 9
-if .venv/bin/python -c 'import torch, numpy, torchvision, pycocotools, faster_coco_eval' 2>/dev/null; then
+mods=torch,numpy,torchvision,onnxruntime,onnx,onnxscript,pycocotools,faster_coco_eval
+if .venv/bin/python -c "import $mods" 2>/dev/null; then
     echo ".venv has torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
     exit 0
 fi
@@ -24,6 +27,9 @@ trap 'rm -f "$pin"' EXIT
 .venv/bin/python -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' >"$pin"
 .venv/bin/python -m pip install --quiet --constraint "$pin" torchvision pillow ||
     echo "bench-setup: no torchvision for this torch: the PyPI peer's ViT rows read n/a" >&2
+# ONNX Runtime, and what torch.onnx's exporter needs, with torch held too
+.venv/bin/python -m pip install --quiet --constraint "$pin" onnxruntime onnx onnxscript ||
+    echo "bench-setup: no onnxruntime: the ONNX Runtime rows read n/a" >&2
 .venv/bin/python -c 'import pycocotools, faster_coco_eval' 2>/dev/null ||
     .venv/bin/python -m pip install --quiet pycocotools faster-coco-eval ||
     echo "bench-setup: no pycocotools or faster-coco-eval: the COCO rows read n/a" >&2
