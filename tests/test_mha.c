@@ -1,9 +1,10 @@
 /* test_mha.c - multi-head attention modules, additive and dot-product
  * attention modules and positional encodings: the book's shape example and
  * deterministic check, PyTorch parity (nn.MultiheadAttention and d2l's
- * modules re-created in PyTorch; forward, weights and every gradient, tol
- * 1e-5 relative to max(1, max|ref|)) through both attention paths, and
- * gradient checks (tol 1e-2, step 5e-3: see test_attention.c). */
+ * modules re-created in PyTorch; forward, weights and every gradient)
+ * through both attention paths, and gradient checks (step 5e-3: see
+ * test_attention.c). Each check states atol and rtol, a few times the worst
+ * error measured (docs/testing.md). */
 #include "test.h"
 
 #define SHAPE(...) ((int64_t[]){__VA_ARGS__})
@@ -31,15 +32,22 @@ static bool load_params(qkv_params *ps, qkv_st_file *f)
     return true;
 }
 
-static void check_param_grads(qkv_ctx *ctx, qkv_params *ps, qkv_st_file *f, const char *what)
+static void check_param_grads(qkv_ctx *ctx, qkv_params *ps, qkv_st_file *f, const char *what,
+                              double atol, double rtol)
 {
     char name[256];
     for (int64_t i = 0; i < qkv_params_count(ps); i++) {
         qkv_tensor *p = qkv_params_at(ps, i);
         snprintf(name, sizeof name, "grad_%s", p->name);
+        test_note("%s: %s", what, name);
         qkv_tensor *want = fixture_get(ctx, f, name);
-        double d = want ? max_rel_diff_buf(p->grad, want) : INFINITY;
-        CHECK(d <= 1e-5, "%s: %s differs by %.3g", what, name, d);
+        /* d2l's key bias shifts every score of a query by q b_k: the
+         * softmax ignores it, its gradient is 0 and PyTorch's holds only
+         * rounding (4e-8); qkv's must be as small */
+        size_t len = strlen(p->name);
+        if (want && len >= 8 && !strcmp(p->name + len - 8, "W_k.bias"))
+            want = qkv_zeros(ctx, want->ndim, want->shape);
+        CHECK_CLOSE_GRAD(p, want, atol, rtol);
     }
 }
 
@@ -85,16 +93,17 @@ static void parity_torch_mha(const char *name)
             .unfused = unfused,
         };
         qkv_tensor *out = qkv_nn_mha_forward(ctx, &m, q, k, v, &o);
-        CHECK_TENSOR(out, fixture_get(ctx, fx, "out"), 1e-5);
+        test_note("%s", what);
+        CHECK_CLOSE(out, fixture_get(ctx, fx, "out"), 5e-7, 1e-6);
         if (o.weights)
-            CHECK_TENSOR(w, fixture_get(ctx, fx, "weights"), 1e-5);
+            CHECK_CLOSE(w, fixture_get(ctx, fx, "weights"), 2e-8, 1e-6);
         if (out && backward_loss(ctx, fx, out, w) == QKV_OK) {
-            CHECK_GRADBUF(q->grad, fixture_get(ctx, fx, self ? "grad_x" : "grad_q"), 1e-5);
+            CHECK_CLOSE_GRAD(q, fixture_get(ctx, fx, self ? "grad_x" : "grad_q"), 2e-6, 1e-6);
             if (!self) {
-                CHECK_GRADBUF(k->grad, fixture_get(ctx, fx, "grad_k"), 1e-5);
-                CHECK_GRADBUF(v->grad, fixture_get(ctx, fx, "grad_v"), 1e-5);
+                CHECK_CLOSE_GRAD(k, fixture_get(ctx, fx, "grad_k"), 2e-6, 1e-6);
+                CHECK_CLOSE_GRAD(v, fixture_get(ctx, fx, "grad_v"), 2e-6, 1e-6);
             }
-            check_param_grads(ctx, ps, fx, what);
+            check_param_grads(ctx, ps, fx, what, 5e-6, 1e-6); /* in_proj_bias: its key third is 0, to rounding */
         } else {
             CHECK(0, "%s: %s", what, qkv_error());
         }
@@ -148,12 +157,13 @@ static void parity_d2l(const char *name, bool additive)
         qkv_attn_opts o = {.valid_lens = lens, .valid_lens_ndim = lnd, .unfused = unfused};
         qkv_tensor *out = additive ? qkv_nn_additive_attention_forward(ctx, &a, q, k, v, &o)
                                    : qkv_nn_d2l_mha_forward(ctx, &m, q, k, v, &o);
-        CHECK_TENSOR(out, fixture_get(ctx, fx, "out"), 1e-5);
+        test_note("%s, unfused %d", name, unfused);
+        CHECK_CLOSE(out, fixture_get(ctx, fx, "out"), 2e-7, 1e-6);
         if (out && backward_loss(ctx, fx, out, NULL) == QKV_OK) {
-            CHECK_GRADBUF(q->grad, fixture_get(ctx, fx, "grad_q"), 1e-5);
-            CHECK_GRADBUF(k->grad, fixture_get(ctx, fx, "grad_k"), 1e-5);
-            CHECK_GRADBUF(v->grad, fixture_get(ctx, fx, "grad_v"), 1e-5);
-            check_param_grads(ctx, ps, fx, name);
+            CHECK_CLOSE_GRAD(q, fixture_get(ctx, fx, "grad_q"), 1e-6, 1e-6);
+            CHECK_CLOSE_GRAD(k, fixture_get(ctx, fx, "grad_k"), 1e-6, 1e-6);
+            CHECK_CLOSE_GRAD(v, fixture_get(ctx, fx, "grad_v"), 1e-6, 1e-6);
+            check_param_grads(ctx, ps, fx, name, 1e-6, 1e-6);
         } else {
             CHECK(0, "%s: %s", name, qkv_error());
         }
@@ -219,13 +229,8 @@ TEST(d2l_mha_self_attention_packed_matches_split)
         const char *names[6] = {"out", "dx", "dW_q", "dW_k", "dW_v", "dW_o"};
         int64_t sizes[6] = {B * N * E, B * N * E, E * E, E * E, E * E, E * E};
         for (int i = 0; i < 6; i++) {
-            double worst = 0, scale = 1;
-            for (int64_t j = 0; j < sizes[i]; j++)
-                scale = fmax(scale, fabs(res[1][i][j]));
-            for (int64_t j = 0; j < sizes[i]; j++)
-                worst = fmax(worst, fabs(res[0][i][j] - res[1][i][j]) / scale);
-            CHECK(worst <= 1e-5, "kind %d: packed vs split %s differ by %.3g", kind, names[i],
-                  worst);
+            test_note("kind %d: packed vs split %s", kind, names[i]);
+            CHECK_CLOSE_N(res[0][i], res[1][i], sizes[i], 1e-6, 1e-6);
             free(res[0][i]);
             free(res[1][i]);
         }
@@ -296,7 +301,7 @@ TEST(d2l_attention_modules_deterministic)
         REQUIRE(outs[i], "%s", qkv_error());
         for (int b = 0; b < 2; b++)
             for (int j = 0; j < 4; j++)
-                CHECK_NEAR(outs[i]->data[b * 4 + j], want[b][j], 1e-5);
+                CHECK_SCALAR(outs[i]->data[b * 4 + j], want[b][j], 0, 5e-7);
     }
     qkv_ctx_free(ctx);
     qkv_params_free(ps);
@@ -382,15 +387,15 @@ TEST(gradcheck_mha_and_additive)
                       gc_rand(&r, 3, SHAPE(2, 4, 4), -2, 2, true)};
     for (int unfused = 0; unfused < 2; unfused++) {
         g.unfused = unfused;
-        double e = gradcheck(f_mha, 2, in, &g, 5e-3);
-        CHECK(e <= 1e-2, "mha (unfused %d): gradcheck error %.3g", unfused, e);
+        test_note("mha, unfused %d", unfused);
+        CHECK_GRAD_STEP(f_mha, 2, in, &g, 5e-3, 5e-6, 1e-3);
     }
     gc_free(2, in);
     gc_input ia[3] = {gc_rand(&r, 3, SHAPE(2, 3, 2), -2, 2, true),
                       gc_rand(&r, 3, SHAPE(2, 4, 3), -2, 2, true),
                       gc_rand(&r, 3, SHAPE(2, 4, 2), -2, 2, true)};
-    double e = gradcheck(f_additive, 3, ia, &g, 5e-3);
-    CHECK(e <= 1e-2, "additive attention: gradcheck error %.3g", e);
+    test_note("additive attention");
+    CHECK_GRAD_STEP(f_additive, 3, ia, &g, 5e-3, 1e-5, 1e-3);
     gc_free(3, ia);
     qkv_params_free(ps);
 }
@@ -408,8 +413,8 @@ TEST(posenc_sinusoidal_and_learned)
     for (int i = 0; i < 60; i += 7)
         for (int j = 0; j < 6; j += 2) {
             double a = i / pow(10000.0, j / 6.0);
-            CHECK_NEAR(y->data[i * 6 + j], sin(a), 1e-5);
-            CHECK_NEAR(y->data[i * 6 + j + 1], cos(a), 1e-5);
+            CHECK_SCALAR(y->data[i * 6 + j], sin(a), 5e-7, 1e-6);
+            CHECK_SCALAR(y->data[i * 6 + j + 1], cos(a), 5e-7, 1e-6);
         }
     CHECK(!qkv_nn_posenc_forward(ctx, &pe, qkv_zeros(ctx, 3, SHAPE(1, 1001, 6))), "too long");
     /* learnable: x + P[:, :T], gradient reaches pos_embedding */
@@ -424,7 +429,7 @@ TEST(posenc_sinusoidal_and_learned)
     x = qkv_randn(ctx, 3, SHAPE(2, 3, 4), 0, 1);
     y = qkv_nn_posenc_forward(ctx, &lp, x);
     REQUIRE(y && qkv_backward(ctx, qkv_sum_all(ctx, y)) == QKV_OK, "%s", qkv_error());
-    CHECK_NEAR(y->data[4 + 1], x->data[4 + 1] + lp.pos_embedding->data[4 + 1], 1e-6);
+    CHECK_SCALAR(y->data[4 + 1], x->data[4 + 1] + lp.pos_embedding->data[4 + 1], 0, 0);
     CHECK(lp.pos_embedding->grad[5] == 2.0f && lp.pos_embedding->grad[12] == 0.0f,
           "pos_embedding grad %g %g", lp.pos_embedding->grad[5], lp.pos_embedding->grad[12]);
     qkv_params_free(ps);

@@ -2,9 +2,10 @@
  * and the two training-loop guarantees (no malloc in a steady-state step,
  * bit-identical runs).
  *
- * Tolerances: optimizer steps, clipping and schedules match PyTorch to 1e-6
- * relative (float updates computed in the same order as torch.optim's, so
- * only rounding of the double coefficients differs). Initialisers are
+ * Tolerances: optimizer steps match PyTorch within 2e-8 + 1e-6 |want|
+ * (float updates computed in the same order as torch.optim's, so only
+ * rounding of the double coefficients differs: measured 5e-9 + 1e-6 |want|),
+ * clipping and schedules within 2 ulp (2.5e-7 relative). Initialisers are
  * checked statistically on ~10^5 draws: mean within 5 standard errors, std
  * within 2%, and the exact bounds. There is no gradient check here: nothing
  * in this area is differentiated. */
@@ -159,9 +160,9 @@ static void check_stats(const char *what, const qkv_tensor *t, double mean, doub
 {
     stats st = stats_of(t);
     double se = std / sqrt((double)qkv_numel(t));
-    CHECK(fabs(st.mean - mean) <= 5 * se, "%s: mean %.5g, expected %.5g (5 se = %.2g)", what,
-          st.mean, mean, 5 * se);
-    CHECK(fabs(st.std - std) <= 0.02 * std, "%s: std %.5g, expected %.5g", what, st.std, std);
+    test_note("%s", what);
+    CHECK_SCALAR(st.mean, mean, 5 * se, 0);
+    CHECK_SCALAR(st.std, std, 0, 0.02);
 }
 
 TEST(init_distributions)
@@ -251,7 +252,7 @@ TEST(init_view_and_constant)
     qkv_tensor *c = qkv_new(ctx, 2, SHAPE(6, 2));
     qkv_rng_seed(&r, 3);
     qkv_init_uniform(&r, c, 10, 11);
-    CHECK(max_rel_diff(view, c) == 0, "a view fills in a different order");
+    CHECK_CLOSE(view, c, 0, 0); /* a view fills in the same order */
     qkv_ctx_free(ctx);
 }
 
@@ -310,10 +311,8 @@ static void check_optim_case(const char *fixture)
         REQUIRE(qkv_optim_step(o) == QKV_OK, "step: %s", qkv_error());
         for (int i = 0; i < 3; i++) {
             snprintf(key, sizeof key, "p%d_%s", step, NAMES[i]);
-            qkv_tensor *want = fixture_get(ctx, f, key);
-            double d = want ? max_rel_diff(p[i], want) : INFINITY;
-            CHECK(d <= 1e-6, "%s step %d %s: max rel diff %.3g > 1e-6", fixture, step,
-                  NAMES[i], d);
+            test_note("%s step %d %s", fixture, step, NAMES[i]);
+            CHECK_CLOSE(p[i], fixture_get(ctx, f, key), 2e-8, 1e-6);
         }
         qkv_params_zero_grad(ps);
         qkv_ctx_reset(ctx);
@@ -416,14 +415,14 @@ TEST(optim_skips_frozen_and_buffers)
     REQUIRE(o, "optim_new: %s", qkv_error());
     CHECK(qkv_optim_step(o) == QKV_OK, "step");
     /* Adam's first step moves by lr * sign(grad), plus the decay lr*wd*p */
-    CHECK_NEAR(a->data[0], 1 * (1 - 0.01) - 0.1, 1e-6);
+    CHECK_SCALAR(a->data[0], 1 * (1 - 0.01) - 0.1, 0, 1e-7); /* float rounding 1.6e-8 */
     for (int i = 0; i < 5; i++)
         CHECK(fr->data[i] == 1 && bu->data[i] == 1, "frozen or buffer entry moved");
     /* moments are flat, parallel to the values: a's first moment is at 0 */
     int64_t n = 0;
     float *m = qkv_optim_state(o, 0, &n), *v = qkv_optim_state(o, 1, NULL);
     CHECK(m && v && n == 48, "state: %p %p %lld", (void *)m, (void *)v, (long long)n);
-    CHECK_NEAR(m[0], 0.1 * 0.5, 1e-7);
+    CHECK_SCALAR(m[0], 0.1 * 0.5, 0, 1e-6); /* (1 - beta1) in float: 2.4e-7 */
     CHECK(m && m[16] == 0, "the frozen entry's moment changed");
     CHECK(qkv_optim_state(o, 2, &n) == NULL && n == 0, "a third moment");
 
@@ -486,20 +485,19 @@ TEST(parity_clip_grad_norm)
     float norm = qkv_clip_grad_norm(ps, max_norm);
     qkv_tensor *want = fixture_get(ctx, f, "norm");
     REQUIRE(want, "norm");
-    CHECK(fabs(norm - want->data[0]) <= 1e-6 * want->data[0], "norm %.8g, torch %.8g", norm,
-          want->data[0]);
+    CHECK_SCALAR(norm, want->data[0], 0, 2.5e-7); /* 2 ulp; measured: equal */
     CHECK(want->data[0] > max_norm, "the fixture does not clip (norm %g)", want->data[0]);
     for (int i = 0; i < 3; i++) {
         char key[32];
         snprintf(key, sizeof key, "clipped_%s", NAMES[i]);
-        CHECK_GRADBUF(p[i]->grad, fixture_get(ctx, f, key), 1e-6);
+        CHECK_CLOSE_GRAD(p[i], fixture_get(ctx, f, key), 0, 2.5e-7); /* measured: equal */
     }
     CHECK(bu->grad[0] == 100 && fr->grad[0] == 100, "a buffer or frozen gradient was scaled");
 
     /* under the limit: the norm is returned and nothing changes */
     float before = p[0]->grad[0];
     float n2 = qkv_clip_grad_norm(ps, 10 * max_norm);
-    CHECK_NEAR(n2, max_norm, 1e-5);
+    CHECK_SCALAR(n2, max_norm, 0, 5e-7); /* measured 1.6e-7 */
     CHECK(p[0]->grad[0] == before, "clipping under the limit changed a gradient");
     CHECK(isnan(qkv_clip_grad_norm(ps, -1)) && qkv_error_status() == QKV_ERR_ARG,
           "negative max_norm: %s", qkv_error());
@@ -514,11 +512,8 @@ static void check_lrs(const char *what, const qkv_tensor *want, const float *got
 {
     REQUIRE(want && qkv_numel(want) == n, "%s: %lld values in the fixture", what,
             want ? (long long)qkv_numel(want) : -1LL);
-    for (int s = 0; s < n; s++) {
-        double w = qkv_get(want, s);
-        CHECK(fabs(got[s] - w) <= 1e-6 * fabs(w), "%s at step %d: %.9g, torch %.9g", what, s,
-              got[s], w);
-    }
+    test_note("%s", what);
+    CHECK_CLOSE_N(got, want->data, n, 0, 2.5e-7); /* 2 ulp */
 }
 
 TEST(parity_lr_schedules)
