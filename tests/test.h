@@ -104,7 +104,7 @@ gc_result gradcheck_run(gc_fn f, int n, gc_input *in, void *ud, double step, dou
 bool test_gradcheck(const char *file, int line, const char *what, gc_fn f, int n, gc_input *in,
                     void *ud, double step, double atol, double rtol);
 
-#define CHECK_GRAD_6(f, n, in, ud, atol, rtol)                                  \
+#define CHECK_GRAD(f, n, in, ud, atol, rtol)                                    \
     test_gradcheck(__FILE__, __LINE__, #f, (f), (n), (in), (ud), 1e-3, (atol), (rtol))
 /* The same with a stated relative step h (1e-3 in CHECK_GRAD). */
 #define CHECK_GRAD_STEP(f, n, in, ud, step, atol, rtol)                         \
@@ -171,54 +171,5 @@ bool check_close_scalar(const char *file, int line, const char *what, double got
                        (want), TEST_FLOAT_SIZE(want), (n), (atol), (rtol))
 #define CHECK_SCALAR(got, want, atol, rtol)                                     \
     check_close_scalar(__FILE__, __LINE__, #got, (got), (want), (atol), (rtol))
-
-/* ---- the old checks: going (do not use) ----
- * |got - want| <= tol * max(1, |want|) is absolute below 1, so zeros passed
- * against values under tol; kept only until the last tests are converted. */
-/* |got - want| <= tol * max(1, |want|) */
-#define CHECK_NEAR(got, want, tol)                                              \
-    do {                                                                        \
-        double g_ = (got), w_ = (want), t_ = (tol);                             \
-        if (!(fabs(g_ - w_) <= t_ * fmax(1.0, fabs(w_))))                       \
-            test_fail(__FILE__, __LINE__, "%s = %.7g, expected %.7g (tol %g)",  \
-                      #got, g_, w_, t_);                                        \
-    } while (0)
-
-/* the old score |analytic - numeric| / max(1e-2 max |numeric|, |numeric|)
- * and CHECK_GRAD with one tolerance (five arguments) */
-double gradcheck(gc_fn f, int n, gc_input *in, void *ud, double eps);
-#define CHECK_GRAD_5(f, n, in, ud, tol)                                         \
-    do {                                                                        \
-        double e_ = gradcheck((f), (n), (in), (ud), 1e-3);                      \
-        if (!(e_ <= (tol)))                                                     \
-            test_fail(__FILE__, __LINE__, "gradcheck %s: error %.3g > tol %g",  \
-                      #f, e_, (double)(tol));                                   \
-    } while (0)
-#define CHECK_GRAD_PICK(a, b, c, d, e, f, name, ...) name
-#define CHECK_GRAD(...)                                                         \
-    CHECK_GRAD_PICK(__VA_ARGS__, CHECK_GRAD_6, CHECK_GRAD_5, _)(__VA_ARGS__)
-
-/* Largest |got - want| / max(1, max|want|) over all elements; shapes must
- * match (else +inf). `got` may be a strided view; data is read logically. */
-double max_rel_diff(const qkv_tensor *got, const qkv_tensor *want);
-/* Same for a contiguous float buffer of want's numel (gradients). */
-double max_rel_diff_buf(const float *got, const qkv_tensor *want);
-
-#define CHECK_TENSOR(got, want, tol)                                            \
-    do {                                                                        \
-        double d_ = (got) && (want) ? max_rel_diff((got), (want)) : INFINITY;  \
-        if (!(d_ <= (tol)))                                                     \
-            test_fail(__FILE__, __LINE__, "%s vs %s: max rel diff %.3g > %g (%s)", \
-                      #got, #want, d_, (double)(tol), qkv_error());             \
-    } while (0)
-
-#define CHECK_GRADBUF(got, want, tol)                                           \
-    do {                                                                        \
-        double d_ = (got) && (want) ? max_rel_diff_buf((got), (want)) : INFINITY; \
-        if (!(d_ <= (tol)))                                                     \
-            test_fail(__FILE__, __LINE__, "%s vs %s: max rel diff %.3g > %g",    \
-                      #got, #want, d_, (double)(tol));                          \
-    } while (0)
-
 
 #endif

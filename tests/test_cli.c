@@ -172,7 +172,10 @@ typedef struct {
     int n_opts;
 } cli_cmd;
 
-static bool is_opt_char(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; }
+static bool is_opt_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+}
 
 /* The option token at p ("--name" followed by anything but a name
  * character) into buf; its length, 0 if p does not start one. */

@@ -1,7 +1,7 @@
 /* test_l2norm.c - L2 normalisation along an axis: unit norms, gradient
- * checks (central differences, tol 1e-2 on float32 ops), PyTorch parity of
- * output and gradient (F.normalize; atol 1e-6, rtol 1e-5), the clamped
- * case, and the errors. */
+ * checks (central differences of float32 ops, atol 2e-5, rtol 1e-3: the
+ * measured noise), PyTorch parity of output and gradient (F.normalize;
+ * atol 1e-6, rtol 1e-5), the clamped case, and the errors. */
 #include "test.h"
 
 #define SHAPE(...) ((int64_t[]){__VA_ARGS__})
@@ -24,13 +24,13 @@ TEST(gradcheck_l2_normalize)
     qkv_rng r;
     qkv_rng_seed(&r, 5);
     gc_input a = gc_rand(&r, 2, SHAPE(4, 6), -2, 2, true);
-    CHECK_GRAD(f_l2_last, 1, &a, NULL, 1e-2);
+    CHECK_GRAD(f_l2_last, 1, &a, NULL, 2e-5, 1e-3);
     gc_free(1, &a);
     gc_input b = gc_rand(&r, 3, SHAPE(2, 5, 3), -2, 2, true);
-    CHECK_GRAD(f_l2_middle, 1, &b, NULL, 1e-2);
+    CHECK_GRAD(f_l2_middle, 1, &b, NULL, 2e-5, 1e-3);
     gc_free(1, &b);
     gc_input c = gc_rand(&r, 2, SHAPE(5, 3), -2, 2, true);
-    CHECK_GRAD(f_l2_transposed, 1, &c, NULL, 1e-2);
+    CHECK_GRAD(f_l2_transposed, 1, &c, NULL, 2e-5, 1e-3);
     gc_free(1, &c);
 }
 

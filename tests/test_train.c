@@ -2,9 +2,10 @@
  * and the two training-loop guarantees (no malloc in a steady-state step,
  * bit-identical runs).
  *
- * Tolerances: optimizer steps match PyTorch within 2e-8 + 1e-6 |want|
+ * Tolerances: optimizer steps match PyTorch within 5e-7 + 1e-6 |want|
  * (float updates computed in the same order as torch.optim's, so only
- * rounding of the double coefficients differs: measured 5e-9 + 1e-6 |want|),
+ * rounding of the double coefficients differs: measured 5e-9 + 1e-6 |want|
+ * with gcc, 1.1e-7 with clang, which fuses multiply-adds),
  * clipping and schedules within 2 ulp (2.5e-7 relative). Initialisers are
  * checked statistically on ~10^5 draws: mean within 5 standard errors, std
  * within 2%, and the exact bounds. There is no gradient check here: nothing
@@ -312,7 +313,7 @@ static void check_optim_case(const char *fixture)
         for (int i = 0; i < 3; i++) {
             snprintf(key, sizeof key, "p%d_%s", step, NAMES[i]);
             test_note("%s step %d %s", fixture, step, NAMES[i]);
-            CHECK_CLOSE(p[i], fixture_get(ctx, f, key), 2e-8, 1e-6);
+            CHECK_CLOSE(p[i], fixture_get(ctx, f, key), 5e-7, 1e-6);
         }
         qkv_params_zero_grad(ps);
         qkv_ctx_reset(ctx);

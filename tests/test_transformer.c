@@ -1,9 +1,12 @@
 /* test_transformer.c - the Transformer: parity with torch.nn.Transformer
  * (post- and pre-norm, bool and float masks, key padding; outputs, input
- * and parameter gradients), parity of the book's translation model, a
- * gradient check, incremental decoding against full recomputation, and a
- * few training steps on the real corpus; the attention weights recorded
- * while translating (greedy and beam). */
+ * and parameter gradients) and with the book's translation model, both
+ * evaluated by PyTorch in float64 at qkv's float32 inputs and weights, so
+ * that what is measured is qkv's own rounding: the models' gradient check
+ * (docs/testing.md); central differences for the layouts PyTorch lacks,
+ * incremental decoding against full recomputation, and a few training
+ * steps on the real corpus; the attention weights recorded while
+ * translating (greedy and beam). */
 #include "test.h"
 
 #include <sys/wait.h>
@@ -18,21 +21,18 @@ static qkv_tensor *opt_get(qkv_ctx *ctx, qkv_st_file *f, const char *name)
     return qkv_st_find(f, name) >= 0 ? qkv_st_load(ctx, f, name) : NULL;
 }
 
-/* Every parameter's gradient against grad.<name>; returns the worst. */
-static double param_grads_diff(qkv_ctx *ctx, qkv_params *ps, qkv_st_file *f)
+/* Every parameter's gradient against grad.<name> (float64, tests/parity/
+ * cases_transformer.py). */
+static void check_param_grads(qkv_ctx *ctx, qkv_params *ps, qkv_st_file *f, const char *what,
+                              double atol, double rtol)
 {
-    double worst = 0.0;
     for (int64_t i = 0; i < qkv_params_count(ps); i++) {
         qkv_tensor *p = qkv_params_at(ps, i);
         char name[600];
         snprintf(name, sizeof name, "grad.%s", p->name);
-        qkv_tensor *want = qkv_st_load(ctx, f, name);
-        double d = want ? max_rel_diff_buf(p->grad, want) : INFINITY;
-        if (!(d <= worst) && d > 2e-5)
-            fprintf(stderr, "  %s: max rel diff %.3g\n", name, d);
-        worst = fmax(worst, d);
+        test_note("%s: %s", what, name);
+        CHECK_CLOSE_GRAD(p, fixture_get(ctx, f, name), atol, rtol);
     }
-    return worst;
 }
 
 static void torch_parity(const char *fixture)
@@ -64,14 +64,13 @@ static void torch_parity(const char *fixture)
     qkv_tensor *out = qkv_transformer_forward(ctx, &m, src, tgt, &mk);
     qkv_tensor *gout = fixture_get(ctx, f, "gout");
     REQUIRE(out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK, "%s", qkv_error());
-    /* forward: a few float32 roundings per sublayer over 4 blocks */
-    CHECK_TENSOR(out, fixture_get(ctx, f, "out"), 1e-5);
-    /* backward through 4 blocks and 2 final norms: layer norm's gradient
-     * divides by the standard deviation, which amplifies rounding */
-    CHECK_GRADBUF(src_sbe->grad, fixture_get(ctx, f, "grad_src_sbe"), 5e-5);
-    CHECK_GRADBUF(tgt->grad, fixture_get(ctx, f, "grad_tgt"), 5e-5);
-    double d = param_grads_diff(ctx, ps, f);
-    CHECK(d <= 5e-5, "%s: parameter gradients: max rel diff %.3g > 5e-5", fixture, d);
+    /* against float64: a few float32 roundings per sublayer over 4 blocks;
+     * backward through 4 blocks and 2 final norms, whose gradient divides by
+     * the standard deviation, which amplifies rounding */
+    CHECK_CLOSE(out, fixture_get(ctx, f, "out"), 2e-6, 1e-6);
+    CHECK_CLOSE_GRAD(src_sbe, fixture_get(ctx, f, "grad_src_sbe"), 2e-6, 1e-6);
+    CHECK_CLOSE_GRAD(tgt, fixture_get(ctx, f, "grad_tgt"), 2e-6, 1e-6);
+    check_param_grads(ctx, ps, f, fixture, 1e-5, 1e-6);
     qkv_ctx_free(ctx);
     qkv_params_free(ps);
     qkv_st_close(f);
@@ -122,9 +121,8 @@ TEST(transformer_parity_book_seq2seq)
     qkv_tensor *out = qkv_seq2seq_forward(ctx, &m, src, valid, 3, ns / 3, dec, nd / 3, NULL);
     qkv_tensor *gout = fixture_get(ctx, f, "gout");
     REQUIRE(out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK, "%s", qkv_error());
-    CHECK_TENSOR(out, fixture_get(ctx, f, "out"), 1e-5);
-    double d = param_grads_diff(ctx, ps, f);
-    CHECK(d <= 5e-5, "parameter gradients: max rel diff %.3g > 5e-5", d);
+    CHECK_CLOSE(out, fixture_get(ctx, f, "out"), 5e-6, 1e-6);
+    check_param_grads(ctx, ps, f, "book", 2e-5, 1e-6);
     free(src);
     free(valid);
     free(dec);
@@ -168,10 +166,11 @@ static void gradcheck_layout(qkv_tf_layout layout, int norm_first)
     qkv_transformer_reset(&g.m, &r);
     gc_input in[2] = {gc_rand(&r, 3, (int64_t[]){3, 2, 8}, -1, 1, true),
                       gc_rand(&r, 3, (int64_t[]){2, 4, 8}, -1, 1, true)};
-    /* float32 central differences through two blocks of layer norms carry
-     * errors of a few 1e-2 (2.5e-2 seen under -O1); a wrong backward gives
-     * errors of order 1 */
-    CHECK_GRAD(forward_gc, 2, in, &g, 5e-2);
+    /* d2l's pre-norm blocks and GELU have no PyTorch reference: central
+     * differences, whose float32 noise through two blocks of layer norms
+     * is 8e-4 on gradients of 1 to 5 (measured; the parity tests above
+     * hold the other layouts to 1e-5) */
+    CHECK_GRAD(forward_gc, 2, in, &g, 2e-3, 1e-3);
     gc_free(2, in);
     qkv_params_free(ps);
 }
@@ -206,15 +205,14 @@ static void incremental_equals_full(qkv_tf_layout layout, int norm_first)
     qkv_tensor *full = qkv_transformer_decode(ctx, &m, tgt, memory, &mk);
     qkv_tf_cache c;
     REQUIRE(full && qkv_tf_cache_init(ctx, &m, &c, memory, t, &mk) == QKV_OK, "%s", qkv_error());
-    double worst = 0.0;
     for (int64_t i = 0; i < t; i++) {
         qkv_tensor *x = qkv_contiguous(ctx, qkv_slice(ctx, tgt, 1, i, i + 1, 1));
         qkv_tensor *y = qkv_transformer_decode_step(ctx, &m, &c, x);
         REQUIRE(y, "%s", qkv_error());
-        worst = fmax(worst, max_rel_diff(y, qkv_slice(ctx, full, 1, i, i + 1, 1)));
+        /* the same sums in other orders (one query against a cache) */
+        test_note("step %lld", (long long)i);
+        CHECK_CLOSE(y, qkv_slice(ctx, full, 1, i, i + 1, 1), 0, 1e-6);
     }
-    /* the same sums in other orders (one query against a cache) */
-    CHECK(worst <= 1e-5, "incremental vs full: max rel diff %.3g", worst);
     CHECK(c.len == t && !qkv_transformer_decode_step(ctx, &m, &c, qkv_slice(ctx, tgt, 1, 0, 1, 1)),
           "a full cache is an error");
     qkv_ctx_free(ctx);
@@ -460,7 +458,7 @@ TEST(transformer_cli_forward)
     qkv_st_file *got = qkv_st_open(out_path), *want = fixture_open("transformer_forward_input");
     REQUIRE(got && want, "%s", qkv_error());
     qkv_ctx *ctx = qkv_ctx_new();
-    CHECK_TENSOR(qkv_st_load(ctx, got, "output"), fixture_get(ctx, want, "want_output"), 1e-5);
+    CHECK_CLOSE(qkv_st_load(ctx, got, "output"), fixture_get(ctx, want, "want_output"), 1e-6, 1e-6);
     qkv_ctx_free(ctx);
     qkv_st_close(got);
     qkv_st_close(want);
@@ -494,19 +492,16 @@ TEST(transformer_cli_resume_is_exact)
 /* ---- the attention weights of a translation ---- */
 
 /* Rows [0, t) x columns [0, k) of one (H, qmax, kmax) block of recorded
- * weights against a (1, H, t, k) tensor; returns the worst difference. */
-static double attn_diff(const float *got, int64_t h, int64_t qmax, int64_t kmax, int64_t t,
-                        int64_t k, const qkv_tensor *want)
+ * weights, as a (1, H, t, k) tensor to compare with the full forward's. */
+static qkv_tensor *attn_rows(qkv_ctx *ctx, const float *got, int64_t h, int64_t qmax,
+                             int64_t kmax, int64_t t, int64_t k)
 {
-    double worst = 0.0;
-    for (int64_t i = 0; i < h; i++)
+    qkv_tensor *r = qkv_new(ctx, 4, (int64_t[]){1, h, t, k});
+    for (int64_t i = 0; r && i < h; i++)
         for (int64_t a = 0; a < t; a++)
-            for (int64_t b = 0; b < k; b++) {
-                double d = fabs(got[(i * qmax + a) * kmax + b] -
-                                qkv_get(want, (i * t + a) * k + b));
-                worst = d > worst ? d : worst;
-            }
-    return worst;
+            for (int64_t b = 0; b < k; b++)
+                r->data[(i * t + a) * k + b] = got[(i * qmax + a) * kmax + b];
+    return r;
 }
 
 /* Nonzero entries of rows [t, qmax) of each of n (qmax, kmax) blocks. */
@@ -567,15 +562,14 @@ TEST(transformer_translate_attention_greedy_and_beam)
         qkv_tf_masks mk = {.enc_weights = ew, .dec_self_weights = sw, .dec_cross_weights = cw};
         REQUIRE(qkv_seq2seq_forward(ctx, &m, src, &valid, 1, S, dec_in, t, &mk), "%s",
                 qkv_error());
-        double worst = 0.0;
         for (int l = 0; l < NL; l++) {
-            worst = fmax(worst, attn_diff(at[b].enc + l * H * S * S, H, S, S, S, S, ew[l]));
-            worst = fmax(worst, attn_diff(at[b].dec_self + l * H * L * L, H, L, L, t, t, sw[l]));
-            worst = fmax(worst, attn_diff(at[b].dec_cross + l * H * L * S, H, L, S, t, S, cw[l]));
+            test_note("beam %d, layer %d", beam, l);
+            CHECK_CLOSE(attn_rows(ctx, at[b].enc + l * H * S * S, H, S, S, S, S), ew[l], 0, 1e-6);
+            CHECK_CLOSE(attn_rows(ctx, at[b].dec_self + l * H * L * L, H, L, L, t, t), sw[l], 0,
+                        1e-6);
+            CHECK_CLOSE(attn_rows(ctx, at[b].dec_cross + l * H * L * S, H, L, S, t, S), cw[l],
+                        0, 1e-6);
         }
-        fprintf(stderr, "    beam %d: %lld tokens, %lld decoder rows, worst |w - full| %.2g\n",
-                beam, (long long)k[b], (long long)t, worst);
-        CHECK(worst <= 1e-5, "beam %d: weights differ from the full forward by %g", beam, worst);
         CHECK(nonzero_rows_from(at[b].dec_self, NL * H, L, L, t) == 0 &&
                   nonzero_rows_from(at[b].dec_cross, NL * H, L, S, t) == 0,
               "beam %d: rows beyond %lld are not zero", beam, (long long)t);
@@ -646,13 +640,8 @@ TEST(transformer_seq2seq_loss_skips_padding_exactly)
     qkv_tensor *loss = qkv_seq2seq_loss(ctx, &m, src, valid, B, T, dec_in, tgt, T, pad);
     REQUIRE(loss && qkv_numel(loss) == 1 && qkv_backward(ctx, loss) == QKV_OK, "%s",
             qkv_error());
-    CHECK_NEAR(loss->data[0], want_loss, 1e-5);
-    double diff = 0, scale = 0;
-    for (int64_t i = 0; i < n; i++) {
-        diff = fmax(diff, fabs((double)g[i] - want[i]));
-        scale = fmax(scale, fabs((double)want[i]));
-    }
-    CHECK(diff <= 1e-5 * scale, "gradients differ by %g (largest %g)", diff, scale);
+    CHECK_SCALAR(loss->data[0], want_loss, 0, 1e-6);
+    CHECK_CLOSE_N(g, want, n, 2e-7, 1e-6);
     /* all targets padding: zero, with a graph */
     qkv_ctx_reset(ctx);
     for (int i = 0; i < B * T; i++)

@@ -143,15 +143,16 @@ static float *dense_range(int64_t n, float lo, float hi)
 
 TEST(erf_matches_libm)
 {
-    /* measured: max |erf - erff| = 2.3e-7 (about 2 ulp of 1) over [-10, 10],
-     * an absolute error (the polynomial's), so rtol 0 */
+    /* measured: max |erf - erff| = 2.3e-7 with gcc, 3.8e-7 with clang (2-3
+     * ulp of 1) over [-10, 10], an absolute error (the polynomial's), so
+     * rtol 0 */
     int64_t n = 2000001;
     float *x = dense_range(n, -10, 10), *y = malloc((size_t)n * sizeof *y);
     float *want = malloc((size_t)n * sizeof *want);
     qkv_k_erf(y, x, n);
     for (int64_t i = 0; i < n; i++)
         want[i] = erff(x[i]);
-    CHECK_CLOSE_N(y, want, n, 4e-7, 0);
+    CHECK_CLOSE_N(y, want, n, 6e-7, 0);
     free(x);
     free(y);
     free(want);

@@ -228,58 +228,6 @@ bool test_gradcheck(const char *file, int line, const char *what, gc_fn f, int n
     return false;
 }
 
-double gradcheck(gc_fn f, int n, gc_input *in, void *ud, double eps)
-{
-    qkv_ctx *ctx = qkv_ctx_new();
-    float *grads[16] = {0};
-    double worst = 0;
-    if (isnan(eval_loss(ctx, f, n, in, ud, true, NULL, grads))) {
-        fprintf(stderr, "    gradcheck: the op failed: %s\n", qkv_error());
-        qkv_ctx_free(ctx);
-        return NAN;
-    }
-    float *ana[16] = {0};
-    for (int i = 0; i < n; i++) {
-        if (!in[i].grad)
-            continue;
-        int64_t m = numel_of(&in[i]);
-        ana[i] = calloc((size_t)(m ? m : 1), sizeof(float));
-        if (grads[i])
-            memcpy(ana[i], grads[i], (size_t)m * sizeof(float));
-    }
-    for (int i = 0; i < n && !isnan(worst); i++) {
-        if (!in[i].grad)
-            continue;
-        int64_t m = numel_of(&in[i]);
-        double *num = malloc((size_t)(m ? m : 1) * sizeof(double));
-        double scale = 0;
-        for (int64_t k = 0; k < m; k++) {
-            float x0 = in[i].data[k];
-            double h = eps * fmax(1.0, fabs(x0));
-            in[i].data[k] = (float)(x0 + h);
-            double hp = (double)in[i].data[k] - x0;
-            double lp = eval_loss(ctx, f, n, in, ud, false, NULL, NULL);
-            in[i].data[k] = (float)(x0 - h);
-            double hm = x0 - (double)in[i].data[k];
-            double lm = eval_loss(ctx, f, n, in, ud, false, NULL, NULL);
-            in[i].data[k] = x0;
-            num[k] = (lp - lm) / (hp + hm);
-            scale = fmax(scale, fabs(num[k]));
-        }
-        double floor = fmax(scale * 1e-2, 1e-6);
-        for (int64_t k = 0; k < m; k++) {
-            double e = fabs(ana[i][k] - num[k]) / fmax(floor, fabs(num[k]));
-            if (!(e <= worst))
-                worst = e;
-        }
-        free(num);
-    }
-    for (int i = 0; i < n; i++)
-        free(ana[i]);
-    qkv_ctx_free(ctx);
-    return worst;
-}
-
 bool test_book_seq2seq(qkv_nmt_data *d, qkv_seq2seq *m, qkv_params **ps, float dropout,
                        uint64_t seed)
 {
@@ -319,36 +267,6 @@ qkv_tensor *fixture_get(qkv_ctx *ctx, qkv_st_file *f, const char *name)
     if (!t)
         test_fail(__FILE__, __LINE__, "fixture tensor %s: %s", name, qkv_error());
     return t;
-}
-
-double max_rel_diff(const qkv_tensor *got, const qkv_tensor *want)
-{
-    if (qkv_numel(got) != qkv_numel(want))
-        return INFINITY;
-    int64_t n = qkv_numel(want);
-    double scale = 1, worst = 0;
-    for (int64_t i = 0; i < n; i++)
-        scale = fmax(scale, fabs(qkv_get(want, i)));
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)qkv_get(got, i) - qkv_get(want, i)) / scale;
-        if (!(d <= worst))
-            worst = d;
-    }
-    return worst;
-}
-
-double max_rel_diff_buf(const float *got, const qkv_tensor *want)
-{
-    int64_t n = qkv_numel(want);
-    double scale = 1, worst = 0;
-    for (int64_t i = 0; i < n; i++)
-        scale = fmax(scale, fabs(qkv_get(want, i)));
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - qkv_get(want, i)) / scale;
-        if (!(d <= worst))
-            worst = d;
-    }
-    return worst;
 }
 
 const char *test_qkv_bin(void)

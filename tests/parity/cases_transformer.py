@@ -4,7 +4,14 @@ from d2l's definitions (valid lengths, -1e6 masking, sqrt(E) embeddings,
 sinusoidal positions). Each case stores the parameters under their
 state_dict names, the inputs, the output, an upstream gradient `gout` and
 the gradients of the inputs (grad_<name>) and of every parameter
-(grad.<state_dict name>)."""
+(grad.<state_dict name>).
+
+Parameters and inputs are float32, what qkv computes with; the output and
+the gradients are computed in float64 from those very values, so that the
+reference's own rounding (~1e-16) is nil and the C test measures qkv's
+float32 error alone: the model's gradient check, far sharper than central
+differences of a float32 forward four blocks deep (docs/testing.md)."""
+import copy
 import math
 
 import torch
@@ -14,23 +21,25 @@ D_MODEL, HEADS, FFN, LAYERS = 8, 2, 16, 2
 
 
 def _backward_case(g, model, run, inputs, **meta):
-    """Runs run(**leaves) with leaf copies of the float inputs, backward
-    with a random `gout`; returns inputs, parameters, out, gout and every
-    gradient."""
-    leaves = {k: v.clone().requires_grad_(v.dtype.is_floating_point and not k.endswith("mask"))
-              for k, v in inputs.items()}
-    out = run(**leaves)
+    """Runs run(model64, **leaves) on a float64 copy of the model with
+    float64 leaf copies of the float inputs, backward with a random float32
+    `gout`; returns the float32 inputs and parameters, and out, gout and
+    every gradient in float64."""
+    model64 = copy.deepcopy(model).double()
+    leaves = {k: (v.double() if v.dtype.is_floating_point else v.clone()).requires_grad_(
+        v.dtype.is_floating_point and not k.endswith("mask")) for k, v in inputs.items()}
+    out = run(model64, **leaves)
     gout = torch.randn(out.shape, generator=g)
-    out.backward(gout)
+    out.backward(gout.double())
     t = dict(inputs)
     t["out"] = out.detach()
     t["gout"] = gout
     for k, v in leaves.items():
         if v.requires_grad:
             t["grad_" + k] = v.grad
-    for k, p in model.named_parameters():
+    for (k, p), p64 in zip(model.named_parameters(), model64.parameters()):
         t[k] = p.detach().clone()
-        t["grad." + k] = p.grad
+        t["grad." + k] = p64.grad
     return t, {k: str(v) for k, v in meta.items()}
 
 
@@ -69,8 +78,8 @@ def _torch_case(g, norm_first, float_masks):
         inputs["tgt_key_padding_mask"] = pad_tgt
         inputs["memory_key_padding_mask"] = pad_src.clone()
 
-    def run(src_sbe, tgt, **masks):
-        return model(src_sbe.transpose(0, 1), tgt, **masks)
+    def run(m, src_sbe, tgt, **masks):
+        return m(src_sbe.transpose(0, 1), tgt, **masks)
 
     t, meta = _backward_case(g, model, run, inputs, norm_first=int(norm_first),
                              float_masks=int(float_masks))
@@ -159,10 +168,10 @@ class _DecBlock(nn.Module):
         return self.addnorm3(z, self.ffn(z))
 
 
-def _positions(t, e):
-    x = torch.arange(t, dtype=torch.float32).reshape(-1, 1) / torch.pow(
-        10000, torch.arange(0, e, 2, dtype=torch.float32) / e)
-    p = torch.zeros(t, e)
+def _positions(t, e, dtype):
+    x = torch.arange(t, dtype=dtype).reshape(-1, 1) / torch.pow(
+        10000, torch.arange(0, e, 2, dtype=dtype) / e)
+    p = torch.zeros(t, e, dtype=dtype)
     p[:, 0::2], p[:, 1::2] = torch.sin(x), torch.cos(x)
     return p
 
@@ -180,7 +189,7 @@ class _Coder(nn.Module):
 
     def embed(self, ids):
         x = self.embedding(ids) * math.sqrt(self.e)
-        return x + _positions(ids.shape[1], self.e)
+        return x + _positions(ids.shape[1], self.e, x.dtype)
 
 
 class _Book(nn.Module):
@@ -205,7 +214,7 @@ def _book_case(g):
     src = torch.randint(0, vs, (B, S), generator=g)
     src_valid = torch.tensor([6, 3, 1])
     dec_in = torch.randint(0, vt, (B, T), generator=g)
-    t, meta = _backward_case(g, model, lambda: model(src, src_valid, dec_in), {})
+    t, meta = _backward_case(g, model, lambda m: m(src, src_valid, dec_in), {})
     t.update(src=src, src_valid=src_valid, dec_in=dec_in)
     return t, meta
 
