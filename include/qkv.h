@@ -2024,6 +2024,8 @@ typedef enum { QKV_MODEL_SEQ2SEQ = 1, QKV_MODEL_VIT = 2 } qkv_model_kind;
 typedef struct qkv_model qkv_model;
 typedef struct {
     int64_t num_heads; /* ViT: heads, when the file does not say (0: from the file) */
+    int trainable;     /* 1: with gradient buffers, to train further (fine-tuning);
+                          0: for inference, values only (qkv_params_alloc_inference) */
 } qkv_model_opts;
 
 /* "seq2seq", "vit". */
@@ -2036,8 +2038,9 @@ QKV_API qkv_model *qkv_model_new_vit(const qkv_vit_config *cfg);
 /* Opens a model file, or a directory holding model.safetensors (a training
  * run's out_dir), by the kind its metadata names; older files without one
  * are recognised by their config or tensors. Every tensor must be there
- * with its shape and no other (strict). NULL with a message naming the file
- * and what was wrong; opts may be NULL. */
+ * with its shape and no other (strict). Unless opts->trainable, the model
+ * is opened for inference: no gradient buffers. NULL with a message naming
+ * the file and what was wrong; opts may be NULL. */
 QKV_API qkv_model *qkv_model_open(const char *path, const qkv_model_opts *opts);
 /* Writes the model to path atomically (temporary file, then rename). */
 QKV_API qkv_status qkv_model_save(qkv_model *m, const char *path);

@@ -190,3 +190,30 @@ TEST(vocab_from_tokens_and_by_counting)
           "size %lld", (long long)qkv_vocab_size(v));
     qkv_vocab_free(v);
 }
+
+/* Opened for inference (the default), a model has no gradient buffers;
+ * asked for trainable, it has them and trains. */
+TEST(model_file_opens_for_inference_without_gradients)
+{
+    qkv_vit_config cfg = {.image_size = 8, .patch_size = 4, .in_channels = 1, .hidden_dim = 8,
+                          .mlp_dim = 16, .num_heads = 2, .num_layers = 1, .num_classes = 3};
+    qkv_model *m = qkv_model_new_vit(&cfg);
+    char path[] = "/tmp/qkv_model_infXXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(m && fd >= 0, "%s", qkv_error());
+    close(fd);
+    REQUIRE(qkv_model_save(m, path) == QKV_OK, "%s", qkv_error());
+    qkv_model *o = qkv_model_open(path, NULL);
+    REQUIRE(o, "%s", qkv_error());
+    CHECK(!qkv_params_has_grads(qkv_model_params(o)), "inference model has gradient buffers");
+    qkv_model_free(o);
+    o = qkv_model_open(path, &(qkv_model_opts){.trainable = 1});
+    REQUIRE(o, "%s", qkv_error());
+    CHECK(qkv_params_has_grads(qkv_model_params(o)), "trainable model lacks gradient buffers");
+    qkv_optim *opt = qkv_optim_new(qkv_model_params(o), &(qkv_optim_config){.kind = QKV_SGD, .lr = 0.1f});
+    CHECK(opt, "a trainable model takes an optimizer: %s", qkv_error());
+    qkv_optim_free(opt);
+    qkv_model_free(o);
+    qkv_model_free(m);
+    unlink(path);
+}

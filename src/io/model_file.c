@@ -77,11 +77,17 @@ static qkv_vocab *vocab_copy(const qkv_vocab *v)
     return c;
 }
 
-static qkv_status build_seq2seq(qkv_model *m, const qkv_tf_config *cfg)
+/* Opened for inference, a model has no gradient buffers. */
+static qkv_status alloc_params(qkv_model *m, int trainable)
+{
+    return trainable ? qkv_params_alloc(m->ps) : qkv_params_alloc_inference(m->ps);
+}
+
+static qkv_status build_seq2seq(qkv_model *m, const qkv_tf_config *cfg, int trainable)
 {
     qkv_status st = qkv_seq2seq_init(&m->seq2seq, m->ps, cfg, qkv_vocab_size(m->vocab[0]),
                                      qkv_vocab_size(m->vocab[1]));
-    return st ? st : qkv_params_alloc(m->ps);
+    return st ? st : alloc_params(m, trainable);
 }
 
 qkv_model *qkv_model_new_seq2seq(const qkv_tf_config *cfg, const qkv_vocab *src,
@@ -97,7 +103,7 @@ qkv_model *qkv_model_new_seq2seq(const qkv_tf_config *cfg, const qkv_vocab *src,
         return NULL;
     m->num_steps = num_steps;
     if (!(m->vocab[0] = vocab_copy(src)) || !(m->vocab[1] = vocab_copy(tgt)) ||
-        build_seq2seq(m, cfg) != QKV_OK) {
+        build_seq2seq(m, cfg, 1) != QKV_OK) {
         qkv_model_free(m);
         return NULL;
     }
@@ -244,7 +250,8 @@ static int64_t json_int(const cJSON *c, const char *key)
     return cJSON_IsNumber(x) ? (int64_t)x->valuedouble : -1;
 }
 
-static qkv_status open_seq2seq(qkv_model *m, const qkv_st_file *f, const char *path)
+static qkv_status open_seq2seq(qkv_model *m, const qkv_st_file *f, const char *path,
+                               int trainable)
 {
     cJSON *c = cJSON_Parse(qkv_st_meta(f, "config") ? qkv_st_meta(f, "config") : "");
     if (!c)
@@ -269,16 +276,16 @@ static qkv_status open_seq2seq(qkv_model *m, const qkv_st_file *f, const char *p
             return qkv_set_error(QKV_ERR_FORMAT, "%s: %s vocabulary: %s", path,
                                  i ? "target" : "source", qkv_error());
     }
-    return build_seq2seq(m, &cfg);
+    return build_seq2seq(m, &cfg, trainable);
 }
 
-static qkv_status open_vit(qkv_model *m, const qkv_st_file *f, int64_t heads)
+static qkv_status open_vit(qkv_model *m, const qkv_st_file *f, int64_t heads, int trainable)
 {
     qkv_vit_config cfg = {.num_heads = heads};
     qkv_status st = qkv_vit_config_from_file(&cfg, f);
     if (!st)
         st = qkv_vit_init(&m->vit, m->ps, &cfg);
-    return st ? st : qkv_params_alloc(m->ps);
+    return st ? st : alloc_params(m, trainable);
 }
 
 static qkv_model_kind kind_of_file(const qkv_st_file *f)
@@ -330,9 +337,9 @@ qkv_model *qkv_model_open(const char *path, const qkv_model_opts *opts)
     else if (!m)
         st = qkv_error_status();
     else if (kind == QKV_MODEL_SEQ2SEQ)
-        st = open_seq2seq(m, f, path);
+        st = open_seq2seq(m, f, path, opts && opts->trainable);
     else
-        st = open_vit(m, f, opts ? opts->num_heads : 0);
+        st = open_vit(m, f, opts ? opts->num_heads : 0, opts && opts->trainable);
     if (!st)
         st = qkv_params_load_file(m->ps, f, path, 1);
     if (!st)
