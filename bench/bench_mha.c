@@ -9,6 +9,7 @@
  * length 1024, width 512, 8 heads. The loss is mean(y), one cheap reduction,
  * as on the PyTorch side. Prints "key value" lines (bench_util.h). */
 #include "bench_util.h"
+#include "qkv_internal.h" /* ctx->unfused, --unfused */
 
 typedef struct {
     qkv_nn_mha m;
@@ -23,7 +24,8 @@ static int mha_step(qkv_ctx *ctx, void *p)
     mha_state *s = p;
     qkv_params_zero_grad(s->ps);
     qkv_tensor *x = qkv_requires_grad(qkv_from_data(ctx, 3, (int64_t[]){s->N, s->B, s->E}, s->xs));
-    qkv_tensor *y = qkv_nn_mha_forward(ctx, &s->m, x, x, x, &(qkv_attn_opts){.unfused = s->unfused});
+    ctx->unfused = s->unfused; /* the reference path, scores materialised */
+    qkv_tensor *y = qkv_nn_mha_forward(ctx, &s->m, x, x, x, NULL);
     qkv_tensor *loss = qkv_mean_all(ctx, y);
     return !loss || qkv_backward(ctx, loss) != QKV_OK;
 }

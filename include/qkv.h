@@ -71,9 +71,11 @@
  * SHAPES
  *
  *   Shapes are written outermost first, as PyTorch writes them. Legend used in
- *   the comments below and in every kernel:
- *     B batch, T or N sequence length (queries), M keys, C channels or width,
- *     H heads, D head size, V vocabulary, K classes, (H,W) image height, width.
+ *   the comments below (each letter means one thing):
+ *     B batch, N queries and M keys (attention), S source and T target
+ *     lengths (the Transformer), E model width, C channels or width,
+ *     H heads, D head size, V vocabulary, K classes, R rows of a 2-D operand
+ *     (a loss's samples), (H,W) image height, width.
  *   Tensors are float32 with up to QKV_MAX_DIMS dimensions. Sizes, counts and
  *   offsets are int64_t. An axis argument may be negative (counted from the end).
  *
@@ -539,7 +541,7 @@ typedef struct {
                                    as PyTorch                                  */
 } qkv_ce_opts;
 #define QKV_NO_IGNORE INT64_MIN
-/* logits (N, K), target (N) class indices -> () or (N) with REDUCE_NONE.
+/* logits (R, K), target (R) class indices -> () or (R) with REDUCE_NONE.
  * opts may be NULL (mean, no weights, no ignore, no smoothing). */
 QKV_API qkv_tensor *qkv_cross_entropy(qkv_ctx *ctx, qkv_tensor *logits, const int64_t *target,
                                       const qkv_ce_opts *opts);
@@ -594,19 +596,11 @@ typedef struct {
     float scale;                /* 0: 1 / sqrt(D)                            */
     /* If not NULL, receives the weights (B, H, N, M) before dropout, as d2l
      * stores them (PyTorch 1.13 returns them after dropout). Asking for them
-     * runs the unfused path, so that they carry gradients. MHA modules:
-     * (B, N, M) averaged over heads if average_attn_weights, else (B, H, N, M). */
+     * materialises the (B, H, N, M) scores, so that the weights carry
+     * gradients. MHA modules: (B, N, M) averaged over heads if
+     * average_attn_weights, else (B, H, N, M). */
     qkv_tensor **weights;
     int average_attn_weights;
-    /* Force the unfused reference path: scores (B, H, N, M) materialised,
-     * masked softmax, dropout, matmul. Same results to rounding. */
-    int unfused;
-    /* d2l MHA only: queries given packed, (n, E), the kept rows q_rows of a
-     * (B, N) batch; keys and values those of kv_rows of (B, M). The
-     * projections run on the kept rows; the attention on the padded batch
-     * with zero rows elsewhere (which the masks must hide from every kept
-     * query); the output is packed as the queries. NULL: not packed. */
-    const qkv_rows *q_rows, *kv_rows;
 } qkv_attn_opts;
 
 /* Softmax over the last axis of x (B, N, M) or (B, H, N, M) after the masks
@@ -625,8 +619,9 @@ QKV_API qkv_tensor *qkv_masked_softmax(qkv_ctx *ctx, qkv_tensor *x, const qkv_at
  * log-sum-exp per query, and recomputes the weights in the backward; with
  * causal or key-padding masks it skips key tiles that are fully masked.
  * Dropout masks come from a hash of (seed, b, h, i, j), so the backward
- * regenerates them; the unfused path uses the same hash, so both paths give
- * the same result from the same context seed. */
+ * regenerates them; the path that materialises the weights (opts->weights)
+ * uses the same hash, so both give the same result from the same context
+ * seed. */
 QKV_API qkv_tensor *qkv_attention(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
                                   const qkv_attn_opts *opts);
 
@@ -1483,7 +1478,9 @@ QKV_API qkv_tensor *qkv_nn_d2l_mha_forward(qkv_ctx *ctx, const qkv_nn_d2l_mha *m
  * (3E, E) when kdim == vdim == E, else q_proj_weight (E, E), k_proj_weight
  * (E, kdim), v_proj_weight (E, vdim); in_proj_bias (3E) and out_proj.bias
  * (E) with `bias`; out_proj.weight (E, E). (add_bias_kv and add_zero_attn
- * are not supported.) kdim, vdim 0 mean E.
+ * are not supported.) kdim, vdim 0 mean E. (The Transformer's d2l layout
+ * fills q_proj_weight, k_proj_weight, v_proj_weight with d2l's W_q, W_k,
+ * W_v, kdim == vdim == E, and no bias.)
  * reset: xavier_uniform on the in-projection weight(s), the out_proj
  * weight as nn.Linear (U(+-1/sqrt(E))), biases zero, as PyTorch.
  * forward: query (N, B, E), key (M, B, kdim), value (M, B, vdim) -> (N, B, E),
@@ -1528,9 +1525,10 @@ QKV_API void qkv_nn_posenc_reset(qkv_nn_posenc *m, qkv_rng *r);
 QKV_API qkv_tensor *qkv_nn_posenc_forward(qkv_ctx *ctx, const qkv_nn_posenc *m, qkv_tensor *x);
 
 /* ------------------------------------------------------------------------ */
-/* Transformer: position-wise FFN, AddNorm, encoder and decoder blocks and   */
-/* stacks, post-norm (the book, PyTorch's default) or pre-norm (norm_first), */
-/* with d2l's parameter names or torch.nn.Transformer's (docs/transformer.md) */
+/* Transformer: position-wise FFN, layer norm, encoder and decoder blocks    */
+/* and their stacks, post-norm or pre-norm (norm_first), in the state_dict   */
+/* layouts of d2l, torch.nn.Transformer and DETR (docs/transformer.md).      */
+/* Shapes: B batch, S source length, T target length, E = d_model.          */
 /* ------------------------------------------------------------------------ */
 
 typedef enum { QKV_ACT_RELU = 0, QKV_ACT_GELU } qkv_activation;
@@ -1565,16 +1563,18 @@ QKV_API qkv_tensor *qkv_nn_layer_norm_forward(qkv_ctx *ctx, const qkv_nn_layer_n
 QKV_API qkv_tensor *qkv_nn_addnorm_forward(qkv_ctx *ctx, const qkv_nn_layer_norm *ln,
                                            qkv_tensor *x, qkv_tensor *y, float dropout);
 
-typedef enum { QKV_TF_D2L = 0, QKV_TF_TORCH } qkv_tf_layout;
-
-/* The multi-head attention inside the blocks: d2l's (W_q, W_k, W_v, W_o
- * without bias) or nn.MultiheadAttention (packed in_proj with bias, batch
- * first), whichever the layout asks for. */
-typedef struct {
-    qkv_nn_d2l_mha d2l;
-    qkv_nn_mha torch;
-    int torch_layout;
-} qkv_tf_attn;
+/* The blocks' state_dict layouts. One implementation serves all three; a
+ * layout only names the parameters and says which of them exist:
+ *   QKV_TF_D2L    d2l's TransformerEncoder/Decoder blocks: attention with
+ *                 W_q, W_k, W_v, W_o and no bias, "addnorm1.ln",
+ *                 "ffn.dense1" (no dropout inside the FFN), no final norms;
+ *   QKV_TF_TORCH  torch.nn.Transformer: packed in_proj_weight (3E, E) and
+ *                 in_proj_bias, out_proj with bias, "linear1", "norm1", and
+ *                 the stacks' final norms "encoder.norm", "decoder.norm";
+ *   QKV_TF_DETR   facebookresearch/detr's Transformer: TORCH's names,
+ *                 "decoder.norm" always, "encoder.norm" only with norm_first
+ *                 (DETR removes it in post-norm). */
+typedef enum { QKV_TF_D2L = 0, QKV_TF_TORCH, QKV_TF_DETR } qkv_tf_layout;
 
 typedef struct {
     qkv_tf_layout layout;
@@ -1585,66 +1585,114 @@ typedef struct {
     int norm_first;            /* pre-norm: x + sublayer(norm(x)) */
     qkv_activation activation;
 } qkv_tf_config;
-
 #define QKV_TF_MAX_LAYERS 12
+/* The attention sublayers are qkv_nn_mha modules, batch first, in every
+ * layout: TORCH and DETR fill in_proj_weight, in_proj_bias and out_proj;
+ * D2L's W_q, W_k, W_v are q_proj_weight, k_proj_weight, v_proj_weight
+ * (E, E) and W_o is out_proj, all without bias. */
 typedef struct {
-    qkv_tf_attn self_attn;
+    qkv_nn_mha self_attn;
     qkv_nn_ffn ffn;
     qkv_nn_layer_norm norm1, norm2;
 } qkv_tf_enc_layer;
 typedef struct {
-    qkv_tf_attn self_attn, cross_attn;
+    qkv_nn_mha self_attn, cross_attn;
     qkv_nn_ffn ffn;
     qkv_nn_layer_norm norm1, norm2, norm3;
 } qkv_tf_dec_layer;
-/* Names: torch "encoder.layers.0.self_attn.in_proj_weight", .., "encoder.norm.weight"
- * and "decoder.norm.weight" (the stacks' final norms, torch layout only); d2l
- * "encoder.blks.block0.attention.W_q.weight", "encoder.blks.block0.addnorm1.ln.weight",
- * "decoder.blks.block0.attention2.W_k.weight", "decoder.blks.block0.ffn.dense1.bias". */
+/* Names (prefix "" here; DETR's model file uses "transformer"):
+ *   TORCH, DETR  "encoder.layers.0.self_attn.in_proj_weight",
+ *                "encoder.layers.0.linear1.weight", "encoder.layers.0.norm2.bias",
+ *                "decoder.layers.1.multihead_attn.out_proj.weight",
+ *                "decoder.layers.1.norm3.weight", "encoder.norm.weight",
+ *                "decoder.norm.bias";
+ *   D2L          "encoder.blks.block0.attention.W_q.weight",
+ *                "encoder.blks.block0.addnorm1.ln.weight",
+ *                "decoder.blks.block0.attention2.W_k.weight",
+ *                "decoder.blks.block0.ffn.dense1.bias". */
 typedef struct {
     qkv_tf_config cfg;
     qkv_tf_enc_layer enc[QKV_TF_MAX_LAYERS];
     qkv_tf_dec_layer dec[QKV_TF_MAX_LAYERS];
-    qkv_nn_layer_norm enc_norm, dec_norm;
+    qkv_nn_layer_norm enc_norm, dec_norm; /* the stacks' final norms */
+    int has_enc_norm, has_dec_norm;       /* which of them the layout holds */
 } qkv_transformer;
 
-/* prefix is prepended to every name ("" for none). */
+/* prefix is prepended to every name ("" or NULL for none). Errors: a bad
+ * config (heads not dividing d_model, more than QKV_TF_MAX_LAYERS blocks, a
+ * dropout outside [0, 1), an unknown layout), named in the message. */
 QKV_API qkv_status qkv_transformer_init(qkv_transformer *m, qkv_params *ps, const char *prefix,
                                         const qkv_tf_config *cfg);
-/* torch: xavier_uniform on every matrix, zero attention biases, default
- * Linear biases (nn.Transformer); d2l: xavier_uniform on Linear weights (as
- * train_seq2seq's xavier_init_weights). Layer norms ones and zeros. */
+/* TORCH and DETR: xavier_uniform on every matrix, zero attention biases,
+ * Linear's default biases (nn.Transformer's and DETR's _reset_parameters);
+ * D2L: xavier_uniform on Linear weights (train_seq2seq's
+ * xavier_init_weights). Layer norms ones and zeros. */
 QKV_API void qkv_transformer_reset(qkv_transformer *m, qkv_rng *r);
 
-/* Masks of one forward, all optional; masks as qkv_attn_opts. */
+/* What one forward takes besides its sequences, and what else it gives
+ * back; all optional (a zeroed struct, or NULL: none). Masks as
+ * qkv_attn_opts's, under PyTorch's names. */
 typedef struct {
-    const int64_t *src_valid_lens; /* (B) d2l: source keys at or beyond masked */
-    qkv_tensor *src_mask;          /* (S, S) or (B*H, S, S)  */
-    qkv_tensor *tgt_mask;          /* (T, T) or (B*H, T, T)  */
-    qkv_tensor *memory_mask;       /* (T, S) or (B*H, T, S)  */
+    const int64_t *src_valid_lens; /* (B) d2l: source keys at or beyond are masked (-1e6) */
+    qkv_tensor *src_mask;          /* (S, S) or (B*H, S, S) */
+    qkv_tensor *tgt_mask;          /* (T, T) or (B*H, T, T) */
+    qkv_tensor *memory_mask;       /* (T, S) or (B*H, T, S) */
     /* (B, S), (B, T), (B, S) */
     qkv_tensor *src_key_padding_mask, *tgt_key_padding_mask, *memory_key_padding_mask;
-    int bool_masks;                /* masks hold booleans (nonzero = masked), else are added */
+    /* Each mask is bool when its flag is set (nonzero = masked, PyTorch's
+     * True), else float and added (0 or -inf, or any bias). Kinds may mix:
+     * PyTorch's tutorial passes a float causal tgt_mask
+     * (generate_square_subsequent_mask) with bool padding masks. */
+    int src_mask_bool, tgt_mask_bool, memory_mask_bool;
+    int src_key_padding_bool, tgt_key_padding_bool, memory_key_padding_bool;
     int tgt_causal;                /* causal decoder self-attention (d2l training) */
+    /* Positional terms, DETR's pos and query_pos, broadcasting to (B, S, E)
+     * and (B, T, E). Every layer adds them to queries and keys, never to
+     * values: src_pos to the encoder self-attention's queries and keys and
+     * to the cross-attention's keys (memory + src_pos); tgt_pos to the
+     * decoder self-attention's queries and keys and to the cross-attention's
+     * queries. Pre-norm layers add them to the normalised input, as DETR's
+     * forward_pre. NULL: none. */
+    qkv_tensor *src_pos, *tgt_pos;
     /* If not NULL, arrays of n_enc (n_dec) pointers receiving each block's
-     * attention weights (B, H, N, M) (unfused path). */
+     * attention weights (B, H, N, M), taken before dropout. */
     qkv_tensor **enc_weights, **dec_self_weights, **dec_cross_weights;
-    /* d2l layout: src (tgt, memory) given packed as the kept rows src_rows
-     * (tgt_rows, src_rows) of the batch, (n, E); the output is packed too.
-     * The kept rows must be all that the masks let a kept query see. */
-    const qkv_rows *src_rows, *tgt_rows;
-} qkv_tf_masks;
+    /* If not NULL, receives (n_dec, B, T, E): each decoder layer's output
+     * through the decoder's final norm (when the layout has one), stacked,
+     * for auxiliary losses (DETR's return_intermediate); the last equals the
+     * decoder's output. */
+    qkv_tensor **dec_intermediate;
+} qkv_tf_opts;
 
 /* src (B, S, E), tgt (B, T, E), embedded, batch first -> memory (B, S, E),
- * output (B, T, E) (through the final norms in the torch layout). */
+ * output (B, T, E), each through its stack's final norm when the layout
+ * has one. NULL with the message on a shape or mask that does not fit. */
 QKV_API qkv_tensor *qkv_transformer_encode(qkv_ctx *ctx, const qkv_transformer *m,
-                                           qkv_tensor *src, const qkv_tf_masks *masks);
+                                           qkv_tensor *src, const qkv_tf_opts *opts);
 QKV_API qkv_tensor *qkv_transformer_decode(qkv_ctx *ctx, const qkv_transformer *m,
                                            qkv_tensor *tgt, qkv_tensor *memory,
-                                           const qkv_tf_masks *masks);
+                                           const qkv_tf_opts *opts);
 QKV_API qkv_tensor *qkv_transformer_forward(qkv_ctx *ctx, const qkv_transformer *m,
                                             qkv_tensor *src, qkv_tensor *tgt,
-                                            const qkv_tf_masks *masks);
+                                            const qkv_tf_opts *opts);
+
+/* DETR's transformer (facebookresearch/detr models/transformer.py,
+ * Transformer.forward with return_intermediate_dec) on m, of layout
+ * QKV_TF_DETR for DETR's model (init with prefix "transformer" for its
+ * names). src (B, S, E): the flattened image features (DETR's (S, B, E),
+ * batch first); pos (B, S, E): their positional encoding; mask (B, S) bool,
+ * nonzero on padding, or NULL; query_pos (T, E) (query_embed.weight, shared
+ * by the batch) or (B, T, E). The decoder starts from zeros (B, T, E); the
+ * encoder's self-attention and the cross-attention ignore the padded keys;
+ * pos and query_pos act as qkv_tf_opts's src_pos and tgt_pos. Returns hs
+ * (n_dec, B, T, E): every decoder layer's output through decoder.norm, as
+ * DETR's hs (its (L, B, T, E) after the transpose); *memory, if memory is not
+ * NULL, receives the encoder's output (B, S, E). NULL on bad shapes (named)
+ * or a model without decoder blocks. */
+QKV_API qkv_tensor *qkv_detr_transformer_forward(qkv_ctx *ctx, const qkv_transformer *m,
+                                                 qkv_tensor *src, qkv_tensor *pos,
+                                                 qkv_tensor *mask, qkv_tensor *query_pos,
+                                                 qkv_tensor **memory);
 
 /* Incremental decoding: each decoder block keeps the keys and values of the
  * positions decoded so far, and the projected memory, in arena memory of the
@@ -1656,15 +1704,17 @@ typedef struct {
     qkv_tensor *mk[QKV_TF_MAX_LAYERS], *mv[QKV_TF_MAX_LAYERS]; /* (B, H, S, D)       */
     int64_t *src_valid_lens;                /* (B) or NULL */
     qkv_tensor *memory_key_padding_mask;    /* (B, S) or NULL */
-    int bool_masks;
+    int memory_key_padding_bool;
     /* If not NULL: each step writes its weights, batch row 0, into row len of
      * (n_dec, H, max_len, max_len) and (n_dec, H, max_len, S). */
     float *self_weights, *cross_weights;
 } qkv_tf_cache;
-/* memory (B, S, E); masks: src_valid_lens, memory_key_padding_mask, bool_masks. */
+/* memory (B, S, E); opts: src_valid_lens, memory_key_padding_mask and its
+ * flag (others are ignored, but positional terms are refused: the steps
+ * have none). */
 QKV_API qkv_status qkv_tf_cache_init(qkv_ctx *ctx, const qkv_transformer *m, qkv_tf_cache *c,
                                      qkv_tensor *memory, int64_t max_len,
-                                     const qkv_tf_masks *masks);
+                                     const qkv_tf_opts *opts);
 /* x (B, 1, E), the embedded token at position c->len -> (B, 1, E). */
 QKV_API qkv_tensor *qkv_transformer_decode_step(qkv_ctx *ctx, const qkv_transformer *m,
                                                 qkv_tf_cache *c, qkv_tensor *x);
@@ -1883,11 +1933,12 @@ QKV_API qkv_status qkv_seq2seq_init(qkv_seq2seq *m, qkv_params *ps, const qkv_tf
 /* Embeddings N(0, 1), Linear weights xavier_uniform (train_seq2seq). */
 QKV_API void qkv_seq2seq_reset(qkv_seq2seq *m, qkv_rng *r);
 /* Teacher forcing: src (B, S) ids with src_valid (B), dec_in (B, T) ids ->
- * logits (B, T, V_tgt). masks (may be NULL) only collects weights. */
+ * logits (B, T, V_tgt). opts (may be NULL) only collects weights and
+ * intermediate outputs; its masks and positional terms are ignored. */
 QKV_API qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
                                         const int64_t *src_valid, int64_t batch, int64_t src_len,
                                         const int64_t *dec_in, int64_t tgt_len,
-                                        qkv_tf_masks *masks);
+                                        const qkv_tf_opts *opts);
 /* Teacher forcing and the loss in one step: the cross-entropy summed over
  * the target tokens that are not `pad` (qkv_cross_entropy of the forward's
  * logits with ignore_index pad and QKV_REDUCE_SUM), a scalar. Equal to

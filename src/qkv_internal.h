@@ -93,6 +93,11 @@ struct qkv_ctx {
     int grad_enabled;
     int training;
     int check_nan;
+    /* Attention always takes its unfused reference path (scores
+     * materialised, masked softmax, dropout, matmul), as when weights are
+     * asked for: a switch for the tests, which hold the fused kernel to it,
+     * and for bench_mha --unfused. */
+    int unfused;
     qkv_rng rng;
     struct qkv_profile *prof; /* QKV_PROFILE set: time per op (ctx.c), else NULL */
     const float *seed_grad;   /* the caller's buffer qkv_backward_with lends, or NULL */
@@ -166,7 +171,7 @@ void qkv__pass_grad(qkv_ctx *ctx, qkv_node *n, qkv_tensor *t);
  * them: q (B, N, H D), k (B, M, H D), v (B, M, H Dv) (or sequence first,
  * (N, B, .), if !batch_first) -> out (B, N, H Dv) in q's layout. The same
  * as splitting heads, qkv_attention and merging, without the transposes
- * and their copies. o: masks, scale, dropout (weights and unfused unused). */
+ * and their copies. o: masks, scale, dropout (weights unused). */
 qkv_tensor *qkv__attention_heads(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
                                  int64_t H, bool batch_first, const qkv_attn_opts *o);
 /* Self-attention of one packed projection x (B, N, 3 H D): q, k and v are

@@ -56,7 +56,7 @@ static attn_result run_attention(const attn_shape *s, qkv_attn_opts o, bool unfu
     qkv_tensor *v = qkv_requires_grad(qkv_from_data(ctx, 4, SHAPE(s->B, s->H, s->M, s->Dv), vd));
     if (masks)
         masks(ctx, s, &o);
-    o.unfused = unfused;
+    ctx->unfused = unfused;
     qkv_tensor *out = qkv_attention(ctx, q, k, v, &o);
     attn_result res = {0};
     if (out && qkv_backward_with(ctx, out, gd) == QKV_OK) {
@@ -261,9 +261,8 @@ static void check_heads(const char *what, int64_t B, int64_t H, int64_t N, int64
                                          bf ? perm : permsf);
             qkv_tensor *vs = qkv_permute(ctx, qkv_reshape(ctx, v, 4, SHAPE(am, cm, H, Dv)),
                                          bf ? perm : permsf);
-            qkv_attn_opts ou = o;
-            ou.unfused = 1;
-            qkv_tensor *os = qkv_attention(ctx, qs, ks, vs, &ou);
+            ctx->unfused = 1;
+            qkv_tensor *os = qkv_attention(ctx, qs, ks, vs, &o);
             out = qkv_reshape(ctx, qkv_permute(ctx, os, bf ? back : backsf), 3,
                               SHAPE(a, c, H * Dv));
         }
@@ -344,10 +343,10 @@ TEST(attention_fully_masked_row_is_nan)
     for (int j = 0; j < 5; j++)
         kpm->data[5 + j] = 1; /* batch 1: every key is padding */
     for (int unfused = 0; unfused < 2; unfused++) {
+        ctx->unfused = unfused;
         qkv_tensor *out = qkv_attention(ctx, q, k, v,
                                         &(qkv_attn_opts){.key_padding_mask = kpm,
-                                                         .key_padding_bool = 1,
-                                                         .unfused = unfused});
+                                                         .key_padding_bool = 1});
         REQUIRE(out, "%s", qkv_error());
         for (int i = 0; i < 6; i++) {
             CHECK(isfinite(out->data[i]), "unfused %d: batch 0 entry %d = %g", unfused, i,
@@ -408,11 +407,11 @@ TEST(attention_d2l_deterministic)
     int64_t lens[] = {2, 6};
     const float want[2][4] = {{2, 3, 4, 5}, {10, 11, 12, 13}};
     for (int unfused = 0; unfused < 2; unfused++) {
+        ctx->unfused = unfused;
         qkv_tensor *out = qkv_attention(ctx, queries, keys, values,
                                         &(qkv_attn_opts){.valid_lens = lens,
                                                          .valid_lens_ndim = 1,
-                                                         .dropout_p = 0.5f,
-                                                         .unfused = unfused});
+                                                         .dropout_p = 0.5f});
         REQUIRE(out && out->ndim == 3 && out->shape[1] == 1 && out->shape[2] == 4, "%s",
                 qkv_error());
         for (int b = 0; b < 2; b++)
@@ -431,11 +430,17 @@ static qkv_tensor *f_msoftmax(qkv_ctx *c, qkv_tensor **t, void *u)
                               &(qkv_attn_opts){.valid_lens = lens, .valid_lens_ndim = 2});
 }
 
+typedef struct {
+    qkv_attn_opts o;
+    int unfused;
+} attn_case;
+
 static qkv_tensor *f_attn(qkv_ctx *c, qkv_tensor **t, void *u)
 {
-    qkv_attn_opts o = *(const qkv_attn_opts *)u;
+    const attn_case *a = u;
+    c->unfused = a->unfused;
     /* q handed over transposed: (B, N, H, D) seen as (B, H, N, D) */
-    return qkv_attention(c, qkv_transpose(c, t[0], 1, 2), t[1], t[2], &o);
+    return qkv_attention(c, qkv_transpose(c, t[0], 1, 2), t[1], t[2], &a->o);
 }
 
 TEST(gradcheck_attention)
@@ -452,15 +457,15 @@ TEST(gradcheck_attention)
                       gc_rand(&r, 4, SHAPE(2, 2, 6, 3), -2, 2, true),
                       gc_rand(&r, 4, SHAPE(2, 2, 6, 4), -2, 2, true)};
     static const int64_t lens[] = {4, 2};
-    qkv_attn_opts cases[] = {
-        {0},
-        {.unfused = 1},
-        {.causal = 1},
-        {.causal = 1, .unfused = 1},
-        {.valid_lens = lens, .valid_lens_ndim = 1},
-        {.valid_lens = lens, .valid_lens_ndim = 1, .unfused = 1},
-        {.dropout_p = 0.4f},
-        {.dropout_p = 0.4f, .unfused = 1},
+    attn_case cases[] = {
+        {{0}, 0},
+        {{0}, 1},
+        {{.causal = 1}, 0},
+        {{.causal = 1}, 1},
+        {{.valid_lens = lens, .valid_lens_ndim = 1}, 0},
+        {{.valid_lens = lens, .valid_lens_ndim = 1}, 1},
+        {{.dropout_p = 0.4f}, 0},
+        {{.dropout_p = 0.4f}, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         test_note("attention case %zu", i);
@@ -520,8 +525,8 @@ static void parity_attention(const char *name)
             .valid_lens = lnd > 0 ? lens : NULL,
             .valid_lens_ndim = lnd,
             .scale = sc ? (float)atof(sc) : 0.0f,
-            .unfused = unfused,
         };
+        ctx->unfused = unfused;
         qkv_tensor *qq = meta_int(fx, "q_t") ? qkv_transpose(ctx, q, 1, 2) : q;
         qkv_tensor *out = qkv_attention(ctx, qq, k, v, &o), *gout = fixture_get(ctx, fx, "gout");
         CHECK_CLOSE(out, fixture_get(ctx, fx, "out"), 1e-6, 5e-7);

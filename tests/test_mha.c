@@ -7,6 +7,8 @@
  * error measured (docs/testing.md). */
 #include "test.h"
 
+#include "qkv_internal.h"
+
 #define SHAPE(...) ((int64_t[]){__VA_ARGS__})
 
 static int meta_int(qkv_st_file *f, const char *key)
@@ -90,8 +92,8 @@ static void parity_torch_mha(const char *name)
             .causal = meta_int(fx, "causal"),
             .weights = meta_int(fx, "need_weights") ? &w : NULL,
             .average_attn_weights = meta_int(fx, "average"),
-            .unfused = unfused,
         };
+        ctx->unfused = unfused;
         qkv_tensor *out = qkv_nn_mha_forward(ctx, &m, q, k, v, &o);
         test_note("%s", what);
         CHECK_CLOSE(out, fixture_get(ctx, fx, "out"), 5e-7, 1e-6);
@@ -155,7 +157,8 @@ static void parity_d2l(const char *name, bool additive)
         qkv_tensor *q = qkv_requires_grad(fixture_get(ctx, fx, "q"));
         qkv_tensor *k = qkv_requires_grad(fixture_get(ctx, fx, "k"));
         qkv_tensor *v = qkv_requires_grad(fixture_get(ctx, fx, "v"));
-        qkv_attn_opts o = {.valid_lens = lens, .valid_lens_ndim = lnd, .unfused = unfused};
+        qkv_attn_opts o = {.valid_lens = lens, .valid_lens_ndim = lnd};
+        ctx->unfused = unfused;
         qkv_tensor *out = additive ? qkv_nn_additive_attention_forward(ctx, &a, q, k, v, &o)
                                    : qkv_nn_d2l_mha_forward(ctx, &m, q, k, v, &o);
         test_note("%s, unfused %d", name, unfused);
@@ -211,8 +214,8 @@ TEST(d2l_mha_self_attention_packed_matches_split)
             qkv_tensor *x = qkv_requires_grad(qkv_randn(ctx, 3, SHAPE(B, N, E), 0, 1));
             qkv_rng_seed(qkv_ctx_rng(ctx), 12);
             qkv_attn_opts o = {.valid_lens = kind == 1 ? lens2 : lens1,
-                               .valid_lens_ndim = kind == 1 ? 2 : 1,
-                               .unfused = unfused};
+                               .valid_lens_ndim = kind == 1 ? 2 : 1};
+            ctx->unfused = unfused;
             qkv_tensor *out = qkv_nn_d2l_mha_forward(ctx, &m, x, x, x, &o);
             REQUIRE(out && qkv_backward(ctx, qkv_sum_all(ctx, qkv_mul(ctx, out, out))) == QKV_OK,
                     "%s", qkv_error());
@@ -352,10 +355,10 @@ static qkv_tensor *f_mha(qkv_ctx *c, qkv_tensor **t, void *u)
 {
     gc_mods *g = u;
     static const int64_t lens[] = {2, 3};
+    c->unfused = g->unfused;
     qkv_tensor *out = qkv_nn_mha_forward(c, g->mha, t[0], t[1], t[1],
                                          &(qkv_attn_opts){.valid_lens = lens,
-                                                          .valid_lens_ndim = 1,
-                                                          .unfused = g->unfused});
+                                                          .valid_lens_ndim = 1});
     return out;
 }
 

@@ -54,13 +54,18 @@ static void torch_parity(const char *fixture)
     /* (S, B, E) read through a permuted, non-contiguous view */
     qkv_tensor *src = qkv_permute(ctx, src_sbe, (int[]){1, 0, 2});
     CHECK(src && !qkv_is_contiguous(src), "src should be a strided view");
-    qkv_tf_masks mk = {.src_mask = opt_get(ctx, f, "src_mask"),
+    qkv_tf_opts mk = {.src_mask = opt_get(ctx, f, "src_mask"),
                        .tgt_mask = opt_get(ctx, f, "tgt_mask"),
                        .memory_mask = opt_get(ctx, f, "memory_mask"),
                        .src_key_padding_mask = opt_get(ctx, f, "src_key_padding_mask"),
                        .tgt_key_padding_mask = opt_get(ctx, f, "tgt_key_padding_mask"),
                        .memory_key_padding_mask = opt_get(ctx, f, "memory_key_padding_mask"),
-                       .bool_masks = !float_masks};
+                       .src_mask_bool = !float_masks,
+                       .tgt_mask_bool = !float_masks,
+                       .memory_mask_bool = !float_masks,
+                       .src_key_padding_bool = !float_masks,
+                       .tgt_key_padding_bool = !float_masks,
+                       .memory_key_padding_bool = !float_masks};
     qkv_tensor *out = qkv_transformer_forward(ctx, &m, src, tgt, &mk);
     qkv_tensor *gout = fixture_get(ctx, f, "gout");
     REQUIRE(out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK, "%s", qkv_error());
@@ -131,11 +136,145 @@ TEST(transformer_parity_book_seq2seq)
     qkv_st_close(f);
 }
 
+/* ---- DETR's transformer ---- */
+
+/* The largest |got - want| over a buffer laid out as want (for the report). */
+static double max_abs_diff_buf(const float *got, const qkv_tensor *want)
+{
+    double worst = 0.0;
+    for (int64_t i = 0; got && want && i < qkv_numel(want); i++)
+        worst = fmax(worst, fabs((double)got[i] - qkv_get(want, i)));
+    return worst;
+}
+
+/* qkv_detr_transformer_forward on DETR's names (layout QKV_TF_DETR, prefix
+ * "transformer") against a PyTorch re-creation of facebookresearch/detr's
+ * Transformer (tests/parity/cases_transformer.py; it gives detr's own
+ * module's numbers bit for bit, checked outside the suite against detr's
+ * models/transformer.py): 2 + 3 layers, E 16, 4 heads, FFN 32, the second
+ * image padded, post- or pre-norm. Checked: hs (every decoder layer through
+ * decoder.norm), the memory, and the gradients of src, pos, query_embed and
+ * every parameter of sum(hs gout) + sum(memory gmem). */
+static void detr_parity(const char *fixture)
+{
+    qkv_st_file *f = fixture_open(fixture);
+    REQUIRE(f, "no fixture %s", fixture);
+    int pre = atoi(qkv_st_meta(f, "norm_first"));
+    qkv_tf_config cfg = {.layout = QKV_TF_DETR, .d_model = atoi(qkv_st_meta(f, "d_model")),
+                         .n_heads = atoi(qkv_st_meta(f, "n_heads")),
+                         .d_ffn = atoi(qkv_st_meta(f, "d_ffn")),
+                         .n_enc = atoi(qkv_st_meta(f, "n_enc")),
+                         .n_dec = atoi(qkv_st_meta(f, "n_dec")), .norm_first = pre};
+    qkv_params *ps = qkv_params_new();
+    qkv_transformer m;
+    REQUIRE(qkv_transformer_init(&m, ps, "transformer", &cfg) == QKV_OK &&
+                qkv_params_alloc(ps) == QKV_OK,
+            "%s", qkv_error());
+    /* every model key is in the file (which also holds the inputs) */
+    REQUIRE(qkv_params_load_file(ps, f, fixture, 0) == QKV_OK, "%s", qkv_error());
+    CHECK((qkv_params_find(ps, "transformer.encoder.norm.weight") != NULL) == pre &&
+              qkv_params_find(ps, "transformer.decoder.norm.weight") &&
+              qkv_params_find(ps, "transformer.decoder.layers.2.multihead_attn.in_proj_weight"),
+          "DETR's names: encoder.norm only in pre-norm, decoder.norm always");
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *src = qkv_requires_grad(fixture_get(ctx, f, "src"));
+    qkv_tensor *pos = qkv_requires_grad(fixture_get(ctx, f, "pos"));
+    qkv_tensor *qe = qkv_requires_grad(fixture_get(ctx, f, "query_embed"));
+    qkv_tensor *memory = NULL;
+    qkv_tensor *hs = qkv_detr_transformer_forward(ctx, &m, src, pos, fixture_get(ctx, f, "mask"),
+                                                  qe, &memory);
+    qkv_tensor *loss = qkv_add(
+        ctx, qkv_sum_all(ctx, qkv_mul(ctx, hs, fixture_get(ctx, f, "gout"))),
+        qkv_sum_all(ctx, qkv_mul(ctx, memory, fixture_get(ctx, f, "gmem"))));
+    REQUIRE(loss && qkv_backward(ctx, loss) == QKV_OK, "%s", qkv_error());
+    qkv_tensor *want_hs = fixture_get(ctx, f, "hs");
+    /* forward: five layers of float32 rounding, ~1e-6 */
+    CHECK_CLOSE(hs, want_hs, 1e-5, 1e-5);
+    CHECK_CLOSE(memory, fixture_get(ctx, f, "memory"), 1e-5, 1e-5);
+    /* backward through five layers of layer norms: ~1e-5 */
+    double worst = 0.0;
+    const char *in_names[3] = {"grad_src", "grad_pos", "grad_query_embed"};
+    qkv_tensor *in[3] = {src, pos, qe};
+    for (int i = 0; i < 3; i++) {
+        qkv_tensor *want = fixture_get(ctx, f, in_names[i]);
+        CHECK_CLOSE_BUF(in[i]->grad, want, 1e-4, 1e-4);
+        worst = fmax(worst, max_abs_diff_buf(in[i]->grad, want));
+    }
+    for (int64_t i = 0; i < qkv_params_count(ps); i++) {
+        qkv_tensor *p = qkv_params_at(ps, i);
+        char name[600];
+        snprintf(name, sizeof name, "grad.%s", p->name);
+        qkv_tensor *want = fixture_get(ctx, f, name);
+        if (!check_close_buf(__FILE__, __LINE__, name, p->grad, want, 1e-4, 1e-4))
+            break;
+        worst = fmax(worst, max_abs_diff_buf(p->grad, want));
+    }
+    double hs_max = 0.0;
+    for (int64_t i = 0; i < qkv_numel(want_hs); i++)
+        hs_max = fmax(hs_max, fabs(qkv_get(want_hs, i)));
+    fprintf(stderr, "    hs max |diff| %.2g (max |hs| %.2g), gradients max |diff| %.2g\n",
+            max_abs_diff_buf(hs->data, want_hs), hs_max, worst);
+    qkv_ctx_free(ctx);
+    qkv_params_free(ps);
+    qkv_st_close(f);
+}
+
+TEST(transformer_detr_parity_post_norm) { detr_parity("transformer_detr_post"); }
+TEST(transformer_detr_parity_pre_norm) { detr_parity("transformer_detr_pre"); }
+
+/* Intermediate outputs: layer i's entry is what a decoder cut after layer
+ * i gives (the same parameters, through the final norm when the layout has
+ * one), bit for bit, and the last is the output; for the torch layout
+ * (final norm) and d2l's (none). */
+static void intermediates_are_shorter_decoders(qkv_tf_layout layout)
+{
+    qkv_params *ps = qkv_params_new();
+    qkv_transformer m;
+    qkv_tf_config cfg = tiny_torch;
+    cfg.layout = layout;
+    cfg.n_dec = 3;
+    REQUIRE(qkv_transformer_init(&m, ps, "", &cfg) == QKV_OK && qkv_params_alloc(ps) == QKV_OK,
+            "%s", qkv_error());
+    qkv_rng r;
+    qkv_rng_seed(&r, 5);
+    qkv_transformer_reset(&m, &r);
+    /* layer norms away from 1 and 0, so that a missing final norm shows */
+    for (int64_t i = 0; i < qkv_params_count(ps); i++)
+        if (strstr(qkv_params_at(ps, i)->name, "norm"))
+            qkv_init_uniform(&r, qkv_params_at(ps, i), 0.5f, 1.5f);
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *src = qkv_randn(ctx, 3, (int64_t[]){2, 5, 8}, 0, 1);
+    qkv_tensor *tgt = qkv_randn(ctx, 3, (int64_t[]){2, 4, 8}, 0, 1);
+    qkv_tensor *inter = NULL;
+    qkv_tf_opts o = {.tgt_causal = 1, .dec_intermediate = &inter};
+    qkv_tensor *memory = qkv_transformer_encode(ctx, &m, src, &o);
+    qkv_tensor *out = qkv_transformer_decode(ctx, &m, tgt, memory, &o);
+    REQUIRE(out && inter, "%s", qkv_error());
+    CHECK(inter->ndim == 4 && inter->shape[0] == 3 && inter->shape[1] == 2 &&
+              inter->shape[2] == 4 && inter->shape[3] == 8,
+          "intermediate outputs should be (3, 2, 4, 8)");
+    for (int64_t k = 1; k <= 3; k++) {
+        qkv_transformer cut = m;
+        cut.cfg.n_dec = k;
+        qkv_tensor *want = qkv_transformer_decode(ctx, &cut, tgt, memory, &(qkv_tf_opts){.tgt_causal = 1});
+        qkv_tensor *got = qkv_reshape(ctx, qkv_slice(ctx, inter, 0, k - 1, k, 1), 3,
+                                      (int64_t[]){2, 4, 8});
+        CHECK_CLOSE(got, want, 0.0, 0.0);
+    }
+    CHECK_CLOSE(qkv_reshape(ctx, qkv_slice(ctx, inter, 0, 2, 3, 1), 3, (int64_t[]){2, 4, 8}),
+                out, 0.0, 0.0);
+    qkv_ctx_free(ctx);
+    qkv_params_free(ps);
+}
+
+TEST(transformer_intermediate_outputs_torch) { intermediates_are_shorter_decoders(QKV_TF_TORCH); }
+TEST(transformer_intermediate_outputs_d2l) { intermediates_are_shorter_decoders(QKV_TF_D2L); }
+
 /* ---- gradient check ---- */
 
 typedef struct {
     qkv_transformer m;
-    qkv_tf_masks mk;
+    qkv_tf_opts mk;
 } gc_model;
 
 static qkv_tensor *forward_gc(qkv_ctx *ctx, qkv_tensor **in, void *ud)
@@ -143,7 +282,7 @@ static qkv_tensor *forward_gc(qkv_ctx *ctx, qkv_tensor **in, void *ud)
     gc_model *g = ud;
     /* the source arrives (S, B, E): a transposed view, as in the parity test */
     qkv_tensor *src = qkv_transpose(ctx, in[0], 0, 1);
-    qkv_tf_masks mk = g->mk;
+    qkv_tf_opts mk = g->mk;
     mk.src_key_padding_mask = qkv_from_data(
         ctx, 2, (int64_t[]){2, 3}, (float[]){0, 0, 0, 0, 0, 1});
     return qkv_transformer_forward(ctx, &g->m, src, in[1], &mk);
@@ -152,7 +291,7 @@ static qkv_tensor *forward_gc(qkv_ctx *ctx, qkv_tensor **in, void *ud)
 static void gradcheck_layout(qkv_tf_layout layout, int norm_first)
 {
     qkv_params *ps = qkv_params_new();
-    gc_model g = {.mk = {.bool_masks = 1, .tgt_causal = 1}};
+    gc_model g = {.mk = {.src_key_padding_bool = 1, .tgt_causal = 1}};
     qkv_tf_config cfg = tiny_torch;
     cfg.layout = layout;
     cfg.norm_first = norm_first;
@@ -174,6 +313,47 @@ static void gradcheck_layout(qkv_tf_layout layout, int norm_first)
     gc_free(2, in);
     qkv_params_free(ps);
 }
+
+/* DETR: the positional terms and every intermediate output carry
+ * gradients; src (B 2, S 3, E 8), pos (2, 3, 8), query_pos (T 2, E 8), the
+ * second image padded, 1 + 2 layers, hs (2, 2, 2, 8). */
+static qkv_tensor *forward_detr_gc(qkv_ctx *ctx, qkv_tensor **in, void *ud)
+{
+    qkv_tensor *mask = qkv_from_data(ctx, 2, (int64_t[]){2, 3}, (float[]){0, 0, 0, 0, 0, 1});
+    return qkv_detr_transformer_forward(ctx, ud, in[0], in[1], mask, in[2], NULL);
+}
+
+static void gradcheck_detr(int norm_first)
+{
+    qkv_params *ps = qkv_params_new();
+    qkv_transformer m;
+    qkv_tf_config cfg = tiny_torch;
+    cfg.layout = QKV_TF_DETR;
+    cfg.norm_first = norm_first;
+    cfg.n_enc = 1;
+    cfg.activation = QKV_ACT_GELU; /* ReLU's kink would meet the steps */
+    REQUIRE(qkv_transformer_init(&m, ps, "transformer", &cfg) == QKV_OK &&
+                qkv_params_alloc(ps) == QKV_OK,
+            "%s", qkv_error());
+    qkv_rng r;
+    qkv_rng_seed(&r, 13);
+    qkv_transformer_reset(&m, &r);
+    gc_input in[3] = {gc_rand(&r, 3, (int64_t[]){2, 3, 8}, -1, 1, true),
+                      gc_rand(&r, 3, (int64_t[]){2, 3, 8}, -1, 1, true),
+                      gc_rand(&r, 2, (int64_t[]){2, 8}, -1, 1, true)};
+    /* a step of 1e-2: three layers and three final norms deep, steps of
+     * 1e-3 leave float32 rounding of ~10% in the small gradients (errors
+     * 0.05-0.11 seen); at 1e-2 the errors are 0.01-0.02, and GELU's
+     * curvature adds ~1e-4. A wrong gradient gives errors of order 1. */
+    double e = gradcheck(forward_detr_gc, 3, in, &m, 1e-2);
+    fprintf(stderr, "    gradcheck error %.3g\n", e);
+    CHECK(e <= 5e-2, "detr gradcheck error %.3g", e);
+    gc_free(3, in);
+    qkv_params_free(ps);
+}
+
+TEST(transformer_gradcheck_detr_post) { gradcheck_detr(0); }
+TEST(transformer_gradcheck_detr_pre) { gradcheck_detr(1); }
 
 TEST(transformer_gradcheck_torch_post) { gradcheck_layout(QKV_TF_TORCH, 0); }
 TEST(transformer_gradcheck_torch_pre) { gradcheck_layout(QKV_TF_TORCH, 1); }
@@ -200,7 +380,7 @@ static void incremental_equals_full(qkv_tf_layout layout, int norm_first)
     int64_t b = 2, s = 5, t = 6, valid[2] = {5, 2};
     qkv_tensor *src = qkv_randn(ctx, 3, (int64_t[]){b, s, 8}, 0, 1);
     qkv_tensor *tgt = qkv_randn(ctx, 3, (int64_t[]){b, t, 8}, 0, 1);
-    qkv_tf_masks mk = {.src_valid_lens = valid, .tgt_causal = 1};
+    qkv_tf_opts mk = {.src_valid_lens = valid, .tgt_causal = 1};
     qkv_tensor *memory = qkv_transformer_encode(ctx, &m, src, &mk);
     qkv_tensor *full = qkv_transformer_decode(ctx, &m, tgt, memory, &mk);
     qkv_tf_cache c;
@@ -559,7 +739,7 @@ TEST(transformer_translate_attention_greedy_and_beam)
             dec_in[i] = out[b][i - 1];
         qkv_tensor *ew[QKV_TF_MAX_LAYERS] = {0}, *sw[QKV_TF_MAX_LAYERS] = {0},
                    *cw[QKV_TF_MAX_LAYERS] = {0};
-        qkv_tf_masks mk = {.enc_weights = ew, .dec_self_weights = sw, .dec_cross_weights = cw};
+        qkv_tf_opts mk = {.enc_weights = ew, .dec_self_weights = sw, .dec_cross_weights = cw};
         REQUIRE(qkv_seq2seq_forward(ctx, &m, src, &valid, 1, S, dec_in, t, &mk), "%s",
                 qkv_error());
         for (int l = 0; l < NL; l++) {

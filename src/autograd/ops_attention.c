@@ -5,8 +5,8 @@
  * and recomputes the weights in its backward. The unfused one is the
  * textbook chain matmul -> scale -> masked softmax -> dropout -> matmul,
  * built from recorded ops; it runs when the weights are asked for (they
- * must exist, and carry gradients) or when forced, and the tests hold the
- * fused path to it. Both apply the masks of one qkv_k_attn_mask and draw
+ * must exist, and carry gradients) or when ctx->unfused forces it, and the
+ * tests hold the fused path to it. Both apply the masks of one qkv_k_attn_mask and draw
  * dropout from the same hash, so they agree for the same context seed. */
 #include "../kernels/attention.h"
 #include "../qkv_internal.h"
@@ -292,7 +292,7 @@ qkv_tensor *qkv_attention(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor
     a.Dv = v->shape[nd - 1];
     if (!scale_masks_dropout(ctx, o, &a))
         return NULL;
-    if (o->weights || o->unfused)
+    if (o->weights || ctx->unfused)
         return attention_unfused(ctx, q, k, v, &a, o->weights);
     /* the kernel reads rows through strides but needs each row contiguous */
     if (q->stride[nd - 1] != 1 && a.D > 1)

@@ -4,7 +4,7 @@
  * nn/transformer.c and a Linear to the target vocabulary; greedy decoding
  * (d2l's predict_seq2seq) and beam search over the cached decoder; the
  * attention weights of a translation, recorded step by step. */
-#include "../qkv_internal.h"
+#include "../nn/nn_internal.h"
 
 #include <math.h>
 
@@ -90,16 +90,20 @@ static qkv_tensor *embed(qkv_ctx *ctx, const qkv_seq2seq *m, qkv_tensor *weight,
 
 qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
                                 const int64_t *src_valid, int64_t batch, int64_t src_len,
-                                const int64_t *dec_in, int64_t tgt_len, qkv_tf_masks *masks)
+                                const int64_t *dec_in, int64_t tgt_len, const qkv_tf_opts *opts)
 {
     if (!src || !dec_in || batch <= 0 || src_len <= 0 || tgt_len <= 0) {
         qkv_set_error(QKV_ERR_ARG, "qkv_seq2seq_forward: no ids or empty batch (%lld, %lld, %lld)",
                       (long long)batch, (long long)src_len, (long long)tgt_len);
         return NULL;
     }
-    qkv_tf_masks mk = masks ? *masks : (qkv_tf_masks){0};
-    mk.src_valid_lens = src_valid;
-    mk.tgt_causal = 1;
+    qkv_tf_opts mk = {.src_valid_lens = src_valid, .tgt_causal = 1};
+    if (opts) { /* what the caller collects */
+        mk.enc_weights = opts->enc_weights;
+        mk.dec_self_weights = opts->dec_self_weights;
+        mk.dec_cross_weights = opts->dec_cross_weights;
+        mk.dec_intermediate = opts->dec_intermediate;
+    }
     qkv_tensor *memory = qkv_transformer_encode(
         ctx, &m->tf, embed(ctx, m, m->src_embedding, src, batch, src_len, 0), &mk);
     qkv_tensor *y = qkv_transformer_decode(
@@ -183,12 +187,12 @@ qkv_tensor *qkv_seq2seq_loss(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *
         !keep_rows(ctx, &tr, batch, tgt_len, tlen, dec_in, &d_ids, &t_pos) ||
         !keep_rows(ctx, &(qkv_rows){0}, batch, tgt_len, tlen, target, &t_ids, &unused))
         return NULL;
-    qkv_tf_masks mk = {.src_valid_lens = src_valid, .tgt_causal = 1, .src_rows = &sr,
-                       .tgt_rows = &tr};
-    qkv_tensor *memory = qkv_transformer_encode(
-        ctx, &m->tf, embed_rows(ctx, m, m->src_embedding, &sr, s_ids, s_pos), &mk);
-    qkv_tensor *y = qkv_transformer_decode(
-        ctx, &m->tf, embed_rows(ctx, m, m->tgt_embedding, &tr, d_ids, t_pos), memory, &mk);
+    qkv_tf_opts mk = {.src_valid_lens = src_valid, .tgt_causal = 1};
+    qkv_tensor *memory = qkv__transformer_encode_rows(
+        ctx, &m->tf, embed_rows(ctx, m, m->src_embedding, &sr, s_ids, s_pos), &mk, &sr);
+    qkv_tensor *y = qkv__transformer_decode_rows(
+        ctx, &m->tf, embed_rows(ctx, m, m->tgt_embedding, &tr, d_ids, t_pos), memory, &mk, &tr,
+        &sr);
     return qkv_cross_entropy(ctx, qkv_nn_linear_forward(ctx, &m->dense, y), t_ids, &ce);
 }
 
@@ -209,7 +213,7 @@ static qkv_status start(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src, 
         lens[r] = src_valid;
     }
     qkv_tensor *enc_w[QKV_TF_MAX_LAYERS] = {0};
-    qkv_tf_masks mk = {.src_valid_lens = lens, .enc_weights = attn ? enc_w : NULL};
+    qkv_tf_opts mk = {.src_valid_lens = lens, .enc_weights = attn ? enc_w : NULL};
     qkv_tensor *memory = qkv_transformer_encode(
         ctx, &m->tf, embed(ctx, m, m->src_embedding, ids, rows, src_len, 0), &mk);
     if (qkv_tf_cache_init(ctx, &m->tf, c, memory, max_len, &mk) != QKV_OK)

@@ -1,145 +1,79 @@
-/* transformer.c - the Transformer's encoder and decoder (Vaswani et al.;
- * d2l's "transformer" chapter; torch.nn.Transformer): layer norm and
- * AddNorm, the multi-head attention sublayer, encoder and decoder blocks,
- * post-norm or pre-norm, their stacks, and incremental decoding with cached
- * keys and values. One code path serves both parameter layouts; they differ
- * only in names, in the attention projections (d2l: four Linear without
- * bias; PyTorch: packed in_proj with bias) and in PyTorch's final norms.
- * Shapes are batch first: (B, S, E) sources, (B, T, E) targets. */
-#include "../qkv_internal.h"
+/* transformer.c - the Transformer's encoder and decoder blocks and their
+ * stacks (Vaswani et al.; d2l's "transformer" chapter; torch.nn.Transformer;
+ * DETR's transformer), post-norm or pre-norm.
+ *
+ * One implementation serves the three state_dict layouts. A layout is a row
+ * of the table below: the names of the parameters and which of them exist
+ * (d2l's attention has no biases and its FFN no dropout; PyTorch's stacks
+ * end in a norm, DETR's encoder only in pre-norm). The attention sublayers
+ * are qkv_nn_mha (mha.c) in every layout, so the code below never asks
+ * which layout it runs. Positional terms (DETR) are added to queries and
+ * keys, not values. Incremental decoding is tf_cache.c; DETR's composition
+ * of the stacks is detr_transformer.c.
+ *
+ * Legend: B batch, S source length, T target length, E model width, L
+ * decoder layers; n the kept rows of a packed batch (qkv_rows). Shapes are
+ * batch first. */
+#include "nn_internal.h"
 
 #include <math.h>
 #include <stdio.h>
 
-/* ---- layer norm and AddNorm ---- */
+/* ---- layouts: names, and which parameters exist ---- */
 
-qkv_status qkv_nn_layer_norm_init(qkv_nn_layer_norm *m, qkv_params *ps, const char *prefix,
-                                  int64_t c, float eps)
-{
-    char name[512];
-    m->eps = eps > 0.0f ? eps : 1e-5f;
-    m->weight = qkv_params_add(ps, qkv_nn_name(name, sizeof name, prefix, "weight"), 1,
-                               (int64_t[]){c}, 0);
-    m->bias = qkv_params_add(ps, qkv_nn_name(name, sizeof name, prefix, "bias"), 1,
-                             (int64_t[]){c}, 0);
-    return m->weight && m->bias ? QKV_OK : qkv_error_status();
-}
+enum { FINAL_NONE, FINAL_ALWAYS, FINAL_PRE_NORM_ONLY };
 
-void qkv_nn_layer_norm_reset(qkv_nn_layer_norm *m)
-{
-    qkv_init_constant(m->weight, 1.0f);
-    qkv_init_constant(m->bias, 0.0f);
-}
+typedef struct {
+    const char *layer;       /* the block index follows: "layers." 0, "blks.block" 0 */
+    const char *enc_attn, *dec_self_attn, *dec_cross_attn;
+    const char *linear1, *linear2;
+    const char *norm[3];     /* norm1, norm2 (encoder); norm1, norm2, norm3 (decoder) */
+    bool packed_attn;        /* in_proj and out_proj with biases; else W_q, W_k, W_v, W_o */
+    bool ffn_dropout;        /* dropout between the FFN's two linears */
+    int enc_norm, dec_norm;  /* the stacks' final norms, FINAL_* */
+} tf_layout;
 
-qkv_tensor *qkv_nn_layer_norm_forward(qkv_ctx *ctx, const qkv_nn_layer_norm *m, qkv_tensor *x)
-{
-    return qkv_layer_norm(ctx, x, m->weight, m->bias, m->eps);
-}
-
-/* x, y (..., C) -> LayerNorm(dropout(y) + x) */
-qkv_tensor *qkv_nn_addnorm_forward(qkv_ctx *ctx, const qkv_nn_layer_norm *ln, qkv_tensor *x,
-                                   qkv_tensor *y, float dropout)
-{
-    return qkv_nn_layer_norm_forward(ctx, ln, qkv_add(ctx, qkv_dropout(ctx, y, dropout), x));
-}
-
-/* ---- the attention sublayer ---- */
-
-static qkv_status attn_init(qkv_tf_attn *a, qkv_params *ps, const char *prefix,
-                            const qkv_tf_config *cfg)
-{
-    memset(a, 0, sizeof *a);
-    int64_t e = cfg->d_model, h = cfg->n_heads;
-    a->torch_layout = cfg->layout == QKV_TF_TORCH;
-    if (a->torch_layout)
-        return qkv_nn_mha_init(&a->torch, ps, prefix, e, h, cfg->dropout, 1, 0, 0, 1);
-    return qkv_nn_d2l_mha_init(&a->d2l, ps, prefix, e, e, e, e, h, cfg->dropout, 0);
-}
-
-static void attn_reset(qkv_tf_attn *a, qkv_rng *r)
-{
-    if (a->torch_layout) {
-        /* nn.Transformer redraws every matrix, out_proj's too, with xavier */
-        qkv_nn_mha_reset(&a->torch, r);
-        qkv_init_xavier_uniform(r, a->torch.out_proj.weight, 1.0f);
-        return;
-    }
-    qkv_nn_d2l_mha_reset(&a->d2l, r);
-    const qkv_nn_linear *l[4] = {&a->d2l.W_q, &a->d2l.W_k, &a->d2l.W_v, &a->d2l.W_o};
-    for (int i = 0; i < 4; i++)
-        qkv_init_xavier_uniform(r, l[i]->weight, 1.0f);
-}
-
-static int64_t attn_heads(const qkv_tf_attn *a)
-{
-    return a->torch_layout ? a->torch.num_heads : a->d2l.num_heads;
-}
-
-/* The incremental decoder projects by itself, to keep keys and values.
- * x (B, N, E) -> q, k or v (B, N, E) (which 0, 1, 2) */
-static qkv_tensor *attn_project(qkv_ctx *ctx, const qkv_tf_attn *a, qkv_tensor *x, int which)
-{
-    if (a->torch_layout) {
-        int64_t e = a->torch.embed_dim;
-        qkv_tensor *w = qkv_slice(ctx, a->torch.in_proj_weight, 0, which * e, (which + 1) * e, 1);
-        qkv_tensor *b = qkv_slice(ctx, a->torch.in_proj_bias, 0, which * e, (which + 1) * e, 1);
-        return qkv_linear(ctx, x, w, b);
-    }
-    const qkv_nn_linear *l = which == 0 ? &a->d2l.W_q : which == 1 ? &a->d2l.W_k : &a->d2l.W_v;
-    return qkv_nn_linear_forward(ctx, l, x);
-}
-
-static qkv_tensor *attn_out(qkv_ctx *ctx, const qkv_tf_attn *a, qkv_tensor *x)
-{
-    return qkv_nn_linear_forward(ctx, a->torch_layout ? &a->torch.out_proj : &a->d2l.W_o, x);
-}
-
-static float attn_dropout(const qkv_tf_attn *a)
-{
-    return a->torch_layout ? a->torch.dropout : a->d2l.dropout;
-}
-
-/* x (B, N, E) -> (B, H, N, D), a view */
-static qkv_tensor *split_heads(qkv_ctx *ctx, qkv_tensor *x, int64_t h)
-{
-    if (!x)
-        return NULL;
-    int64_t b = x->shape[0], n = x->shape[1], e = x->shape[2];
-    x = qkv_reshape(ctx, x, 4, (int64_t[]){b, n, h, e / h});
-    return qkv_permute(ctx, x, (int[]){0, 2, 1, 3});
-}
-
-/* o (B, H, N, D) -> (B, N, H D) */
-static qkv_tensor *merge_heads(qkv_ctx *ctx, qkv_tensor *o)
-{
-    if (!o)
-        return NULL;
-    int64_t b = o->shape[0], h = o->shape[1], n = o->shape[2], d = o->shape[3];
-    o = qkv_contiguous(ctx, qkv_permute(ctx, o, (int[]){0, 2, 1, 3}));
-    return qkv_reshape(ctx, o, 3, (int64_t[]){b, n, h * d});
-}
-
-/* xq (B, N, E), xkv (B, M, E) -> (B, N, E); o holds the masks. */
-static qkv_tensor *attn_forward(qkv_ctx *ctx, const qkv_tf_attn *a, qkv_tensor *xq,
-                                qkv_tensor *xkv, qkv_attn_opts *o)
-{
-    if (a->torch_layout)
-        return qkv_nn_mha_forward(ctx, &a->torch, xq, xkv, xkv, o);
-    /* d2l's module has no PyTorch 3-D masks: (B*H, N, M) becomes (B, H, N, M) */
-    if (o->attn_mask && o->attn_mask->ndim == 3 && xq)
-        o->attn_mask = qkv_reshape(ctx, o->attn_mask, 4,
-                                   (int64_t[]){xq->shape[0], a->d2l.num_heads,
-                                               o->attn_mask->shape[1], o->attn_mask->shape[2]});
-    return qkv_nn_d2l_mha_forward(ctx, &a->d2l, xq, xkv, xkv, o);
-}
-
-/* ---- blocks ---- */
+static const tf_layout layouts[] = {
+    [QKV_TF_D2L] = {.layer = "blks.block",
+                    .enc_attn = "attention",
+                    .dec_self_attn = "attention1",
+                    .dec_cross_attn = "attention2",
+                    .linear1 = "ffn.dense1",
+                    .linear2 = "ffn.dense2",
+                    .norm = {"addnorm1.ln", "addnorm2.ln", "addnorm3.ln"},
+                    .enc_norm = FINAL_NONE,
+                    .dec_norm = FINAL_NONE},
+    [QKV_TF_TORCH] = {.layer = "layers.",
+                      .enc_attn = "self_attn",
+                      .dec_self_attn = "self_attn",
+                      .dec_cross_attn = "multihead_attn",
+                      .linear1 = "linear1",
+                      .linear2 = "linear2",
+                      .norm = {"norm1", "norm2", "norm3"},
+                      .packed_attn = true,
+                      .ffn_dropout = true,
+                      .enc_norm = FINAL_ALWAYS,
+                      .dec_norm = FINAL_ALWAYS},
+    [QKV_TF_DETR] = {.layer = "layers.",
+                     .enc_attn = "self_attn",
+                     .dec_self_attn = "self_attn",
+                     .dec_cross_attn = "multihead_attn",
+                     .linear1 = "linear1",
+                     .linear2 = "linear2",
+                     .norm = {"norm1", "norm2", "norm3"},
+                     .packed_attn = true,
+                     .ffn_dropout = true,
+                     .enc_norm = FINAL_PRE_NORM_ONLY,
+                     .dec_norm = FINAL_ALWAYS},
+};
 
 static qkv_status check_config(const qkv_tf_config *c)
 {
+    if ((unsigned)c->layout >= sizeof layouts / sizeof layouts[0])
+        return qkv_set_error(QKV_ERR_ARG, "transformer: unknown layout %d", (int)c->layout);
     if (c->d_model <= 0 || c->n_heads <= 0 || c->d_model % c->n_heads || c->d_ffn <= 0 ||
         c->n_enc < 0 || c->n_enc > QKV_TF_MAX_LAYERS || c->n_dec < 0 ||
-        c->n_dec > QKV_TF_MAX_LAYERS || c->dropout < 0.0f || c->dropout >= 1.0f)
+        c->n_dec > QKV_TF_MAX_LAYERS || !(c->dropout >= 0.0f && c->dropout < 1.0f))
         return qkv_set_error(QKV_ERR_ARG,
                              "transformer: bad config: d_model %lld, heads %lld (must divide "
                              "it), ffn %lld, blocks %lld + %lld (at most %d), dropout %g",
@@ -149,73 +83,67 @@ static qkv_status check_config(const qkv_tf_config *c)
     return QKV_OK;
 }
 
-/* name = prefix + stack + ".{blks.block|layers.}i." + leaf */
-static const char *block_name(char *buf, size_t n, const char *prefix, const qkv_tf_config *c,
+static bool has_final_norm(int rule, const qkv_tf_config *c)
+{
+    return rule == FINAL_ALWAYS || (rule == FINAL_PRE_NORM_ONLY && c->norm_first);
+}
+
+/* name = prefix + stack + "." + layer + i + "." + leaf */
+static const char *block_name(char *buf, size_t n, const char *prefix, const tf_layout *L,
                               const char *stack, int64_t i, const char *leaf)
 {
-    snprintf(buf, n, "%s%s%s.%s%lld.%s", prefix, *prefix ? "." : "", stack,
-             c->layout == QKV_TF_TORCH ? "layers." : "blks.block", (long long)i, leaf);
+    snprintf(buf, n, "%s%s%s.%s%lld.%s", prefix, *prefix ? "." : "", stack, L->layer,
+             (long long)i, leaf);
     return buf;
 }
 
+/* ---- init and reset ---- */
+
+static qkv_status attn_init(qkv_nn_mha *a, qkv_params *ps, const char *name, const tf_layout *L,
+                            const qkv_tf_config *c)
+{
+    if (L->packed_attn)
+        return qkv_nn_mha_init(a, ps, name, c->d_model, c->n_heads, c->dropout, 1, 0, 0, 1);
+    return qkv__mha_init_d2l(a, ps, name, c->d_model, c->n_heads, c->dropout);
+}
+
 static qkv_status enc_layer_init(qkv_tf_enc_layer *l, qkv_params *ps, const char *prefix,
-                                 const qkv_tf_config *c, int64_t i)
+                                 const tf_layout *L, const qkv_tf_config *c, int64_t i)
 {
     char a[512], b[512];
-    int torch = c->layout == QKV_TF_TORCH;
-    float eps = c->ln_eps;
-    qkv_status s = attn_init(&l->self_attn, ps,
-                             block_name(a, sizeof a, prefix, c, "encoder", i,
-                                        torch ? "self_attn" : "attention"),
-                             c);
+    qkv_status s =
+        attn_init(&l->self_attn, ps, block_name(a, sizeof a, prefix, L, "encoder", i, L->enc_attn),
+                  L, c);
     if (s == QKV_OK)
-        s = qkv_nn_ffn_init(&l->ffn, ps,
-                            block_name(a, sizeof a, prefix, c, "encoder", i,
-                                       torch ? "linear1" : "ffn.dense1"),
-                            block_name(b, sizeof b, prefix, c, "encoder", i,
-                                       torch ? "linear2" : "ffn.dense2"),
-                            c->d_model, c->d_ffn, c->activation, torch ? c->dropout : 0.0f);
-    if (s == QKV_OK)
-        s = qkv_nn_layer_norm_init(&l->norm1, ps,
-                                   block_name(a, sizeof a, prefix, c, "encoder", i,
-                                              torch ? "norm1" : "addnorm1.ln"),
-                                   c->d_model, eps);
-    if (s == QKV_OK)
-        s = qkv_nn_layer_norm_init(&l->norm2, ps,
-                                   block_name(a, sizeof a, prefix, c, "encoder", i,
-                                              torch ? "norm2" : "addnorm2.ln"),
-                                   c->d_model, eps);
+        s = qkv_nn_ffn_init(&l->ffn, ps, block_name(a, sizeof a, prefix, L, "encoder", i, L->linear1),
+                            block_name(b, sizeof b, prefix, L, "encoder", i, L->linear2),
+                            c->d_model, c->d_ffn, c->activation, L->ffn_dropout ? c->dropout : 0.0f);
+    qkv_nn_layer_norm *ln[2] = {&l->norm1, &l->norm2};
+    for (int k = 0; k < 2 && s == QKV_OK; k++)
+        s = qkv_nn_layer_norm_init(ln[k], ps,
+                                   block_name(a, sizeof a, prefix, L, "encoder", i, L->norm[k]),
+                                   c->d_model, c->ln_eps);
     return s;
 }
 
 static qkv_status dec_layer_init(qkv_tf_dec_layer *l, qkv_params *ps, const char *prefix,
-                                 const qkv_tf_config *c, int64_t i)
+                                 const tf_layout *L, const qkv_tf_config *c, int64_t i)
 {
     char a[512], b[512];
-    int torch = c->layout == QKV_TF_TORCH;
-    static const char *const norms[2][3] = {{"addnorm1.ln", "addnorm2.ln", "addnorm3.ln"},
-                                            {"norm1", "norm2", "norm3"}};
-    qkv_nn_layer_norm *ln[3] = {&l->norm1, &l->norm2, &l->norm3};
     qkv_status s = attn_init(&l->self_attn, ps,
-                             block_name(a, sizeof a, prefix, c, "decoder", i,
-                                        torch ? "self_attn" : "attention1"),
-                             c);
+                             block_name(a, sizeof a, prefix, L, "decoder", i, L->dec_self_attn),
+                             L, c);
     if (s == QKV_OK)
         s = attn_init(&l->cross_attn, ps,
-                      block_name(a, sizeof a, prefix, c, "decoder", i,
-                                 torch ? "multihead_attn" : "attention2"),
-                      c);
+                      block_name(a, sizeof a, prefix, L, "decoder", i, L->dec_cross_attn), L, c);
     if (s == QKV_OK)
-        s = qkv_nn_ffn_init(&l->ffn, ps,
-                            block_name(a, sizeof a, prefix, c, "decoder", i,
-                                       torch ? "linear1" : "ffn.dense1"),
-                            block_name(b, sizeof b, prefix, c, "decoder", i,
-                                       torch ? "linear2" : "ffn.dense2"),
-                            c->d_model, c->d_ffn, c->activation, torch ? c->dropout : 0.0f);
+        s = qkv_nn_ffn_init(&l->ffn, ps, block_name(a, sizeof a, prefix, L, "decoder", i, L->linear1),
+                            block_name(b, sizeof b, prefix, L, "decoder", i, L->linear2),
+                            c->d_model, c->d_ffn, c->activation, L->ffn_dropout ? c->dropout : 0.0f);
+    qkv_nn_layer_norm *ln[3] = {&l->norm1, &l->norm2, &l->norm3};
     for (int k = 0; k < 3 && s == QKV_OK; k++)
         s = qkv_nn_layer_norm_init(ln[k], ps,
-                                   block_name(a, sizeof a, prefix, c, "decoder", i,
-                                              norms[torch][k]),
+                                   block_name(a, sizeof a, prefix, L, "decoder", i, L->norm[k]),
                                    c->d_model, c->ln_eps);
     return s;
 }
@@ -224,29 +152,51 @@ qkv_status qkv_transformer_init(qkv_transformer *m, qkv_params *ps, const char *
                                 const qkv_tf_config *cfg)
 {
     memset(m, 0, sizeof *m);
-    if (!cfg || check_config(cfg) != QKV_OK)
-        return cfg ? qkv_error_status()
-                   : qkv_set_error(QKV_ERR_ARG, "qkv_transformer_init: no config");
+    if (!cfg)
+        return qkv_set_error(QKV_ERR_ARG, "qkv_transformer_init: no config");
+    if (check_config(cfg) != QKV_OK)
+        return qkv_error_status();
     m->cfg = *cfg;
     prefix = prefix ? prefix : "";
+    const tf_layout *L = &layouts[cfg->layout];
     qkv_status s = QKV_OK;
     for (int64_t i = 0; i < cfg->n_enc && s == QKV_OK; i++)
-        s = enc_layer_init(&m->enc[i], ps, prefix, cfg, i);
+        s = enc_layer_init(&m->enc[i], ps, prefix, L, cfg, i);
     for (int64_t i = 0; i < cfg->n_dec && s == QKV_OK; i++)
-        s = dec_layer_init(&m->dec[i], ps, prefix, cfg, i);
-    if (s == QKV_OK && cfg->layout == QKV_TF_TORCH) {
-        char name[512];
+        s = dec_layer_init(&m->dec[i], ps, prefix, L, cfg, i);
+    m->has_enc_norm = has_final_norm(L->enc_norm, cfg);
+    m->has_dec_norm = has_final_norm(L->dec_norm, cfg);
+    char name[512];
+    if (s == QKV_OK && m->has_enc_norm) {
         snprintf(name, sizeof name, "%s%sencoder.norm", prefix, *prefix ? "." : "");
         s = qkv_nn_layer_norm_init(&m->enc_norm, ps, name, cfg->d_model, cfg->ln_eps);
+    }
+    if (s == QKV_OK && m->has_dec_norm) {
         snprintf(name, sizeof name, "%s%sdecoder.norm", prefix, *prefix ? "." : "");
-        if (s == QKV_OK)
-            s = qkv_nn_layer_norm_init(&m->dec_norm, ps, name, cfg->d_model, cfg->ln_eps);
+        s = qkv_nn_layer_norm_init(&m->dec_norm, ps, name, cfg->d_model, cfg->ln_eps);
     }
     return s;
 }
 
-/* d2l's xavier_init_weights touches Linear weights only; nn.Transformer's
- * _reset_parameters every matrix, after each module's own default. */
+/* nn.Transformer and DETR redraw every matrix with xavier after each
+ * module's own default (out_proj's too); d2l's xavier_init_weights touches
+ * Linear weights only, after their defaults U(+-1/sqrt(E)). */
+static void attn_reset(qkv_nn_mha *a, qkv_rng *r)
+{
+    if (a->in_proj_weight) {
+        qkv_nn_mha_reset(a, r);
+        qkv_init_xavier_uniform(r, a->out_proj.weight, 1.0f);
+        return;
+    }
+    qkv_tensor *w[4] = {a->q_proj_weight, a->k_proj_weight, a->v_proj_weight, a->out_proj.weight};
+    float bound = 1.0f / sqrtf((float)a->embed_dim);
+    for (int i = 0; i < 3; i++)
+        qkv_init_uniform(r, w[i], -bound, bound);
+    qkv_nn_linear_reset(&a->out_proj, r);
+    for (int i = 0; i < 4; i++)
+        qkv_init_xavier_uniform(r, w[i], 1.0f);
+}
+
 static void ffn_reset(qkv_nn_ffn *f, qkv_rng *r)
 {
     qkv_nn_ffn_reset(f, r);
@@ -270,14 +220,16 @@ void qkv_transformer_reset(qkv_transformer *m, qkv_rng *r)
         qkv_nn_layer_norm_reset(&m->dec[i].norm2);
         qkv_nn_layer_norm_reset(&m->dec[i].norm3);
     }
-    if (m->cfg.layout == QKV_TF_TORCH) {
+    if (m->has_enc_norm)
         qkv_nn_layer_norm_reset(&m->enc_norm);
+    if (m->has_dec_norm)
         qkv_nn_layer_norm_reset(&m->dec_norm);
-    }
 }
 
+/* ---- sublayers ---- */
+
 /* One residual sublayer f: post-norm LN(x + dropout(f(x))), pre-norm
- * x + dropout(f(LN(x))) (PyTorch's norm_first). */
+ * x + dropout(f(LN(x))) (PyTorch's norm_first, DETR's normalize_before). */
 typedef qkv_tensor *(*sublayer_fn)(qkv_ctx *ctx, const void *self, qkv_tensor *x, void *arg);
 
 static qkv_tensor *residual(qkv_ctx *ctx, const qkv_tf_config *c, const qkv_nn_layer_norm *ln,
@@ -291,14 +243,21 @@ static qkv_tensor *residual(qkv_ctx *ctx, const qkv_tf_config *c, const qkv_nn_l
 }
 
 typedef struct {
-    qkv_tensor *kv;     /* keys and values' input, NULL: self-attention */
+    qkv_tensor *pos;      /* added to the queries; in self-attention to the keys too */
+    qkv_tensor *memory;   /* cross-attention: the values; NULL in self-attention */
+    qkv_tensor *keys;     /* cross-attention: memory + its positional term */
     qkv_attn_opts opts;
+    const qkv_rows *q_rows, *kv_rows;
 } attn_arg;
 
+/* x (B, N, E) -> attention of x + pos over itself (values x) or over the
+ * memory (keys memory + pos, values memory), (B, N, E) */
 static qkv_tensor *attn_sub(qkv_ctx *ctx, const void *self, qkv_tensor *x, void *arg)
 {
-    attn_arg *a = arg;
-    return attn_forward(ctx, self, x, a->kv ? a->kv : x, &a->opts);
+    const attn_arg *a = arg;
+    qkv_tensor *q = a->pos ? qkv_add(ctx, x, a->pos) : x;
+    return qkv__mha_forward_rows(ctx, self, q, a->memory ? a->keys : q, a->memory ? a->memory : x,
+                                 &a->opts, a->q_rows, a->kv_rows);
 }
 
 static qkv_tensor *ffn_sub(qkv_ctx *ctx, const void *self, qkv_tensor *x, void *arg)
@@ -307,265 +266,136 @@ static qkv_tensor *ffn_sub(qkv_ctx *ctx, const void *self, qkv_tensor *x, void *
     return qkv_nn_ffn_forward(ctx, self, x);
 }
 
-static const qkv_tf_masks no_masks;
+/* ---- the stacks ---- */
 
-/* src (B, S, E) -> memory (B, S, E) */
-qkv_tensor *qkv_transformer_encode(qkv_ctx *ctx, const qkv_transformer *m, qkv_tensor *src,
-                                   const qkv_tf_masks *masks)
+static const qkv_tf_opts no_opts;
+
+/* x should be (B, len, E), or (n, E) when packed */
+static bool check_seq(const char *op, const char *what, const qkv_tensor *x, int64_t e,
+                      const qkv_rows *rows)
+{
+    int nd = rows ? 2 : 3;
+    if (x->ndim == nd && x->shape[nd - 1] == e && (!rows || x->shape[0] == rows->n))
+        return true;
+    char s[64];
+    qkv_set_error(QKV_ERR_SHAPE, "%s: %s %s should be %s, E = %lld", op, what,
+                  qkv_shape_str(x, s, sizeof s), rows ? "(kept rows, E)" : "(B, length, E)",
+                  (long long)e);
+    return false;
+}
+
+/* n tensors of one shape -> (n, shape...) */
+static qkv_tensor *stack(qkv_ctx *ctx, int64_t n, qkv_tensor **xs)
+{
+    qkv_tensor *parts[QKV_TF_MAX_LAYERS];
+    for (int64_t i = 0; i < n; i++) {
+        if (!xs[i])
+            return NULL;
+        int64_t shape[QKV_MAX_DIMS] = {1};
+        memcpy(shape + 1, xs[i]->shape, (size_t)xs[i]->ndim * sizeof(int64_t));
+        parts[i] = qkv_reshape(ctx, xs[i], xs[i]->ndim + 1, shape);
+    }
+    return qkv_concat(ctx, (int)n, parts, 0);
+}
+
+qkv_tensor *qkv__transformer_encode_rows(qkv_ctx *ctx, const qkv_transformer *m,
+                                         qkv_tensor *src, const qkv_tf_opts *opts,
+                                         const qkv_rows *rows)
 {
     QKV_INPUTS("transformer encode", src);
-    const qkv_tf_masks *mk = masks ? masks : &no_masks;
+    const qkv_tf_opts *o = opts ? opts : &no_opts;
     const qkv_tf_config *c = &m->cfg;
+    if (!check_seq("transformer encode", "src", src, c->d_model, rows))
+        return NULL;
     qkv_tensor *x = src;
     for (int64_t i = 0; i < c->n_enc && x; i++) {
         const qkv_tf_enc_layer *l = &m->enc[i];
-        attn_arg sa = {.opts = {.attn_mask = mk->src_mask,
-                                .attn_mask_bool = mk->bool_masks,
-                                .key_padding_mask = mk->src_key_padding_mask,
-                                .key_padding_bool = mk->bool_masks,
-                                .valid_lens = mk->src_valid_lens,
-                                .valid_lens_ndim = mk->src_valid_lens ? 1 : 0,
-                                .weights = mk->enc_weights ? &mk->enc_weights[i] : NULL,
-                                .q_rows = mk->src_rows,
-                                .kv_rows = mk->src_rows}};
+        attn_arg sa = {.pos = o->src_pos,
+                       .opts = {.attn_mask = o->src_mask,
+                                .attn_mask_bool = o->src_mask_bool,
+                                .key_padding_mask = o->src_key_padding_mask,
+                                .key_padding_bool = o->src_key_padding_bool,
+                                .valid_lens = o->src_valid_lens,
+                                .valid_lens_ndim = o->src_valid_lens ? 1 : 0,
+                                .weights = o->enc_weights ? &o->enc_weights[i] : NULL},
+                       .q_rows = rows,
+                       .kv_rows = rows};
         x = residual(ctx, c, &l->norm1, x, attn_sub, &l->self_attn, &sa);
         x = residual(ctx, c, &l->norm2, x, ffn_sub, &l->ffn, NULL);
     }
-    if (c->layout == QKV_TF_TORCH)
-        x = qkv_nn_layer_norm_forward(ctx, &m->enc_norm, x);
-    return x;
+    return m->has_enc_norm ? qkv_nn_layer_norm_forward(ctx, &m->enc_norm, x) : x;
 }
 
-/* tgt (B, T, E), memory (B, S, E) -> (B, T, E) */
-qkv_tensor *qkv_transformer_decode(qkv_ctx *ctx, const qkv_transformer *m, qkv_tensor *tgt,
-                                   qkv_tensor *memory, const qkv_tf_masks *masks)
+qkv_tensor *qkv__transformer_decode_rows(qkv_ctx *ctx, const qkv_transformer *m,
+                                         qkv_tensor *tgt, qkv_tensor *memory,
+                                         const qkv_tf_opts *opts, const qkv_rows *tgt_rows,
+                                         const qkv_rows *src_rows)
 {
+    const qkv_tf_opts *o = opts ? opts : &no_opts;
+    if (o->dec_intermediate)
+        *o->dec_intermediate = NULL;
     QKV_INPUTS("transformer decode", tgt, memory);
-    const qkv_tf_masks *mk = masks ? masks : &no_masks;
     const qkv_tf_config *c = &m->cfg;
-    qkv_tensor *x = tgt;
+    if (!check_seq("transformer decode", "tgt", tgt, c->d_model, tgt_rows) ||
+        !check_seq("transformer decode", "memory", memory, c->d_model, src_rows))
+        return NULL;
+    qkv_tensor *keys = o->src_pos ? qkv_add(ctx, memory, o->src_pos) : memory;
+    qkv_tensor *x = tgt, *layer_out[QKV_TF_MAX_LAYERS] = {0};
     for (int64_t i = 0; i < c->n_dec && x; i++) {
         const qkv_tf_dec_layer *l = &m->dec[i];
-        attn_arg sa = {.opts = {.attn_mask = mk->tgt_mask,
-                                .attn_mask_bool = mk->bool_masks,
-                                .key_padding_mask = mk->tgt_key_padding_mask,
-                                .key_padding_bool = mk->bool_masks,
-                                .causal = mk->tgt_causal,
-                                .weights = mk->dec_self_weights ? &mk->dec_self_weights[i] : NULL,
-                                .q_rows = mk->tgt_rows,
-                                .kv_rows = mk->tgt_rows}};
-        attn_arg ca = {.kv = memory,
-                       .opts = {.attn_mask = mk->memory_mask,
-                                .attn_mask_bool = mk->bool_masks,
-                                .key_padding_mask = mk->memory_key_padding_mask,
-                                .key_padding_bool = mk->bool_masks,
-                                .valid_lens = mk->src_valid_lens,
-                                .valid_lens_ndim = mk->src_valid_lens ? 1 : 0,
-                                .weights = mk->dec_cross_weights ? &mk->dec_cross_weights[i]
-                                                                 : NULL,
-                                .q_rows = mk->tgt_rows,
-                                .kv_rows = mk->src_rows}};
+        attn_arg sa = {.pos = o->tgt_pos,
+                       .opts = {.attn_mask = o->tgt_mask,
+                                .attn_mask_bool = o->tgt_mask_bool,
+                                .key_padding_mask = o->tgt_key_padding_mask,
+                                .key_padding_bool = o->tgt_key_padding_bool,
+                                .causal = o->tgt_causal,
+                                .weights = o->dec_self_weights ? &o->dec_self_weights[i] : NULL},
+                       .q_rows = tgt_rows,
+                       .kv_rows = tgt_rows};
+        attn_arg ca = {.pos = o->tgt_pos,
+                       .memory = memory,
+                       .keys = keys,
+                       .opts = {.attn_mask = o->memory_mask,
+                                .attn_mask_bool = o->memory_mask_bool,
+                                .key_padding_mask = o->memory_key_padding_mask,
+                                .key_padding_bool = o->memory_key_padding_bool,
+                                .valid_lens = o->src_valid_lens,
+                                .valid_lens_ndim = o->src_valid_lens ? 1 : 0,
+                                .weights = o->dec_cross_weights ? &o->dec_cross_weights[i] : NULL},
+                       .q_rows = tgt_rows,
+                       .kv_rows = src_rows};
         x = residual(ctx, c, &l->norm1, x, attn_sub, &l->self_attn, &sa);
         x = residual(ctx, c, &l->norm2, x, attn_sub, &l->cross_attn, &ca);
         x = residual(ctx, c, &l->norm3, x, ffn_sub, &l->ffn, NULL);
+        /* DETR's intermediate outputs go through the final norm; the last
+         * one is the output itself, normalised once below */
+        if (o->dec_intermediate && i + 1 < c->n_dec)
+            layer_out[i] = m->has_dec_norm ? qkv_nn_layer_norm_forward(ctx, &m->dec_norm, x) : x;
     }
-    if (c->layout == QKV_TF_TORCH)
-        x = qkv_nn_layer_norm_forward(ctx, &m->dec_norm, x);
+    x = m->has_dec_norm ? qkv_nn_layer_norm_forward(ctx, &m->dec_norm, x) : x;
+    if (x && o->dec_intermediate && c->n_dec > 0) {
+        layer_out[c->n_dec - 1] = x;
+        *o->dec_intermediate = stack(ctx, c->n_dec, layer_out);
+        if (!*o->dec_intermediate)
+            return NULL;
+    }
     return x;
+}
+
+qkv_tensor *qkv_transformer_encode(qkv_ctx *ctx, const qkv_transformer *m, qkv_tensor *src,
+                                   const qkv_tf_opts *opts)
+{
+    return qkv__transformer_encode_rows(ctx, m, src, opts, NULL);
+}
+
+qkv_tensor *qkv_transformer_decode(qkv_ctx *ctx, const qkv_transformer *m, qkv_tensor *tgt,
+                                   qkv_tensor *memory, const qkv_tf_opts *opts)
+{
+    return qkv__transformer_decode_rows(ctx, m, tgt, memory, opts, NULL, NULL);
 }
 
 qkv_tensor *qkv_transformer_forward(qkv_ctx *ctx, const qkv_transformer *m, qkv_tensor *src,
-                                    qkv_tensor *tgt, const qkv_tf_masks *masks)
+                                    qkv_tensor *tgt, const qkv_tf_opts *opts)
 {
-    return qkv_transformer_decode(ctx, m, tgt, qkv_transformer_encode(ctx, m, src, masks), masks);
-}
-
-/* ---- incremental decoding ---- */
-
-qkv_status qkv_tf_cache_init(qkv_ctx *ctx, const qkv_transformer *m, qkv_tf_cache *c,
-                             qkv_tensor *memory, int64_t max_len, const qkv_tf_masks *masks)
-{
-    const qkv_tf_config *cfg = &m->cfg;
-    memset(c, 0, sizeof *c);
-    if (!memory)
-        return qkv_error_status() ? qkv_error_status()
-                                  : qkv_set_error(QKV_ERR_ARG, "qkv_tf_cache_init: no memory");
-    if (memory->ndim != 3 || memory->shape[2] != cfg->d_model || max_len <= 0) {
-        char s[64];
-        return qkv_set_error(QKV_ERR_SHAPE,
-                             "qkv_tf_cache_init: memory %s should be (B, S, %lld), "
-                             "max_len %lld > 0",
-                             qkv_shape_str(memory, s, sizeof s), (long long)cfg->d_model,
-                             (long long)max_len);
-    }
-    int64_t b = memory->shape[0], h = cfg->n_heads, d = cfg->d_model / cfg->n_heads;
-    c->batch = b;
-    c->src_len = memory->shape[1];
-    c->max_len = max_len;
-    if (masks && masks->src_valid_lens) {
-        c->src_valid_lens = qkv__alloc(ctx, (size_t)b * sizeof(int64_t));
-        if (!c->src_valid_lens)
-            return qkv_error_status();
-        memcpy(c->src_valid_lens, masks->src_valid_lens, (size_t)b * sizeof(int64_t));
-    }
-    if (masks) {
-        c->memory_key_padding_mask = masks->memory_key_padding_mask;
-        c->bool_masks = masks->bool_masks;
-    }
-    int was = qkv_set_grad_enabled(ctx, 0);
-    for (int64_t i = 0; i < cfg->n_dec; i++) {
-        const qkv_tf_attn *a = &m->dec[i].cross_attn;
-        c->k[i] = qkv_zeros(ctx, 4, (int64_t[]){b, h, max_len, d});
-        c->v[i] = qkv_zeros(ctx, 4, (int64_t[]){b, h, max_len, d});
-        c->mk[i] = qkv_contiguous(ctx, split_heads(ctx, attn_project(ctx, a, memory, 1), h));
-        c->mv[i] = qkv_contiguous(ctx, split_heads(ctx, attn_project(ctx, a, memory, 2), h));
-        if (!c->k[i] || !c->v[i] || !c->mk[i] || !c->mv[i]) {
-            qkv_set_grad_enabled(ctx, was);
-            return qkv_error_status();
-        }
-    }
-    qkv_set_grad_enabled(ctx, was);
-    return QKV_OK;
-}
-
-/* Writes x (B, H, 1, D), a view, into row `t` of cache (B, H, T, D). */
-static void cache_put(qkv_tensor *cache, const qkv_tensor *x, int64_t t)
-{
-    int64_t b = cache->shape[0], h = cache->shape[1], tmax = cache->shape[2], d = cache->shape[3];
-    for (int64_t i = 0; i < b; i++)
-        for (int64_t j = 0; j < h; j++)
-            memcpy(cache->data + ((i * h + j) * tmax + t) * d,
-                   x->data + i * x->stride[0] + j * x->stride[1], (size_t)d * sizeof(float));
-}
-
-/* Copies weights w (B, H, 1, M) of batch row 0 into row t of dst (H, T, M). */
-static void weights_put(float *dst, const qkv_tensor *w, int64_t t, int64_t tmax, int64_t mmax)
-{
-    if (!dst || !w)
-        return;
-    for (int64_t j = 0; j < w->shape[1]; j++)
-        for (int64_t k = 0; k < w->shape[3]; k++)
-            dst[(j * tmax + t) * mmax + k] = w->data[j * w->stride[1] + k * w->stride[3]];
-}
-
-/* Self-attention of one new position against the cached ones. */
-static qkv_tensor *self_attn_step(qkv_ctx *ctx, const qkv_tf_attn *a, qkv_tf_cache *c, int64_t i,
-                                  qkv_tensor *x)
-{
-    int64_t h = attn_heads(a), t = c->len;
-    qkv_tensor *q = split_heads(ctx, attn_project(ctx, a, x, 0), h);
-    qkv_tensor *k = split_heads(ctx, attn_project(ctx, a, x, 1), h);
-    qkv_tensor *v = split_heads(ctx, attn_project(ctx, a, x, 2), h);
-    if (!q || !k || !v)
-        return NULL;
-    cache_put(c->k[i], k, t);
-    cache_put(c->v[i], v, t);
-    qkv_tensor *w = NULL;
-    qkv_attn_opts o = {.dropout_p = attn_dropout(a), .weights = c->self_weights ? &w : NULL};
-    qkv_tensor *out = qkv_attention(ctx, q, qkv_slice(ctx, c->k[i], 2, 0, t + 1, 1),
-                                    qkv_slice(ctx, c->v[i], 2, 0, t + 1, 1), &o);
-    weights_put(c->self_weights ? c->self_weights + i * h * c->max_len * c->max_len : NULL, w, t,
-                c->max_len, c->max_len);
-    return attn_out(ctx, a, merge_heads(ctx, out));
-}
-
-static qkv_tensor *cross_attn_step(qkv_ctx *ctx, const qkv_tf_attn *a, qkv_tf_cache *c,
-                                   int64_t i, qkv_tensor *x)
-{
-    int64_t h = attn_heads(a);
-    qkv_tensor *w = NULL;
-    qkv_attn_opts o = {.dropout_p = attn_dropout(a),
-                       .key_padding_mask = c->memory_key_padding_mask,
-                       .key_padding_bool = c->bool_masks,
-                       .valid_lens = c->src_valid_lens,
-                       .valid_lens_ndim = c->src_valid_lens ? 1 : 0,
-                       .weights = c->cross_weights ? &w : NULL};
-    qkv_tensor *q = split_heads(ctx, attn_project(ctx, a, x, 0), h);
-    qkv_tensor *out = qkv_attention(ctx, q, c->mk[i], c->mv[i], &o);
-    weights_put(c->cross_weights ? c->cross_weights + i * h * c->max_len * c->src_len : NULL, w,
-                c->len, c->max_len, c->src_len);
-    return attn_out(ctx, a, merge_heads(ctx, out));
-}
-
-static qkv_tensor *post_or_pre(qkv_ctx *ctx, const qkv_tf_config *cfg, const qkv_nn_layer_norm *ln,
-                               qkv_tensor *x, qkv_tensor *y)
-{
-    if (cfg->norm_first)
-        return qkv_add(ctx, x, qkv_dropout(ctx, y, cfg->dropout));
-    return qkv_nn_addnorm_forward(ctx, ln, x, y, cfg->dropout);
-}
-
-/* x (B, 1, E) at position c->len -> (B, 1, E). Records nothing on the tape:
- * the cache holds plain copies. */
-qkv_tensor *qkv_transformer_decode_step(qkv_ctx *ctx, const qkv_transformer *m, qkv_tf_cache *c,
-                                        qkv_tensor *x)
-{
-    QKV_INPUTS("transformer decode step", x);
-    const qkv_tf_config *cfg = &m->cfg;
-    if (x->ndim != 3 || x->shape[0] != c->batch || x->shape[1] != 1 ||
-        x->shape[2] != cfg->d_model) {
-        char s[64];
-        qkv_set_error(QKV_ERR_SHAPE, "transformer decode step: x %s should be (%lld, 1, %lld)",
-                      qkv_shape_str(x, s, sizeof s), (long long)c->batch,
-                      (long long)cfg->d_model);
-        return NULL;
-    }
-    if (c->len >= c->max_len) {
-        qkv_set_error(QKV_ERR_STATE, "transformer decode step: cache full (%lld positions)",
-                      (long long)c->max_len);
-        return NULL;
-    }
-    int was = qkv_set_grad_enabled(ctx, 0);
-    for (int64_t i = 0; i < cfg->n_dec && x; i++) {
-        const qkv_tf_dec_layer *l = &m->dec[i];
-        const qkv_nn_layer_norm *ln[3] = {&l->norm1, &l->norm2, &l->norm3};
-        qkv_tensor *in = cfg->norm_first ? qkv_nn_layer_norm_forward(ctx, ln[0], x) : x;
-        x = post_or_pre(ctx, cfg, ln[0], x, self_attn_step(ctx, &l->self_attn, c, i, in));
-        in = cfg->norm_first ? qkv_nn_layer_norm_forward(ctx, ln[1], x) : x;
-        x = post_or_pre(ctx, cfg, ln[1], x, cross_attn_step(ctx, &l->cross_attn, c, i, in));
-        in = cfg->norm_first ? qkv_nn_layer_norm_forward(ctx, ln[2], x) : x;
-        x = post_or_pre(ctx, cfg, ln[2], x, qkv_nn_ffn_forward(ctx, &l->ffn, in));
-    }
-    if (x && cfg->layout == QKV_TF_TORCH)
-        x = qkv_nn_layer_norm_forward(ctx, &m->dec_norm, x);
-    qkv_set_grad_enabled(ctx, was);
-    if (x)
-        c->len++;
-    return x;
-}
-
-/* Gathers batch rows of t (B, ...) in place: row i <- old row from[i]. */
-static qkv_status gather_rows(qkv_ctx *ctx, qkv_tensor *t, const int64_t *from)
-{
-    int64_t b = t->shape[0], row = qkv_numel(t) / b;
-    float *tmp = qkv__floats(ctx, b * row);
-    if (!tmp)
-        return qkv_error_status();
-    for (int64_t i = 0; i < b; i++)
-        memcpy(tmp + i * row, t->data + from[i] * row, (size_t)row * sizeof(float));
-    memcpy(t->data, tmp, (size_t)(b * row) * sizeof(float));
-    return QKV_OK;
-}
-
-qkv_status qkv_tf_cache_reorder(qkv_ctx *ctx, qkv_tf_cache *c, const int64_t *from)
-{
-    for (int64_t i = 0; i < c->batch; i++)
-        if (from[i] < 0 || from[i] >= c->batch)
-            return qkv_set_error(QKV_ERR_ARG, "qkv_tf_cache_reorder: row %lld out of [0, %lld)",
-                                 (long long)from[i], (long long)c->batch);
-    for (int64_t i = 0; i < QKV_TF_MAX_LAYERS && c->k[i]; i++)
-        if (gather_rows(ctx, c->k[i], from) != QKV_OK ||
-            gather_rows(ctx, c->v[i], from) != QKV_OK ||
-            gather_rows(ctx, c->mk[i], from) != QKV_OK ||
-            gather_rows(ctx, c->mv[i], from) != QKV_OK)
-            return qkv_error_status();
-    if (c->src_valid_lens) {
-        int64_t *lens = qkv__alloc(ctx, (size_t)c->batch * sizeof(int64_t));
-        if (!lens)
-            return qkv_error_status();
-        for (int64_t i = 0; i < c->batch; i++)
-            lens[i] = c->src_valid_lens[from[i]];
-        c->src_valid_lens = lens;
-    }
-    return QKV_OK;
+    return qkv_transformer_decode(ctx, m, tgt, qkv_transformer_encode(ctx, m, src, opts), opts);
 }

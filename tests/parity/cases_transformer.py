@@ -1,7 +1,9 @@
 """Transformer parity: torch.nn.Transformer (post-norm and pre-norm, bool
-and float masks, key padding) and the book's translation model written
+and float masks, key padding), the book's translation model written
 from d2l's definitions (valid lengths, -1e6 masking, sqrt(E) embeddings,
-sinusoidal positions). Each case stores the parameters under their
+sinusoidal positions) and DETR's transformer written from
+facebookresearch/detr's definitions (positional terms on queries and keys,
+every decoder layer's output through the final norm, a padding mask). Each case stores the parameters under their
 state_dict names, the inputs, the output, an upstream gradient `gout` and
 the gradients of the inputs (grad_<name>) and of every parameter
 (grad.<state_dict name>).
@@ -219,6 +221,122 @@ def _book_case(g):
     return t, meta
 
 
+# ---- DETR's transformer, from facebookresearch/detr's definitions ----
+# Its layers take positional terms: the encoder adds pos to the queries and
+# keys of its self-attention (values are the plain input), the decoder adds
+# query_pos to its self-attention's queries and keys and to the
+# cross-attention's queries, and pos to the cross-attention's keys. Pre-norm
+# layers add them to the normalised input. The encoder ends in a norm only
+# in pre-norm; the decoder always, and returns every layer's output through
+# it. Layout (S, B, E), as DETR's.
+
+def _pos(x, p):
+    return x + p
+
+
+class _DetrEncLayer(nn.Module):
+    def __init__(self, e, h, f, pre):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(e, h, dropout=0.0)
+        self.linear1, self.linear2 = nn.Linear(e, f), nn.Linear(f, e)
+        self.norm1, self.norm2 = nn.LayerNorm(e), nn.LayerNorm(e)
+        self.pre = pre
+
+    def forward(self, x, pad, pos):
+        ffn = lambda y: self.linear2(torch.relu(self.linear1(y)))  # noqa: E731
+        if self.pre:
+            y = self.norm1(x)
+            x = x + self.self_attn(_pos(y, pos), _pos(y, pos), y, key_padding_mask=pad)[0]
+            return x + ffn(self.norm2(x))
+        x = self.norm1(x + self.self_attn(_pos(x, pos), _pos(x, pos), x,
+                                          key_padding_mask=pad)[0])
+        return self.norm2(x + ffn(x))
+
+
+class _DetrDecLayer(nn.Module):
+    def __init__(self, e, h, f, pre):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(e, h, dropout=0.0)
+        self.multihead_attn = nn.MultiheadAttention(e, h, dropout=0.0)
+        self.linear1, self.linear2 = nn.Linear(e, f), nn.Linear(f, e)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(e), nn.LayerNorm(e), nn.LayerNorm(e)
+        self.pre = pre
+
+    def forward(self, x, memory, pad, pos, qpos):
+        ffn = lambda y: self.linear2(torch.relu(self.linear1(y)))  # noqa: E731
+        cross = lambda y: self.multihead_attn(_pos(y, qpos), _pos(memory, pos), memory,  # noqa: E731
+                                              key_padding_mask=pad)[0]
+        if self.pre:
+            y = self.norm1(x)
+            x = x + self.self_attn(_pos(y, qpos), _pos(y, qpos), y)[0]
+            x = x + cross(self.norm2(x))
+            return x + ffn(self.norm3(x))
+        x = self.norm1(x + self.self_attn(_pos(x, qpos), _pos(x, qpos), x)[0])
+        x = self.norm2(x + cross(x))
+        return self.norm3(x + ffn(x))
+
+
+class _DetrStack(nn.Module):
+    def __init__(self, layer, n, e, norm):
+        super().__init__()
+        self.layers = nn.ModuleList([layer() for _ in range(n)])
+        if norm:
+            self.norm = nn.LayerNorm(e)
+
+
+class _DetrTransformer(nn.Module):
+    def __init__(self, e, h, f, n_enc, n_dec, pre):
+        super().__init__()
+        self.encoder = _DetrStack(lambda: _DetrEncLayer(e, h, f, pre), n_enc, e, pre)
+        self.decoder = _DetrStack(lambda: _DetrDecLayer(e, h, f, pre), n_dec, e, True)
+
+    def forward(self, src, pad, query_embed, pos):
+        """src, pos (S, B, E); pad (B, S) True on padding; query_embed (T, E)
+        -> hs (L, B, T, E), memory (S, B, E)"""
+        x = src
+        for layer in self.encoder.layers:
+            x = layer(x, pad, pos)
+        memory = self.encoder.norm(x) if hasattr(self.encoder, "norm") else x
+        qpos = query_embed.unsqueeze(1).repeat(1, src.shape[1], 1)
+        y, hs = torch.zeros_like(qpos), []
+        for layer in self.decoder.layers:
+            y = layer(y, memory, pad, pos, qpos)
+            hs.append(self.decoder.norm(y))
+        return torch.stack(hs).transpose(1, 2), memory
+
+
+class _Detr(nn.Module):
+    """DETR's names: transformer.encoder.layers.N..., transformer.decoder.norm"""
+    def __init__(self, *args):
+        super().__init__()
+        self.transformer = _DetrTransformer(*args)
+
+
+def _detr_case(g, pre):
+    E, H, F, n_enc, n_dec, B, S, T = 16, 4, 32, 2, 3, 2, 6, 5
+    model = _Detr(E, H, F, n_enc, n_dec, pre)
+    _randomise(model, g)
+    pad = torch.zeros(B, S, dtype=torch.bool)
+    pad[1, 4:] = True  # the second image is padded: its last 2 positions
+    inputs = {"src": torch.randn(B, S, E, generator=g), "pos": torch.randn(B, S, E, generator=g),
+              "query_embed": torch.randn(T, E, generator=g)}
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    hs, memory = model.transformer(leaves["src"].transpose(0, 1), pad, leaves["query_embed"],
+                                   leaves["pos"].transpose(0, 1))
+    memory = memory.transpose(0, 1)
+    gout, gmem = torch.randn(hs.shape, generator=g), torch.randn(memory.shape, generator=g)
+    ((hs * gout).sum() + (memory * gmem).sum()).backward()
+    t = dict(inputs, mask=pad.float(), hs=hs.detach(), memory=memory.detach(), gout=gout,
+             gmem=gmem)
+    for k, v in leaves.items():
+        t["grad_" + k] = v.grad
+    for k, p in model.named_parameters():
+        t[k] = p.detach().clone()
+        t["grad." + k] = p.grad
+    return t, {"norm_first": str(int(pre)), "d_model": str(E), "n_heads": str(H),
+               "d_ffn": str(F), "n_enc": str(n_enc), "n_dec": str(n_dec)}
+
+
 # ---- `qkv forward --arch transformer`: a weights file and an input file ----
 
 def _forward_model():
@@ -259,4 +377,6 @@ CASES = {
     "transformer_post_float_masks": lambda g: _torch_case(g, False, True),
     "transformer_pre_float_masks": lambda g: _torch_case(g, True, True),
     "transformer_book_seq2seq": _book_case,
+    "transformer_detr_post": lambda g: _detr_case(g, False),
+    "transformer_detr_pre": lambda g: _detr_case(g, True),
 }

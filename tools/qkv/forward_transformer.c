@@ -112,11 +112,14 @@ int forward_transformer(forward_job *job)
     if (!rc && failed)
         rc = 1;
     if (!rc) {
-        qkv_tf_masks mk = {.src_mask = mask[0], .tgt_mask = mask[1], .memory_mask = mask[2],
-                           .src_key_padding_mask = mask[3], .tgt_key_padding_mask = mask[4],
-                           .memory_key_padding_mask = mask[5], .bool_masks = kinds == 1};
+        int b = kinds == 1;
+        qkv_tf_opts o = {.src_mask = mask[0], .tgt_mask = mask[1], .memory_mask = mask[2],
+                         .src_key_padding_mask = mask[3], .tgt_key_padding_mask = mask[4],
+                         .memory_key_padding_mask = mask[5], .src_mask_bool = b,
+                         .tgt_mask_bool = b, .memory_mask_bool = b, .src_key_padding_bool = b,
+                         .tgt_key_padding_bool = b, .memory_key_padding_bool = b};
         qkv_tensor *out = qkv_transformer_forward(job->ctx, &m, batch_first(job, src),
-                                                  batch_first(job, tgt), &mk);
+                                                  batch_first(job, tgt), &o);
         if (out && !job->batch_first)
             out = qkv_contiguous(job->ctx, qkv_transpose(job->ctx, out, 0, 1));
         rc = forward_output(job, "output", out);
