@@ -19,8 +19,10 @@ static int run(const char *cmd, char *out, size_t n)
 
 TEST(forward_cli_matches_pytorch)
 {
-    /* 16 cases, each output within its (atol, rtol) of forward_cli.py: a
-     * handful of float32 GEMMs and one softmax, rounding near 1e-7 */
+    /* 19 cases, each output within its (atol, rtol) of forward_cli.py: a
+     * handful of float32 GEMMs and softmaxes, or a few layers of them (the
+     * Transformers, with float and bool masks mixed as PyTorch's tutorial
+     * mixes them; ViT), rounding near 1e-7 */
     static char out[16384];
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/parity/forward_cli.py %s", test_qkv_bin());
@@ -137,12 +139,18 @@ TEST(forward_cli_usage_errors)
     expect_error(&p, "--arch mha --bogus --input %I --output %O", 2, "unknown option '--bogus'");
     expect_error(&p, "--arch dot --heads 2 --input %I --output %O", 2,
                  "--arch dot takes none of --heads, --batch-first, --per-head-weights");
+    expect_error(&p, "--arch mha --heads 2 --norm-first --weights %W --input %I --output %O", 2,
+                 "--activation and --norm-first are options of --arch transformer");
+    expect_error(&p, "--arch transformer --activation tanh --weights %W --input %I --output %O",
+                 2, "--activation: expected one of relu|gelu, got 'tanh'");
 
     char out[8192], cmd[512];
     snprintf(cmd, sizeof cmd, "%s forward --help", test_qkv_bin());
     int rc = run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, "  mha ") && strstr(out, "  additive ") &&
-              strstr(out, "  dot ") && strstr(out, "--per-head-weights"),
+              strstr(out, "  dot ") && strstr(out, "--per-head-weights") &&
+              strstr(out, "--activation") && strstr(out, "--norm-first") &&
+              strstr(out, "transformer: inputs and outputs are (B, N, E)"),
           "forward --help: exit %d\n%s", rc, out);
     remove_files(&p);
 }

@@ -6,9 +6,12 @@ and one softmax; TOL below, from the measured worst; a tolerance under
 which zeros would pass fails too). Cases: torch.nn.MultiheadAttention (self and cross
 attention, kdim/vdim, bias on and off, batch_first both ways, bool and
 float masks of both kinds, a uint8 attn_mask, weights averaged, per head and not asked
-for, heads from --heads and from __metadata__, unbatched inputs) and d2l
+for, heads from --heads and from __metadata__, unbatched inputs), d2l
 r0.17's AdditiveAttention and DotProductAttention (re-created here) with
-valid lengths 1-D and 2-D, integer and float.
+valid lengths 1-D and 2-D, integer and float, torch.nn.Transformer (float and
+bool masks mixed as PyTorch's tutorial mixes them, post- and pre-norm, ReLU and
+GELU, from __metadata__ or from --norm-first and --activation, sequence and
+batch first) and torchvision's VisionTransformer.
 
 Usage: forward_cli.py [QKV_BIN] (else $QKV_BIN, else build/qkv). Prints one
 line per case; exits 1 if any case fails."""
@@ -117,6 +120,45 @@ def d2l(g, arch, lens=None, B=2, N=4, M=6, qs=5, ks=3, h=7, Dv=4):
     return m.state_dict(), None, inputs, [], expected
 
 
+def transformer(g, E=8, H=2, ffn=16, enc=2, dec=2, B=2, S=5, T=4, norm_first=False,
+                activation="relu", batch_first=False, masks="tutorial", flags=False):
+    """torch.nn.Transformer with random weights (layer norms too). masks
+    "tutorial": PyTorch's tutorial mix, a float causal tgt_mask
+    (generate_square_subsequent_mask) with bool key padding masks; "mixed":
+    float src_mask and memory_mask, bool tgt_mask and padding masks. flags:
+    --norm-first and --activation on the command line instead of the
+    weights' __metadata__. The output is computed with gradients on, so that
+    PyTorch takes its reference path (its inference fast path zeroes padded
+    rows)."""
+    m = nn.Transformer(E, H, enc, dec, ffn, dropout=0.0, activation=activation,
+                       norm_first=norm_first, batch_first=batch_first)
+    fill(g, m)
+    seq = (lambda n: (B, n, E)) if batch_first else (lambda n: (n, B, E))
+    src, tgt = r(g, *seq(S)), r(g, *seq(T))
+    pad_src = torch.zeros(B, S, dtype=torch.bool)
+    pad_src[1, S - 2:] = True
+    pad_tgt = torch.zeros(B, T, dtype=torch.bool)
+    pad_tgt[1, T - 1] = True
+    kw = {"src_key_padding_mask": pad_src, "tgt_key_padding_mask": pad_tgt,
+          "memory_key_padding_mask": pad_src.clone()}
+    if masks == "tutorial":
+        kw["tgt_mask"] = nn.Transformer.generate_square_subsequent_mask(T)
+    else:
+        kw["src_mask"] = r(g, S, S)
+        kw["memory_mask"] = r(g, T, S)
+        kw["tgt_mask"] = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    out = m(src, tgt, **kw).detach()
+    meta = {"num_heads": str(H)}
+    args = []
+    if flags:
+        args += ["--activation", activation] + (["--norm-first"] if norm_first else [])
+    else:
+        meta.update(norm_first=str(int(norm_first)), activation=activation)
+    if batch_first:
+        args.append("--batch-first")
+    return m.state_dict(), meta, dict(src=src, tgt=tgt, **kw), args, {"output": out}
+
+
 def vit(g, channels=3, image=16, patch=4, layers=2, hidden=16, heads=4, mlp=32, classes=5,
         heads_in_meta=True):
     """torchvision's VisionTransformer with random weights (its head starts at zero, so
@@ -135,6 +177,12 @@ def vit(g, channels=3, image=16, patch=4, layers=2, hidden=16, heads=4, mlp=32, 
 
 
 CASES = {
+    "transformer_tutorial_masks": ("transformer", lambda g: transformer(g)),
+    "transformer_mixed_masks_flags_batch_first": (
+        "transformer", lambda g: transformer(g, enc=1, dec=2, norm_first=True, activation="gelu",
+                                             batch_first=True, masks="mixed", flags=True)),
+    "transformer_tutorial_masks_prenorm_meta": (
+        "transformer", lambda g: transformer(g, H=4, norm_first=True, activation="gelu")),
     "vit_rgb_meta_heads": ("vit", lambda g: vit(g)),
     "vit_gray_flag_heads": ("vit", lambda g: vit(g, channels=1, image=12, patch=3, layers=1,
                                                  heads=2, heads_in_meta=False)),
@@ -182,6 +230,7 @@ def closeness(name, got, want):
 
 
 def run_case(qkv, tmp, name, arch, fn, seed):
+    """The worst relative difference of the outputs, or a message (str)."""
     g = torch.Generator().manual_seed(seed)
     weights, meta, inputs, args, expected = fn(g)
     wpath, ipath, opath = (os.path.join(tmp, f"{name}.{x}.safetensors")

@@ -179,9 +179,9 @@ static int unknown_arch(const char *name)
 }
 
 typedef struct {
-    const char *arch, *weights, *input, *output;
+    const char *arch, *weights, *input, *output, *activation;
     int64_t heads;
-    int batch_first, no_weights, per_head_weights;
+    int batch_first, no_weights, per_head_weights, norm_first;
 } options;
 
 /* Opens the files, runs the architecture, writes the outputs. */
@@ -196,6 +196,8 @@ static int run(const forward_arch *arch, const options *o)
         .batch_first = o->batch_first,
         .need_weights = !o->no_weights,
         .per_head_weights = o->per_head_weights,
+        .activation = o->activation,
+        .norm_first = o->norm_first,
     };
     qkv_st_file *weights = NULL, *input = qkv_st_open(o->input);
     if (!input) {
@@ -240,9 +242,17 @@ int cmd_forward(int argc, char **argv)
         {.name = "output", .kind = ARG_STRING, .value = &o.output, .metavar = "FILE",
          .help = "where the named outputs go, safetensors (required)"},
         {.name = "heads", .kind = ARG_INT, .value = &o.heads, .min = 1, .max = 4096,
-         .help = "attention heads (mha; else the weights' __metadata__ num_heads)"},
+         .help = "attention heads (mha, transformer, vit; else the weights' __metadata__ "
+                 "num_heads)"},
         {.name = "batch-first", .kind = ARG_FLAG, .value = &o.batch_first,
-         .help = "mha: inputs are (B, N, E), not (N, B, E)"},
+         .help = "mha, transformer: inputs and outputs are (B, N, E), not (N, B, E)"},
+        {.name = "activation", .kind = ARG_CHOICE, .value = &o.activation,
+         .choices = "relu|gelu",
+         .help = "transformer: the FFN's activation (else the weights' __metadata__ "
+                 "activation, else relu)"},
+        {.name = "norm-first", .kind = ARG_FLAG, .value = &o.norm_first,
+         .help = "transformer: pre-norm layers, norm_first=True (else the weights' "
+                 "__metadata__ norm_first)"},
         {.name = "no-weights", .kind = ARG_FLAG, .value = &o.no_weights,
          .help = "no attention weights output (need_weights=False)"},
         {.name = "per-head-weights", .kind = ARG_FLAG, .value = &o.per_head_weights,
@@ -255,7 +265,7 @@ int cmd_forward(int argc, char **argv)
         "no dropout) and writes its named outputs to --output (atomically; nothing is\n"
         "written if anything fails). Architectures:");
     for (size_t i = 0; i < N_ARCHS && len < sizeof summary; i++)
-        len += (size_t)snprintf(summary + len, sizeof summary - len, "\n  %-10s %s",
+        len += (size_t)snprintf(summary + len, sizeof summary - len, "\n  %-11s %s",
                                 archs[i].name, archs[i].help);
     args_spec s = {.command = "forward", .summary = summary, .opts = opts,
                    .n_opts = (int)(sizeof opts / sizeof opts[0])};
@@ -269,5 +279,7 @@ int cmd_forward(int argc, char **argv)
         return unknown_arch(o.arch);
     if (!o.input || !o.output)
         return forward_usage("--input and --output are required");
+    if ((o.activation || o.norm_first) && strcmp(arch->name, "transformer") != 0)
+        return forward_usage("--activation and --norm-first are options of --arch transformer");
     return run(arch, &o);
 }

@@ -29,7 +29,7 @@
     X(mha, "torch.nn.MultiheadAttention: query, key, value -> attn_output, attn_weights")   \
     X(additive, "d2l AdditiveAttention: queries, keys, values -> output, attention_weights") \
     X(dot, "d2l DotProductAttention: queries, keys, values -> output, attention_weights") \
-    X(transformer, "torch.nn.Transformer: src, tgt and PyTorch's masks -> output")          \
+    X(transformer, "torch.nn.Transformer: src, tgt and PyTorch's masks (bool or float, mixed) -> output") \
     X(vit, "torchvision VisionTransformer: x (N, C, H, W) -> logits")
 
 typedef struct {
@@ -44,6 +44,8 @@ typedef struct {
     bool batch_first;           /* --batch-first */
     bool need_weights;          /* not --no-weights */
     bool per_head_weights;      /* --per-head-weights */
+    const char *activation;     /* --activation (transformer): "relu", "gelu"; NULL not given */
+    bool norm_first;            /* --norm-first (transformer) */
 } forward_job;
 
 typedef struct {

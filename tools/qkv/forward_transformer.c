@@ -2,12 +2,15 @@
  * forward_transformer.c - `qkv forward --arch transformer`: torch.nn.Transformer
  * from its state_dict. Sizes come from the weights' shapes (d_model from
  * encoder.norm.weight, the FFN from linear1, the block counts from the keys
- * present); heads from --heads or __metadata__ num_heads; __metadata__
- * norm_first ("1"/"true") and activation ("relu"/"gelu") when given.
+ * present); heads from --heads or __metadata__ num_heads; pre-norm from
+ * --norm-first or __metadata__ norm_first ("1"/"true"), the activation from
+ * --activation or __metadata__ activation ("relu"/"gelu").
  * Inputs src (S, B, E) and tgt (T, B, E), (B, ., E) with --batch-first, and
  * PyTorch's optional masks src_mask, tgt_mask, memory_mask (N, M) or
- * (B*H, N, M), src/tgt/memory_key_padding_mask (B, S|T), all bool or all
- * float. Output "output", laid out as tgt.
+ * (B*H, N, M), src/tgt/memory_key_padding_mask (B, S|T), each bool (or
+ * integer) or float as PyTorch takes them, kinds mixed as its tutorial
+ * mixes them (a float causal tgt_mask, bool padding masks). Output
+ * "output", laid out as tgt.
  */
 #include "forward.h"
 
@@ -49,8 +52,11 @@ static int config_from_weights(forward_job *job, qkv_tf_config *c)
     if (i < 0 || qkv_st_shape(w, i, s) != 2)
         return forward_fail("%s: no %s (d_ffn, E)", job->weights_path, lin);
     c->d_ffn = s[0];
-    c->norm_first = meta_true(w, "norm_first");
-    const char *act = qkv_st_meta(w, "activation");
+    c->norm_first = job->norm_first || meta_true(w, "norm_first");
+    const char *act = job->activation ? job->activation : qkv_st_meta(w, "activation");
+    if (act && strcmp(act, "relu") != 0 && strcmp(act, "gelu") != 0)
+        return forward_fail("%s: __metadata__ activation '%s': qkv knows relu and gelu",
+                            job->weights_path, act);
     c->activation = act && !strcmp(act, "gelu") ? QKV_ACT_GELU : QKV_ACT_RELU;
     c->n_heads = job->heads;
     const char *h = qkv_st_meta(w, "num_heads");
@@ -100,24 +106,21 @@ int forward_transformer(forward_job *job)
         "src_mask", "tgt_mask", "memory_mask", "src_key_padding_mask", "tgt_key_padding_mask",
         "memory_key_padding_mask"};
     qkv_tensor *mask[6] = {0};
-    int kinds = 0; /* bit 0: a bool mask, bit 1: a float one */
+    int is_bool[6] = {0}; /* each mask its own kind, as PyTorch reads them */
     for (int i = 0; i < 6 && !rc && !failed; i++) {
         mask[i] = forward_optional(job, mask_names[i], &failed);
-        if (mask[i])
-            kinds |= forward_input_is_float(job, mask_names[i]) ? 2 : 1;
+        is_bool[i] = mask[i] && !forward_input_is_float(job, mask_names[i]);
     }
-    if (!rc && !failed && kinds == 3)
-        rc = forward_usage("masks must be all bool or all float (qkv applies one kind per "
-                           "forward)");
     if (!rc && failed)
         rc = 1;
     if (!rc) {
-        int b = kinds == 1;
         qkv_tf_opts o = {.src_mask = mask[0], .tgt_mask = mask[1], .memory_mask = mask[2],
                          .src_key_padding_mask = mask[3], .tgt_key_padding_mask = mask[4],
-                         .memory_key_padding_mask = mask[5], .src_mask_bool = b,
-                         .tgt_mask_bool = b, .memory_mask_bool = b, .src_key_padding_bool = b,
-                         .tgt_key_padding_bool = b, .memory_key_padding_bool = b};
+                         .memory_key_padding_mask = mask[5],
+                         .src_mask_bool = is_bool[0], .tgt_mask_bool = is_bool[1],
+                         .memory_mask_bool = is_bool[2], .src_key_padding_bool = is_bool[3],
+                         .tgt_key_padding_bool = is_bool[4],
+                         .memory_key_padding_bool = is_bool[5]};
         qkv_tensor *out = qkv_transformer_forward(job->ctx, &m, batch_first(job, src),
                                                   batch_first(job, tgt), &o);
         if (out && !job->batch_first)
