@@ -2041,7 +2041,7 @@ QKV_API void qkv_vit_reset(qkv_vit *m, qkv_rng *r);
 QKV_API qkv_status qkv_vit_config_from_file(qkv_vit_config *cfg, const qkv_st_file *f);
 /* x (B, Cin, image, image) -> logits (B, K). attn (NULL, or num_layers
  * pointers) receives each block's head-averaged attention weights
- * (B, S + 1, S + 1), taken before dropout (unfused path). */
+ * (B, S + 1, S + 1), taken before dropout (they cost the materialised scores). */
 QKV_API qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x,
                                     qkv_tensor **attn);
 /* Attention rollout (Abnar & Zuidema 2020) of one image: w holds L
