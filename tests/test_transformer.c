@@ -205,6 +205,19 @@ static void detr_parity(const char *fixture)
         char name[600];
         snprintf(name, sizeof name, "grad.%s", p->name);
         qkv_tensor *want = fixture_get(ctx, f, name);
+        double want_max = 0.0, got_max = 0.0;
+        for (int64_t k = 0; want && k < qkv_numel(want); k++) {
+            want_max = fmax(want_max, fabs(qkv_get(want, k)));
+            got_max = fmax(got_max, fabs(p->grad[k]));
+        }
+        if (want_max < 1e-5) {
+            /* zero in exact arithmetic: post-norm, the first decoder layer's
+             * self-attention has all-zero values (tgt = 0), so its output is
+             * the value bias whatever in_proj_weight holds; PyTorch's 1e-7
+             * is rounding. qkv's must be as small. */
+            CHECK_SCALAR(got_max, 0.0, 1e-5, 0.0);
+            continue;
+        }
         if (!check_close_buf(__FILE__, __LINE__, name, p->grad, want, 1e-4, 1e-4))
             break;
         worst = fmax(worst, max_abs_diff_buf(p->grad, want));
