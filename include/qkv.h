@@ -51,16 +51,18 @@
  *   base         errors, threads, progress bar, random numbers, arena
  *   tensors      the tensor type; the context (step arena, tape, modes)
  *   ops          arithmetic, unary, reductions, matmul, shape ops, softmax,
- *                norms, dropout, convolution, pooling, losses; attention
+ *                norms, dropout, convolution, pooling, losses; attention;
+ *                boxes (IoU, GIoU) and linear sum assignment
  *   training     parameters, initialisers, optimizers, clipping, shards
  *                (data parallelism inside a step), schedules
  *   io           safetensors, state dicts and checkpoints, datasets, the
  *                data loader, images, pictures and metrics; COCO detection
  *                evaluation (mAP)
  *   nn           modules: Linear, attention, multi-head attention, positional
- *                encodings, the Transformer's blocks; Conv2d, BatchNorm2d,
- *                MaxPool2d, ResNet
- *   models       kernel regression, the translation Transformer, ViT
+ *                encodings (DETR's 2-D sine too), the Transformer's blocks;
+ *                Conv2d, BatchNorm2d, MaxPool2d, ResNet
+ *   models       kernel regression, the translation Transformer, ViT, DETR's
+ *                matcher and set criterion
  *   model files  a trained model with its config and vocabularies, opened by
  *                kind (qkv_model_open), translation in one call
  *   trainer      qkv_trainer, the one training loop: a model brings a loss
@@ -624,6 +626,52 @@ QKV_API qkv_tensor *qkv_masked_softmax(qkv_ctx *ctx, qkv_tensor *x, const qkv_at
  * seed. */
 QKV_API qkv_tensor *qkv_attention(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
                                   const qkv_attn_opts *opts);
+
+/* ------------------------------------------------------------------------ */
+/* Boxes and assignment (DETR; docs/detr.md)                                 */
+/* ------------------------------------------------------------------------ */
+
+/* A box is 4 floats on the last axis: xyxy = (x0, y0, x1, y1) corners or
+ * cxcywh = (cx, cy, w, h). For boxes a, b (xyxy):
+ *   I    = clamp(min(a.x1, b.x1) - max(a.x0, b.x0), 0) * (the same in y)
+ *   U    = area(a) + area(b) - I,   area(a) = (a.x1 - a.x0)(a.y1 - a.y0)
+ *   IoU  = I / U
+ *   GIoU = IoU - (E - U) / E,   E the area of the smallest box holding both.
+ * Gradients follow PyTorch at the kinks: a max or min of two equal values
+ * sends half the gradient to each, the clamp passes it where the difference
+ * is >= 0. The GIoU ops reject a box with x1 < x0 or y1 < y0 (or a NaN
+ * corner), naming it, where DETR asserts. */
+
+/* x (..., 4) cxcywh -> (..., 4) xyxy = (cx - w/2, cy - h/2, cx + w/2, cy + h/2). */
+QKV_API qkv_tensor *qkv_box_cxcywh_to_xyxy(qkv_ctx *ctx, qkv_tensor *x);
+/* x (..., 4) xyxy -> (..., 4) cxcywh = ((x0 + x1)/2, (y0 + y1)/2, x1 - x0, y1 - y0). */
+QKV_API qkv_tensor *qkv_box_xyxy_to_cxcywh(qkv_ctx *ctx, qkv_tensor *x);
+/* boxes1 (N, 4), boxes2 (M, 4) xyxy -> (N, M) IoU of every pair
+ * (torchvision.ops.box_iou); gradients to both. */
+QKV_API qkv_tensor *qkv_box_iou(qkv_ctx *ctx, qkv_tensor *boxes1, qkv_tensor *boxes2);
+/* boxes1 (N, 4), boxes2 (M, 4) xyxy -> (N, M) GIoU of every pair (DETR's
+ * util/box_ops.generalized_box_iou, torchvision's). */
+QKV_API qkv_tensor *qkv_generalized_box_iou(qkv_ctx *ctx, qkv_tensor *boxes1,
+                                            qkv_tensor *boxes2);
+/* boxes1, boxes2 (..., 4) xyxy, same shape -> 1 - GIoU of each pair of rows,
+ * reduced: () or (...) with REDUCE_NONE; the mean of no rows is 0. eps is
+ * added to U and E where they divide (torchvision's
+ * generalized_box_iou_loss: 1e-7); eps 0 is DETR's 1 - diag(GIoU). */
+QKV_API qkv_tensor *qkv_giou_loss(qkv_ctx *ctx, qkv_tensor *boxes1, qkv_tensor *boxes2,
+                                  float eps, qkv_reduction r);
+
+/* Linear sum assignment (the assignment problem that the Hungarian method
+ * solves), scipy.optimize.linear_sum_assignment's contract: cost (n, m)
+ * row-major, either side longer; rows (k), cols (k) get the k = min(n, m)
+ * pairs of least total sum_p cost[rows[p], cols[p]], each row and column at
+ * most once, rows increasing. Ties are broken some way (the total is the
+ * minimum; the pairs may differ from scipy's). +inf marks a forbidden pair.
+ * Shortest augmenting paths (Jonker-Volgenant, Crouse 2016), O(k^2 max(n, m)),
+ * on a workspace it mallocs and frees. Errors: QKV_ERR_NAN for a NaN or -inf
+ * entry (named), QKV_ERR_ARG when every complete assignment needs a +inf
+ * entry, or for a NULL array while n, m > 0. n or m = 0: nothing to do. */
+QKV_API qkv_status qkv_linear_sum_assignment(int64_t *rows, int64_t *cols, const double *cost,
+                                             int64_t n, int64_t m);
 
 /* ------------------------------------------------------------------------ */
 /* Parameters: named tensors in flat buffers                                 */
@@ -1524,6 +1572,19 @@ QKV_API qkv_status qkv_nn_posenc_learned_init(qkv_nn_posenc *m, qkv_params *ps,
 QKV_API void qkv_nn_posenc_reset(qkv_nn_posenc *m, qkv_rng *r);
 QKV_API qkv_tensor *qkv_nn_posenc_forward(qkv_ctx *ctx, const qkv_nn_posenc *m, qkv_tensor *x);
 
+/* DETR's 2-D sine encoding of an image batch (models/position_encoding.py,
+ * PositionEmbeddingSine): mask (B, H, W), nonzero on padding (the official
+ * mask, True on padding) -> pos (B, 2F, H, W), F = num_pos_feats (even;
+ * DETR: 128 = hidden_dim / 2). With y, x the running counts of non-padding
+ * pixels down each column and along each row (1-based), and with
+ * `normalize`, y = y / (y at the last row + 1e-6) * scale (x likewise along
+ * the row; scale 0 means 2 pi, DETR's), dim_t[i] = temperature^(2 floor(i/2)
+ * / F), channel i < F is sin(y / dim_t[i]) for even i, cos for odd, and
+ * channel F + i the same of x. Every step in float32 as PyTorch. A constant:
+ * no gradient, nothing recorded. DETR: (mask, 128, 10000, 1, 0). */
+QKV_API qkv_tensor *qkv_nn_posenc_sine2d(qkv_ctx *ctx, qkv_tensor *mask, int64_t num_pos_feats,
+                                         float temperature, int normalize, float scale);
+
 /* ------------------------------------------------------------------------ */
 /* Transformer: position-wise FFN, layer norm, encoder and decoder blocks    */
 /* and their stacks, post-norm or pre-norm (norm_first), in the state_dict   */
@@ -2050,6 +2111,80 @@ QKV_API qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *
  * block to the last gives the class token's row, of which map receives the
  * N - 1 patch entries, scaled to a maximum of 1. */
 QKV_API qkv_status qkv_vit_rollout(float *map, const float *w, int64_t L, int64_t N);
+
+/* ------------------------------------------------------------------------ */
+/* Models: DETR's matcher and set criterion (facebookresearch/detr           */
+/* models/matcher.py, models/detr.py SetCriterion; docs/detr.md)             */
+/* ------------------------------------------------------------------------ */
+
+/* One image's ground truth: n objects, labels (n) in [0, K), boxes (n, 4)
+ * cxcywh normalised by the image size (w, h >= 0). Caller-owned; read
+ * during the call only. */
+typedef struct {
+    int64_t n;
+    const int64_t *labels;
+    const float *boxes;
+} qkv_detr_target;
+
+/* The matcher's cost weights and the loss weights (DETR's defaults from
+ * qkv_detr_loss_defaults() in brackets; NULL opts means those). */
+typedef struct {
+    float cost_class, cost_bbox, cost_giou;    /* matching cost [1, 5, 2]       */
+    float weight_ce, weight_bbox, weight_giou; /* loss weights [1, 5, 2]        */
+    float eos_coef;   /* class weight of no-object in the cross entropy [0.1]  */
+    int aux_loss;     /* every decoder layer (1) or the last only [1]          */
+    float num_boxes;  /* the box losses' divisor; 0: the batch's target count,
+                         at least 1 [0]. Set it to the global average count
+                         when a batch is split (ranks, shards), as DETR
+                         all-reduces it. */
+} qkv_detr_loss_opts;
+QKV_API qkv_detr_loss_opts qkv_detr_loss_defaults(void);
+
+/* DETR's Hungarian matcher, on values (no gradient, nothing recorded):
+ * logits (B, Q, K + 1) (the last class is no-object), boxes (B, Q, 4)
+ * cxcywh, targets[B] -> match (B, Q): the target index matched to each
+ * query, or -1. Per image, the assignment of least total cost
+ *   C[q, t] = cost_bbox |box_q - box_t|_1 - cost_class softmax(logits_q)[label_t]
+ *             - cost_giou GIoU(xyxy(box_q), xyxy(box_t))
+ * (qkv_linear_sum_assignment): min(Q, n) queries get a target. Scratch
+ * comes from ctx's arena (no malloc). Errors: shapes (QKV_ERR_SHAPE), a
+ * label outside [0, K) or a bad box, naming image and index (QKV_ERR_ARG),
+ * a NaN cost (QKV_ERR_NAN). */
+QKV_API qkv_status qkv_detr_match(qkv_ctx *ctx, qkv_tensor *logits, qkv_tensor *boxes,
+                                  const qkv_detr_target *targets,
+                                  const qkv_detr_loss_opts *opts, int64_t *match);
+
+/* What qkv_detr_loss measured, for logging (DETR's loss dict): the last
+ * layer's unweighted terms, its class_error (100 - top-1 accuracy in % of
+ * the matched queries; 100 when none) and cardinality_error (mean over
+ * images of |queries whose argmax is not no-object - targets|), the divisor
+ * num_boxes, and layers (n_layers, 3): ce, bbox, giou of every layer
+ * computed, first to last, in ctx's arena (valid until qkv_ctx_reset). */
+typedef struct {
+    float loss_ce, loss_bbox, loss_giou;
+    float class_error, cardinality_error;
+    float num_boxes;
+    int64_t n_layers;
+    const float *layers;
+} qkv_detr_loss_log;
+
+/* DETR's set criterion: logits (L, B, Q, K + 1) and boxes (L, B, Q, 4)
+ * cxcywh, one entry per decoder layer, last = the final one (or (B, Q, .)
+ * for one layer), on the tape -> the loss () to call qkv_backward on. For
+ * each layer (the last only without aux_loss) the queries are matched anew
+ * (qkv_detr_match), then
+ *   ce   = cross entropy of every query against its target's label, or
+ *          no-object (class K) if unmatched, class weights 1 and eos_coef
+ *          for no-object, as a weighted mean (qkv_cross_entropy),
+ *   bbox = sum over matched pairs of |box_q - box_t|_1 / num_boxes,
+ *   giou = sum over matched pairs of (1 - GIoU) / num_boxes,
+ * and loss = sum over layers of weight_ce ce + weight_bbox bbox +
+ * weight_giou giou. Gradients reach logits and boxes. log may be NULL.
+ * Everything, matching included, comes from ctx's arena. Errors as
+ * qkv_detr_match's; NULL returned. */
+QKV_API qkv_tensor *qkv_detr_loss(qkv_ctx *ctx, qkv_tensor *logits, qkv_tensor *boxes,
+                                  const qkv_detr_target *targets,
+                                  const qkv_detr_loss_opts *opts, qkv_detr_loss_log *log);
 
 /* ------------------------------------------------------------------------ */
 /* Model files: a trained model with its configuration and vocabularies     */

@@ -46,7 +46,11 @@ char *qkv__strdup(const char *s);
     X(L1_LOSS, "l1_loss") X(SMOOTH_L1_LOSS, "smooth_l1_loss")                   \
     X(MASKED_SOFTMAX, "masked_softmax") X(ATTENTION, "attention")               \
     X(ROWS_PACK, "rows_pack") X(ROWS_UNPACK, "rows_unpack")                     \
-    X(L2_NORMALIZE, "l2_normalize") X(CUSTOM, "custom")
+    X(L2_NORMALIZE, "l2_normalize")                                             \
+    X(BOX_CXCYWH_TO_XYXY, "box_cxcywh_to_xyxy")                                 \
+    X(BOX_XYXY_TO_CXCYWH, "box_xyxy_to_cxcywh") X(BOX_IOU, "box_iou")           \
+    X(GENERALIZED_BOX_IOU, "generalized_box_iou") X(GIOU_LOSS, "giou_loss")     \
+    X(CUSTOM, "custom")
 
 #define QKV__ENUM(e, s) QKV_OP_##e,
 typedef enum { QKV_OP_LIST(QKV__ENUM) QKV_OP_COUNT } qkv_op;
