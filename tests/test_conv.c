@@ -37,8 +37,14 @@ static const conv_case conv_cases[] = {
     {2, 4, 7, 8, 4, 3, 3, {2, 2, 1, 2, 1, 2, 4}, false},   /* depthwise, strided, dilated */
     /* 200 output pixels: GEMMs over chunks of 3 images, then 1 */
     {4, 2, 10, 20, 4, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 2}, true},
+    /* 576 and 529 output pixels: one image per chunk, the chunks shared out
+     * to the threads, each thread's dw and dbias summed apart (too large
+     * for a gradient check: conv2d_threads_share_chunks_exactly_as_one) */
+    {3, 4, 24, 24, 6, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 2}, true},
+    {3, 3, 23, 23, 4, 1, 1, {0}, true}, /* 1x1 direct over several chunks */
 };
 #define N_CONV_CASES (int)(sizeof conv_cases / sizeof conv_cases[0])
+#define N_BIG_CASES 2 /* the last ones */
 
 TEST(conv2d_matches_direct_reference)
 {
@@ -93,6 +99,8 @@ TEST(gradcheck_conv2d_options)
     for (int i = 0; i < N_CONV_CASES; i++) {
         const conv_case *c = &conv_cases[i];
         int64_t groups = c->o.groups ? c->o.groups : 1;
+        if (i >= N_CONV_CASES - N_BIG_CASES)
+            continue;
         gc_input in[3] = {
             gc_rand(&r, 4, SHAPE(c->B, c->Cin, c->H, c->W), -1, 1, true),
             gc_rand(&r, 4, SHAPE(c->Cout, c->Cin / groups, c->kh, c->kw), -1, 1, true),
@@ -109,6 +117,55 @@ TEST(gradcheck_conv2d_options)
                       gc_rand(&r, 1, SHAPE(4), -1, 1, true)};
     CHECK_GRAD(f_conv_nhwc, 3, in, &nhwc, 5e-4, 1e-3);
     gc_free(3, in);
+}
+
+/* The chunks of a large batch shared out to 2 or 3 threads (each summing
+ * its dw and dbias apart) give one thread's result: the same output and dx
+ * (tol 0: the same GEMMs), dw and dbias to summation order (tol 1e-6 of
+ * their scale); one thread is the path the gradient checks verify. */
+TEST(conv2d_threads_share_chunks_exactly_as_one)
+{
+    int threads = qkv_threads();
+    for (int i = 0; i < N_CONV_CASES; i++) {
+        const conv_case *c = &conv_cases[i];
+        if (i < N_CONV_CASES - N_BIG_CASES)
+            continue;
+        int64_t groups = c->o.groups ? c->o.groups : 1;
+        qkv_tensor *got[3][4] = {{0}};
+        qkv_ctx *ctx[3];
+        for (int t = 0; t < 3; t++) {
+            qkv_set_threads(t + 1);
+            ctx[t] = qkv_ctx_new();
+            qkv_rng_seed(qkv_ctx_rng(ctx[t]), 5);
+            qkv_tensor *x = qkv_requires_grad(
+                qkv_randn(ctx[t], 4, SHAPE(c->B, c->Cin, c->H, c->W), 0, 1));
+            qkv_tensor *w = qkv_requires_grad(
+                qkv_randn(ctx[t], 4, SHAPE(c->Cout, c->Cin / groups, c->kh, c->kw), 0, 1));
+            qkv_tensor *b = qkv_requires_grad(qkv_randn(ctx[t], 1, SHAPE(c->Cout), 0, 1));
+            qkv_tensor *y = qkv_conv2d(ctx[t], x, w, b, &c->o);
+            REQUIRE(y, "%s", qkv_error());
+            qkv_tensor *g = qkv_randn(ctx[t], 4, y->shape, 0, 1);
+            REQUIRE(qkv_backward_with(ctx[t], y, g->data) == QKV_OK, "%s", qkv_error());
+            got[t][0] = y;
+            got[t][1] = qkv_wrap(ctx[t], 4, x->shape, x->grad);
+            got[t][2] = qkv_wrap(ctx[t], 4, w->shape, w->grad);
+            got[t][3] = qkv_wrap(ctx[t], 1, b->shape, b->grad);
+        }
+        for (int t = 1; t < 3; t++) {
+            test_note("case %d, %d threads", i, t + 1);
+            CHECK_CLOSE(got[t][0], got[0][0], 0, 0);
+            CHECK_CLOSE(got[t][1], got[0][1], 0, 0);
+            for (int k = 2; k < 4; k++) {
+                double scale = 0;
+                for (int64_t j = 0; j < qkv_numel(got[0][k]); j++)
+                    scale = fmax(scale, fabs(got[0][k]->data[j]));
+                CHECK_CLOSE(got[t][k], got[0][k], 1e-6 * scale, 1e-6);
+            }
+        }
+        for (int t = 0; t < 3; t++)
+            qkv_ctx_free(ctx[t]);
+    }
+    qkv_set_threads(threads);
 }
 
 typedef struct {
