@@ -42,7 +42,7 @@ WARN    := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
 ifneq ($(findstring clang,$(shell $(CC) --version 2>/dev/null | head -n1)),)
 WARN    += -Wno-pass-failed
 endif
-CFLAGS  += -std=c11 -D_GNU_SOURCE -fno-math-errno $(OPT) $(WARN) -fPIC -fopenmp -fvisibility=hidden \
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fno-math-errno -ffp-contract=off $(OPT) $(WARN) -fPIC -fopenmp -fvisibility=hidden \
            -Iinclude -Isrc $(BLAS_CFLAGS) $(CJSON_CFLAGS)
 LDLIBS  := $(BLAS_LIBS) $(CJSON_LIBS) -lpng -ljpeg -lz -lm
 LDFLAGS += -fopenmp $(LDSAN)
