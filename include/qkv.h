@@ -56,19 +56,20 @@
  *   training     parameters, initialisers, optimizers, clipping, shards
  *                (data parallelism inside a step), schedules
  *   io           safetensors, state dicts and checkpoints, datasets, the
- *                data loader, images, pictures and metrics; COCO detection
- *                evaluation (mAP)
+ *                data loader, images, augmentations, pictures and metrics;
+ *                COCO detection evaluation (mAP)
  *   nn           modules: Linear, attention, multi-head attention, positional
  *                encodings (DETR's 2-D sine too), the Transformer's blocks;
  *                Conv2d, BatchNorm2d, MaxPool2d, ResNet
  *   models       kernel regression, the translation Transformer, ViT, DETR's
- *                matcher and set criterion
+ *                matcher and set criterion, MoCo
  *   model files  a trained model with its config and vocabularies, opened by
  *                kind (qkv_model_open), translation in one call
  *   trainer      qkv_trainer, the one training loop: a model brings a loss
  *                callback and hooks
  *   recipes      the CLI's experiments as library calls (qkv_vit_train,
- *                qkv_seq2seq_train, qkv_kreg_train)
+ *                qkv_seq2seq_train, qkv_kreg_train, qkv_moco_train, the
+ *                probe and fine-tuning), the kNN monitor, PCA
  *
  * SHAPES
  *
@@ -690,6 +691,12 @@ QKV_API void qkv_params_free(qkv_params *ps);
  * qkv_params_alloc; until then data and grad are NULL. flags: QKV_PARAM_*. */
 QKV_API qkv_tensor *qkv_params_add(qkv_params *ps, const char *name, int ndim,
                                    const int64_t *shape, int flags);
+/* Puts `prefix` (copied; NULL or "" for none) in front of every name
+ * declared from now on, so that a module declared after
+ * qkv_params_set_prefix(ps, "encoder_q.") has the keys of a PyTorch module
+ * held in an attribute encoder_q (MoCo's). QKV_ERR_ARG if longer than 127
+ * bytes. */
+QKV_API qkv_status qkv_params_set_prefix(qkv_params *ps, const char *prefix);
 /* One allocation for every value, one for every gradient (zeroed); both
  * zero. QKV_ERR_STATE if the store is already allocated, QKV_ERR_NOMEM. */
 QKV_API qkv_status qkv_params_alloc(qkv_params *ps);
@@ -2064,7 +2071,8 @@ QKV_API double qkv_corpus_bleu(int64_t n, const char *const *preds, const char *
  * conv_proj is replaced by a Conv2d(1, C, p, p). */
 typedef struct {
     int64_t image_size, patch_size, in_channels;
-    int64_t hidden_dim, mlp_dim, num_heads, num_layers, num_classes;
+    int64_t hidden_dim, mlp_dim, num_heads, num_layers;
+    int64_t num_classes;     /* 0: no head (a backbone: the output is the features) */
     float dropout;           /* after the embedding, attention and in the MLP */
     float attention_dropout; /* on the attention weights */
     float ln_eps;            /* 0 means 1e-6, torchvision's */
@@ -2100,7 +2108,9 @@ QKV_API void qkv_vit_reset(qkv_vit *m, qkv_rng *r);
  * "num_heads" unless cfg->num_heads is already set (> 0). Dropouts are left
  * as cfg has them. */
 QKV_API qkv_status qkv_vit_config_from_file(qkv_vit_config *cfg, const qkv_st_file *f);
-/* x (B, Cin, image, image) -> logits (B, K). attn (NULL, or num_layers
+/* x (B, Cin, image, image) -> logits (B, K); with num_classes 0 (no head,
+ * heads.head is not declared) the features (B, C): the class token after
+ * the final norm, what the head would read. attn (NULL, or num_layers
  * pointers) receives each block's head-averaged attention weights
  * (B, S + 1, S + 1), taken before dropout (they cost the materialised scores). */
 QKV_API qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x,
@@ -2187,6 +2197,155 @@ QKV_API qkv_tensor *qkv_detr_loss(qkv_ctx *ctx, qkv_tensor *logits, qkv_tensor *
                                   const qkv_detr_loss_opts *opts, qkv_detr_loss_log *log);
 
 /* ------------------------------------------------------------------------ */
+/* Models: MoCo, momentum contrast (facebookresearch/moco builder.py for v1 */
+/* and v2, facebookresearch/moco-v3 moco/builder.py for v3; docs/moco.md)   */
+/* ------------------------------------------------------------------------ */
+
+/* Self-supervised instance discrimination. A query encoder f_q learns by
+ * gradient; a key encoder f_k is its moving average, updated after each
+ * step as theta_k = m theta_k + (1 - m) theta_q over the parameters (not
+ * the batch norms' running statistics). Both give dim outputs, L2-
+ * normalised.
+ *   v1, v2: two views of each image, x1 the query's, x2 the key's:
+ *     q = f_q(x1), k = f_k(x2), logits [q.k, q.queue] / T (N, 1 + K), the
+ *     cross-entropy with label 0; then the batch's keys replace the oldest
+ *     ones of the queue (dim, K) (queue_ptr advances by N; K a multiple of
+ *     N). v1: f = encoder + Linear(F, dim), T 0.07; v2: an MLP head
+ *     Linear(F, F), ReLU, Linear(F, dim) and T 0.2. Shuffle BN: the key
+ *     encoder sees the batch in a random order, cut into bn_splits groups
+ *     that each normalise with their own statistics (each group a GPU of
+ *     the original), and its outputs are put back in order; the queries
+ *     see the batch in order, cut the same way. bn_splits 1: off.
+ *   v3: no queue. f = encoder + projector (3-layer MLP with batch norms)
+ *     for both, and a predictor (2-layer MLP) after the query encoder's:
+ *     q1 = pred(f_q(x1)), q2 = pred(f_q(x2)), k1 = f_k(x1), k2 = f_k(x2);
+ *     loss = ctr(q1, k2) + ctr(q2, k1), ctr(q, k) = 2 T CE(q k^T / T,
+ *     labels 0..N-1) over the whole batch's keys; m follows a cosine from
+ *     m_base to 1 over the run (qkv_moco_momentum_at).
+ *
+ * The state dict has the official names: v1, v2: "encoder_q.*",
+ * "encoder_k.*" (the encoder's own names; a ResNet's v2 head is fc.0 and
+ * fc.2, a ViT's heads.head.0 and heads.head.2), "queue" (dim, K),
+ * "queue_ptr" (1, int64); v3: "base_encoder.*", "momentum_encoder.*",
+ * "predictor.*", the ViT under timm's names as moco-v3's vits.py has them
+ * (patch_embed.proj, cls_token, pos_embed, blocks.N.{norm1, attn.qkv,
+ * attn.proj, norm2, mlp.fc1, mlp.fc2}, norm), the projector "head.0" ..
+ * "head.7" and the predictor "predictor.0" .. "predictor.3" as its
+ * _build_mlp numbers them.
+ *
+ * A training step, as qkv_moco_train runs it on qkv_trainer:
+ *   pre_step    qkv_moco_keys on the whole batch (sharded, no gradients)
+ *   each shard  qkv_moco_loss of its rows, / N, backward
+ *   optimizer
+ *   post_step   qkv_moco_momentum_update, qkv_moco_enqueue (v1, v2)
+ * (MoCo updates the key encoder just before its forward; after the step
+ * before is the same, as nothing changes in between.) */
+typedef enum { QKV_MOCO_RESNET = 0, QKV_MOCO_VIT = 1 } qkv_moco_arch;
+typedef struct {
+    int version;              /* 1, 2 or 3                                         */
+    qkv_moco_arch arch;       /* the encoder                                       */
+    qkv_vit_config vit;       /* arch VIT: the ViT (num_classes is ignored)        */
+    int64_t dim;              /* outputs: 128 (v1, v2), 256 (v3)                   */
+    int64_t mlp_dim;          /* v2: the head's hidden width (0: F, as MoCo v2);
+                                 v3: the projector's and predictor's (4096)        */
+    int64_t K;                /* v1, v2: keys in the queue (65536)                 */
+    float T;                  /* temperature: 0.07 (v1), 0.2 (v2, v3 ViT)           */
+    int64_t bn_splits;        /* v1, v2 shuffle BN groups (0 or 1: off)            */
+    int vit_v3_init;          /* a ViT as moco-v3's: fixed 2-D sin-cos positions,
+                                 a random patch projection kept frozen, its init   */
+} qkv_moco_config;
+
+/* v3's MLPs: Linear without bias, then (but after the last, only with
+ * last_bn) BatchNorm1d, ReLU between layers; the last batch norm has no
+ * weight and bias (SimCLR's). */
+#define QKV_MOCO_MLP_MAX 3
+typedef struct {
+    int n;                            /* layers */
+    qkv_nn_linear fc[QKV_MOCO_MLP_MAX];
+    qkv_tensor *bn_weight[QKV_MOCO_MLP_MAX], *bn_bias[QKV_MOCO_MLP_MAX];
+    qkv_tensor *bn_mean[QKV_MOCO_MLP_MAX], *bn_var[QKV_MOCO_MLP_MAX];
+    qkv_tensor *bn_count[QKV_MOCO_MLP_MAX]; /* num_batches_tracked; NULL: no BN */
+} qkv_moco_mlp;
+
+/* One branch: the encoder and its head. */
+typedef struct {
+    qkv_vit vit;              /* arch VIT: the ViT, no head of its own            */
+    qkv_nn_linear fc0, fc2;   /* v1: fc0 = Linear(F, dim); v2: the MLP head       */
+    qkv_moco_mlp projector;   /* v3                                              */
+} qkv_moco_net;
+
+typedef struct {
+    qkv_moco_config cfg;
+    int64_t features;         /* F: the encoder's output width                    */
+    qkv_params *ps;           /* trained: the query encoder (and v3's predictor)  */
+    qkv_params *ps_k;         /* the key (momentum) encoder                       */
+    qkv_params *ps_queue;     /* v1, v2: "queue" (dim, K), "queue_ptr" (1)          */
+    qkv_moco_net q, k;
+    qkv_moco_mlp predictor;   /* v3                                              */
+    qkv_tensor *queue, *queue_ptr;
+} qkv_moco;
+
+/* Declares and allocates the three stores. Errors: a version or arch
+ * unknown, a size not positive, K < 1 (v1, v2), the ViT's config. */
+QKV_API qkv_status qkv_moco_init(qkv_moco *m, const qkv_moco_config *cfg);
+/* Frees the stores (m itself is the caller's). NULL does nothing. */
+QKV_API void qkv_moco_free(qkv_moco *m);
+/* The official initialisation: the query encoder as its module's reset
+ * (with vit_v3_init moco-v3's), heads as nn.Linear, batch norms 1 and 0;
+ * the key encoder a copy of the query encoder; the queue columns random
+ * unit vectors (normalize(randn(dim, K), dim 0)) and queue_ptr 0. */
+QKV_API void qkv_moco_reset(qkv_moco *m, qkv_rng *r);
+
+/* A batch as the loss and keys see it: the two views of B images, the
+ * keys written by qkv_moco_keys, and the shuffle-BN order. */
+typedef struct {
+    const float *x1, *x2;     /* (B, Cin, H, W): the views                       */
+    int64_t B;
+    float *k1, *k2;           /* (B, dim): normalised keys of x1 (v3) and x2      */
+    const int64_t *perm;      /* (B): the key encoder's order (NULL: in order)   */
+    int64_t groups;           /* batch-norm groups per call (shuffle BN)         */
+} qkv_moco_batch;
+/* Rows [lo, hi) of the key encoder's batch, without gradients: v1, v2
+ * f_k(x2[perm[lo..hi)]) normalised into k2 at rows perm[lo..hi) (shuffled
+ * in, put back out); v3 f_k(x1) and f_k(x2) of rows lo..hi into k1 and k2.
+ * Shards may write their rows of one batch at once. Uses ctx (its training
+ * flag: batch statistics). */
+QKV_API qkv_status qkv_moco_keys(qkv_ctx *ctx, qkv_moco *m, const qkv_moco_batch *b,
+                                 int64_t lo, int64_t hi);
+/* The loss of rows [lo, hi), summed over them (divide by B for the batch's
+ * mean): v1, v2 the InfoNCE of q = f_q(x1) against k2 and the queue; v3
+ * ctr(q1, k2) + ctr(q2, k1) against every key of the batch. A scalar. */
+QKV_API qkv_tensor *qkv_moco_loss(qkv_ctx *ctx, qkv_moco *m, const qkv_moco_batch *b,
+                                  int64_t lo, int64_t hi);
+/* theta_k = m theta_k + (1 - m) theta_q over the key encoder's parameters
+ * (buffers stay as the key encoder's own forwards left them). */
+QKV_API void qkv_moco_momentum_update(qkv_moco *m, float momentum);
+/* moco-v3's schedule: 1 - (1 + cos(pi t)) (1 - base) / 2 at t = step /
+ * total_steps. */
+QKV_API float qkv_moco_momentum_at(float base, int64_t step, int64_t total_steps);
+/* queue[:, ptr .. ptr + n) = keys^T (keys (n, dim)), ptr = (ptr + n) % K.
+ * QKV_ERR_SHAPE if n does not divide K (the official assert). */
+QKV_API qkv_status qkv_moco_enqueue(qkv_moco *m, const float *keys, int64_t n);
+/* The query encoder's features (B, F) of x (B, Cin, H, W), before the head:
+ * what a linear probe reads. Uses ctx as it is (set eval mode for frozen
+ * batch norms). */
+QKV_API qkv_tensor *qkv_moco_features(qkv_ctx *ctx, const qkv_moco *m, qkv_tensor *x);
+
+/* The model file: every store under the official names (above), the
+ * configuration in the metadata ("qkv.kind" "moco", "config"). Atomic. */
+QKV_API qkv_status qkv_moco_save(qkv_moco *m, const char *path);
+/* Builds the model a file describes and loads it: every entry must be there
+ * with its shape. A path to a directory means its model.safetensors. m is
+ * the caller's (qkv_moco_free). */
+QKV_API qkv_status qkv_moco_open(qkv_moco *m, const char *path);
+/* Loads every entry of an initialised model from an open state dict under
+ * the official names (other tensors are ignored); `what` names the file in
+ * messages. Nothing is guaranteed about m's values after an error. */
+QKV_API qkv_status qkv_moco_load_state(qkv_moco *m, const qkv_st_file *f, const char *what);
+/* The name a store entry has in the file (a v3 ViT's in timm's words). */
+QKV_API void qkv_moco_file_name(char *out, size_t n, const qkv_moco *m, const char *name);
+
+/* ------------------------------------------------------------------------ */
 /* Model files: a trained model with its configuration and vocabularies     */
 /* ------------------------------------------------------------------------ */
 
@@ -2268,6 +2427,8 @@ QKV_API int64_t qkv_model_translate(qkv_ctx *ctx, qkv_model *m, const char *text
  * trainer owns everything else. Each step:
  *
  *   batch        the loader's next batch (prepared on its thread)
+ *   pre_step     the whole batch, before the shards (e.g. a forward without
+ *                gradients whose outputs every shard reads: MoCo's keys)
  *   shards       the batch's rows cut into one shard per thread; each shard
  *                calls loss() on a context of its own, then backward
  *   grad_hook    the gradients of the whole batch are in the store (e.g. an
@@ -2401,6 +2562,8 @@ typedef struct {
     /* hooks: each may be NULL; a non-OK status stops the run with it */
     qkv_status (*epoch_start)(qkv_trainer *t, int64_t epoch, void *user); /* 0-based;
                                    the loader is idle: its fill's data may change  */
+    qkv_train_hook pre_step;    /* the batch is in (qkv_trainer_batch), the shards
+                                   have not run                                    */
     qkv_train_hook grad_hook;   /* after the shards' gradients are summed          */
     qkv_train_hook post_step;   /* after the optimizer's update                    */
     qkv_status (*evaluate)(qkv_trainer *t, qkv_train_epoch *e, void *user);
@@ -2446,6 +2609,10 @@ QKV_API qkv_params *qkv_trainer_params(qkv_trainer *t);
 QKV_API qkv_ctx *qkv_trainer_eval_ctx(qkv_trainer *t);
 /* The shards' contexts (e.g. to set the training flag). */
 QKV_API qkv_shards *qkv_trainer_shards(qkv_trainer *t);
+/* The batch of the step under way as the loader's fill wrote it, *n its
+ * rows here and *n_global over every process (each may be NULL); NULL
+ * before the first step. For the hooks of a step. */
+QKV_API const void *qkv_trainer_batch(const qkv_trainer *t, int64_t *n, int64_t *n_global);
 /* Where the run stands: epochs done, optimizer steps done, steps per epoch. */
 QKV_API int64_t qkv_trainer_epoch(const qkv_trainer *t);
 QKV_API int64_t qkv_trainer_step(const qkv_trainer *t);
@@ -2535,6 +2702,138 @@ QKV_API qkv_status qkv_seq2seq_recipe_preset(qkv_seq2seq_recipe *r, const char *
 /* Loads the data, trains, saves the model, translates the book's four
  * sentences (and the held-out pairs); res (may be NULL) receives the scores. */
 QKV_API qkv_status qkv_seq2seq_train(const qkv_seq2seq_recipe *r, qkv_seq2seq_result *res);
+
+/* MoCo pretraining on Fashion-MNIST's training images without their labels
+ * (`qkv train moco`, docs/moco.md), with a kNN monitor on the test set. */
+typedef struct {
+    qkv_moco_config model;
+    int64_t epochs, batch_size;
+    qkv_optim_kind optimizer;
+    double lr, weight_decay;
+    float sgd_momentum;             /* SGD's (0.9 in MoCo) */
+    double warmup_epochs;           /* with cosine */
+    int cosine;                     /* warmup then cosine decay; else constant */
+    float momentum;                 /* the key encoder's m (v3: its start) */
+    int momentum_cosine;            /* m rises to 1 on a cosine (moco-v3) */
+    qkv_view_aug aug;               /* of both views */
+    int64_t knn_k;                  /* the monitor: k neighbours (200)... */
+    float knn_t;                    /* ...weighted exp(sim / T) (0.1) */
+    int64_t knn_bank;               /* its bank: the first N training images (0: all) */
+    int knn_every;                  /* epochs between kNN runs (and the last); < 0: none */
+    /* the run */
+    int64_t stop_after;             /* stop once this many epochs are done, as after
+                                       Ctrl-C (a checkpoint, QKV_ERR_INTERRUPTED), for a
+                                       run in parts; 0: never */
+    const char *data_dir;           /* Fashion-MNIST; NULL: QKV_MNIST_DIR */
+    int64_t limit, eval_limit;      /* the first N training / test images (0: all) */
+    uint64_t seed;                  /* init seed + 2, data order seed + 1, shuffle BN + 3 */
+    const char *out_dir;            /* model.safetensors (qkv_moco_open), checkpoint,
+                                       metrics.jsonl, curves.png; NULL: none */
+    int resume, threads, quiet;
+} qkv_moco_recipe;
+typedef struct {
+    double knn_accuracy;            /* the last kNN monitor's test accuracy (NaN: none) */
+} qkv_moco_result;
+/* Sets the model and training fields of a preset, keeping the run's: "v2"
+ * (the default), "v1", "v3", "demo" (v2 for a minute). */
+QKV_API qkv_status qkv_moco_recipe_preset(qkv_moco_recipe *r, const char *name);
+QKV_API qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res);
+/* The query encoder's features of the first n images of d into out (n, F),
+ * L2-normalised if `normalize` (the kNN monitor's) or as they are (the
+ * probe's): eval mode, no gradients, pixels in [0, 1] as in training. On
+ * the shards sh, each taking a part of the images (their contexts' flags
+ * are restored after), or with sh NULL on ctx. Resets the contexts. */
+QKV_API qkv_status qkv_moco_embed(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m,
+                                  const qkv_mnist *d, int64_t n, int normalize, float *out);
+/* Weighted k-nearest neighbours (Wu et al. 2018; MoCo's monitor): for each
+ * query row (nq, dim) the k bank rows (nb, dim) of highest dot product (the
+ * cosine for unit rows) vote for their labels (nb, in 0..classes-1) with
+ * weight exp(sim / T); pred (nq) gets the class of most weight, scores
+ * (nq, classes; may be NULL) the weights. k > nb means nb. */
+QKV_API qkv_status qkv_knn_predict(int64_t *pred, float *scores, const float *queries, int64_t nq,
+                                   const float *bank, const int64_t *labels, int64_t nb,
+                                   int64_t dim, int64_t k, float T, int64_t classes);
+
+/* The first k principal components of the rows of x (n, d): out (n, k) =
+ * (x - mean) V, V (d, k) the leading eigenvectors of the covariance (power
+ * iteration in double, deflated one by one; each signed so that its
+ * largest entry is positive), copied to components (k, d) if not NULL. */
+QKV_API qkv_status qkv_pca(float *out, float *components, const float *x, int64_t n, int64_t d,
+                           int64_t k);
+
+/* A picture of an embedding: the rows of features (n, F) projected on their
+ * first two principal components (qkv_pca), one colour per Fashion-MNIST
+ * class of labels (n, 0..9), with a legend. Writes a PNG. */
+QKV_API qkv_status qkv_plot_embedding(const char *path, const float *features,
+                                      const int64_t *labels, int64_t n, int64_t F,
+                                      const char *title);
+
+/* Linear evaluation of a MoCo encoder (`qkv probe`, MoCo's main_lincls.py):
+ * the encoder frozen in eval mode, a new classifier fc (F -> 10; weight
+ * N(0, 0.01), bias 0) trained with SGD (lr 30, momentum 0.9, no weight
+ * decay, batch 256, 100 epochs, cosine) on the training images' features,
+ * computed once without augmentation (MoCo crops and flips each epoch):
+ * an epoch costs one (n, F) x (F, 10) product. With standardize the
+ * features are first scaled to zero mean and unit variance per dimension
+ * (the training set's statistics), a better-conditioned problem on which
+ * a lower lr converges in fewer epochs (docs/moco.md). */
+typedef struct {
+    const char *model;              /* a MoCo model file or run directory */
+    int64_t epochs, batch_size;
+    double lr, weight_decay;
+    float momentum;
+    int standardize;
+    /* the run */
+    const char *data_dir;
+    int64_t limit, eval_limit;      /* the first N training / test images (0: all) */
+    uint64_t seed;
+    const char *out_dir;            /* metrics.jsonl, curves.png, checkpoint; NULL: none */
+    int threads, quiet;
+} qkv_probe_recipe;
+typedef struct {
+    double test_accuracy, train_accuracy;
+} qkv_probe_result;
+/* MoCo's training fields (above), keeping the run's and standardize. */
+QKV_API void qkv_probe_recipe_default(qkv_probe_recipe *r);
+QKV_API qkv_status qkv_probe_train(const qkv_probe_recipe *r, qkv_probe_result *res);
+
+/* Transfer learning (`qkv finetune`): a classifier made of a MoCo model's
+ * query encoder and a new head (the encoder's own layout: a ViT's
+ * heads.head), trained end to end on `fraction` of each class's training
+ * images, or with scratch the same network from a random start on the
+ * same images. The test accuracy every eval_every epochs and after the
+ * last. */
+typedef struct {
+    const char *model;              /* a MoCo model file or run directory */
+    int scratch;                    /* random initialisation, for comparison */
+    double fraction;                /* of each class's labels (0.01: 600 images) */
+    int64_t epochs, batch_size;
+    qkv_optim_kind optimizer;
+    double lr, weight_decay, warmup_epochs, label_smoothing;
+    qkv_augment aug;
+    int eval_every;
+    /* the run */
+    const char *data_dir;
+    int64_t eval_limit;
+    uint64_t seed;                  /* the subset's seed + 5, as both runs draw it */
+    const char *out_dir;            /* model.safetensors (a ViT: qkv eval vit reads it),
+                                       metrics.jsonl, curves.png; NULL: none */
+    int threads, quiet;
+} qkv_finetune_recipe;
+typedef struct {
+    double test_accuracy, train_accuracy;
+    int64_t labels;                 /* labelled images trained on */
+} qkv_finetune_result;
+/* The supervised ViT's recipe for 100 epochs (AdamW 1e-3, warmup 5, cosine,
+ * label smoothing 0.1, 2-pixel crops, flips), keeping the run's fields and
+ * a fraction already set (else 0.01). */
+QKV_API void qkv_finetune_recipe_default(qkv_finetune_recipe *r);
+QKV_API qkv_status qkv_finetune_train(const qkv_finetune_recipe *r, qkv_finetune_result *res);
+/* A labelled subset: round(fraction * count) images of each class (at least
+ * one), chosen by a shuffle seeded with seed, into out (n) in increasing
+ * order; returns how many, -1 on bad arguments. */
+QKV_API int64_t qkv_label_subset(int64_t *out, const uint8_t *labels, int64_t n, int64_t classes,
+                                 double fraction, uint64_t seed);
 
 /* Kernel regression (`qkv kernel-regression`): trains *w (in place) as the
  * book, through qkv_trainer: leave-one-out keys and values (n, n - 1), loss

@@ -311,15 +311,17 @@ static void axes(qkv_canvas *c, const frame *f, const qkv_plot_opts *o)
                   BLACK);
 }
 
-/* d2l's default formats '-', 'm--', 'g-.', 'r:', then matplotlib's cycle. */
+/* d2l's default formats '-', 'm--', 'g-.', 'r:', then matplotlib's cycle
+ * (ten colours, so that ten classes of points differ). */
 static void style(int k, qkv_rgb *col, qkv_dash *dash)
 {
-    static const qkv_rgb cols[8] = {
+    static const qkv_rgb cols[10] = {
         {31, 119, 180}, {191, 0, 191}, {0, 128, 0}, {255, 0, 0},
         {255, 127, 14}, {148, 103, 189}, {140, 86, 75}, {23, 190, 207},
+        {127, 127, 127}, {188, 189, 34},
     };
     static const qkv_dash dashes[4] = {QKV_SOLID, QKV_DASHED, QKV_DASHDOT, QKV_DOTTED};
-    *col = cols[k % 8];
+    *col = cols[k % 10];
     *dash = k < 4 ? dashes[k] : QKV_SOLID;
 }
 

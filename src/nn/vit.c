@@ -27,9 +27,9 @@ static qkv_status vit_check_config(const qkv_vit_config *c)
     if (c->num_layers < 1 || c->num_layers > QKV_VIT_MAX_LAYERS)
         return qkv_set_error(QKV_ERR_ARG, "vit: %lld layers (1 to %d supported)",
                              (long long)c->num_layers, QKV_VIT_MAX_LAYERS);
-    if (c->in_channels < 1 || c->hidden_dim < 1 || c->mlp_dim < 1 || c->num_classes < 1)
-        return qkv_set_error(QKV_ERR_ARG, "vit: channels %lld, width %lld, MLP %lld and "
-                             "classes %lld must be positive", (long long)c->in_channels,
+    if (c->in_channels < 1 || c->hidden_dim < 1 || c->mlp_dim < 1 || c->num_classes < 0)
+        return qkv_set_error(QKV_ERR_ARG, "vit: channels %lld, width %lld and MLP %lld must be "
+                             "positive, classes %lld not negative", (long long)c->in_channels,
                              (long long)c->hidden_dim, (long long)c->mlp_dim,
                              (long long)c->num_classes);
     if (c->num_heads < 1 || c->hidden_dim % c->num_heads)
@@ -85,6 +85,8 @@ qkv_status qkv_vit_init(qkv_vit *m, qkv_params *ps, const qkv_vit_config *cfg)
     m->ln_bias = add_param(ps, "encoder.ln.bias", 1, &C);
     if (!m->ln_weight || !m->ln_bias)
         return qkv_error_status();
+    if (cfg->num_classes == 0) /* a backbone: the features are the output */
+        return QKV_OK;
     return qkv_nn_linear_init(&m->head, ps, "heads.head", C, cfg->num_classes, 1);
 }
 
@@ -111,8 +113,10 @@ void qkv_vit_reset(qkv_vit *m, qkv_rng *r)
     qkv_init_constant(m->ln_weight, 1.0f);
     qkv_init_constant(m->ln_bias, 0.0f);
     /* torchvision zeroes the head: every class starts equally likely */
-    qkv_init_constant(m->head.weight, 0.0f);
-    qkv_init_constant(m->head.bias, 0.0f);
+    if (m->head.weight) {
+        qkv_init_constant(m->head.weight, 0.0f);
+        qkv_init_constant(m->head.bias, 0.0f);
+    }
 }
 
 /* ---- configuration from a state dict ---- */
@@ -207,7 +211,8 @@ static qkv_tensor *block_forward(qkv_ctx *ctx, const qkv_vit *m, const qkv_vit_b
     return qkv_add(ctx, x, h);
 }
 
-/* x (B, Cin, image, image) -> logits (B, K); attn: L tensors (B, S + 1, S + 1) */
+/* x (B, Cin, image, image) -> logits (B, K), or features (B, C) without a
+ * head; attn: L tensors (B, S + 1, S + 1) */
 qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_tensor **attn)
 {
     QKV_INPUTS("vit", x);
@@ -265,7 +270,7 @@ qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_t
         t = qkv_slice(ctx, t, 1, 0, 1, 1);
     t = qkv_reshape(ctx, t, 2, (int64_t[]){B, C});
     t = ln(ctx, m, t, m->ln_weight, m->ln_bias);
-    return qkv_nn_linear_forward(ctx, &m->head, t);
+    return m->head.weight ? qkv_nn_linear_forward(ctx, &m->head, t) : t;
 }
 
 /* ---- attention rollout ---- */

@@ -65,6 +65,14 @@ qkv_tensor *qkv_params_add(qkv_params *ps, const char *name, int ndim, const int
                           name, (long long)shape[d], d);
             return NULL;
         }
+    char full[512];
+    if (ps->prefix[0]) {
+        if (snprintf(full, sizeof full, "%s%s", ps->prefix, name) >= (int)sizeof full) {
+            qkv_set_error(QKV_ERR_ARG, "params_add: '%s%s' is too long", ps->prefix, name);
+            return NULL;
+        }
+        name = full;
+    }
     if (qkv_params_find(ps, name)) {
         qkv_set_error(QKV_ERR_ARG, "params_add: '%s' declared twice", name);
         return NULL;
@@ -145,6 +153,17 @@ qkv_status qkv_params_alloc_inference(qkv_params *ps)
 }
 
 int qkv_params_has_grads(const qkv_params *ps) { return ps && ps->grads; }
+
+qkv_status qkv_params_set_prefix(qkv_params *ps, const char *prefix)
+{
+    if (!ps)
+        return qkv_set_error(QKV_ERR_ARG, "params_set_prefix: the store is NULL");
+    if (prefix && strlen(prefix) >= sizeof ps->prefix)
+        return qkv_set_error(QKV_ERR_ARG, "params_set_prefix: '%s' is longer than %d bytes",
+                             prefix, (int)sizeof ps->prefix - 1);
+    snprintf(ps->prefix, sizeof ps->prefix, "%s", prefix ? prefix : "");
+    return QKV_OK;
+}
 
 int64_t qkv_params_count(const qkv_params *ps) { return ps ? ps->count : 0; }
 

@@ -28,6 +28,7 @@ struct qkv_params {
     int64_t total;   /* floats in each flat buffer, gaps included */
     double *norm_parts; /* clip.c's per-block sums, made on first use */
     int64_t n_norm_parts;
+    char prefix[128]; /* put in front of names declared (qkv_params_set_prefix) */
 };
 
 /* Updated by the optimizer and touched by clipping: not a buffer, not frozen. */

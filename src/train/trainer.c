@@ -449,9 +449,11 @@ static qkv_status train_step(qkv_trainer *t)
     int64_t B = t->cfg.data.batch_size, left = t->cfg.data.n_examples - t->batch * B;
     t->cur = data, t->cur_n = n, t->cur_n_global = left < B ? left : B;
     qkv_optim_set_lr(t->opt, qkv_trainer_lr_at(t, t->step));
+    qkv_status st;
+    if (t->cfg.pre_step && (st = t->cfg.pre_step(t, t->cfg.user)) != QKV_OK)
+        return st;
     seed_shards(t);
-    qkv_status st = qkv_shards_run(t->sh, shard_step, t);
-    if (st)
+    if ((st = qkv_shards_run(t->sh, shard_step, t)) != QKV_OK)
         return st;
     double loss = 0.0;
     for (int i = 0; i < t->n_shards; i++)
@@ -654,6 +656,14 @@ qkv_optim *qkv_trainer_optim(qkv_trainer *t) { return t ? t->opt : NULL; }
 qkv_params *qkv_trainer_params(qkv_trainer *t) { return t ? t->cfg.params : NULL; }
 qkv_ctx *qkv_trainer_eval_ctx(qkv_trainer *t) { return t ? t->eval : NULL; }
 qkv_shards *qkv_trainer_shards(qkv_trainer *t) { return t ? t->sh : NULL; }
+const void *qkv_trainer_batch(const qkv_trainer *t, int64_t *n, int64_t *n_global)
+{
+    if (n)
+        *n = t && t->cur ? t->cur_n : 0;
+    if (n_global)
+        *n_global = t && t->cur ? t->cur_n_global : 0;
+    return t ? t->cur : NULL;
+}
 int64_t qkv_trainer_epoch(const qkv_trainer *t) { return t ? t->epoch : 0; }
 int64_t qkv_trainer_step(const qkv_trainer *t) { return t ? t->step : 0; }
 int64_t qkv_trainer_steps_per_epoch(const qkv_trainer *t) { return t ? t->spe : 0; }

@@ -14,5 +14,9 @@ int cmd_eval_vit(int argc, char **argv);
 int cmd_classify(int argc, char **argv);
 int cmd_data_scenes(int argc, char **argv);
 int cmd_coco_eval(int argc, char **argv);
+/* cmd_moco.c */
+int cmd_train_moco(int argc, char **argv);
+int cmd_probe(int argc, char **argv);
+int cmd_finetune(int argc, char **argv);
 
 #endif
