@@ -1861,11 +1861,16 @@ QKV_API qkv_tensor *qkv_nn_max_pool2d_forward(qkv_ctx *ctx, const qkv_nn_max_poo
  *   frozen_stages the first stages' parameters are QKV_PARAM_FROZEN: 1 the
  *                 stem (conv1, bn1), 2 also layer1 (DETR), .., 5 all but fc;
  *   zero_init_residual  reset zeroes each block's last BN weight.
- *   bn_eps, bn_momentum 0 mean 1e-5 and 0.1.
- * F = 512 (basic) or 2048 (bottleneck) features come out of layer4. */
+ *   bn_eps, bn_momentum 0 mean 1e-5 and 0.1;
+ *   width         the stem's channels and layer1's planes, doubled at each
+ *                 layer (0 means torchvision's 64; MoCo's small models on
+ *                 28x28 images use fewer: the names stay torchvision's).
+ * F = 8 width (basic) or 32 width (bottleneck) features come out of layer4:
+ * 512 or 2048 at torchvision's width. */
 typedef struct {
     int depth;
     int64_t in_channels, num_classes, fc_hidden;
+    int64_t width;
     int small_stem, frozen_bn, frozen_stages, zero_init_residual;
     float bn_eps;
     double bn_momentum;
@@ -2245,6 +2250,9 @@ typedef struct {
     int version;              /* 1, 2 or 3                                         */
     qkv_moco_arch arch;       /* the encoder                                       */
     qkv_vit_config vit;       /* arch VIT: the ViT (num_classes is ignored)        */
+    qkv_resnet_config resnet; /* arch RESNET: depth, width, small_stem, in_channels
+                                 (0: 1); its fc is set from version and dim        */
+    int64_t image_size;       /* arch RESNET: the images' side (0: 28)             */
     int64_t dim;              /* outputs: 128 (v1, v2), 256 (v3)                   */
     int64_t mlp_dim;          /* v2: the head's hidden width (0: F, as MoCo v2);
                                  v3: the projector's and predictor's (4096)        */
@@ -2270,6 +2278,7 @@ typedef struct {
 /* One branch: the encoder and its head. */
 typedef struct {
     qkv_vit vit;              /* arch VIT: the ViT, no head of its own            */
+    qkv_resnet resnet;        /* arch RESNET, its fc the v1/v2 head               */
     qkv_nn_linear fc0, fc2;   /* v1: fc0 = Linear(F, dim); v2: the MLP head       */
     qkv_moco_mlp projector;   /* v3                                              */
 } qkv_moco_net;
@@ -2331,6 +2340,8 @@ QKV_API qkv_status qkv_moco_enqueue(qkv_moco *m, const float *keys, int64_t n);
  * batch norms). */
 QKV_API qkv_tensor *qkv_moco_features(qkv_ctx *ctx, const qkv_moco *m, qkv_tensor *x);
 
+/* The side of the square images the encoder takes. */
+QKV_API int64_t qkv_moco_image_size(const qkv_moco *m);
 /* The model file: every store under the official names (above), the
  * configuration in the metadata ("qkv.kind" "moco", "config"). Atomic. */
 QKV_API qkv_status qkv_moco_save(qkv_moco *m, const char *path);

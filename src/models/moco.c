@@ -20,9 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define BN_EPS 1e-5f
 #define BN_MOMENTUM 0.1f
@@ -86,32 +83,21 @@ static void mlp_reset(qkv_moco_mlp *p, qkv_rng *r)
     }
 }
 
-/* Whether this runs on one of several shards at once (qkv_shards) */
-static bool in_shards(void)
-{
-#ifdef _OPENMP
-    return omp_in_parallel();
-#else
-    return false;
-#endif
-}
-
 /* x (N, in) -> (N, out). The batch norms use the batch's statistics in
- * training mode. Their running statistics (which only an eval-mode forward
- * of the head would read) are updated as PyTorch's when the batch is not
- * cut into shards; shards running at once would write them together. */
-static qkv_tensor *mlp_forward(qkv_ctx *ctx, const qkv_moco_mlp *p, qkv_tensor *x)
+ * training mode, in `groups` groups of rows (shuffle BN), and update their
+ * running statistics (deferred to the end of the step on shards). */
+static qkv_tensor *mlp_forward(qkv_ctx *ctx, const qkv_moco_mlp *p, qkv_tensor *x,
+                               int64_t groups)
 {
     for (int l = 0; l < p->n && x; l++) {
         x = qkv_nn_linear_forward(ctx, &p->fc[l], x);
-        if (p->bn_count[l]) {
-            bool update = !qkv_training(ctx) || !in_shards();
-            x = qkv_batch_norm(ctx, x, p->bn_weight[l], p->bn_bias[l],
-                               update ? p->bn_mean[l] : NULL, update ? p->bn_var[l] : NULL,
-                               BN_MOMENTUM, BN_EPS);
-            if (x && update && qkv_training(ctx))
-                p->bn_count[l]->data[0] += 1.0f;
-        }
+        if (p->bn_count[l])
+            x = qkv_batch_norm_ext(ctx, x, p->bn_weight[l], p->bn_bias[l],
+                                   &(qkv_bn_opts){.running_mean = p->bn_mean[l],
+                                                  .running_var = p->bn_var[l],
+                                                  .num_batches_tracked = p->bn_count[l],
+                                                  .momentum = BN_MOMENTUM, .eps = BN_EPS,
+                                                  .groups = groups});
         if (l < p->n - 1)
             x = qkv_relu(ctx, x);
     }
@@ -140,20 +126,34 @@ static qkv_status net_init(qkv_moco_net *n, qkv_params *ps, const qkv_moco_confi
         }
         return mlp_init(&n->projector, ps, "head", 3, F, c->mlp_dim, c->dim, true);
     }
-    return qkv_set_error(st, "moco: encoder arch %d is not built in", (int)c->arch);
+    /* a ResNet: v1's fc, v2's fc.0 and fc.2 (moco's mlp=True); v3 drops fc
+     * for moco-v3's 2-layer projector under the same name */
+    qkv_resnet_config rc = c->resnet;
+    rc.num_classes = c->version < 3 ? c->dim : 0;
+    rc.fc_hidden = c->version == 2 ? (c->mlp_dim > 0 ? c->mlp_dim : F) : 0;
+    st = qkv_resnet_init(&n->resnet, ps, "", &rc);
+    if (st || c->version < 3)
+        return st;
+    return mlp_init(&n->projector, ps, "fc", 2, F, c->mlp_dim, c->dim, true);
 }
 
-/* x (N, Cin, H, W) -> the encoder's features (N, F) */
-static qkv_tensor *net_features(qkv_ctx *ctx, const qkv_moco_net *n, qkv_tensor *x)
+/* x (N, Cin, H, W) -> the encoder's features (N, F); batch norms in
+ * `groups` groups of rows */
+static qkv_tensor *net_features(qkv_ctx *ctx, const qkv_moco *m, const qkv_moco_net *n,
+                                qkv_tensor *x, int64_t groups)
 {
-    return qkv_vit_forward(ctx, &n->vit, x, NULL);
+    if (m->cfg.arch == QKV_MOCO_VIT)
+        return qkv_vit_forward(ctx, &n->vit, x, NULL);
+    return qkv_resnet_forward(ctx, &n->resnet, x, QKV_RESNET_POOLED, groups);
 }
 
 /* x (N, Cin, H, W) -> (N, D), not normalised */
 static qkv_tensor *net_forward(qkv_ctx *ctx, const qkv_moco *m, const qkv_moco_net *n,
-                               qkv_tensor *x)
+                               qkv_tensor *x, int64_t groups)
 {
-    qkv_tensor *h = net_features(ctx, n, x);
+    if (m->cfg.arch == QKV_MOCO_RESNET && m->cfg.version < 3) /* fc is the ResNet's */
+        return qkv_resnet_forward(ctx, &n->resnet, x, QKV_RESNET_LOGITS, groups);
+    qkv_tensor *h = net_features(ctx, m, n, x, groups);
     switch (m->cfg.version) {
     case 1:
         return qkv_nn_linear_forward(ctx, &n->fc0, h);
@@ -161,7 +161,7 @@ static qkv_tensor *net_forward(qkv_ctx *ctx, const qkv_moco *m, const qkv_moco_n
         return qkv_nn_linear_forward(ctx, &n->fc2,
                                      qkv_relu(ctx, qkv_nn_linear_forward(ctx, &n->fc0, h)));
     default:
-        return mlp_forward(ctx, &n->projector, h);
+        return mlp_forward(ctx, &n->projector, h, groups);
     }
 }
 
@@ -201,7 +201,15 @@ qkv_status qkv_moco_init(qkv_moco *m, const qkv_moco_config *cfg)
     if (st)
         return st;
     m->cfg = *cfg;
-    m->features = cfg->vit.hidden_dim;
+    if (cfg->arch == QKV_MOCO_RESNET) {
+        if (m->cfg.image_size <= 0)
+            m->cfg.image_size = 28;
+        if (m->cfg.resnet.in_channels <= 0)
+            m->cfg.resnet.in_channels = 1;
+        int64_t w = cfg->resnet.width > 0 ? cfg->resnet.width : 64;
+        m->features = w * (cfg->resnet.depth >= 50 ? 32 : 8);
+    } else
+        m->features = cfg->vit.hidden_dim;
     bool v3 = cfg->version == 3;
     if (!(m->ps = qkv_params_new()) || !(m->ps_k = qkv_params_new()) ||
         !(m->ps_queue = qkv_params_new())) {
@@ -209,9 +217,9 @@ qkv_status qkv_moco_init(qkv_moco *m, const qkv_moco_config *cfg)
         return qkv_set_error(QKV_ERR_NOMEM, "moco_init: out of memory");
     }
     if ((st = qkv_params_set_prefix(m->ps, v3 ? "base_encoder." : "encoder_q.")) ||
-        (st = net_init(&m->q, m->ps, cfg, m->features)) ||
+        (st = net_init(&m->q, m->ps, &m->cfg, m->features)) ||
         (st = qkv_params_set_prefix(m->ps_k, v3 ? "momentum_encoder." : "encoder_k.")) ||
-        (st = net_init(&m->k, m->ps_k, cfg, m->features)))
+        (st = net_init(&m->k, m->ps_k, &m->cfg, m->features)))
         goto fail;
     if (v3 && ((st = qkv_params_set_prefix(m->ps, "")) ||
                (st = mlp_init(&m->predictor, m->ps, "predictor", 2, cfg->dim, cfg->mlp_dim,
@@ -302,14 +310,16 @@ static void vit_v3_reset(qkv_vit *v, qkv_rng *r)
 void qkv_moco_reset(qkv_moco *m, qkv_rng *r)
 {
     const qkv_moco_config *c = &m->cfg;
-    if (c->vit_v3_init)
+    if (c->arch == QKV_MOCO_RESNET)
+        qkv_resnet_reset(&m->q.resnet, r); /* its fc too */
+    else if (c->vit_v3_init)
         vit_v3_reset(&m->q.vit, r);
     else
         qkv_vit_reset(&m->q.vit, r);
     if (c->version == 3) {
         mlp_reset(&m->q.projector, r);
         mlp_reset(&m->predictor, r);
-    } else {
+    } else if (c->arch == QKV_MOCO_VIT) {
         qkv_nn_linear_reset(&m->q.fc0, r);
         if (c->version == 2)
             qkv_nn_linear_reset(&m->q.fc2, r);
@@ -337,17 +347,28 @@ void qkv_moco_reset(qkv_moco *m, qkv_rng *r)
 
 /* ---- a step ---- */
 
+static int64_t in_channels(const qkv_moco *m)
+{
+    return m->cfg.arch == QKV_MOCO_VIT ? m->cfg.vit.in_channels : m->cfg.resnet.in_channels;
+}
+
+int64_t qkv_moco_image_size(const qkv_moco *m)
+{
+    return m->cfg.arch == QKV_MOCO_VIT ? m->cfg.vit.image_size : m->cfg.image_size;
+}
+
 static qkv_tensor *view_rows(qkv_ctx *ctx, const qkv_moco *m, const float *x, int64_t lo,
                              int64_t hi)
 {
-    int64_t Cin = m->cfg.vit.in_channels, S = m->cfg.vit.image_size;
+    int64_t Cin = in_channels(m), S = qkv_moco_image_size(m);
     return qkv_wrap(ctx, 4, (int64_t[]){hi - lo, Cin, S, S}, (float *)x + lo * Cin * S * S);
 }
 
 /* out (N, D) <- normalize(f_k(x)) */
-static qkv_status key_rows(qkv_ctx *ctx, qkv_moco *m, qkv_tensor *x, float *const *rows)
+static qkv_status key_rows(qkv_ctx *ctx, qkv_moco *m, qkv_tensor *x, int64_t groups,
+                           float *const *rows)
 {
-    qkv_tensor *k = qkv_l2_normalize(ctx, net_forward(ctx, m, &m->k, x), 1, 1e-12f);
+    qkv_tensor *k = qkv_l2_normalize(ctx, net_forward(ctx, m, &m->k, x, groups), 1, 1e-12f);
     if (!k)
         return qkv_error_status();
     int64_t D = m->cfg.dim;
@@ -372,14 +393,14 @@ qkv_status qkv_moco_keys(qkv_ctx *ctx, qkv_moco *m, const qkv_moco_batch *b, int
     if (!st && m->cfg.version == 3) {
         for (int64_t r = 0; r < n; r++)
             rows[r] = b->k1 + (lo + r) * D;
-        st = key_rows(ctx, m, view_rows(ctx, m, b->x1, lo, hi), rows);
+        st = key_rows(ctx, m, view_rows(ctx, m, b->x1, lo, hi), b->groups, rows);
         for (int64_t r = 0; !st && r < n; r++)
             rows[r] = b->k2 + (lo + r) * D;
         if (!st)
-            st = key_rows(ctx, m, view_rows(ctx, m, b->x2, lo, hi), rows);
+            st = key_rows(ctx, m, view_rows(ctx, m, b->x2, lo, hi), b->groups, rows);
     } else if (!st) {
         /* shuffle BN: the rows perm[lo..hi) gathered, their keys put back */
-        int64_t Cin = m->cfg.vit.in_channels, S = m->cfg.vit.image_size, P = Cin * S * S;
+        int64_t Cin = in_channels(m), S = qkv_moco_image_size(m), P = Cin * S * S;
         qkv_tensor *x = qkv_new(ctx, 4, (int64_t[]){n, Cin, S, S});
         if (!x)
             st = qkv_error_status();
@@ -395,7 +416,7 @@ qkv_status qkv_moco_keys(qkv_ctx *ctx, qkv_moco *m, const qkv_moco_batch *b, int
             }
         }
         if (!st)
-            st = key_rows(ctx, m, x, rows);
+            st = key_rows(ctx, m, x, b->groups, rows);
     }
     qkv_set_grad_enabled(ctx, had);
     return st;
@@ -437,16 +458,17 @@ qkv_tensor *qkv_moco_loss(qkv_ctx *ctx, qkv_moco *m, const qkv_moco_batch *b, in
     }
     int64_t n = hi - lo, D = m->cfg.dim;
     if (m->cfg.version == 3) {
-        qkv_tensor *q1 = mlp_forward(ctx, &m->predictor,
-                                     net_forward(ctx, m, &m->q, view_rows(ctx, m, b->x1, lo, hi)));
-        qkv_tensor *q2 = mlp_forward(ctx, &m->predictor,
-                                     net_forward(ctx, m, &m->q, view_rows(ctx, m, b->x2, lo, hi)));
+        int64_t g = b->groups;
+        qkv_tensor *q1 = mlp_forward(
+            ctx, &m->predictor, net_forward(ctx, m, &m->q, view_rows(ctx, m, b->x1, lo, hi), g), g);
+        qkv_tensor *q2 = mlp_forward(
+            ctx, &m->predictor, net_forward(ctx, m, &m->q, view_rows(ctx, m, b->x2, lo, hi), g), g);
         return qkv_add(ctx, ctr_sum(ctx, m, q1, b->k2, b->B, lo),
                        ctr_sum(ctx, m, q2, b->k1, b->B, lo));
     }
     /* logits = [q.k+, q queue] / T, label 0 */
     qkv_tensor *q = qkv_l2_normalize(
-        ctx, net_forward(ctx, m, &m->q, view_rows(ctx, m, b->x1, lo, hi)), 1, 1e-12f);
+        ctx, net_forward(ctx, m, &m->q, view_rows(ctx, m, b->x1, lo, hi), b->groups), 1, 1e-12f);
     qkv_tensor *k = qkv_wrap(ctx, 2, (int64_t[]){n, D}, b->k2 + lo * D);
     qkv_tensor *queue = qkv_wrap(ctx, 2, m->queue->shape, m->queue->data);
     qkv_tensor *l_pos = qkv_sum(ctx, qkv_mul(ctx, q, k), 1, 1);  /* (N, 1) */
@@ -505,7 +527,7 @@ qkv_tensor *qkv_moco_features(qkv_ctx *ctx, const qkv_moco *m, qkv_tensor *x)
         qkv_set_error(QKV_ERR_ARG, "moco_features: the model is NULL");
         return NULL;
     }
-    return net_features(ctx, &m->q, x);
+    return net_features(ctx, m, &m->q, x, 1);
 }
 
 /* ---- the model file ---- */
@@ -585,7 +607,17 @@ static char *config_json(const qkv_moco *m)
     cJSON_AddNumberToObject(v, "mlp_dim", (double)c->vit.mlp_dim);
     cJSON_AddNumberToObject(v, "num_heads", (double)c->vit.num_heads);
     cJSON_AddNumberToObject(v, "num_layers", (double)c->vit.num_layers);
-    cJSON_AddItemToObject(o, "vit", v);
+    if (c->arch == QKV_MOCO_VIT)
+        cJSON_AddItemToObject(o, "vit", v);
+    else {
+        cJSON_Delete(v);
+        cJSON *rn = cJSON_AddObjectToObject(o, "resnet");
+        cJSON_AddNumberToObject(o, "image_size", (double)c->image_size);
+        cJSON_AddNumberToObject(rn, "depth", c->resnet.depth);
+        cJSON_AddNumberToObject(rn, "width", (double)c->resnet.width);
+        cJSON_AddNumberToObject(rn, "in_channels", (double)c->resnet.in_channels);
+        cJSON_AddNumberToObject(rn, "small_stem", c->resnet.small_stem);
+    }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
@@ -663,6 +695,14 @@ static qkv_status parse_config(qkv_moco_config *c, const char *json, const char 
                                   .mlp_dim = (int64_t)num(v, "mlp_dim", 0),
                                   .num_heads = (int64_t)num(v, "num_heads", 0),
                                   .num_layers = (int64_t)num(v, "num_layers", 0)};
+    const cJSON *rn = cJSON_GetObjectItemCaseSensitive(o, "resnet");
+    if (c->arch == QKV_MOCO_RESNET) {
+        c->image_size = (int64_t)num(o, "image_size", 28);
+        c->resnet = (qkv_resnet_config){.depth = (int)num(rn, "depth", 0),
+                                        .width = (int64_t)num(rn, "width", 0),
+                                        .in_channels = (int64_t)num(rn, "in_channels", 1),
+                                        .small_stem = (int)num(rn, "small_stem", 0)};
+    }
     cJSON_Delete(o);
     return QKV_OK;
 }

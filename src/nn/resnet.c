@@ -6,7 +6,7 @@
  *
  * The network: a stem (conv1 7x7 stride 2, bn1, ReLU, max pool 3x3 stride
  * 2; or conv1 3x3 stride 1 and no pool), four layers of blocks with 64,
- * 128, 256, 512 planes (layer1 stride 1, the others stride 2 in their first
+ * 128, 256, 512 planes (cfg.width times 1, 2, 4, 8; layer1 stride 1, the others stride 2 in their first
  * block), a global average pool and fc. A basic block is
  *   relu(bn2(conv2(relu(bn1(conv1 3x3 (x))))) + identity)
  * and a bottleneck (width = planes, out = 4 planes)
@@ -105,7 +105,7 @@ qkv_status qkv_resnet_init(qkv_resnet *m, qkv_params *ps, const char *prefix,
     if (!depth_layout(cfg->depth, m->n_blocks, &m->bottleneck))
         return qkv_set_error(QKV_ERR_ARG, "resnet_init: depth %d (18, 34, 50, 101 or 152)",
                              cfg->depth);
-    if (cfg->in_channels < 0 || cfg->num_classes < 0 || cfg->fc_hidden < 0 ||
+    if (cfg->in_channels < 0 || cfg->num_classes < 0 || cfg->fc_hidden < 0 || cfg->width < 0 ||
         (cfg->fc_hidden > 0 && cfg->num_classes == 0) || cfg->frozen_stages < 0 ||
         cfg->frozen_stages > 5)
         return qkv_set_error(QKV_ERR_ARG, "resnet_init: in_channels %lld, num_classes %lld, "
@@ -120,21 +120,23 @@ qkv_status qkv_resnet_init(qkv_resnet *m, qkv_params *ps, const char *prefix,
         c->bn_eps = 1e-5f;
     if (c->bn_momentum <= 0.0)
         c->bn_momentum = 0.1;
-    m->features = m->bottleneck ? 2048 : 512;
+    if (c->width == 0)
+        c->width = 64;
+    m->features = c->width * (m->bottleneck ? 32 : 8);
     char pre[512], name[512];
     const char *p = prefix ? prefix : "";
     int64_t first = qkv_params_count(ps);
     qkv_status s;
-    if ((s = conv_init(&m->conv1, ps, p, "conv1", c->in_channels, 64, c->small_stem ? 3 : 7,
-                       c->small_stem ? 1 : 2)) ||
-        (s = bn_init(&m->bn1, ps, p, "bn1", 64, c)))
+    if ((s = conv_init(&m->conv1, ps, p, "conv1", c->in_channels, c->width,
+                       c->small_stem ? 3 : 7, c->small_stem ? 1 : 2)) ||
+        (s = bn_init(&m->bn1, ps, p, "bn1", c->width, c)))
         return s;
     m->maxpool = (qkv_nn_max_pool2d){.kernel = c->small_stem ? 0 : 3, .stride = 2, .padding = 1};
     if (c->frozen_stages >= 1)
         freeze_from(ps, first);
-    int64_t in = 64;
+    int64_t in = c->width;
     for (int l = 0, k = 0; l < 4; l++) {
-        int64_t layer_first = qkv_params_count(ps), planes = (int64_t)64 << l;
+        int64_t layer_first = qkv_params_count(ps), planes = c->width << l;
         for (int j = 0; j < m->n_blocks[l]; j++, k++) {
             snprintf(name, sizeof name, "layer%d.%d", l + 1, j);
             s = block_init(&m->blocks[k], ps, qkv_nn_name(pre, sizeof pre, p, name), in, planes,
@@ -233,11 +235,11 @@ static int64_t stage_sizes(const qkv_resnet *m, int64_t H, int64_t W, int64_t *h
         h = out_size(out_size(h, 7, 2, 3), 3, 2, 1);
         w = out_size(out_size(w, 7, 2, 3), 3, 2, 1);
     }
-    most = 64 * h * w;
+    most = m->cfg.width * h * w;
     for (int l = 0; l < 4; l++) {
         if (l > 0)
             h = out_size(h, 3, 2, 1), w = out_size(w, 3, 2, 1);
-        int64_t C = ((int64_t)64 << l) * (m->bottleneck ? 4 : 1);
+        int64_t C = (m->cfg.width << l) * (m->bottleneck ? 4 : 1);
         if (C * h * w > most)
             most = C * h * w;
     }

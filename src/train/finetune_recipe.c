@@ -72,8 +72,10 @@ int64_t qkv_label_subset(int64_t *out, const uint8_t *labels, int64_t n, int64_t
 
 typedef struct {
     const qkv_finetune_recipe *r;
-    qkv_model *model;     /* the classifier (a ViT) */
+    qkv_model *model;     /* the classifier: a ViT model, or */
     qkv_vit *vit;
+    qkv_params *ps;       /* a ResNet in a store of its own */
+    qkv_resnet resnet;
     qkv_mnist train, test;
     int64_t *subset, n_subset, n_test, B, S;
     qkv_ce_opts ce;
@@ -103,7 +105,8 @@ static qkv_tensor *loss(qkv_ctx *ctx, const qkv_train_batch *b, void *user)
     const int64_t *y = (const int64_t *)(const void *)((const float *)b->batch + v->B * P) + b->lo;
     qkv_tensor *x = qkv_wrap(ctx, 4, (int64_t[]){b->hi - b->lo, 1, v->S, v->S},
                              (float *)b->batch + b->lo * P);
-    qkv_tensor *logits = qkv_vit_forward(ctx, v->vit, x, NULL);
+    qkv_tensor *logits = v->vit ? qkv_vit_forward(ctx, v->vit, x, NULL)
+                                : qkv_resnet_forward(ctx, &v->resnet, x, QKV_RESNET_LOGITS, 1);
     qkv_tensor *l = logits ? qkv_cross_entropy(ctx, logits, y, &v->ce) : NULL;
     if (!l)
         return NULL;
@@ -118,6 +121,38 @@ static qkv_tensor *loss(qkv_ctx *ctx, const qkv_train_batch *b, void *user)
     return qkv_scale(ctx, l, 1.0f / (float)b->n_global);
 }
 
+/* Test images a ResNet classifier gets right (eval mode), or -1 */
+static int64_t resnet_right(qkv_ctx *ctx, const ft_run *v)
+{
+    int64_t right = 0, P = v->S * v->S;
+    int was = qkv_set_training(ctx, 0), had = qkv_set_grad_enabled(ctx, 0);
+    for (int64_t at = 0; at < v->n_test && right >= 0; at += 500) {
+        int64_t b = v->n_test - at < 500 ? v->n_test - at : 500;
+        qkv_ctx_reset(ctx);
+        qkv_tensor *x = qkv_new(ctx, 4, (int64_t[]){b, 1, v->S, v->S});
+        for (int64_t i = 0; x && i < b; i++)
+            if (qkv_mnist_image(x->data + i * P, &v->test, at + i, v->S, NULL, NULL))
+                x = NULL;
+        qkv_tensor *logits = x ? qkv_resnet_forward(ctx, &v->resnet, x, QKV_RESNET_LOGITS, 1)
+                               : NULL;
+        if (!logits) {
+            right = -1;
+            break;
+        }
+        for (int64_t i = 0; i < b; i++) {
+            const float *row = logits->data + i * 10;
+            int64_t best = 0;
+            for (int64_t k = 1; k < 10; k++)
+                if (row[k] > row[best])
+                    best = k;
+            right += best == v->test.labels[at + i];
+        }
+    }
+    qkv_ctx_reset(ctx);
+    qkv_set_training(ctx, was), qkv_set_grad_enabled(ctx, had);
+    return right;
+}
+
 static qkv_status evaluate(qkv_trainer *t, qkv_train_epoch *e, void *user)
 {
     ft_run *v = user;
@@ -126,7 +161,9 @@ static qkv_status evaluate(qkv_trainer *t, qkv_train_epoch *e, void *user)
     int every = v->r->eval_every > 0 ? v->r->eval_every : 1;
     if (st || (e->epoch % every && e->epoch != e->epochs))
         return st;
-    int64_t right = qkv_vit_evaluate(qkv_trainer_eval_ctx(t), v->vit, &v->test, v->n_test, NULL);
+    int64_t right = v->vit ? qkv_vit_evaluate(qkv_trainer_eval_ctx(t), v->vit, &v->test,
+                                              v->n_test, NULL)
+                           : resnet_right(qkv_trainer_eval_ctx(t), v);
     if (right < 0)
         return qkv_error_status();
     v->test_acc = (double)right / (double)v->n_test;
@@ -139,7 +176,7 @@ static qkv_status save_model(qkv_trainer *t, const char *dir, void *user)
     char path[4200];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     (void)t;
-    return qkv_model_save(v->model, path);
+    return v->model ? qkv_model_save(v->model, path) : qkv_params_save(v->ps, path, QKV_DT_F32);
 }
 
 /* The classifier's encoder entries from the MoCo query encoder: entry
@@ -151,7 +188,7 @@ static qkv_status copy_encoder(qkv_params *dst, const qkv_moco *m)
     int64_t copied = 0;
     for (int64_t i = 0; i < qkv_params_count(dst); i++) {
         qkv_tensor *t = qkv_params_at(dst, i);
-        if (!strncmp(t->name, "heads.", 6))
+        if (!strncmp(t->name, "heads.", 6) || !strncmp(t->name, "fc.", 3))
             continue;
         snprintf(name, sizeof name, "%s%s", prefix, t->name);
         qkv_tensor *s = qkv_params_find(m->ps, name);
@@ -180,8 +217,6 @@ qkv_status qkv_finetune_train(const qkv_finetune_recipe *r, qkv_finetune_result 
         st = qkv_mnist_load(&v.train, r->data_dir, 1);
     if (!st)
         st = qkv_mnist_load(&v.test, r->data_dir, 0);
-    if (!st && m.cfg.arch != QKV_MOCO_VIT)
-        st = qkv_set_error(QKV_ERR_ARG, "finetune: only ViT encoders are supported");
     if (st)
         goto done;
     v.n_test = r->eval_limit > 0 && r->eval_limit < v.test.n ? r->eval_limit : v.test.n;
@@ -191,24 +226,36 @@ qkv_status qkv_finetune_train(const qkv_finetune_recipe *r, qkv_finetune_result 
         st = qkv_error_status() ? qkv_error_status() : QKV_ERR_NOMEM;
         goto done;
     }
-    qkv_vit_config vc = m.cfg.vit;
-    vc.num_classes = 10;
-    vc.dropout = vc.attention_dropout = 0.0f;
-    if (!(v.model = qkv_model_new_vit(&vc))) {
-        st = qkv_error_status();
-        goto done;
-    }
-    v.vit = qkv_model_vit(v.model);
-    v.S = vc.image_size;
     qkv_rng init;
     qkv_rng_seed(&init, r->seed + 2);
-    qkv_vit_reset(v.vit, &init); /* the head; and all of it from scratch */
-    if (!r->scratch && (st = copy_encoder(qkv_model_params(v.model), &m)))
+    v.S = qkv_moco_image_size(&m);
+    if (m.cfg.arch == QKV_MOCO_VIT) {
+        qkv_vit_config vc = m.cfg.vit;
+        vc.num_classes = 10;
+        vc.dropout = vc.attention_dropout = 0.0f;
+        if (!(v.model = qkv_model_new_vit(&vc))) {
+            st = qkv_error_status();
+            goto done;
+        }
+        v.vit = qkv_model_vit(v.model);
+        v.ps = qkv_model_params(v.model);
+        qkv_vit_reset(v.vit, &init); /* the head; and all of it from scratch */
+    } else {
+        qkv_resnet_config rc = m.q.resnet.cfg;
+        rc.num_classes = 10, rc.fc_hidden = 0;
+        if (!(v.ps = qkv_params_new()) || (st = qkv_resnet_init(&v.resnet, v.ps, "", &rc)) ||
+            (st = qkv_params_alloc(v.ps))) {
+            st = st ? st : qkv_error_status();
+            goto done;
+        }
+        qkv_resnet_reset(&v.resnet, &init);
+    }
+    if (!r->scratch && (st = copy_encoder(v.ps, &m)))
         goto done;
     v.B = r->batch_size < v.n_subset ? r->batch_size : v.n_subset;
     static const char *const curves[] = {"loss", "train_acc", "test_acc", NULL};
     t = qkv_trainer_new(&(qkv_trainer_config){
-        .params = qkv_model_params(v.model), .loss = loss, .user = &v, .epochs = r->epochs,
+        .params = v.ps, .loss = loss, .user = &v, .epochs = r->epochs,
         .data = {.n_examples = v.n_subset, .batch_size = v.B, .shuffle = 1, .drop_last = 1,
                  .seed = r->seed + 1,
                  .batch_bytes = (size_t)(v.B * v.S * v.S) * sizeof(float) +
@@ -240,7 +287,10 @@ qkv_status qkv_finetune_train(const qkv_finetune_recipe *r, qkv_finetune_result 
                                      .labels = v.n_subset};
 done:
     qkv_trainer_free(t);
-    qkv_model_free(v.model);
+    if (v.model)
+        qkv_model_free(v.model);
+    else
+        qkv_params_free(v.ps);
     qkv_moco_free(&m);
     qkv_mnist_free(&v.train);
     qkv_mnist_free(&v.test);

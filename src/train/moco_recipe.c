@@ -26,7 +26,7 @@
 static qkv_status embed_rows(qkv_ctx *ctx, const qkv_moco *m, const qkv_mnist *d, int64_t lo,
                              int64_t hi, int normalize, float *out)
 {
-    int64_t S = m->cfg.vit.image_size, P = S * S, F = m->features;
+    int64_t S = qkv_moco_image_size(m), P = S * S, F = m->features;
     qkv_status st = QKV_OK;
     for (int64_t at = lo; at < hi && !st; at += EVAL_BATCH) {
         int64_t b = hi - at < EVAL_BATCH ? hi - at : EVAL_BATCH;
@@ -128,8 +128,29 @@ qkv_status qkv_moco_recipe_preset(qkv_moco_recipe *r, const char *name)
             .epochs = 30, .batch_size = 256, .optimizer = QKV_ADAMW, .lr = 1e-3,
             .weight_decay = 0.1, .warmup_epochs = 2, .cosine = 1, .momentum = 0.99f,
             .momentum_cosine = 1, .aug = v2aug, .knn_k = 200, .knn_t = 0.1f, .knn_every = 1};
+    } else if (!strcmp(name, "v1-resnet") || !strcmp(name, "v2-resnet") ||
+               !strcmp(name, "v3-resnet")) {
+        /* MoCo's CIFAR demo: ResNet-18 with a 3x3 stem and no max pool,
+         * shuffle BN in 8 groups, SGD lr 0.06 (batch 512 there, 256 here,
+         * so 0.03), momentum 0.9, weight decay 5e-4, m 0.99, K 4096, cosine;
+         * here at width 32 (16 .. 256 planes: see docs/moco.md) */
+        int version = name[1] - '0';
+        *r = (qkv_moco_recipe){
+            .model = {.version = version, .arch = QKV_MOCO_RESNET, .image_size = 28,
+                      .resnet = {.depth = 18, .width = 32, .in_channels = 1, .small_stem = 1},
+                      .dim = 128, .mlp_dim = version == 3 ? 1024 : 0,
+                      .K = version == 3 ? 0 : 4096,
+                      .T = version == 1 ? 0.07f : version == 2 ? 0.2f : 1.0f,
+                      .bn_splits = version == 3 ? 1 : 8},
+            .epochs = 40, .batch_size = 256, .optimizer = QKV_SGD, .lr = 0.03,
+            .sgd_momentum = 0.9f, .weight_decay = 5e-4, .cosine = 1, .momentum = 0.99f,
+            .momentum_cosine = version == 3, .aug = v2aug, .knn_k = 200, .knn_t = 0.1f,
+            .knn_every = 1};
+        if (version == 1)
+            r->aug.blur = 0.0f;
     } else
-        return qkv_set_error(QKV_ERR_ARG, "moco: unknown preset '%s' (v1, v2, v3, demo)", name);
+        return qkv_set_error(QKV_ERR_ARG, "moco: unknown preset '%s' (v1, v2, v3, demo, "
+                             "v1-resnet, v2-resnet, v3-resnet)", name);
     r->data_dir = keep.data_dir, r->out_dir = keep.out_dir, r->seed = keep.seed;
     r->resume = keep.resume, r->threads = keep.threads, r->quiet = keep.quiet;
     if (keep.limit)
@@ -209,9 +230,11 @@ static qkv_status pre_step(qkv_trainer *t, void *user)
             v->perm[i] = i;
         qkv_rng_shuffle(&rng, v->perm, n);
         v->batch.perm = v->perm;
-        int shards = qkv_shards_count(v->keys);
-        v->batch.groups = splits / shards > 1 ? splits / shards : 1;
     }
+    /* each shard is bn_splits / shards of the original's GPUs, for the
+     * queries as for the keys */
+    int shards = qkv_shards_count(v->keys);
+    v->batch.groups = splits / shards > 1 ? splits / shards : 1;
     return qkv_shards_run(v->keys, key_shard, v);
 }
 
@@ -325,9 +348,11 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
     if (!r || r->epochs < 0 || r->batch_size < 2)
         return qkv_set_error(QKV_ERR_ARG, "moco_train: %s", r ? "need epochs >= 0 and a batch "
                              "of at least 2" : "the recipe is NULL");
-    if (r->model.arch == QKV_MOCO_VIT && r->model.vit.in_channels != 1)
+    int64_t cin = r->model.arch == QKV_MOCO_VIT ? r->model.vit.in_channels
+                                                : r->model.resnet.in_channels;
+    if (cin > 1)
         return qkv_set_error(QKV_ERR_ARG, "moco_train: Fashion-MNIST has 1 channel, the "
-                             "encoder takes %lld", (long long)r->model.vit.in_channels);
+                             "encoder takes %lld", (long long)cin);
     moco_run v = {.r = r, .knn_acc = NAN, .seed = r->seed + 3};
     qkv_trainer *t = NULL;
     qkv_status st = qkv_mnist_load(&v.train, r->data_dir, 1);
@@ -341,7 +366,7 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
     v.n_test = r->eval_limit > 0 && r->eval_limit < v.test.n ? r->eval_limit : v.test.n;
     v.n_bank = r->knn_bank > 0 && r->knn_bank < v.n_train ? r->knn_bank : v.n_train;
     v.B = r->batch_size < v.n_train ? r->batch_size : v.n_train;
-    v.S = r->model.vit.image_size, v.P = v.S * v.S, v.D = r->model.dim;
+    v.S = qkv_moco_image_size(&v.m), v.P = v.S * v.S, v.D = r->model.dim;
     if (v.S > 64) {
         st = qkv_set_error(QKV_ERR_ARG, "moco_train: images of at most 64 pixels a side");
         goto done;
@@ -401,11 +426,20 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
         goto done;
     if (!r->quiet) {
         const qkv_vit_config *c = &r->model.vit;
-        printf("MoCo v%d, ViT %lldx%lld patch %lld, width %lld, %lld blocks: %lld parameters\n"
+        char enc[160];
+        if (r->model.arch == QKV_MOCO_VIT)
+            snprintf(enc, sizeof enc, "ViT %lldx%lld patch %lld, width %lld, %lld blocks",
+                     (long long)c->image_size, (long long)c->image_size,
+                     (long long)c->patch_size, (long long)c->hidden_dim,
+                     (long long)c->num_layers);
+        else
+            snprintf(enc, sizeof enc, "ResNet-%d%s, width %lld", r->model.resnet.depth,
+                     r->model.resnet.small_stem ? " (small stem)" : "",
+                     (long long)v.m.q.resnet.cfg.width);
+        printf("MoCo v%d, %s: %lld parameters\n"
                "training on %lld images without labels, %lld steps of %lld, K %lld, T %g, "
-               "m %g, %d threads\n", r->model.version, (long long)c->image_size,
-               (long long)c->image_size, (long long)c->patch_size, (long long)c->hidden_dim,
-               (long long)c->num_layers, (long long)qkv_params_numel(v.m.ps),
+               "m %g, %d threads\n", r->model.version, enc,
+               (long long)qkv_params_numel(v.m.ps),
                (long long)v.n_train, (long long)qkv_trainer_steps_per_epoch(t), (long long)v.B,
                (long long)(v.m.queue ? r->model.K : 0), (double)r->model.T,
                (double)r->momentum, qkv_shards_count(qkv_trainer_shards(t)));

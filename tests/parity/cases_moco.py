@@ -16,6 +16,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torchvision.models.resnet import BasicBlock
 from torchvision.models.vision_transformer import VisionTransformer
 
 
@@ -29,9 +30,13 @@ class MoCo(nn.Module):
         self.encoder_k = base_encoder(num_classes=dim)
         if mlp:  # the head's input width F becomes an MLP F -> F -> dim
             for enc in (self.encoder_q, self.encoder_k):
-                fc = enc.heads.head
-                enc.heads.head = nn.Sequential(nn.Linear(fc.weight.shape[1], fc.weight.shape[1]),
-                                               nn.ReLU(), fc)
+                if hasattr(enc, "heads"):  # a ViT's head
+                    fc = enc.heads.head
+                    enc.heads.head = nn.Sequential(nn.Linear(fc.weight.shape[1],
+                                                             fc.weight.shape[1]), nn.ReLU(), fc)
+                else:  # a ResNet's fc, as moco's builder
+                    dim_mlp = enc.fc.weight.shape[1]
+                    enc.fc = nn.Sequential(nn.Linear(dim_mlp, dim_mlp), nn.ReLU(), enc.fc)
         for pq, pk in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
             pk.data.copy_(pq.data)
             pk.requires_grad = False
@@ -73,6 +78,39 @@ def grey_vit(image, patch, layers, heads, hidden, mlp):
         v.conv_proj = nn.Conv2d(1, hidden, kernel_size=patch, stride=patch)
         return v
     return make
+
+
+class SmallResNet(nn.Module):
+    """torchvision's ResNet-18 (BasicBlock, [2, 2, 2, 2], its module names)
+    with `width` planes in layer1 instead of 64, a grey 3x3 stride-1 stem and
+    no max pool (MoCo's CIFAR variant)."""
+    def __init__(self, width, num_classes):
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(1, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(width, 2, 1)
+        self.layer2 = self._make_layer(2 * width, 2, 2)
+        self.layer3 = self._make_layer(4 * width, 2, 2)
+        self.layer4 = self._make_layer(8 * width, 2, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8 * width, num_classes)
+
+    def _make_layer(self, planes, blocks, stride):
+        down = None
+        if stride != 1 or self.inplanes != planes:
+            down = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False),
+                                 nn.BatchNorm2d(planes))
+        layers = [BasicBlock(self.inplanes, planes, stride, down)]
+        self.inplanes = planes
+        layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 # ---- v3: moco-v3 moco/builder.py (MoCo_ViT) with vits.py's timm ViT ----
@@ -156,15 +194,21 @@ def build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True):
 
 
 class MoCoV3(nn.Module):
-    def __init__(self, base_encoder, dim, mlp_dim, T):
+    def __init__(self, base_encoder, dim, mlp_dim, T, resnet=False):
         super().__init__()
         self.T = T
         self.base_encoder = base_encoder(num_classes=mlp_dim)
         self.momentum_encoder = base_encoder(num_classes=mlp_dim)
-        hidden_dim = self.base_encoder.head.weight.shape[1]
-        del self.base_encoder.head, self.momentum_encoder.head
-        self.base_encoder.head = build_mlp(3, hidden_dim, mlp_dim, dim)
-        self.momentum_encoder.head = build_mlp(3, hidden_dim, mlp_dim, dim)
+        if resnet:  # MoCo_ResNet: fc replaced by a 2-layer projector
+            hidden_dim = self.base_encoder.fc.weight.shape[1]
+            del self.base_encoder.fc, self.momentum_encoder.fc
+            self.base_encoder.fc = build_mlp(2, hidden_dim, mlp_dim, dim)
+            self.momentum_encoder.fc = build_mlp(2, hidden_dim, mlp_dim, dim)
+        else:  # MoCo_ViT: head replaced by a 3-layer projector
+            hidden_dim = self.base_encoder.head.weight.shape[1]
+            del self.base_encoder.head, self.momentum_encoder.head
+            self.base_encoder.head = build_mlp(3, hidden_dim, mlp_dim, dim)
+            self.momentum_encoder.head = build_mlp(3, hidden_dim, mlp_dim, dim)
         self.predictor = build_mlp(2, dim, mlp_dim, dim, False)
         for pb, pm in zip(self.base_encoder.parameters(), self.momentum_encoder.parameters()):
             pm.data.copy_(pb.data)
@@ -228,11 +272,13 @@ def _steps(g, model, opt, B, image, run):
     return t
 
 
-def moco_v12(g, version):
+def moco_v12(g, version, resnet=False):
     torch.manual_seed(0)
     T = 0.07 if version == 1 else 0.2
-    B, K, dim, m, image = 4, 16, 8, 0.9, 8
-    model = MoCo(grey_vit(image, 4, 2, 2, 8, 12), dim, K, m, T, mlp=version == 2)
+    B, K, dim, m, image = (16 if resnet else 4), 32, 8, 0.9, (16 if resnet else 8)
+    base = (lambda num_classes: SmallResNet(8, num_classes)) if resnet else \
+        grey_vit(image, 4, 2, 2, 8, 12)
+    model = MoCo(base, dim, K, m, T, mlp=version == 2)
     _redraw(g, model)
     with torch.no_grad():  # the queue as the builder makes it, from g
         model.queue.copy_(F.normalize(torch.randn(dim, K, generator=g), dim=0))
@@ -245,16 +291,21 @@ def moco_v12(g, version):
     t = _steps(g, model, opt, B, image, run)
     return t, {"version": str(version), "T": str(T), "m": str(m), "K": str(K), "dim": str(dim),
                "B": str(B), "image": str(image), "patch": "4", "layers": "2", "heads": "2",
-               "hidden": "8", "mlp": "12", "lr": "0.03"}
+               "hidden": "8", "mlp": "12", "lr": "0.03", "arch": "resnet" if resnet else "vit",
+               "width": "8", "depth": "18"}
 
 
-def moco_v3(g):
+def moco_v3(g, resnet=False):
     torch.manual_seed(0)
-    T, B, dim, mlp_dim, image = 0.2, 4, 8, 16, 8
-    base = lambda num_classes: TimmViT(image, 4, 2, 2, 8, 12, num_classes)
-    model = MoCoV3(base, dim, mlp_dim, T)
+    T, B, dim, mlp_dim, image = 0.2, (16 if resnet else 8), 8, 16, (16 if resnet else 8)
+    if resnet:
+        base = lambda num_classes: SmallResNet(8, num_classes)
+    else:
+        base = lambda num_classes: TimmViT(image, 4, 2, 2, 8, 12, num_classes)
+    model = MoCoV3(base, dim, mlp_dim, T, resnet)
     _redraw(g, model)
-    for enc in (model.base_encoder, model.momentum_encoder):  # vits.py's stop-grad parts
+    for enc in () if resnet else (model.base_encoder, model.momentum_encoder):
+        # vits.py's stop-grad parts
         enc.patch_embed.proj.weight.requires_grad = False
         enc.patch_embed.proj.bias.requires_grad = False
         enc.pos_embed.requires_grad = False
@@ -268,11 +319,15 @@ def moco_v3(g):
     t = _steps(g, model, opt, B, image, lambda i, x1, x2: model(x1, x2, ms[i]))
     return t, {"version": "3", "T": str(T), "m0": str(ms[0]), "m1": str(ms[1]), "dim": str(dim),
                "mlp_dim": str(mlp_dim), "B": str(B), "image": str(image), "patch": "4",
-               "layers": "2", "heads": "2", "hidden": "8", "mlp": "12", "lr": "0.05"}
+               "layers": "2", "heads": "2", "hidden": "8", "mlp": "12", "lr": "0.05",
+               "arch": "resnet" if resnet else "vit", "width": "8", "depth": "18"}
 
 
 CASES = {
     "moco_v1_step": lambda g: moco_v12(g, 1),
     "moco_v2_step": lambda g: moco_v12(g, 2),
     "moco_v3_step": moco_v3,
+    "moco_v1_resnet_step": lambda g: moco_v12(g, 1, resnet=True),
+    "moco_v2_resnet_step": lambda g: moco_v12(g, 2, resnet=True),
+    "moco_v3_resnet_step": lambda g: moco_v3(g, resnet=True),
 }

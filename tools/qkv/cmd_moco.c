@@ -10,12 +10,14 @@
 #include "qkv.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct {
-    const char *version, *data, *out_dir;
-    int64_t epochs, batch, limit, eval_limit, K, knn_bank, knn_every;
+    const char *version, *arch, *data, *out_dir;
+    int64_t width;
+    int64_t epochs, batch, limit, eval_limit, K, knn_bank, knn_every, stop_after;
     double lr, T, m, crop_min, blur;
     uint64_t seed;
     int resume;
@@ -25,12 +27,20 @@ static int train(const train_options *o)
 {
     qkv_moco_recipe r = {.data_dir = o->data, .out_dir = o->out_dir, .seed = o->seed,
                          .resume = o->resume, .limit = o->limit, .eval_limit = o->eval_limit};
-    const char *preset = !strcmp(o->version, "1") ? "v1" : !strcmp(o->version, "3") ? "v3"
-                         : !strcmp(o->version, "demo") ? "demo" : "v2";
+    char preset[32];
+    bool resnet = !strcmp(o->arch, "resnet18");
+    if (!strcmp(o->version, "demo"))
+        snprintf(preset, sizeof preset, "demo");
+    else
+        snprintf(preset, sizeof preset, "v%s%s", o->version, resnet ? "-resnet" : "");
     if (qkv_moco_recipe_preset(&r, preset) != QKV_OK) {
         fprintf(stderr, "qkv train moco: %s\n", qkv_error());
         return 2;
     }
+    if (resnet && !strcmp(o->version, "demo"))
+        return fprintf(stderr, "qkv train moco: the demo is the ViT's\n"), 2;
+    if (o->width > 0)
+        r.model.resnet.width = o->width;
     if (o->epochs >= 0)
         r.epochs = o->epochs;
     if (o->batch > 0)
@@ -49,6 +59,7 @@ static int train(const train_options *o)
         r.aug.blur = (float)o->blur;
     if (o->knn_bank > 0)
         r.knn_bank = o->knn_bank;
+    r.stop_after = o->stop_after;
     if (o->knn_every != 0)
         r.knn_every = (int)o->knn_every;
     qkv_moco_result res;
@@ -67,12 +78,18 @@ static int train(const train_options *o)
 
 int cmd_train_moco(int argc, char **argv)
 {
-    train_options o = {.version = "2", .data = QKV_MNIST_DIR, .out_dir = "runs/moco",
+    train_options o = {.version = "2", .arch = "vit", .data = QKV_MNIST_DIR, .out_dir = "runs/moco",
                        .epochs = -1, .crop_min = 0, .blur = -1};
     arg_opt opts[] = {
         {.name = "version", .kind = ARG_CHOICE, .value = &o.version, .choices = "1|2|3|demo",
          .help = "MoCo v1 (linear head, T 0.07), v2 (MLP head, T 0.2, blur), v3 (ViT, "
                  "projector and predictor, symmetric loss, no queue); demo: v2 for a minute"},
+        {.name = "arch", .kind = ARG_CHOICE, .value = &o.arch, .choices = "vit|resnet18",
+         .help = "the encoder: vit (28x28, patch 4, width 96, 4 blocks) or resnet18 (3x3 stem, "
+                 "no max pool, --width planes in layer1; SGD and shuffle BN as MoCo's CIFAR "
+                 "demo)"},
+        {.name = "width", .kind = ARG_INT, .value = &o.width, .min = 0, .max = 1024,
+         .help = "resnet18: planes of layer1, doubled per layer (0: the preset's, 32)"},
         {.name = "data", .kind = ARG_STRING, .value = &o.data, .metavar = "DIR",
          .help = "Fashion-MNIST IDX files (the labels are read by the kNN monitor only)"},
         {.name = "out-dir", .kind = ARG_STRING, .value = &o.out_dir, .metavar = "DIR",
@@ -103,6 +120,9 @@ int cmd_train_moco(int argc, char **argv)
          .help = "monitor on the first N test images only (0: all 10000)"},
         {.name = "seed", .kind = ARG_U64, .value = &o.seed,
          .help = "seed of the initialisation, shuffling and augmentation"},
+        {.name = "stop-after", .kind = ARG_INT, .value = &o.stop_after, .min = 0, .max = 10000,
+         .help = "stop with a checkpoint once N epochs are done, to go on with --resume (0: "
+                 "never)"},
         {.name = "resume", .kind = ARG_FLAG, .value = &o.resume,
          .help = "continue from OUT-DIR/checkpoint.safetensors (same options)"},
     };
