@@ -18,9 +18,10 @@
 void qkv_probe_recipe_default(qkv_probe_recipe *r)
 {
     qkv_probe_recipe keep = *r;
-    /* main_lincls.py: SGD lr 30, momentum 0.9, no weight decay, batch 256,
-     * 100 epochs (its steps at 60 and 80 replaced by a cosine) */
-    *r = (qkv_probe_recipe){.epochs = 100, .batch_size = 256, .lr = 30.0, .momentum = 0.9f};
+    /* main_lincls.py: SGD lr 30 (moco-v3's for a ViT: 3; lr 0 picks by the
+     * encoder), momentum 0.9, no weight decay, batch 256, 100 epochs (its
+     * steps at 60 and 80 replaced by a cosine) */
+    *r = (qkv_probe_recipe){.epochs = 100, .batch_size = 256, .lr = 0.0, .momentum = 0.9f};
     r->model = keep.model, r->data_dir = keep.data_dir, r->out_dir = keep.out_dir;
     r->seed = keep.seed, r->threads = keep.threads, r->quiet = keep.quiet;
     r->limit = keep.limit, r->eval_limit = keep.eval_limit;
@@ -186,6 +187,14 @@ qkv_status qkv_probe_train(const qkv_probe_recipe *r, qkv_probe_result *res)
     int64_t B = r->batch_size < v.n_train ? r->batch_size : v.n_train;
     qkv_probe_recipe rb = *r;
     rb.batch_size = B;
+    if (!(rb.lr > 0.0))
+        rb.lr = r->standardize ? 0.1 : m.cfg.arch == QKV_MOCO_VIT ? 3.0 : 30.0;
+    if (!r->quiet) {
+        printf("linear probe: SGD lr %g, momentum %g, weight decay %g, %lld epochs of %lld%s\n",
+               rb.lr, (double)r->momentum, r->weight_decay, (long long)r->epochs, (long long)B,
+               r->standardize ? ", standardised features" : "");
+        fflush(stdout);
+    }
     v.r = &rb;
     static const char *const curves[] = {"loss", "train_acc", "test_acc", NULL};
     t = qkv_trainer_new(&(qkv_trainer_config){
@@ -193,7 +202,7 @@ qkv_status qkv_probe_train(const qkv_probe_recipe *r, qkv_probe_result *res)
         .data = {.n_examples = v.n_train, .batch_size = B, .shuffle = 1, .seed = r->seed + 1,
                  .batch_bytes = (size_t)(B * v.F) * sizeof(float) + (size_t)B * sizeof(int64_t),
                  .fill = fill, .user = &v},
-        .optim = {.kind = QKV_SGD, .lr = (float)r->lr, .momentum = r->momentum,
+        .optim = {.kind = QKV_SGD, .lr = (float)rb.lr, .momentum = r->momentum,
                   .weight_decay = (float)r->weight_decay},
         .schedule = {.kind = QKV_LR_COSINE}, .threads = 1, .seed = r->seed,
         .evaluate = evaluate, .out_dir = r->out_dir, .label = "probe",

@@ -158,12 +158,12 @@ int cmd_probe(int argc, char **argv)
         {.name = "batch-size", .kind = ARG_INT, .value = &r.batch_size, .min = 1, .max = 1e6,
          .help = "features per step"},
         {.name = "lr", .kind = ARG_FLOAT, .value = &r.lr, .min = 0, .max = 1e4,
-         .help = "SGD's learning rate, cosine to 0 (MoCo's: 30)"},
+         .help = "SGD's learning rate, cosine to 0 (0: MoCo's 30 for a ResNet, moco-v3's 3 "
+                 "for a ViT, 0.1 with --standardize)"},
         {.name = "weight-decay", .kind = ARG_FLOAT, .value = &r.weight_decay, .min = 0, .max = 1,
          .help = "SGD's weight decay (MoCo's: none)"},
         {.name = "standardize", .kind = ARG_FLAG, .value = &r.standardize,
-         .help = "scale the features to zero mean and unit variance first (a faster solver: "
-                 "use --lr 0.1)"},
+         .help = "scale the features to zero mean and unit variance first (a faster solver)"},
         {.name = "limit", .kind = ARG_INT, .value = &r.limit, .min = 0, .max = 1e9,
          .help = "the first N training images only (0: all 60000)"},
         {.name = "eval-limit", .kind = ARG_INT, .value = &r.eval_limit, .min = 0, .max = 1e9,
