@@ -9,7 +9,7 @@
 #                   $QKV_THREADS alone when it is set)
 #   --rounds N      rounds per model case (default 5)
 #   --cases LIST    model cases to run (default all): mha_small, mha_large,
-#                   tf_book, tf_large, vit_train, vitb16_b1, vitb16_b8
+#                   tf_book, tf_large, vit_train, vitb16_b1, vitb16_b8, moco_v2
 #   --debian        Debian's PyTorch 1.13 as one more model peer (the ops
 #                   table always has it)
 #   --no-compile    leave torch.compile out (it compiles in every round)
@@ -20,8 +20,8 @@
 # PyTorch (/usr/bin/python3).
 #
 # Three parts: the ops table (bench_ops.c, peer_ops.py), the models
-# (multi-head attention, the Transformer, the ViT: bench_{mha,transformer,
-# vit}.c, peer_{mha,transformer,vit}.py, peer_ort.py). Every model case runs
+# (multi-head attention, the Transformer, the ViT, MoCo v2: bench_{mha,
+# transformer,vit,moco}.c, peer_{mha,transformer,vit,moco}.py, peer_ort.py). Every model case runs
 # in N interleaved rounds: in each, every side once, in a fresh process (so
 # that its peak RSS is its own), the order rotating from round to round;
 # the table gives each side's median and range over the rounds, and calls a
@@ -58,7 +58,7 @@ IFS=, read -r -a threads_all <<<"$threads_list"
 # the library's own compiler and flags, from the Makefile
 mapfile -t f < <(make -s --no-print-directory -f Makefile -f bench/flags.mk bench-flags BUILD="$build")
 cc=${f[0]} cflags=${f[1]} ldflags=${f[2]} ldlibs=${f[3]}
-for b in ops mha transformer vit; do
+for b in ops mha transformer vit moco; do
     # shellcheck disable=SC2086
     $cc $cflags -o "$build/bench_$b" "bench/bench_$b.c" "$build/libqkv.a" $ldflags $ldlibs
 done
@@ -87,7 +87,8 @@ if [ $venv = 0 ]; then compile=0 ort=0; fi
 # model case: program, qkv's equal-work case, qkv's trick case (- if none)
 all_cases=(mha:mha_small:- mha:mha_large:- transformer:tf_book_full:tf_book
            transformer:tf_large_full:tf_large vit:vit_train_full:vit_train
-           vit:vitb16_b1_full:vitb16_b1 vit:vitb16_b8_full:vitb16_b8)
+           vit:vitb16_b1_full:vitb16_b1 vit:vitb16_b8_full:vitb16_b8
+           moco:moco_v2_full:moco_v2)
 cases=()
 for c in "${all_cases[@]}"; do
     rest=${c#*:} trick=${c##*:}

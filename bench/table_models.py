@@ -40,6 +40,9 @@ CASES = [
      "qkv computing the class token alone in the last block"),
     ("vitb16_b8_full", "ViT-B/16 inference, 224x224, batch 8, every token", "vitb16_b8",
      "qkv computing the class token alone in the last block"),
+    ("moco_v2_full", "MoCo v2 train step, ViT 28x28x1 (patch 4, E 96, 4 blocks), MLP head, "
+     "batch 256, K 4096, AdamW, every token", "moco_v2",
+     "qkv computing the class token alone in the last block"),
 ]
 # the peers' files, in column order
 PEERS = [("eager", "PyTorch eager"), ("compile", "torch.compile"), ("ort", "ONNX Runtime"),
