@@ -136,34 +136,6 @@ void qkv_set_check_nan(qkv_ctx *ctx, int on) { ctx->check_nan = on != 0; }
 
 void *qkv__alloc(qkv_ctx *ctx, size_t bytes) { return qkv_arena_alloc(ctx->arena, bytes); }
 
-/* A bump arena cannot free a tensor in the middle, and a define-by-run
- * forward cannot know which tensors a later op will read; but a block's
- * caller knows that only the block's output is read after it. So the
- * block's whole stretch of the arena goes, its output moved down to where
- * the stretch began: memory holds one block's intermediates at a time. */
-qkv_tensor *qkv_ctx_rewind_keep(qkv_ctx *ctx, qkv_arena_pos mark, qkv_tensor *y)
-{
-    if (ctx->grad_enabled)
-        return y; /* the tape reads the intermediates in the backward */
-    if (y && !qkv_is_contiguous(y))
-        y = qkv_contiguous(ctx, y);
-    if (!y) {
-        qkv_arena_rewind(ctx->arena, mark);
-        return NULL;
-    }
-    qkv_tensor keep = *y;
-    keep.data = qkv__arena_rewind_keep(ctx->arena, mark, y->data,
-                                       (size_t)qkv_numel(y) * sizeof(float));
-    qkv_tensor *t = keep.data ? qkv__alloc(ctx, sizeof *t) : NULL;
-    if (!t)
-        return NULL;
-    *t = keep;
-    t->grad = NULL;
-    t->node = NULL;
-    t->requires_grad = 0;
-    return t;
-}
-
 float *qkv__floats(qkv_ctx *ctx, int64_t n)
 {
     return qkv_arena_alloc(ctx->arena, (size_t)(n > 0 ? n : 1) * sizeof(float));

@@ -24,6 +24,34 @@ qkv_tensor *qkv_contiguous(qkv_ctx *ctx, qkv_tensor *x)
     return out;
 }
 
+/* A bump arena cannot free a tensor in the middle, and a define-by-run
+ * forward cannot know which tensors a later op will read; but a block's
+ * caller knows that only the block's output is read after it. So the
+ * block's whole stretch of the arena goes, its output moved down to where
+ * the stretch began: memory holds one block's intermediates at a time. */
+qkv_tensor *qkv_ctx_rewind_keep(qkv_ctx *ctx, qkv_arena_pos mark, qkv_tensor *y)
+{
+    if (ctx->grad_enabled)
+        return y; /* the tape reads the intermediates in the backward */
+    if (y && !qkv_is_contiguous(y))
+        y = qkv_contiguous(ctx, y);
+    if (!y) {
+        qkv_arena_rewind(ctx->arena, mark);
+        return NULL;
+    }
+    qkv_tensor keep = *y;
+    keep.data = qkv__arena_rewind_keep(ctx->arena, mark, y->data,
+                                       (size_t)qkv_numel(y) * sizeof(float));
+    qkv_tensor *t = keep.data ? qkv__alloc(ctx, sizeof *t) : NULL;
+    if (!t)
+        return NULL;
+    *t = keep;
+    t->grad = NULL;
+    t->node = NULL;
+    t->requires_grad = 0;
+    return t;
+}
+
 /* reshape of a contiguous x: same element order, so dx += g elementwise */
 static void reshape_backward(qkv_ctx *ctx, qkv_node *n) { contiguous_backward(ctx, n); }
 
