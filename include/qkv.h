@@ -231,7 +231,8 @@ QKV_API void qkv_arena_free(qkv_arena *a);
 /* 64-byte aligned; NULL (with qkv_error) if out of memory. */
 QKV_API void *qkv_arena_alloc(qkv_arena *a, size_t bytes);
 QKV_API void qkv_arena_reset(qkv_arena *a);
-/* Bytes in use now, and the most ever in use between two resets. */
+/* Bytes in use now (blocks the backward gave back excluded), and the most
+ * the arena's memory ever reached between two resets. */
 QKV_API size_t qkv_arena_used(const qkv_arena *a);
 QKV_API size_t qkv_arena_peak(const qkv_arena *a);
 /* A point to come back to: qkv_arena_rewind(a, m) frees everything
@@ -334,6 +335,11 @@ QKV_API qkv_tensor *qkv_detach(qkv_ctx *ctx, qkv_tensor *t);
 
 /* Runs backward from a scalar (one-element) tensor: seeds its grad with 1 and
  * accumulates (+=) into every tensor of the tape that needs a gradient.
+ * Leaves (tensors no recorded op made, parameters among them) keep their
+ * gradients; an op's output's gradient is given back to the arena once its
+ * op's backward rule has run (its grad is NULL afterwards), so that the
+ * backward needs memory for the gradients in flight only, as PyTorch frees
+ * a non-leaf's .grad.
  * Starts from a clean status: the thread's error is cleared first, so an
  * earlier failure the caller handled cannot fail it; after it the status
  * and message are its own. A NULL loss returns the error of the op that

@@ -75,6 +75,8 @@ struct qkv_node {
     int64_t iarg[8];    /* integer arguments of the op */
     float farg[4];      /* float arguments of the op */
     int grad_lent;      /* out->grad became an input's gradient (qkv__pass_grad) */
+    int first_of_out;   /* out had no node before this one: the last of out's
+                           nodes to run backward (concat records one per input) */
     qkv_node *prev;     /* the tape is a list, newest first */
 };
 
@@ -144,6 +146,10 @@ static inline float *qkv__grad_target(const qkv_ctx *ctx, const qkv_tensor *t)
  * now (moved down to the mark, or src itself if rewinding does not free
  * them), NULL with an error if out of memory. */
 void *qkv__arena_rewind_keep(qkv_arena *a, qkv_arena_pos m, const void *src, size_t bytes);
+/* Gives back `bytes` at p (from qkv_arena_alloc; nothing if p is not the
+ * arena's or the block is small) before the reset: a later allocation
+ * may reuse them. p must not be read or written afterwards. */
+void qkv__arena_release(qkv_arena *a, void *p, size_t bytes);
 /* Arena memory of the step; NULL with an error if out of memory. */
 void *qkv__alloc(qkv_ctx *ctx, size_t bytes);
 float *qkv__floats(qkv_ctx *ctx, int64_t n);

@@ -43,6 +43,79 @@ TEST(arena_mark_rewind)
     qkv_arena_free(a);
 }
 
+/* a released block is reused by the next allocation it holds (cut from its
+ * tail, the rest kept), merges with released neighbours, and reset or
+ * rewind forget the list; small blocks are not listed */
+void qkv__arena_release(qkv_arena *a, void *p, size_t bytes);
+TEST(arena_release_reuses_and_merges)
+{
+    qkv_arena *a = qkv_arena_new(1 << 20);
+    REQUIRE(a, "arena_new");
+    for (int pass = 0; pass < 2; pass++) {
+        char *x = qkv_arena_alloc(a, 8192), *y = qkv_arena_alloc(a, 8192);
+        char *z = qkv_arena_alloc(a, 8192), *small = qkv_arena_alloc(a, 1000);
+        REQUIRE(x && y && z && small, "alloc");
+        size_t used = qkv_arena_used(a), peak = qkv_arena_peak(a);
+        qkv__arena_release(a, small, 1000); /* too small to list */
+        CHECK(qkv_arena_used(a) == used, "a small block was listed");
+        qkv__arena_release(a, y, 8192);
+        qkv__arena_release(a, x, 8192); /* joins y */
+        CHECK(qkv_arena_used(a) == used - 16384, "used %zu, want %zu", qkv_arena_used(a),
+              used - 16384);
+        CHECK(qkv_arena_alloc(a, 16384) == x, "the merged pair should hold 16 KiB");
+        qkv__arena_release(a, x, 16384);
+        qkv__arena_release(a, z, 8192); /* x, y and z: one block of 24 KiB */
+        CHECK(qkv_arena_alloc(a, 4096) == z + 4096, "cut from the tail of the merged block");
+        CHECK(qkv_arena_alloc(a, 20000) == x, "the rest, 20 KiB, was lost");
+        CHECK(qkv_arena_peak(a) == peak, "reuse moved the peak");
+        char *w = qkv_arena_alloc(a, 8192);
+        CHECK(w == small + 1024, "no free block left: the bump pointer goes on");
+        qkv__arena_release(a, w, 8192);
+        int local[2048];
+        qkv__arena_release(a, local, sizeof local); /* not the arena's: ignored */
+        if (pass == 0)
+            qkv_arena_reset(a);
+        else {
+            qkv_arena_pos m = qkv_arena_mark(a);
+            qkv_arena_rewind(a, m);
+        }
+        CHECK(qkv_arena_alloc(a, 8192) != w || pass == 0, "rewind kept a free block");
+    }
+    qkv_arena_free(a);
+}
+
+/* After an op's backward its output's gradient goes back to the arena (a
+ * chain of 16 tanh holds two gradients at a time, not 16); a leaf keeps
+ * its gradient, an op's output has none afterwards; the result is the
+ * chain rule's. */
+TEST(backward_releases_used_gradients)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    enum { N = 64 * 64, DEPTH = 16 };
+    qkv_tensor *x = qkv_requires_grad(qkv_full(ctx, 2, SHAPE(64, 64), 0.1f)), *h = x;
+    qkv_tensor *mid = NULL;
+    for (int i = 0; i < DEPTH; i++) {
+        h = qkv_tanh(ctx, h);
+        if (i == DEPTH / 2)
+            mid = h;
+    }
+    qkv_tensor *loss = qkv_sum_all(ctx, h);
+    REQUIRE(loss, "%s", qkv_error());
+    qkv_arena *a = qkv_ctx_arena(ctx);
+    size_t before = qkv_arena_peak(a);
+    REQUIRE(qkv_backward(ctx, loss) == QKV_OK, "%s", qkv_error());
+    double grew = (double)(qkv_arena_peak(a) - before) / (N * sizeof(float));
+    CHECK(grew <= 3, "the backward took %.1f gradients' memory (a chain needs 2)", grew);
+    CHECK(mid->grad == NULL && h->grad == NULL, "an op's output kept its gradient");
+    double v = 0.1, d = 1;
+    for (int i = 0; i < DEPTH; i++) {
+        v = tanh(v);
+        d *= 1 - v * v;
+    }
+    CHECK_CLOSE_GRAD(x, qkv_full(ctx, 2, SHAPE(64, 64), (float)d), 0, 1e-5);
+    qkv_ctx_free(ctx);
+}
+
 /* n floats 0, 1, 2, ... made after whatever the arena holds */
 static qkv_tensor *iota(qkv_ctx *ctx, int64_t rows, int64_t cols)
 {

@@ -14,11 +14,15 @@ const char *const qkv_op_names[QKV_OP_COUNT] = {QKV_OP_LIST(QKV__NAME)};
 /* ---- the op profiler (QKV_PROFILE=1) ----
  * Forward time of an op is the time from the previous recorded op (or the
  * reset) to its record, so it holds whatever ran in between; backward time
- * is its backward rule's. At qkv_ctx_free the totals are printed to stderr,
- * heaviest first, per step (steps = resets with a tape). */
+ * is its backward rule's; its memory is the arena bytes taken in the same
+ * stretch (what the forward keeps for the backward, by op). At qkv_ctx_free
+ * the totals are printed to stderr, heaviest first, per step (steps =
+ * resets with a tape). */
 struct qkv_profile {
     double last, fwd[QKV_OP_COUNT], bwd[QKV_OP_COUNT];
     int64_t calls[QKV_OP_COUNT], steps;
+    size_t last_used;          /* the arena's use at the previous record */
+    double bytes[QKV_OP_COUNT]; /* arena bytes taken up to each record */
 };
 
 static double prof_now(void)
@@ -44,13 +48,14 @@ static void prof_print(const struct qkv_profile *p)
             order[j] = order[j - 1], order[j - 1] = t;
         }
     fprintf(stderr, "qkv profile: %lld steps, %.3f ms a step in recorded ops\n"
-                    "%-20s %8s %10s %10s %6s\n", (long long)p->steps, 1e3 * total / steps,
-            "op", "calls", "fwd ms", "bwd ms", "share");
+                    "%-20s %8s %10s %10s %6s %9s\n", (long long)p->steps, 1e3 * total / steps,
+            "op", "calls", "fwd ms", "bwd ms", "share", "fwd MiB");
     for (int i = 0; i < n; i++) {
         int op = order[i];
-        fprintf(stderr, "%-20s %8.1f %10.3f %10.3f %5.1f%%\n", qkv_op_names[op],
+        fprintf(stderr, "%-20s %8.1f %10.3f %10.3f %5.1f%% %9.1f\n", qkv_op_names[op],
                 (double)p->calls[op] / steps, 1e3 * p->fwd[op] / steps, 1e3 * p->bwd[op] / steps,
-                100 * (p->fwd[op] + p->bwd[op]) / (total > 0 ? total : 1));
+                100 * (p->fwd[op] + p->bwd[op]) / (total > 0 ? total : 1),
+                p->bytes[op] / steps / 1048576.0);
     }
 }
 
@@ -96,6 +101,7 @@ void qkv_ctx_reset(qkv_ctx *ctx)
     if (ctx->prof) {
         ctx->prof->steps += ctx->tape != NULL;
         ctx->prof->last = prof_now();
+        ctx->prof->last_used = 0;
     }
     qkv_arena_reset(ctx->arena);
     ctx->tape = NULL;
@@ -313,13 +319,18 @@ qkv_node *qkv__record(qkv_ctx *ctx, qkv_op op, qkv_backward_fn backward, qkv_ten
     n->prev = ctx->tape;
     ctx->tape = n;
     ctx->n_nodes++;
+    n->first_of_out = out->node == NULL;
     out->requires_grad = 1;
     out->node = n;
     if (ctx->prof) {
         double t = prof_now();
+        size_t used = qkv_arena_used(ctx->arena);
         ctx->prof->fwd[op] += t - ctx->prof->last;
         ctx->prof->calls[op]++;
         ctx->prof->last = t;
+        if (used > ctx->prof->last_used)
+            ctx->prof->bytes[op] += (double)(used - ctx->prof->last_used);
+        ctx->prof->last_used = used;
     }
     return n;
 }
@@ -338,7 +349,8 @@ float *qkv__grad(qkv_ctx *ctx, qkv_tensor *t)
 void qkv__pass_grad(qkv_ctx *ctx, qkv_node *n, qkv_tensor *t)
 {
     float *g = n->out->grad;
-    if (!t->grad && !n->grad_lent && g != ctx->seed_grad) {
+    if (!t->grad && !n->grad_lent && n->first_of_out && n->out->node == n &&
+        g != ctx->seed_grad) { /* the output's one node: no other reads g */
         t->grad = g;
         n->grad_lent = 1;
         return;
@@ -398,6 +410,17 @@ static qkv_status run_backward(qkv_ctx *ctx)
         n->backward(ctx, n);
         if (ctx->prof)
             ctx->prof->bwd[n->op] += prof_now() - t0;
+        /* After the first node made for the output (the last to run) its
+         * gradient is used up: every op that read the output came later on
+         * the tape and has run. Unless it became an input's gradient, or is
+         * the caller's seed, it goes back to the arena for the next
+         * gradients to reuse, as PyTorch frees a non-leaf's. */
+        if (n->first_of_out) {
+            if (!n->grad_lent && n->out->grad != ctx->seed_grad)
+                qkv__arena_release(ctx->arena, n->out->grad,
+                                   (size_t)qkv_numel(n->out) * sizeof(float));
+            n->out->grad = NULL;
+        }
         if (qkv_error_status() == QKV_ERR_NOMEM)
             return QKV_ERR_NOMEM;
         if (ctx->check_nan)

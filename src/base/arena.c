@@ -3,8 +3,33 @@
  * Allocation never fails for lack of a preset size: a full chunk is followed
  * by a new one. On reset, if the step needed more than one chunk, they are
  * replaced by a single chunk as large as the peak, so the next step of the
- * same shape runs in one chunk and calls no malloc. */
+ * same shape runs in one chunk and calls no malloc.
+ *
+ * A block whose owner knows it dead before the reset (a gradient the
+ * backward has used up) can be given back with qkv__arena_release: it joins
+ * a free list, merged with free neighbours, and a later allocation of at
+ * least RECYCLE_MIN bytes takes the smallest free block that holds it
+ * before the bump pointer moves. Reset and rewind empty the list. */
 #include "../qkv_internal.h"
+
+/* Under AddressSanitizer a released block is poisoned (its list entry
+ * aside) until it is handed out again, so that a read of a gradient after
+ * its release is caught. */
+#if defined(__SANITIZE_ADDRESS__)
+#define QKV_ARENA_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define QKV_ARENA_ASAN 1
+#endif
+#endif
+#ifdef QKV_ARENA_ASAN
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 typedef struct chunk {
     struct chunk *next;
@@ -12,12 +37,24 @@ typedef struct chunk {
     unsigned char *mem;
 } chunk;
 
+/* A released block, its own list entry (it is at least RECYCLE_MIN bytes). */
+typedef struct free_block {
+    struct free_block *next; /* the next free block, by address */
+    size_t size;
+    const chunk *in;         /* its chunk: only neighbours in one chunk merge */
+} free_block;
+
 struct qkv_arena {
-    chunk *head;     /* the chunk being filled; older ones follow */
-    size_t first;    /* size of a fresh chunk */
-    size_t used;     /* bytes handed out since reset (with padding) */
+    chunk *head;      /* the chunk being filled; older ones follow */
+    size_t first;     /* size of a fresh chunk */
+    size_t used;      /* bytes handed out since reset (with padding) */
     size_t peak;
+    free_block *free; /* released blocks, by address */
+    size_t free_bytes;
 };
+
+/* Smaller blocks are not worth a list entry: they are never recycled. */
+#define RECYCLE_MIN ((size_t)4096)
 
 /* Chunks from this size on get pages of their own (qkv__pages_alloc), so
  * that a chunk freed by a rewind or a reset is returned to the system, not
@@ -80,11 +117,50 @@ void qkv_arena_free(qkv_arena *a)
     qkv__free(a);
 }
 
+/* The smallest free block of at least `need` bytes, cut to size (its
+ * tail: the rest stays listed), or NULL. */
+static void *take_free(qkv_arena *a, size_t need)
+{
+    free_block **best = NULL;
+    for (free_block **p = &a->free; *p; p = &(*p)->next)
+        if ((*p)->size >= need && (!best || (*p)->size < (*best)->size))
+            best = p;
+    if (!best)
+        return NULL;
+    free_block *b = *best;
+    if (b->size - need >= RECYCLE_MIN) {
+        b->size -= need;
+        a->free_bytes -= need;
+        UNPOISON((unsigned char *)b + b->size, need);
+        return (unsigned char *)b + b->size;
+    }
+    *best = b->next; /* whole: a few spare bytes stay with it until the reset */
+    a->free_bytes -= b->size;
+    UNPOISON(b, b->size);
+    return b;
+}
+
+/* Empties the free list (reset, rewind). */
+static void drop_free(qkv_arena *a)
+{
+    for (free_block *b = a->free, *next; b; b = next) {
+        next = b->next;
+        UNPOISON(b, b->size);
+    }
+    a->free = NULL;
+    a->free_bytes = 0;
+}
+
 void *qkv_arena_alloc(qkv_arena *a, size_t bytes)
 {
     size_t need = (bytes + 63) & ~(size_t)63;
     if (need == 0)
         need = 64;
+    if (a->free && need >= RECYCLE_MIN) {
+        void *p = take_free(a, need);
+        if (p)
+            return p;
+    }
     chunk *c = a->head;
     if (c->used + need > c->size) {
         size_t size = c->size * 2 > need ? c->size * 2 : need;
@@ -104,6 +180,7 @@ void *qkv_arena_alloc(qkv_arena *a, size_t bytes)
 
 void qkv_arena_reset(qkv_arena *a)
 {
+    drop_free(a);
     if (a->head->next) {
         /* several chunks: replace them by one that holds the peak */
         chunk *one = chunk_new(a->peak);
@@ -119,7 +196,49 @@ void qkv_arena_reset(qkv_arena *a)
     a->used = 0;
 }
 
-size_t qkv_arena_used(const qkv_arena *a) { return a->used; }
+void qkv__arena_release(qkv_arena *a, void *p, size_t bytes)
+{
+    size_t need = (bytes + 63) & ~(size_t)63;
+    unsigned char *q = p;
+    if (!p || need < RECYCLE_MIN)
+        return;
+    const chunk *in = NULL; /* only the arena's own memory is listed */
+    for (const chunk *c = a->head; c && !in; c = c->next)
+        if (q >= c->mem && q + need <= c->mem + c->used)
+            in = c;
+    if (!in)
+        return;
+    POISON(q, need);
+    free_block **at = &a->free, *prev = NULL;
+    while (*at && (unsigned char *)*at < q) {
+        prev = *at;
+        at = &(*at)->next;
+    }
+    free_block *next = *at;
+    a->free_bytes += need;
+    if (prev && prev->in == in && (unsigned char *)prev + prev->size == q) {
+        prev->size += need; /* joins the block before it */
+        if (next && next->in == in && (unsigned char *)prev + prev->size == (unsigned char *)next) {
+            prev->size += next->size;
+            prev->next = next->next;
+            POISON(next, sizeof *next); /* its entry is free memory now */
+        }
+        return;
+    }
+    free_block *b = p;
+    UNPOISON(b, sizeof *b);
+    b->size = need;
+    b->in = in;
+    b->next = next;
+    if (next && next->in == in && q + need == (unsigned char *)next) {
+        b->size += next->size; /* and the block after it */
+        b->next = next->next;
+        POISON(next, sizeof *next);
+    }
+    *at = b;
+}
+
+size_t qkv_arena_used(const qkv_arena *a) { return a->used - a->free_bytes; }
 
 size_t qkv_arena_peak(const qkv_arena *a) { return a->peak; }
 
@@ -130,6 +249,7 @@ qkv_arena_pos qkv_arena_mark(const qkv_arena *a)
 
 void qkv_arena_rewind(qkv_arena *a, qkv_arena_pos m)
 {
+    drop_free(a); /* some may lie past the mark */
     /* chunks begun after the mark go (after a reset there is one chunk as
      * large as the peak, so a steady step only moves the offset back) */
     while (a->head != m.chunk && a->head->next) {
