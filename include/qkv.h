@@ -2751,8 +2751,9 @@ typedef struct {
 typedef struct {
     double knn_accuracy;            /* the last kNN monitor's test accuracy (NaN: none) */
 } qkv_moco_result;
-/* Sets the model and training fields of a preset, keeping the run's: "v2"
- * (the default), "v1", "v3", "demo" (v2 for a minute). */
+/* Sets the model and training fields of a preset, keeping the run's: on the
+ * ViT "v1", "v2", "v3", "demo" (v2 for a minute); on a ResNet-18 "v1-resnet",
+ * "v2-resnet", "v3-resnet"; "default" is "v2-resnet" (`qkv train moco`). */
 QKV_API qkv_status qkv_moco_recipe_preset(qkv_moco_recipe *r, const char *name);
 QKV_API qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res);
 /* The query encoder's features of the first n images of d into out (n, F),

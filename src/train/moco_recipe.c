@@ -104,8 +104,9 @@ qkv_status qkv_moco_recipe_preset(qkv_moco_recipe *r, const char *name)
     qkv_view_aug v2aug = {.crop_min = 0.2f, .crop_max = 1.0f, .jitter = 0.8f,
                           .brightness = 0.4f, .contrast = 0.4f, .blur = 0.5f,
                           .blur_sigma_min = 0.1f, .blur_sigma_max = 1.0f, .flip = 0.5f};
-    if (!strcmp(name, "v2") || !strcmp(name, "default") || !strcmp(name, "v1") ||
-        !strcmp(name, "demo")) {
+    if (!strcmp(name, "default")) /* what `qkv train moco` runs with no options */
+        name = "v2-resnet";
+    if (!strcmp(name, "v2") || !strcmp(name, "v1") || !strcmp(name, "demo")) {
         bool v1 = !strcmp(name, "v1");
         *r = (qkv_moco_recipe){
             .model = {.version = v1 ? 1 : 2, .arch = QKV_MOCO_VIT, .vit = vit, .dim = 128,
@@ -133,24 +134,26 @@ qkv_status qkv_moco_recipe_preset(qkv_moco_recipe *r, const char *name)
         /* MoCo's CIFAR demo: ResNet-18 with a 3x3 stem and no max pool,
          * shuffle BN in 8 groups, SGD lr 0.06 (batch 512 there, 256 here,
          * so 0.03), momentum 0.9, weight decay 5e-4, m 0.99, K 4096, cosine;
-         * here at width 32 (16 .. 256 planes: see docs/moco.md) */
+         * sized for an hour on two cores (`qkv train moco` with no options):
+         * width 16 (16 .. 128 planes), 12 epochs, the kNN monitor's bank
+         * the first 10000 training images (docs/moco.md) */
         int version = name[1] - '0';
         *r = (qkv_moco_recipe){
             .model = {.version = version, .arch = QKV_MOCO_RESNET, .image_size = 28,
-                      .resnet = {.depth = 18, .width = 32, .in_channels = 1, .small_stem = 1},
+                      .resnet = {.depth = 18, .width = 16, .in_channels = 1, .small_stem = 1},
                       .dim = 128, .mlp_dim = version == 3 ? 1024 : 0,
                       .K = version == 3 ? 0 : 4096,
                       .T = version == 1 ? 0.07f : version == 2 ? 0.2f : 1.0f,
                       .bn_splits = version == 3 ? 1 : 8},
-            .epochs = 40, .batch_size = 256, .optimizer = QKV_SGD, .lr = 0.03,
+            .epochs = 12, .batch_size = 256, .optimizer = QKV_SGD, .lr = 0.03,
             .sgd_momentum = 0.9f, .weight_decay = 5e-4, .cosine = 1, .momentum = 0.99f,
             .momentum_cosine = version == 3, .aug = v2aug, .knn_k = 200, .knn_t = 0.1f,
-            .knn_every = 1};
+            .knn_every = 1, .knn_bank = 10000};
         if (version == 1)
             r->aug.blur = 0.0f;
     } else
-        return qkv_set_error(QKV_ERR_ARG, "moco: unknown preset '%s' (v1, v2, v3, demo, "
-                             "v1-resnet, v2-resnet, v3-resnet)", name);
+        return qkv_set_error(QKV_ERR_ARG, "moco: unknown preset '%s' (default, v1, v2, v3, "
+                             "demo, v1-resnet, v2-resnet, v3-resnet)", name);
     r->data_dir = keep.data_dir, r->out_dir = keep.out_dir, r->seed = keep.seed;
     r->resume = keep.resume, r->threads = keep.threads, r->quiet = keep.quiet;
     if (keep.limit)

@@ -28,8 +28,8 @@ static int train(const train_options *o)
     qkv_moco_recipe r = {.data_dir = o->data, .out_dir = o->out_dir, .seed = o->seed,
                          .resume = o->resume, .limit = o->limit, .eval_limit = o->eval_limit};
     char preset[32];
-    bool resnet = !strcmp(o->arch, "resnet18");
-    if (!strcmp(o->version, "demo"))
+    bool demo = !strcmp(o->version, "demo"), resnet = !demo && !strcmp(o->arch, "resnet18");
+    if (demo)
         snprintf(preset, sizeof preset, "demo");
     else
         snprintf(preset, sizeof preset, "v%s%s", o->version, resnet ? "-resnet" : "");
@@ -37,8 +37,6 @@ static int train(const train_options *o)
         fprintf(stderr, "qkv train moco: %s\n", qkv_error());
         return 2;
     }
-    if (resnet && !strcmp(o->version, "demo"))
-        return fprintf(stderr, "qkv train moco: the demo is the ViT's\n"), 2;
     if (o->width > 0)
         r.model.resnet.width = o->width;
     if (o->epochs >= 0)
@@ -78,18 +76,19 @@ static int train(const train_options *o)
 
 int cmd_train_moco(int argc, char **argv)
 {
-    train_options o = {.version = "2", .arch = "vit", .data = QKV_MNIST_DIR, .out_dir = "runs/moco",
+    train_options o = {.version = "2", .arch = "resnet18", .data = QKV_MNIST_DIR, .out_dir = "runs/moco",
                        .epochs = -1, .crop_min = 0, .blur = -1};
     arg_opt opts[] = {
         {.name = "version", .kind = ARG_CHOICE, .value = &o.version, .choices = "1|2|3|demo",
-         .help = "MoCo v1 (linear head, T 0.07), v2 (MLP head, T 0.2, blur), v3 (ViT, "
-                 "projector and predictor, symmetric loss, no queue); demo: v2 for a minute"},
+         .help = "MoCo v1 (linear head, T 0.07), v2 (MLP head, T 0.2, blur), v3 "
+                 "(projector and predictor, symmetric loss, no queue); demo: v2 on the ViT for a "
+                 "minute"},
         {.name = "arch", .kind = ARG_CHOICE, .value = &o.arch, .choices = "vit|resnet18",
-         .help = "the encoder: vit (28x28, patch 4, width 96, 4 blocks) or resnet18 (3x3 stem, "
-                 "no max pool, --width planes in layer1; SGD and shuffle BN as MoCo's CIFAR "
-                 "demo)"},
+         .help = "the encoder: resnet18 (3x3 stem, no max pool, --width planes in layer1; SGD "
+                 "and shuffle BN as MoCo's CIFAR demo) or vit (28x28, patch 4, width 96, 4 "
+                 "blocks)"},
         {.name = "width", .kind = ARG_INT, .value = &o.width, .min = 0, .max = 1024,
-         .help = "resnet18: planes of layer1, doubled per layer (0: the preset's, 32)"},
+         .help = "resnet18: planes of layer1, doubled per layer (0: the preset's, 16)"},
         {.name = "data", .kind = ARG_STRING, .value = &o.data, .metavar = "DIR",
          .help = "Fashion-MNIST IDX files (the labels are read by the kNN monitor only)"},
         {.name = "out-dir", .kind = ARG_STRING, .value = &o.out_dir, .metavar = "DIR",
