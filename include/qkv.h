@@ -1135,7 +1135,7 @@ QKV_API qkv_status qkv_image_read(qkv_image *img, const char *path);
 /* The same from bytes in memory. */
 QKV_API qkv_status qkv_image_decode(qkv_image *img, const void *bytes, size_t len);
 /* mkdir -p: creates path and its missing parents (0777 less the umask).
- * QKV_ERR_IO naming the directory that could not be made. */
+ * QKV_ERR_IO naming path and, if it was a parent that failed, that parent. */
 QKV_API qkv_status qkv_make_dirs(const char *path);
 /* Writes an 8-bit PNG (C 1 or 3), values clamped to [0, 1] and rounded. */
 QKV_API qkv_status qkv_image_write_png(const qkv_image *img, const char *path);
@@ -1455,6 +1455,18 @@ QKV_API void qkv_coco_summarize(const qkv_coco_result *r, int64_t k,
 QKV_API int qkv_coco_stat_line(int i, double v, char *buf, size_t n);
 /* Frees the arrays and zeroes r; NULL is a no-op. */
 QKV_API void qkv_coco_result_free(qkv_coco_result *r);
+/* Writes {"stats": [12], "stats_names": [12], "images", "annotations",
+ * "detections", "categories": [{"id", "name", "ap", "stats": [12]}]} to path
+ * (numbers in full double precision; through path.tmp and a rename, so a
+ * failure leaves nothing half-written). QKV_ERR_IO naming the file. */
+QKV_API qkv_status qkv_coco_save_json(const char *path, const qkv_coco_result *r,
+                                      const qkv_coco_gt *gt, const qkv_coco_dets *dt);
+/* Precision against recall (all areas, 100 detections) at IoU 0.50, 0.75 and
+ * the mean over the ten thresholds: dir/pr_all.png (the mean over categories
+ * with ground truth) and dir/pr_<id>.png for each such category; dir is
+ * created. QKV_ERR_IO naming the file or directory. */
+QKV_API qkv_status qkv_coco_plot_pr(const char *dir, const qkv_coco_result *r,
+                                    const qkv_coco_gt *gt);
 
 /* ------------------------------------------------------------------------ */
 /* Modules (nn). A module is a struct of parameter pointers with three steps: */

@@ -9,6 +9,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 /* ---- allocation (counted, for the no-malloc test) ---- */
@@ -228,6 +229,10 @@ void qkv__broadcast_strides(const qkv_tensor *t, int ndim, const int64_t *shape,
  * broadcasts to `shape`: the backward of broadcasting. */
 void qkv__reduce_to(float *dst, const qkv_tensor *t, const float *g, int ndim,
                     const int64_t *shape);
+
+/* ---- JSON output (io/metrics.c) ---- */
+/* s as a JSON string: quotes, backslashes and control characters escaped. */
+void qkv__json_string(FILE *f, const char *s);
 
 /* ---- threads ---- */
 void qkv__threads_init(void);

@@ -798,6 +798,11 @@ TEST(cli_coco_eval)
     snprintf(args, sizeof args, "coco-eval --gt %s.gt.json --dt /no/such.json", base);
     rc = run_qkv(args, out, sizeof out);
     CHECK(rc == 1 && strstr(out, "/no/such.json"), "exit %d:\n%s", rc, out);
+    /* an output that cannot be written: named, exit 1, nothing left behind */
+    snprintf(args, sizeof args, "coco-eval --gt %s.gt.json --dt %s.dt.json --json /no/such/o.json",
+             base, base);
+    rc = run_qkv(args, out, sizeof out);
+    CHECK(rc == 1 && strstr(out, "cannot create /no/such/o.json.tmp"), "exit %d:\n%s", rc, out);
     rc = run_qkv("coco-eval --gt x.json", out, sizeof out);
     CHECK(rc == 2 && strstr(out, "--gt and --dt are both required"), "exit %d:\n%s", rc, out);
 }

@@ -54,9 +54,13 @@ qkv_status qkv_make_dirs(const char *path)
         *p = '\0';
         struct stat st;
         if (mkdir(buf, 0777) != 0 && !(errno == EEXIST && stat(buf, &st) == 0 &&
-                                       S_ISDIR(st.st_mode)))
-            return qkv_set_error(QKV_ERR_IO, "cannot create directory %s: %s", buf,
-                                 errno == EEXIST ? "a file is in the way" : strerror(errno));
+                                       S_ISDIR(st.st_mode))) {
+            const char *why = errno == EEXIST ? "a file is in the way" : strerror(errno);
+            if (c) /* a parent failed: name it and the directory asked for */
+                return qkv_set_error(QKV_ERR_IO, "cannot create directory %s (at %s: %s)", path,
+                                     buf, why);
+            return qkv_set_error(QKV_ERR_IO, "cannot create directory %s: %s", buf, why);
+        }
         *p = c;
         if (!c)
             return QKV_OK;

@@ -37,7 +37,7 @@ qkv_metrics *qkv_metrics_open(const char *path) { return metrics_open(path, "w")
 qkv_metrics *qkv_metrics_append(const char *path) { return metrics_open(path, "a"); }
 
 /* A JSON string: quotes, backslashes and control characters escaped. */
-static void put_string(FILE *f, const char *s)
+void qkv__json_string(FILE *f, const char *s)
 {
     fputc('"', f);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -59,7 +59,7 @@ qkv_status qkv_metrics_write(qkv_metrics *m, int64_t epoch, int n, const char *c
     fprintf(m->f, "{\"epoch\": %lld", (long long)epoch);
     for (int i = 0; i < n; i++) {
         fputs(", ", m->f);
-        put_string(m->f, names[i] ? names[i] : "");
+        qkv__json_string(m->f, names[i] ? names[i] : "");
         if (isfinite(values[i])) {
             /* the shortest of 15 or 17 digits that reads back the same */
             char num[32];

@@ -7,11 +7,9 @@
  * weights as PNG pictures.
  */
 #include "args.h"
-#include "cli_util.h"
 #include "commands.h"
 #include "qkv.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,11 +126,8 @@ static int run(const options *o)
     snprintf(name, sizeof name, "parametric, w %.4g", (double)w);
     printf("  %-30s %10.6f\n", name, mse(y_p, d.y_truth, nq));
 
-    if (cli_make_dirs(o->out_dir) != 0) {
-        qkv_set_error(QKV_ERR_IO, "cannot create directory '%s': %s", o->out_dir,
-                      strerror(errno));
+    if (qkv_make_dirs(o->out_dir) != QKV_OK)
         goto fail;
-    }
     char path[4200], np_name[64];
     snprintf(np_name, sizeof np_name, "%s, sigma %g", qkv_kernel_name(kernel), o->sigma);
     const qkv_series series[] = {
