@@ -8,8 +8,10 @@
  *   bench_transformer tf_book|tf_book_full|tf_large|tf_large_full [--threads N]
  *
  * The *_full cases are the equal-work ones: every position computed,
- * padding included, through qkv_seq2seq_forward, as the PyTorch model
- * does. tf_book and tf_large are qkv_seq2seq_loss's step, which packs the
+ * padding included, as the PyTorch model does (the decoder through
+ * qkv_seq2seq_hidden, then the output layer and the loss fused by
+ * qkv_linear_cross_entropy: the same products, without the (B T, V)
+ * logits and their gradient, which PyTorch keeps). tf_book and tf_large are qkv_seq2seq_loss's step, which packs the
  * rows that reach the loss and skips the padding's dead work: exactly the
  * same loss and gradients with dropout off (every dropout rate 0; tested
  * by transformer_seq2seq_loss_skips_padding_exactly); with dropout on, the
@@ -49,12 +51,14 @@ static qkv_status tf_shard(qkv_ctx *ctx, int i, int n, void *p)
     qkv_shard_rows(s->B, i, n, &lo, &hi);
     qkv_tensor *ce;
     if (s->full) { /* as PyTorch computes it: every position */
-        qkv_tensor *logits = qkv_seq2seq_forward(ctx, &s->m, s->src + lo * T, s->valid + lo,
-                                                 hi - lo, T, s->dec_in + lo * T, T, NULL);
-        logits = logits ? qkv_reshape(ctx, logits, 2, (int64_t[]){(hi - lo) * T, s->m.tgt_vocab})
-                        : NULL;
-        ce = qkv_cross_entropy(ctx, logits, s->target + lo * T,
-                               &(qkv_ce_opts){.ignore_index = PAD, .reduction = QKV_REDUCE_SUM});
+        qkv_tensor *h = qkv_seq2seq_hidden(ctx, &s->m, s->src + lo * T, s->valid + lo, hi - lo,
+                                           T, s->dec_in + lo * T, T, NULL);
+        /* the output layer and the loss in one op: the same products,
+         * without the (B T, V) logits and their gradient */
+        ce = qkv_linear_cross_entropy(ctx, h, s->m.dense.weight, s->m.dense.bias,
+                                      s->target + lo * T,
+                                      &(qkv_ce_opts){.ignore_index = PAD,
+                                                     .reduction = QKV_REDUCE_SUM});
     } else {
         ce = qkv_seq2seq_loss(ctx, &s->m, s->src + lo * T, s->valid + lo, hi - lo, T,
                               s->dec_in + lo * T, s->target + lo * T, T, PAD);

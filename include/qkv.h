@@ -554,6 +554,23 @@ typedef struct {
  * opts may be NULL (mean, no weights, no ignore, no smoothing). */
 QKV_API qkv_tensor *qkv_cross_entropy(qkv_ctx *ctx, qkv_tensor *logits, const int64_t *target,
                                       const qkv_ce_opts *opts);
+/* An output layer and its loss in one op: qkv_cross_entropy(qkv_linear(x,
+ * w, bias), target, opts) without the (R, K) logits. x (..., in) [R rows =
+ * all leading axes], w (K, in), bias (K) or NULL (both contiguous), target
+ * (R) -> (). The logits are made about 32 MiB of rows at a time and their
+ * loss taken; when a gradient is wanted (gradients on and x, w or bias
+ * requiring one) the same block of logits becomes its gradient, whose
+ * products give x's, w's and bias's gradients for an upstream gradient of
+ * 1, kept until the backward scales them: the arithmetic of the two ops,
+ * the same result to rounding, with memory for x's and w's gradients in
+ * place of the logits and theirs (the large Transformer's output layer:
+ * 2 x 305 MiB). Its forward does the backward's products too, so without
+ * a later qkv_backward it is the dearer way. opts as qkv_cross_entropy (NULL:
+ * mean, nothing ignored); REDUCE_NONE is the two ops (an upstream gradient
+ * per row cannot scale gradients summed over the rows). */
+QKV_API qkv_tensor *qkv_linear_cross_entropy(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *w,
+                                             qkv_tensor *bias, const int64_t *target,
+                                             const qkv_ce_opts *opts);
 /* pred, target same shape; target gets no gradient. */
 QKV_API qkv_tensor *qkv_mse_loss(qkv_ctx *ctx, qkv_tensor *pred, qkv_tensor *target,
                                  qkv_reduction r);
@@ -2030,6 +2047,13 @@ QKV_API qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, cons
                                         const int64_t *src_valid, int64_t batch, int64_t src_len,
                                         const int64_t *dec_in, int64_t tgt_len,
                                         const qkv_tf_opts *opts);
+/* The same without the dense layer: the decoder's output (B, T, E), as
+ * for qkv_linear_cross_entropy(ctx, h, m->dense.weight, m->dense.bias, ..),
+ * which takes the loss of every position without the (B T, V_tgt) logits. */
+QKV_API qkv_tensor *qkv_seq2seq_hidden(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                                       const int64_t *src_valid, int64_t batch, int64_t src_len,
+                                       const int64_t *dec_in, int64_t tgt_len,
+                                       const qkv_tf_opts *opts);
 /* Teacher forcing and the loss in one step: the cross-entropy summed over
  * the target tokens that are not `pad` (qkv_cross_entropy of the forward's
  * logits with ignore_index pad and QKV_REDUCE_SUM), a scalar. Equal to
@@ -2037,7 +2061,8 @@ QKV_API qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, cons
  * (qkv_rows). Source positions at or past src_valid are hidden from every
  * query (valid lengths), target positions after a row's last non-pad
  * target from every earlier one (causal); only the rest are computed, and
- * logits only where a target counts. A source of valid length <= 0 keeps
+ * the loss only where a target counts, through qkv_linear_cross_entropy
+ * (no logits tensor). A source of valid length <= 0 keeps
  * all its positions (its queries see all keys, uniformly). */
 QKV_API qkv_tensor *qkv_seq2seq_loss(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
                                      const int64_t *src_valid, int64_t batch, int64_t src_len,

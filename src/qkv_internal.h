@@ -44,6 +44,7 @@ char *qkv__strdup(const char *s);
     X(DROPOUT, "dropout") X(CONV2D, "conv2d") X(MAX_POOL2D, "max_pool2d")       \
     X(AVG_POOL2D, "avg_pool2d") X(ADAPTIVE_AVG_POOL2D, "adaptive_avg_pool2d")   \
     X(CROSS_ENTROPY, "cross_entropy") X(MSE_LOSS, "mse_loss")                   \
+    X(LINEAR_CROSS_ENTROPY, "linear_cross_entropy")                             \
     X(L1_LOSS, "l1_loss") X(SMOOTH_L1_LOSS, "smooth_l1_loss")                   \
     X(MASKED_SOFTMAX, "masked_softmax") X(ATTENTION, "attention")               \
     X(ROWS_PACK, "rows_pack") X(ROWS_UNPACK, "rows_unpack")                     \
@@ -151,6 +152,9 @@ void *qkv__arena_rewind_keep(qkv_arena *a, qkv_arena_pos m, const void *src, siz
  * arena's or the block is small) before the reset: a later allocation
  * may reuse them. p must not be read or written afterwards. */
 void qkv__arena_release(qkv_arena *a, void *p, size_t bytes);
+/* The bytes of logits qkv_linear_cross_entropy makes at a time (32 MiB;
+ * tests lower it to cross blocks with small inputs). */
+extern size_t qkv__lce_block_bytes;
 /* Arena memory of the step; NULL with an error if out of memory. */
 void *qkv__alloc(qkv_ctx *ctx, size_t bytes);
 float *qkv__floats(qkv_ctx *ctx, int64_t n);

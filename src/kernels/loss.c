@@ -3,6 +3,7 @@
 #include "softmax.h"
 
 #include <math.h>
+#include <string.h>
 
 /* Below this many elements in total a kernel stays on one thread. */
 #define PAR_WORK 8192
@@ -72,6 +73,39 @@ void qkv_k_cross_entropy_backward(float *dx, const float *dloss, int64_t stride,
 #pragma omp simd
             for (int64_t c = 0; c < K; c++)
                 di[c] += (a + ew) * qkv_k_expf(xi[c] - li) - e;
+        }
+        di[t] -= a;
+    }
+}
+
+void qkv_k_cross_entropy_grad(float *dx, float dloss, const float *x, const float *lse,
+                              const int64_t *target, const float *w, int64_t ignore, float eps,
+                              int64_t N, int64_t K)
+{
+    double wsum = 0;
+    for (int64_t c = 0; c < K; c++)
+        wsum += w ? w[c] : 1.0;
+#pragma omp parallel for if (N * K > PAR_WORK) schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        int64_t t = target[i];
+        const float *xi = x + i * K;
+        float *di = dx + i * K;
+        if (t == ignore) {
+            memset(di, 0, (size_t)K * sizeof(float));
+            continue;
+        }
+        /* the backward's terms and order (0 + v is v) */
+        float g = dloss, li = lse[i];
+        float a = g * (1.0f - eps) * (w ? w[t] : 1.0f);
+        float e = g * eps / (float)K, ew = e * (float)wsum;
+        if (w) {
+#pragma omp simd
+            for (int64_t c = 0; c < K; c++)
+                di[c] = (a + ew) * qkv_k_expf(xi[c] - li) - e * w[c];
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < K; c++)
+                di[c] = (a + ew) * qkv_k_expf(xi[c] - li) - e;
         }
         di[t] -= a;
     }

@@ -24,6 +24,13 @@ void qkv_k_cross_entropy_forward(float *loss, float *lse, const float *x, const 
 void qkv_k_cross_entropy_backward(float *dx, const float *dloss, int64_t stride, const float *x,
                                   const float *lse, const int64_t *target, const float *w,
                                   int64_t ignore, float eps, int64_t N, int64_t K);
+/* The same gradient written, not accumulated, for one upstream value
+ * dloss (ignored rows get zeros): dx may be x itself (each element is read
+ * before it is written), so that a block of logits becomes its gradient in
+ * place. With dloss g it equals the backward above into zeros, bit for bit. */
+void qkv_k_cross_entropy_grad(float *dx, float dloss, const float *x, const float *lse,
+                              const int64_t *target, const float *w, int64_t ignore, float eps,
+                              int64_t N, int64_t K);
 
 typedef enum { QKV_K_MSE, QKV_K_L1, QKV_K_SMOOTH_L1 } qkv_k_loss;
 

@@ -88,12 +88,12 @@ static qkv_tensor *embed(qkv_ctx *ctx, const qkv_seq2seq *m, qkv_tensor *weight,
     return qkv_dropout(ctx, x, m->tf.cfg.dropout);
 }
 
-qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
-                                const int64_t *src_valid, int64_t batch, int64_t src_len,
-                                const int64_t *dec_in, int64_t tgt_len, const qkv_tf_opts *opts)
+qkv_tensor *qkv_seq2seq_hidden(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                               const int64_t *src_valid, int64_t batch, int64_t src_len,
+                               const int64_t *dec_in, int64_t tgt_len, const qkv_tf_opts *opts)
 {
     if (!src || !dec_in || batch <= 0 || src_len <= 0 || tgt_len <= 0) {
-        qkv_set_error(QKV_ERR_ARG, "qkv_seq2seq_forward: no ids or empty batch (%lld, %lld, %lld)",
+        qkv_set_error(QKV_ERR_ARG, "qkv_seq2seq: no ids or empty batch (%lld, %lld, %lld)",
                       (long long)batch, (long long)src_len, (long long)tgt_len);
         return NULL;
     }
@@ -106,9 +106,17 @@ qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_
     }
     qkv_tensor *memory = qkv_transformer_encode(
         ctx, &m->tf, embed(ctx, m, m->src_embedding, src, batch, src_len, 0), &mk);
-    qkv_tensor *y = qkv_transformer_decode(
+    return qkv_transformer_decode(
         ctx, &m->tf, embed(ctx, m, m->tgt_embedding, dec_in, batch, tgt_len, 0), memory, &mk);
-    return qkv_nn_linear_forward(ctx, &m->dense, y);
+}
+
+qkv_tensor *qkv_seq2seq_forward(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *src,
+                                const int64_t *src_valid, int64_t batch, int64_t src_len,
+                                const int64_t *dec_in, int64_t tgt_len, const qkv_tf_opts *opts)
+{
+    qkv_tensor *y = qkv_seq2seq_hidden(ctx, m, src, src_valid, batch, src_len, dec_in, tgt_len,
+                                       opts);
+    return y ? qkv_nn_linear_forward(ctx, &m->dense, y) : NULL;
 }
 
 /* ---- the training loss over the kept rows ---- */
@@ -193,7 +201,8 @@ qkv_tensor *qkv_seq2seq_loss(qkv_ctx *ctx, const qkv_seq2seq *m, const int64_t *
     qkv_tensor *y = qkv__transformer_decode_rows(
         ctx, &m->tf, embed_rows(ctx, m, m->tgt_embedding, &tr, d_ids, t_pos), memory, &mk, &tr,
         &sr);
-    return qkv_cross_entropy(ctx, qkv_nn_linear_forward(ctx, &m->dense, y), t_ids, &ce);
+    /* the output layer and the loss in one op: no (n, V) logits */
+    return qkv_linear_cross_entropy(ctx, y, m->dense.weight, m->dense.bias, t_ids, &ce);
 }
 
 /* ---- decoding ---- */

@@ -27,6 +27,29 @@ def ce(g, N, K, reduction, weight=False, ignore=None, smoothing=0.0, transposed=
     return t, meta
 
 
+def linear_ce(g, N, IN, K, reduction, bias=True, weight=False, ignore=None, smoothing=0.0):
+    """F.cross_entropy(F.linear(x, w, b), target): x (2, N / 2, IN) so that
+    the leading axes fold into rows; the inputs of qkv_linear_cross_entropy."""
+    target = torch.randint(0, K, (N,), generator=g)
+    if ignore is not None:
+        target[1] = target[N - 2] = ignore
+    inputs = {"x": r(g, 2, N // 2, IN), "w": r(g, K, IN) * 0.5, "target": target}
+    if bias:
+        inputs["b"] = r(g, K) * 0.5
+    w = torch.rand(K, generator=g) + 0.2 if weight else None
+
+    def fn(x, w, target, b=None):
+        return F.cross_entropy(F.linear(x, w, b).reshape(-1, K), target, weight=w_cls,
+                               ignore_index=-100 if ignore is None else ignore,
+                               reduction=reduction, label_smoothing=smoothing)
+    w_cls = w
+    t, meta = _grad_case(g, fn, inputs, reduction=reduction, smoothing=smoothing,
+                         ignore_index="none" if ignore is None else ignore)
+    if weight:
+        t["weight"] = w
+    return t, meta
+
+
 def pointwise(g, fn, reduction, transposed=False):
     """pred (4, 6) used as pred.t() when `transposed`; the differences span
     both sides of smooth L1's beta and include exact zeros for L1."""
@@ -53,3 +76,8 @@ for red in ("mean", "sum", "none"):
     CASES[f"mse_{red}"] = (lambda red: lambda g: pointwise(g, F.mse_loss, red))(red)
     CASES[f"l1_{red}"] = (lambda red: lambda g: pointwise(g, F.l1_loss, red, True))(red)
     CASES[f"smooth_l1_{red}"] = (lambda red: lambda g: pointwise(g, _smooth, red))(red)
+CASES["lce_plain_mean"] = lambda g: linear_ce(g, 8, 6, 11, "mean")
+CASES["lce_full_sum"] = lambda g: linear_ce(g, 10, 5, 7, "sum", weight=True, ignore=2,
+                                            smoothing=0.1)
+CASES["lce_nobias_mean"] = lambda g: linear_ce(g, 6, 4, 9, "mean", bias=False, ignore=0,
+                                               smoothing=0.2)
