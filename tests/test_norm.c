@@ -467,6 +467,74 @@ TEST(dropout_statistics_and_mask)
     qkv_ctx_free(ctx);
 }
 
+static qkv_tensor *f_dropout_inplace(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    return qkv_dropout_inplace(c, qkv_linear(c, t[0], t[1], NULL), 0.3f);
+}
+
+TEST(gradcheck_dropout_inplace)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 24);
+    gc_input in[2] = {gc_rand(&r, 2, SHAPE(5, 4), -2, 2, true),
+                      gc_rand(&r, 2, SHAPE(6, 4), -1, 1, true)};
+    CHECK_GRAD(f_dropout_inplace, 2, in, NULL, 5e-6, 1e-3);
+    gc_free(2, in);
+}
+
+/* In place on a linear's output: the same values and gradients as
+ * qkv_dropout, over the linear's memory; a leaf, an output whose op's
+ * backward reads it (tanh) or one already read by an op get the copy and
+ * keep their values. */
+TEST(dropout_inplace_reuses_the_input)
+{
+    enum { R = 64, IN = 32, OUT = 48 };
+    qkv_ctx *c[2] = {qkv_ctx_new(), qkv_ctx_new()};
+    qkv_tensor *x[2], *w[2], *y[2];
+    float *ones = malloc(R * OUT * sizeof *ones);
+    REQUIRE(ones, "malloc");
+    for (int i = 0; i < R * OUT; i++)
+        ones[i] = (float)(i % 5) - 2.0f;
+    for (int k = 0; k < 2; k++) {
+        qkv_rng_seed(qkv_ctx_rng(c[k]), 7);
+        x[k] = qkv_requires_grad(qkv_randn(c[k], 2, SHAPE(R, IN), 0, 1));
+        w[k] = qkv_requires_grad(qkv_randn(c[k], 2, SHAPE(OUT, IN), 0, 1));
+        qkv_tensor *h = qkv_linear(c[k], x[k], w[k], NULL);
+        REQUIRE(h, "%s", qkv_error());
+        size_t before = qkv_arena_used(qkv_ctx_arena(c[k]));
+        y[k] = k ? qkv_dropout_inplace(c[k], h, 0.4f) : qkv_dropout(c[k], h, 0.4f);
+        REQUIRE(y[k], "%s", qkv_error());
+        size_t took = qkv_arena_used(qkv_ctx_arena(c[k])) - before;
+        if (k)
+            CHECK(y[k]->data == h->data && took < 1024, "in place took %zu bytes", took);
+        else
+            CHECK(y[k]->data != h->data && took >= R * OUT * sizeof(float), "copy took %zu", took);
+        REQUIRE(qkv_backward_with(c[k], y[k], ones) == QKV_OK, "%s", qkv_error());
+    }
+    CHECK(!memcmp(y[0]->data, y[1]->data, R * OUT * sizeof(float)), "values differ");
+    CHECK(!memcmp(x[0]->grad, x[1]->grad, R * IN * sizeof(float)), "x's gradients differ");
+    CHECK(!memcmp(w[0]->grad, w[1]->grad, OUT * IN * sizeof(float)), "w's gradients differ");
+    free(ones);
+    qkv_ctx *ctx = c[0];
+    qkv_ctx_reset(ctx);
+    qkv_tensor *leaf = qkv_requires_grad(qkv_full(ctx, 2, SHAPE(8, 8), 1.0f));
+    qkv_tensor *t = qkv_tanh(ctx, leaf);
+    qkv_tensor *l = qkv_linear(ctx, leaf, leaf, NULL);
+    qkv_tensor *read = qkv_mul(ctx, l, l); /* l is read by an op already */
+    qkv_tensor *cases[3] = {leaf, t, l};
+    REQUIRE(t && l && read, "%s", qkv_error());
+    for (int i = 0; i < 3; i++) {
+        float was[64];
+        memcpy(was, cases[i]->data, sizeof was);
+        qkv_tensor *d = qkv_dropout_inplace(ctx, cases[i], 0.5f);
+        REQUIRE(d, "%s", qkv_error());
+        CHECK(d->data != cases[i]->data, "case %d: overwritten", i);
+        CHECK(!memcmp(was, cases[i]->data, sizeof was), "case %d: the input changed", i);
+    }
+    qkv_ctx_free(c[0]);
+    qkv_ctx_free(c[1]);
+}
+
 TEST(dropout_edge_cases)
 {
     qkv_ctx *ctx = qkv_ctx_new();

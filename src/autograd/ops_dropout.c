@@ -54,6 +54,28 @@ static void apply_mask(float *y, const float *x, int64_t m, const dropout_mask *
     }
 }
 
+/* y = y * mask over elements lo .. hi (in place: y is also the input) */
+static void mask_range_inplace(float *y, int64_t lo, int64_t hi, uint64_t seed, uint64_t thr,
+                               float keep)
+{
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++)
+        y[i] *= mask_at(seed, thr, keep, i);
+}
+
+static void apply_mask_inplace(float *y, int64_t m, const dropout_mask *d)
+{
+    if (m <= PAR_WORK || qkv_threads() == 1) {
+        mask_range_inplace(y, 0, m, d->seed, d->threshold, d->keep);
+        return;
+    }
+#pragma omp parallel
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        mask_range_inplace(y, m * t / nt, m * (t + 1) / nt, d->seed, d->threshold, d->keep);
+    }
+}
+
 /* y = x * mask: dx (+)= dy * mask; saved[0] is the mask's dropout_mask */
 static void dropout_backward(qkv_ctx *ctx, qkv_node *n)
 {
@@ -63,7 +85,23 @@ static void dropout_backward(qkv_ctx *ctx, qkv_node *n)
         apply_mask(gx, n->out->grad, qkv_numel(n->out), n->saved[0], acc);
 }
 
-qkv_tensor *qkv_dropout(qkv_ctx *ctx, qkv_tensor *x, float p)
+/* Whether x's values may be overwritten: an op's own contiguous output
+ * that no recorded op has read yet, made by an op whose backward reads
+ * only its inputs (linear, GELU, add), not its output. */
+static bool overwritable(const qkv_ctx *ctx, const qkv_tensor *x)
+{
+    const qkv_node *made = x->node;
+    if (!made || made->out != x || !qkv_is_contiguous(x) ||
+        (made->op != QKV_OP_LINEAR && made->op != QKV_OP_GELU && made->op != QKV_OP_ADD))
+        return false;
+    for (const qkv_node *n = ctx->tape; n && n != made; n = n->prev)
+        for (int i = 0; i < n->n_in; i++)
+            if (n->in[i] == x)
+                return false;
+    return true;
+}
+
+static qkv_tensor *dropout(qkv_ctx *ctx, qkv_tensor *x, float p, bool inplace)
 {
     QKV_INPUTS("dropout", x);
     if (!(p >= 0.0f && p <= 1.0f)) {
@@ -72,19 +110,36 @@ qkv_tensor *qkv_dropout(qkv_ctx *ctx, qkv_tensor *x, float p)
     }
     if (!ctx->training || p == 0.0f)
         return x;
-    x = qkv_contiguous(ctx, x);
+    inplace = inplace && overwritable(ctx, x);
+    x = inplace ? x : qkv_contiguous(ctx, x);
     if (!x)
         return NULL;
-    qkv_tensor *y = qkv__tensor(ctx, x->ndim, x->shape);
+    /* in place: a new tensor over x's memory, so that the tape keeps x
+     * (the input) and y (the output) apart */
+    qkv_tensor *y = inplace ? qkv_wrap(ctx, x->ndim, x->shape, x->data)
+                            : qkv__tensor(ctx, x->ndim, x->shape);
     dropout_mask *d = qkv__alloc(ctx, sizeof *d);
     if (!y || !d)
         return NULL;
     /* p == 1 drops everything: keep 0, as 1 / (1 - p) would make 0 * inf */
     *d = (dropout_mask){.seed = qkv_rng_u64(&ctx->rng), .threshold = qkv_k_attn_threshold(p),
                         .keep = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f};
-    apply_mask(y->data, x->data, qkv_numel(x), d, false);
+    if (inplace)
+        apply_mask_inplace(y->data, qkv_numel(x), d);
+    else
+        apply_mask(y->data, x->data, qkv_numel(x), d, false);
     qkv_node *n = qkv__record(ctx, QKV_OP_DROPOUT, dropout_backward, y, 1, &x);
     if (n)
         n->saved[0] = d;
     return qkv__done(ctx, QKV_OP_DROPOUT, y);
+}
+
+qkv_tensor *qkv_dropout(qkv_ctx *ctx, qkv_tensor *x, float p)
+{
+    return dropout(ctx, x, p, false);
+}
+
+qkv_tensor *qkv_dropout_inplace(qkv_ctx *ctx, qkv_tensor *x, float p)
+{
+    return dropout(ctx, x, p, true);
 }

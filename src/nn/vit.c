@@ -203,11 +203,13 @@ static qkv_tensor *block_forward(qkv_ctx *ctx, const qkv_vit *m, const qkv_vit_b
         x = qkv_slice(ctx, x, 1, 0, 1, 1);
     }
     qkv_attn_opts o = {.weights = attn, .average_attn_weights = 1};
-    h = qkv_dropout(ctx, qkv_nn_mha_forward(ctx, &b->self_attention, q, h, h, &o), p);
+    /* each dropout's input is read by nothing else: in place */
+    h = qkv_dropout_inplace(ctx, qkv_nn_mha_forward(ctx, &b->self_attention, q, h, h, &o), p);
     x = qkv_add(ctx, x, h);
     h = ln(ctx, m, x, b->ln_2_weight, b->ln_2_bias);
     h = qkv_gelu(ctx, qkv_nn_linear_forward(ctx, &b->mlp_0, h));
-    h = qkv_dropout(ctx, qkv_nn_linear_forward(ctx, &b->mlp_3, qkv_dropout(ctx, h, p)), p);
+    h = qkv_dropout_inplace(
+        ctx, qkv_nn_linear_forward(ctx, &b->mlp_3, qkv_dropout_inplace(ctx, h, p)), p);
     return qkv_add(ctx, x, h);
 }
 
@@ -243,7 +245,7 @@ qkv_tensor *qkv_vit_forward(qkv_ctx *ctx, const qkv_vit *m, qkv_tensor *x, qkv_t
      * gradient over the batch in the backward */
     qkv_tensor *cls = qkv_add(ctx, qkv_zeros(ctx, 3, (int64_t[]){B, 1, C}), m->class_token);
     t = qkv_concat(ctx, 2, (qkv_tensor *[]){cls, t}, 1);
-    t = qkv_dropout(ctx, qkv_add(ctx, t, m->pos_embedding), c->dropout);
+    t = qkv_dropout_inplace(ctx, qkv_add(ctx, t, m->pos_embedding), c->dropout);
     /* the patches' copies go; then each block's output takes the place of
      * its input, at the same mark */
     t = qkv_ctx_rewind_keep(ctx, at, t);
