@@ -33,6 +33,21 @@ BLAS_CFLAGS := -DQKV_OPENBLAS $(shell pkg-config --cflags openblas)
 BLAS_LIBS   := $(shell pkg-config --libs openblas)
 endif
 
+# MPI=1 (default when mpicc is found): the communicator's MPI backend, so
+# that `mpirun -np N qkv train ...` trains on N ranks; MPI=0: one process.
+# NCCL=1 (off by default; needs MPI, CUDA and NCCL) adds the NCCL backend.
+MPI ?= $(shell mpicc --showme:compile >/dev/null 2>&1 && echo 1 || echo 0)
+ifeq ($(MPI),1)
+MPI_CFLAGS := -DQKV_MPI $(shell mpicc --showme:compile)
+MPI_LIBS   := $(shell mpicc --showme:link)
+endif
+CUDA    ?= /usr/local/cuda
+NCCL    ?= 0
+ifeq ($(NCCL),1)
+MPI_CFLAGS += -DQKV_NCCL -isystem $(CUDA)/include
+MPI_LIBS   += -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64 -lnccl -lcudart
+endif
+
 CJSON_CFLAGS := $(shell pkg-config --cflags libcjson 2>/dev/null)
 CJSON_LIBS   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
 
@@ -43,8 +58,8 @@ ifneq ($(findstring clang,$(shell $(CC) --version 2>/dev/null | head -n1)),)
 WARN    += -Wno-pass-failed
 endif
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fno-math-errno -ffp-contract=off $(OPT) $(WARN) -fPIC -fopenmp -fvisibility=hidden \
-           -Iinclude -Isrc $(BLAS_CFLAGS) $(CJSON_CFLAGS)
-LDLIBS  := $(BLAS_LIBS) $(CJSON_LIBS) -lpng -ljpeg -lz -lm
+           -Iinclude -Isrc $(BLAS_CFLAGS) $(CJSON_CFLAGS) $(MPI_CFLAGS)
+LDLIBS  := $(BLAS_LIBS) $(CJSON_LIBS) $(MPI_LIBS) -lpng -ljpeg -lz -lm
 LDFLAGS += -fopenmp $(LDSAN)
 
 SRC     := $(sort $(wildcard src/*/*.c))
@@ -55,7 +70,8 @@ TEST_SRC := $(sort $(wildcard tests/test_*.c)) tests/runner.c tests/testlib.c
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS_OK := $(BUILD)/.deps-ok
 
-.PHONY: all test bench demo install clean deps fixtures experiments fuzz example-translate
+.PHONY: all test bench demo install clean deps fixtures experiments fuzz example-translate \
+        nccl-check
 all: $(BUILD)/libqkv.a $(BUILD)/libqkv.so $(BUILD)/qkv
 
 # Installs the Debian packages the project needs when something is missing.
@@ -67,6 +83,12 @@ deps: ; @bash scripts/install-deps.sh
 $(BUILD)/obj/%.o: %.c include/qkv.h $(wildcard src/*.h src/*/*.h tests/*.h tools/qkv/*.h) | $(DEPS_OK)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+# The backends built in change with MPI and NCCL: their objects follow.
+COMM_STAMP := $(BUILD)/.comm-mpi$(MPI)-nccl$(NCCL)
+$(COMM_STAMP): | $(DEPS_OK)
+	@rm -f $(BUILD)/.comm-*; mkdir -p $(BUILD); touch $@
+$(BUILD)/obj/src/base/comm_mpi.o $(BUILD)/obj/src/base/comm_nccl.o: $(COMM_STAMP)
 
 $(BUILD)/libqkv.a: $(OBJ)
 	@rm -f $@
@@ -110,7 +132,17 @@ $(BUILD)/parity/coco/.stamp: $(wildcard tests/coco/*.py) | $(DEPS_OK)
 	$(VENV_PYTHON) tests/coco/gen.py $(BUILD)/parity/coco
 	@touch $@
 
-test: $(BUILD)/test_qkv $(BUILD)/example $(BUILD)/qkv fixtures example-translate
+# The NCCL backend cannot run on these machines (no GPU) but must keep
+# compiling: where CUDA's nccl.h is installed, `make test` compiles it.
+NCCL_H := $(wildcard $(CUDA)/include/nccl.h)
+nccl-check:
+ifneq ($(NCCL_H),)
+ifeq ($(MPI),1)
+	$(CC) $(CFLAGS) -DQKV_NCCL -isystem $(CUDA)/include -fsyntax-only src/base/comm_nccl.c
+endif
+endif
+
+test: $(BUILD)/test_qkv $(BUILD)/example $(BUILD)/qkv fixtures example-translate nccl-check
 	$(BUILD)/example
 	QKV_FIXTURES=$(BUILD)/parity QKV_BIN=$(BUILD)/qkv $(BUILD)/test_qkv
 

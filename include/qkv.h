@@ -138,6 +138,7 @@ typedef enum {
     QKV_ERR_NAN,    /* a NaN or infinity appeared where it must not        */
     QKV_ERR_STATE,  /* a call made in the wrong state (e.g. no grad)       */
     QKV_ERR_INTERRUPTED, /* stopped by SIGINT or SIGTERM (after saving)   */
+    QKV_ERR_COMM,   /* another process failed, died or did not answer in time */
 } qkv_status;
 
 /* The last error message set on this thread ("" if none). */
@@ -2481,6 +2482,116 @@ QKV_API int64_t qkv_model_translate(qkv_ctx *ctx, qkv_model *m, const char *text
                                     const qkv_translate_opts *o, char *out, size_t n);
 
 /* ------------------------------------------------------------------------ */
+/* Communicator: the processes that train together (docs/distributed.md)    */
+/* ------------------------------------------------------------------------ */
+
+/* A communicator joins the processes of one training run: `world` ranks,
+ * this one `rank`. Three backends sit behind one API:
+ *
+ *   local   one process (rank 0 of 1): every collective is a copy or
+ *           nothing. Always built; what a NULL communicator means.
+ *   mpi     the ranks mpirun (or srun) started, through MPI (OpenMPI,
+ *           MPICH); built when `make` finds mpicc (qkv_comm_backends()).
+ *   nccl    NVIDIA's collectives between GPUs, bootstrapped through MPI;
+ *           built with `make NCCL=1` where CUDA and NCCL are installed.
+ *           qkv computes on the CPU, so each collective stages its host
+ *           buffer through the GPU: for trying NCCL's transport only.
+ *
+ * Collectives are called by every rank in the same order with the same
+ * sizes. Each waits at most the communicator's timeout for the others; a
+ * rank that died, stalled or failed makes the call return QKV_ERR_COMM
+ * with a message saying what was awaited, never hang. After such an error
+ * the communicator is broken: every later call returns the first error at
+ * once, and qkv_comm_close does not wait for the other ranks (a process
+ * that stops then should exit non-zero, so that mpirun ends the rest).
+ *
+ *     qkv_comm *c = qkv_comm_open(NULL);      // MPI under mpirun, else local
+ *     float g[3] = {1, 2, 3};
+ *     if (!c || qkv_comm_allreduce(c, g, 3, QKV_DT_F32) != QKV_OK) ...
+ *     // g = the sum over ranks; rank qkv_comm_rank(c) of qkv_comm_size(c)
+ *     qkv_comm_close(c);
+ *
+ * A communicator is used by one thread at a time (MPI_THREAD_FUNNELED: the
+ * thread that opened it). Every function accepts c == NULL as a world of
+ * one process. Nothing is allocated after qkv_comm_open. */
+typedef struct qkv_comm qkv_comm;
+typedef enum {
+    QKV_COMM_AUTO = 0, /* mpi when started by mpirun/srun and built with MPI, else local */
+    QKV_COMM_LOCAL,
+    QKV_COMM_MPI,
+    QKV_COMM_NCCL,
+} qkv_comm_kind;
+typedef struct {
+    qkv_comm_kind kind;
+    double timeout_s;  /* the longest wait for the other ranks in one collective;
+                          0: $QKV_COMM_TIMEOUT, else 600 s */
+} qkv_comm_opts;
+/* Opens (and with MPI initialises) the communicator; o NULL: AUTO, default
+ * timeout. NULL with a message if the backend is not built, MPI fails to
+ * start, or MPI was finalised by an earlier qkv_comm_close. */
+QKV_API qkv_comm *qkv_comm_open(const qkv_comm_opts *o);
+/* Frees c; the last MPI communicator qkv opened finalises MPI (unless the
+ * program initialised MPI itself). Returns the error that broke c, if any. */
+QKV_API qkv_status qkv_comm_close(qkv_comm *c);
+/* Marks c broken from this rank's side: it will enter no more collectives
+ * (it failed on its own), so qkv_comm_close must not wait for the others.
+ * The trainer calls it when a run stops on an error. */
+QKV_API void qkv_comm_abandon(qkv_comm *c);
+/* This process's rank and the number of ranks (NULL: 0 and 1); the ranks
+ * on this machine and this one's place among them (to share its cores). */
+QKV_API int qkv_comm_rank(const qkv_comm *c);
+QKV_API int qkv_comm_size(const qkv_comm *c);
+QKV_API int qkv_comm_local_rank(const qkv_comm *c);
+QKV_API int qkv_comm_local_size(const qkv_comm *c);
+/* "local", "mpi" or "nccl". */
+QKV_API const char *qkv_comm_backend(const qkv_comm *c);
+/* The backends this build has, e.g. "local mpi". */
+QKV_API const char *qkv_comm_backends(void);
+/* Whether a launcher started this process as one of several ranks
+ * ($OMPI_COMM_WORLD_SIZE, $PMI_SIZE, $PMIX_RANK or $SLURM_NTASKS > 1). */
+QKV_API int qkv_comm_launched(void);
+
+/* buf (bytes) of rank `root` copied to every rank's buf. */
+QKV_API qkv_status qkv_comm_broadcast(qkv_comm *c, void *buf, size_t bytes, int root);
+/* buf[i] = the sum over ranks of buf[i], i < n, on every rank, in place;
+ * dtype QKV_DT_F32, QKV_DT_F64 or QKV_DT_I64. Every rank gets the same
+ * values, bit for bit. */
+QKV_API qkv_status qkv_comm_allreduce(qkv_comm *c, void *buf, int64_t n, qkv_dtype dtype);
+/* recv (size * bytes) = every rank's send (bytes), in rank order. send
+ * and recv must not overlap. */
+QKV_API qkv_status qkv_comm_allgather(qkv_comm *c, const void *send, size_t bytes, void *recv);
+/* Returns once every rank has called it. */
+QKV_API qkv_status qkv_comm_barrier(qkv_comm *c);
+/* The non-blocking all-reduce the trainer overlaps with backward: starts
+ * it and returns a request (>= 0), or -1 with the error set. Until the
+ * request completes buf must stay untouched. At most QKV_COMM_REQUESTS
+ * requests are under way at once. qkv_comm_test polls (*done 1 when
+ * finished, the request then freed) and moves the transfer on: MPI
+ * progresses a collective only inside its calls, so a caller busy with
+ * other work should test now and then. qkv_comm_wait waits (up to the
+ * timeout) and frees it. */
+#define QKV_COMM_REQUESTS 64
+QKV_API int qkv_comm_iallreduce(qkv_comm *c, void *buf, int64_t n, qkv_dtype dtype);
+QKV_API qkv_status qkv_comm_test(qkv_comm *c, int request, int *done);
+QKV_API qkv_status qkv_comm_wait(qkv_comm *c, int request);
+/* Time and bytes so far: seconds spent waiting inside qkv_comm calls (the
+ * communication nothing hid) and bytes given to collectives by this rank. */
+typedef struct {
+    double wait_seconds;
+    int64_t bytes, calls;
+} qkv_comm_stats;
+QKV_API void qkv_comm_get_stats(const qkv_comm *c, qkv_comm_stats *s);
+/* Every collective against values each rank knows alone (all-reduce in
+ * F32, F64 and I64, blocking and not; broadcast; all-gather; barrier), on
+ * every rank at once. QKV_OK, or QKV_ERR_COMM naming the collective, the
+ * element and both values. */
+QKV_API qkv_status qkv_comm_check(qkv_comm *c);
+/* The median over iters rounds of one all-reduce of n floats, each round
+ * begun together after a barrier, as rank 0 timed it (every rank returns
+ * the same). NaN with the error set on failure. */
+QKV_API double qkv_comm_time_allreduce(qkv_comm *c, int64_t n, int iters);
+
+/* ------------------------------------------------------------------------ */
 /* The trainer: the one training loop of every model                        */
 /* ------------------------------------------------------------------------ */
 
@@ -2492,8 +2603,10 @@ QKV_API int64_t qkv_model_translate(qkv_ctx *ctx, qkv_model *m, const char *text
  *                gradients whose outputs every shard reads: MoCo's keys)
  *   shards       the batch's rows cut into one shard per thread; each shard
  *                calls loss() on a context of its own, then backward
- *   grad_hook    the gradients of the whole batch are in the store (e.g. an
- *                all-reduce across processes)
+ *   all-reduce   with a communicator of several ranks, every rank's
+ *                gradients summed (started bucket by bucket while backward
+ *                still runs; docs/distributed.md)
+ *   grad_hook    the gradients of the whole batch are in the store
  *   clip         the gradients' global norm clipped to `clip`
  *   step         the schedule's learning rate, the optimizer's update
  *   post_step    after the update (e.g. an EMA of a second store, a queue)
@@ -2511,13 +2624,27 @@ QKV_API int64_t qkv_model_translate(qkv_ctx *ctx, qkv_model *m, const char *text
  * SIGINT or SIGTERM during qkv_trainer_run ends the step under way, writes a
  * checkpoint of that point and returns QKV_ERR_INTERRUPTED.
  *
+ * Over several processes (`comm`, e.g. under mpirun) each rank trains on
+ * its rows of every global batch (the loader cuts them) with the same
+ * weights: at the start rank 0's parameters, optimizer state, position and
+ * extra stores are broadcast to all; each step the gradients, the loss and
+ * the stats are summed over ranks, so every rank takes the same update and
+ * prints, logs and checkpoints (rank 0 alone writes) what one process with
+ * the whole batch would. Buffers (batch norm's running statistics) are
+ * rank 0's, broadcast after every step. A rank that fails abandons the
+ * communicator (qkv_comm_abandon); the others then fail in their next
+ * collective within its timeout, or stop on mpirun's SIGTERM.
+ *
  * Resuming (resume = 1, out_dir's checkpoint.safetensors) restores the
  * parameters, the optimizer, the step, the epoch, the position in the epoch,
  * the epoch's running sums and every extra state (qkv_trainer_add_state): the
  * run goes on bit for bit as if it had not stopped, given the same options
- * and thread count. Random numbers never carry state across steps: shard i
- * of step s draws from a stream seeded by (seed, s, i), and the loader's
- * order and augmentation from (data seed, epoch, batch).
+ * and thread count (a run may also go on with other counts of ranks and
+ * threads, not bit for bit). Random numbers never carry state across steps:
+ * shard i of rank r (of S shards per rank) in step s draws from a stream
+ * seeded by (seed, s, r S + i), so that 2 ranks of 1 thread draw as 1
+ * process of 2 threads; the loader's order and augmentation come from
+ * (data seed, epoch, batch) and with several ranks also the rank.
  *
  * Sketch (a classifier; tests/test_trainer.c has complete ones):
  *
@@ -2549,6 +2676,8 @@ typedef struct {
     int64_t n;             /* rows in it (this process's part of the batch)    */
     int64_t n_global;      /* rows of the whole batch over every process       */
     int64_t lo, hi;        /* this shard's rows of `batch`: [lo, hi)           */
+    double weight_global;  /* batch_weight summed over every process (0 without
+                              that callback): e.g. the batch's target tokens */
     int shard, n_shards;
     int64_t step;          /* optimizer steps before this one                  */
     int64_t epoch;         /* 0-based                                          */
@@ -2570,9 +2699,10 @@ typedef qkv_tensor *(*qkv_train_loss_fn)(qkv_ctx *ctx, const qkv_train_batch *b,
 typedef struct {
     int64_t epoch, epochs;          /* 1-based: the epoch just trained, of how many */
     int64_t step;                   /* optimizer steps so far                       */
-    int64_t examples;               /* examples trained on (this process)           */
+    int64_t examples;               /* examples trained on (by every rank)          */
     double loss;                    /* the mean of the epoch's step losses          */
-    double stats[QKV_TRAIN_STATS];  /* the loss callback's sums over the epoch      */
+    double stats[QKV_TRAIN_STATS];  /* the loss callback's sums over the epoch
+                                       (and over ranks)                             */
     double seconds;                 /* training time, evaluation excluded           */
     int n_metrics;                  /* name = value pairs for stdout, metrics.jsonl */
     const char *names[QKV_TRAIN_METRICS];
@@ -2619,13 +2749,27 @@ typedef struct {
     float clip;                 /* max global gradient norm; 0: no clipping        */
     int threads;                /* shards per step; 0: qkv_threads()               */
     uint64_t seed;              /* the shards' random streams (dropout)            */
-    int rank, world;            /* this process of world (0 and 0: one process)    */
+    /* data parallelism over processes */
+    qkv_comm *comm;             /* the ranks training together (qkv_comm_open);
+                                   NULL: one process, or `rank` of `world` with
+                                   the gradients summed by grad_hook            */
+    int rank, world;            /* without comm: this process of world (0 and 0:
+                                   one process); with comm: taken from it         */
+    size_t bucket_bytes;        /* gradients per all-reduce; 0: $QKV_BUCKET_KB,
+                                   else 256 KiB                                  */
+    int no_overlap;             /* 1: all-reduce only after backward (to measure
+                                   what the overlap hides)                       */
+    /* this process's part of the batch's normaliser (e.g. the target tokens of
+     * rows [0, n) of batch), summed over ranks into weight_global before the
+     * shards run, so that a loss can be a mean over the global batch; NULL:
+     * none */
+    double (*batch_weight)(const void *batch, int64_t n, void *user);
     /* hooks: each may be NULL; a non-OK status stops the run with it */
     qkv_status (*epoch_start)(qkv_trainer *t, int64_t epoch, void *user); /* 0-based;
                                    the loader is idle: its fill's data may change  */
     qkv_train_hook pre_step;    /* the batch is in (qkv_trainer_batch), the shards
-                                   have not run                                    */
-    qkv_train_hook grad_hook;   /* after the shards' gradients are summed          */
+                                   have not run (collectives may run here)         */
+    qkv_train_hook grad_hook;   /* after the gradients are summed (shards, ranks)  */
     qkv_train_hook post_step;   /* after the optimizer's update                    */
     qkv_status (*evaluate)(qkv_trainer *t, qkv_train_epoch *e, void *user);
     /* writes the model file(s) into dir; called after each epoch's checkpoint
@@ -2680,6 +2824,26 @@ QKV_API int64_t qkv_trainer_step(const qkv_trainer *t);
 QKV_API int64_t qkv_trainer_steps_per_epoch(const qkv_trainer *t);
 /* The schedule's learning rate at a step. */
 QKV_API float qkv_trainer_lr_at(const qkv_trainer *t, int64_t step);
+/* The all-reduce across ranks so far (all zero without a communicator of
+ * several ranks). A run with no_overlap first waits at a barrier for the
+ * slowest rank (skew_seconds), then for the all-reduces alone
+ * (exposed_seconds: the whole communication); with overlap,
+ * exposed_seconds holds the skew and what backward did not hide, so the
+ * share hidden is 1 - (exposed - skew) / comm, skew and comm per step
+ * taken from a no_overlap run (docs/distributed.md). */
+typedef struct {
+    int64_t steps;               /* steps whose gradients were all-reduced         */
+    int buckets;                 /* all-reduces of gradients per step              */
+    int64_t bytes;               /* gradient bytes each step sums                  */
+    int64_t started_in_backward; /* buckets started while backward ran, all steps  */
+    double backward_seconds;     /* in backward (with the starts and polls)        */
+    double exposed_seconds;      /* waiting after backward for the all-reduces     */
+    double skew_seconds;         /* no_overlap: waiting for the slowest rank       */
+    int64_t skew_steps;          /* steps that measured it                         */
+} qkv_train_comm_stats;
+QKV_API void qkv_trainer_comm_stats(qkv_trainer *t, qkv_train_comm_stats *s);
+/* The trainer's communicator (cfg.comm), NULL for one process. */
+QKV_API qkv_comm *qkv_trainer_comm(const qkv_trainer *t);
 /* Makes the next step act as if SIGINT had come (for tests and embedders). */
 QKV_API void qkv_trainer_interrupt(qkv_trainer *t);
 
@@ -2707,6 +2871,9 @@ typedef struct {
     const char *out_dir;            /* model.safetensors, checkpoint.safetensors,
                                        metrics.jsonl, curves.png; NULL: none */
     int resume, threads, quiet;
+    qkv_comm *comm;                 /* ranks training together (NULL: one process);
+                                       rank 0 alone prints and writes, and the
+                                       ranks share the test set's evaluation */
 } qkv_vit_recipe;
 /* Sets the model and training fields of a preset, keeping the run's (data
  * and out_dir, limits, seed, resume, threads, quiet): "default" (28x28,
@@ -2749,6 +2916,8 @@ typedef struct {
     const char *out_dir;        /* model.safetensors (for qkv_model_open), checkpoint,
                                    metrics.jsonl, curves.png; NULL: none              */
     int resume, threads, quiet;
+    qkv_comm *comm;             /* ranks training together (NULL: one process); rank
+                                   0 alone prints and writes                          */
 } qkv_seq2seq_recipe;
 typedef struct {
     double loss;                /* the last epoch's, as d2l prints it                 */

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(build-essential pkg-config libopenblas-dev libcjson-dev zlib1g-dev libpng-dev
       libjpeg-dev python3-torch python3-torchvision python3-numpy python3-scipy
-      dataset-fashion-mnist clang libclang-rt-14-dev python3-venv)
+      dataset-fashion-mnist clang libclang-rt-14-dev python3-venv
+      libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

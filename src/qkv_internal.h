@@ -7,6 +7,7 @@
 
 #include "qkv.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -120,6 +121,11 @@ struct qkv_ctx {
      * written but listed here (call order) for qkv__bn_apply_deferred. */
     int bn_defer;
     qkv__bn_update *bn_first, *bn_last;
+    /* Called after each node's backward with the node's place on the tape,
+     * 0 the newest (the trainer starts the all-reduce of gradients that no
+     * later backward will touch); NULL: none. */
+    void (*after_node)(void *user, int64_t k);
+    void *after_user;
 };
 
 /* Sends this context's gradients of the buffer [lo, lo + n) to `to` (same
@@ -132,6 +138,8 @@ void qkv__ctx_redirect_grads(qkv_ctx *ctx, const float *lo, int64_t n, float *to
  * a grouped call, every group's update in shard order. Clears the lists.
  * An error (nothing applied) if the contexts' calls differ. */
 qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n);
+/* Sets ctx->after_node and its argument (fn NULL: none). */
+void qkv__ctx_set_backward_hook(qkv_ctx *ctx, void (*fn)(void *user, int64_t k), void *user);
 /* Where a backward adds t's gradient: t->grad, redirected (see qkv_ctx). */
 static inline float *qkv__grad_target(const qkv_ctx *ctx, const qkv_tensor *t)
 {
@@ -155,6 +163,10 @@ void qkv__arena_release(qkv_arena *a, void *p, size_t bytes);
 /* The bytes of logits qkv_linear_cross_entropy makes at a time (32 MiB;
  * tests lower it to cross blocks with small inputs). */
 extern size_t qkv__lce_block_bytes;
+/* A flag (the trainer's signal flag) that makes the communicator's waits
+ * give up as soon as it is non-zero; NULL: none. */
+void qkv__comm_set_cancel(qkv_comm *c, const volatile sig_atomic_t *flag);
+
 /* Arena memory of the step; NULL with an error if out of memory. */
 void *qkv__alloc(qkv_ctx *ctx, size_t bytes);
 float *qkv__floats(qkv_ctx *ctx, int64_t n);

@@ -118,6 +118,12 @@ void qkv__ctx_redirect_grads(qkv_ctx *ctx, const float *lo, int64_t n, float *to
     ctx->grad_to = to;
 }
 
+void qkv__ctx_set_backward_hook(qkv_ctx *ctx, void (*fn)(void *user, int64_t k), void *user)
+{
+    ctx->after_node = fn;
+    ctx->after_user = fn ? user : NULL;
+}
+
 int qkv_set_grad_enabled(qkv_ctx *ctx, int enabled)
 {
     int old = ctx->grad_enabled;
@@ -401,41 +407,54 @@ qkv_tensor *qkv__done(qkv_ctx *ctx, qkv_op op, qkv_tensor *out)
     return out;
 }
 
+/* The node's backward, and with NaN checks on, a look at each gradient it
+ * wrote. */
+static qkv_status node_backward(qkv_ctx *ctx, qkv_node *n)
+{
+    double t0 = ctx->prof ? prof_now() : 0;
+    n->backward(ctx, n);
+    if (ctx->prof)
+        ctx->prof->bwd[n->op] += prof_now() - t0;
+    if (qkv_error_status() == QKV_ERR_NOMEM)
+        return QKV_ERR_NOMEM;
+    if (ctx->check_nan)
+        for (int i = 0; i < n->n_in; i++) {
+            qkv_tensor *in = n->in[i];
+            if (!in || !in->grad)
+                continue;
+            const float *g = qkv__grad_target(ctx, in);
+            int64_t m = qkv_numel(in);
+            for (int64_t k = 0; k < m; k++)
+                if (!isfinite(g[k]))
+                    return qkv_set_error(QKV_ERR_NAN, "%s backward: gradient of input %d holds %f",
+                                         qkv_op_names[n->op], i, (double)g[k]);
+        }
+    return QKV_OK;
+}
+
 static qkv_status run_backward(qkv_ctx *ctx)
 {
-    for (qkv_node *n = ctx->tape; n; n = n->prev) {
-        if (!n->out->grad)
-            continue; /* no gradient reached this op */
-        double t0 = ctx->prof ? prof_now() : 0;
-        n->backward(ctx, n);
-        if (ctx->prof)
-            ctx->prof->bwd[n->op] += prof_now() - t0;
-        /* After the first node made for the output (the last to run) its
-         * gradient is used up: every op that read the output came later on
-         * the tape and has run. Unless it became an input's gradient, or is
-         * the caller's seed, it goes back to the arena for the next
-         * gradients to reuse, as PyTorch frees a non-leaf's. */
-        if (n->first_of_out) {
-            if (!n->grad_lent && n->out->grad != ctx->seed_grad)
-                qkv__arena_release(ctx->arena, n->out->grad,
-                                   (size_t)qkv_numel(n->out) * sizeof(float));
-            n->out->grad = NULL;
-        }
-        if (qkv_error_status() == QKV_ERR_NOMEM)
-            return QKV_ERR_NOMEM;
-        if (ctx->check_nan)
-            for (int i = 0; i < n->n_in; i++) {
-                qkv_tensor *in = n->in[i];
-                if (!in || !in->grad)
-                    continue;
-                const float *g = qkv__grad_target(ctx, in);
-                int64_t m = qkv_numel(in);
-                for (int64_t k = 0; k < m; k++)
-                    if (!isfinite(g[k]))
-                        return qkv_set_error(QKV_ERR_NAN,
-                                             "%s backward: gradient of input %d holds %f",
-                                             qkv_op_names[n->op], i, (double)g[k]);
+    int64_t place = 0; /* on the tape, 0 the newest */
+    for (qkv_node *n = ctx->tape; n; n = n->prev, place++) {
+        if (n->out->grad) { /* a node no gradient reached is skipped */
+            qkv_status st = node_backward(ctx, n);
+            if (st)
+                return st;
+            /* After the first node made for the output (the last to run)
+             * its gradient is used up: every op that read the output came
+             * later on the tape and has run. Unless it became an input's
+             * gradient, or is the caller's seed, it goes back to the arena
+             * for the next gradients to reuse, as PyTorch frees a
+             * non-leaf's. */
+            if (n->first_of_out) {
+                if (!n->grad_lent && n->out->grad != ctx->seed_grad)
+                    qkv__arena_release(ctx->arena, n->out->grad,
+                                       (size_t)qkv_numel(n->out) * sizeof(float));
+                n->out->grad = NULL;
             }
+        }
+        if (ctx->after_node)
+            ctx->after_node(ctx->after_user, place);
     }
     return QKV_OK;
 }

@@ -38,6 +38,7 @@ const char *qkv_status_name(qkv_status s)
     case QKV_ERR_NAN: return "nan or inf";
     case QKV_ERR_STATE: return "wrong state";
     case QKV_ERR_INTERRUPTED: return "interrupted";
+    case QKV_ERR_COMM: return "communication failed";
     }
     return "unknown";
 }

@@ -48,6 +48,7 @@ qkv_status qkv_seq2seq_recipe_preset(qkv_seq2seq_recipe *r, const char *name)
     }
     r->data = keep.data, r->out_dir = keep.out_dir, r->seed = keep.seed;
     r->resume = keep.resume, r->threads = keep.threads, r->quiet = keep.quiet;
+    r->comm = keep.comm;
     return QKV_OK;
 }
 
@@ -55,6 +56,8 @@ qkv_status qkv_seq2seq_recipe_preset(qkv_seq2seq_recipe *r, const char *name)
 
 typedef struct {
     const qkv_seq2seq_recipe *r;
+    int quiet;                      /* the recipe's, or a rank other than 0 */
+    int lead;                       /* rank 0 (or one process): it evaluates */
     qkv_nmt_data d;
     qkv_model *model;
     qkv_seq2seq *m;
@@ -114,22 +117,31 @@ static qkv_status fill(void *user, const int64_t *idx, int64_t n, qkv_rng *rng, 
     return QKV_OK;
 }
 
+/* The target tokens of rows [0, n) of a batch: the trainer sums them over
+ * ranks (weight_global), v1.0.3's loss divides by the sum. */
+static double batch_tokens(const void *batch, int64_t n, void *user)
+{
+    const s2s_run *s = user;
+    s2s_batch b = batch_at(s, batch);
+    double tokens = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        tokens += (double)b.tokens[i];
+    return tokens;
+}
+
 /* Shard rows [lo, hi): teacher forcing and the masked cross-entropy.
  * r0.17's MaskedSoftmaxCELoss: each sequence's CE summed over its tokens /
  * num_steps, summed over the batch (l.sum().backward()); v1.0.3: the mean
- * over the batch's target tokens. stats[0] sums the sequences' losses as
- * r0.17 prints them, stats[1] the target tokens. */
+ * over the global batch's target tokens. stats[0] sums the sequences'
+ * losses as r0.17 prints them, stats[1] the target tokens. */
 static qkv_tensor *loss(qkv_ctx *ctx, const qkv_train_batch *tb, void *user)
 {
     const s2s_run *s = user;
     s2s_batch b = batch_at(s, tb->batch);
     int64_t t = s->t, lo = tb->lo, n = tb->hi - tb->lo;
-    double tokens = 0.0, all = 0.0;
-    for (int64_t i = 0; i < tb->n; i++) {
-        all += (double)b.tokens[i];
-        if (i >= lo && i < tb->hi)
-            tokens += (double)b.tokens[i];
-    }
+    double tokens = 0.0, all = tb->weight_global;
+    for (int64_t i = lo; i < tb->hi; i++)
+        tokens += (double)b.tokens[i];
     float scale = s->r->loss_mean ? 1.0f / (float)(all > 0 ? all : 1) : 1.0f / (float)t;
     qkv_tensor *l = qkv_seq2seq_loss(ctx, s->m, b.src + lo * t, b.valid + lo, n, t,
                                      b.dec_in + lo * t, b.target + lo * t, t, s->pad);
@@ -172,7 +184,7 @@ static qkv_status evaluate(qkv_trainer *t, qkv_train_epoch *e, void *user)
     if (!st)
         st = qkv_train_epoch_put(e, "tokens_per_s", e->seconds > 0 ? e->stats[1] / e->seconds
                                                                  : NAN);
-    if (!st && s->n_val > 0) {
+    if (!st && s->n_val > 0 && s->lead) { /* only rank 0 prints and logs it */
         s->val_loss = eval_loss(qkv_trainer_eval_ctx(t), s, s->val_rows, s->n_val);
         st = qkv_train_epoch_put(e, "val_loss", s->val_loss);
     }
@@ -229,7 +241,7 @@ static qkv_status final_checks(qkv_ctx *ctx, s2s_run *s, qkv_seq2seq_result *res
         translate_ids(ctx, s, ids, valid, fr, sizeof fr);
         res->book_bleu[i] = qkv_bleu(fr, book_fr[i], 2);
         sum += res->book_bleu[i];
-        if (!r->quiet)
+        if (!s->quiet)
             printf("%s => %s, bleu %.3f\n", book_en[i], fr, res->book_bleu[i]);
     }
     res->book_bleu_mean = sum / 4;
@@ -253,7 +265,7 @@ static qkv_status final_checks(qkv_ctx *ctx, s2s_run *s, qkv_seq2seq_result *res
     if (!st) {
         res->held_out_bleu = qkv_corpus_bleu(s->n_val, (const char *const *)preds,
                                              (const char *const *)refs);
-        if (!r->quiet) {
+        if (!s->quiet) {
             printf("held-out corpus BLEU (%lld pairs, %s): %.2f (%.1f s)\n", (long long)s->n_val,
                    r->beam > 1 ? "beam" : "greedy", 100.0 * res->held_out_bleu, qkv_now() - t0);
             for (int64_t i = 0; i < 5 && i < s->n_val; i++)
@@ -306,7 +318,9 @@ qkv_status qkv_seq2seq_train(const qkv_seq2seq_recipe *r, qkv_seq2seq_result *re
         return qkv_set_error(QKV_ERR_ARG, "seq2seq_train: %s",
                              r ? "need epochs >= 0, batch_size >= 1, num_steps >= 2"
                                : "the recipe is NULL");
-    s2s_run s = {.r = r, .t = r->num_steps, .loss = NAN, .val_loss = NAN};
+    s2s_run s = {.r = r, .t = r->num_steps, .loss = NAN, .val_loss = NAN,
+                 .quiet = r->quiet || qkv_comm_rank(r->comm) != 0,
+                 .lead = qkv_comm_rank(r->comm) == 0};
     qkv_seq2seq_result dummy;
     if (!res)
         res = &dummy;
@@ -322,7 +336,7 @@ qkv_status qkv_seq2seq_train(const qkv_seq2seq_recipe *r, qkv_seq2seq_result *re
     s.B = r->batch_size;
     if ((st = split(&s)) != QKV_OK)
         goto done;
-    if (!r->quiet)
+    if (!s.quiet)
         printf("data: %lld pairs (%lld training, %lld held out), num_steps %lld, vocab %lld en, "
                "%lld fr (%.1f s)\n",
                (long long)s.d.n, (long long)s.n_train, (long long)s.n_val, (long long)s.t,
@@ -351,7 +365,8 @@ qkv_status qkv_seq2seq_train(const qkv_seq2seq_recipe *r, qkv_seq2seq_result *re
                  .seed = r->seed ^ 0x9e3779b97f4a7c15ull, .batch_bytes = batch_bytes(&s),
                  .fill = fill, .user = &s},
         .optim = {.kind = QKV_ADAM, .lr = (float)r->lr}, .clip = (float)r->clip,
-        .threads = r->threads, .seed = r->seed + 1, .evaluate = evaluate,
+        .threads = r->threads, .seed = r->seed + 1, .comm = r->comm,
+        .batch_weight = r->loss_mean ? batch_tokens : NULL, .evaluate = evaluate,
         .save_model = save_model, .out_dir = r->out_dir, .save_every = r->save_every,
         .config_json = cfg_json, .resume = r->resume, .label = "epoch",
         .print_every = r->quiet ? -1 : 10, .title = "Transformer, English to French"});
@@ -359,13 +374,13 @@ qkv_status qkv_seq2seq_train(const qkv_seq2seq_recipe *r, qkv_seq2seq_result *re
         st = qkv_error_status();
         goto done;
     }
-    if (!r->quiet) {
+    if (!s.quiet) {
         printf("model: %lld parameters, d_model %lld, %lld blocks, %lld heads, ffn %lld, "
-               "dropout %g; Adam lr %g, batch %lld, %lld epochs, clip %g, %d threads\n",
+               "dropout %g; Adam lr %g, batch %lld, %lld epochs, clip %g, %d threads%s\n",
                (long long)qkv_params_numel(qkv_model_params(s.model)), (long long)r->hidden,
                (long long)r->blocks, (long long)r->heads, (long long)r->ffn, r->dropout, r->lr,
                (long long)s.B, (long long)r->epochs, r->clip,
-               qkv_shards_count(qkv_trainer_shards(t)));
+               qkv_shards_count(qkv_trainer_shards(t)), qkv__ranks_note(r->comm));
         if (r->resume)
             printf("resumed at epoch %lld\n", (long long)qkv_trainer_epoch(t));
         fflush(stdout);
@@ -373,15 +388,18 @@ qkv_status qkv_seq2seq_train(const qkv_seq2seq_recipe *r, qkv_seq2seq_result *re
     int64_t first = qkv_trainer_epoch(t);
     if ((st = qkv_trainer_run(t)) != QKV_OK)
         goto done;
-    if (r->epochs > first && !r->quiet)
+    if (!s.quiet)
+        qkv__print_comm_summary(t);
+    if (r->epochs > first && !s.quiet)
         printf("trained %lld epochs in %.1f s (%.0f tokens/s)%s%s\n",
                (long long)(r->epochs - first), s.train_seconds,
                s.train_tokens / fmax(s.train_seconds, 1e-9), r->out_dir ? "; model: " : "",
                r->out_dir ? r->out_dir : "");
     res->loss = s.loss, res->held_out_loss = s.val_loss;
-    if ((st = final_checks(qkv_trainer_eval_ctx(t), &s, res)) != QKV_OK)
+    /* the translations after training: rank 0's (the others are done) */
+    if (s.lead && (st = final_checks(qkv_trainer_eval_ctx(t), &s, res)) != QKV_OK)
         goto done;
-    if (r->out_dir) { /* the final scores after the epochs' lines */
+    if (r->out_dir && s.lead) { /* the final scores after the epochs' lines */
         char path[4200];
         snprintf(path, sizeof path, "%s/metrics.jsonl", r->out_dir);
         qkv_trainer_free(t);

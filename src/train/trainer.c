@@ -12,6 +12,14 @@
  * if it had not stopped. No random stream carries state from one step to
  * the next: shard i of step s draws from a stream seeded by (seed, s, i),
  * and the loader seeds its order and its batches from (seed, epoch, batch).
+ *
+ * Over several ranks (a communicator) every rank runs this loop on its
+ * rows of each global batch; rank 0's state is broadcast when a run
+ * starts, the gradients and the step's sums are all-reduced (ddp.c) and
+ * the buffers broadcast after each step, so that all ranks stay equal and
+ * everything they print or write is the global batch's. Only rank 0
+ * writes files. A failing rank abandons the communicator so that it does
+ * not wait for the others on its way out.
  */
 #include "train_internal.h"
 
@@ -20,6 +28,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define MAX_STATES 8
 #define PATH 4096
@@ -56,6 +65,18 @@ struct qkv_trainer {
     qkv_metrics *metrics;
     char dir[PATH], ckpt[PATH + 32];
     int interrupt;
+    /* over several ranks */
+    qkv_comm *comm;      /* NULL or a world of one: nothing to all-reduce */
+    int rank, world;
+    qkv__ddp *ddp;
+    int rerun;           /* the NaN guard's second look: no collectives */
+    double cur_weight;
+    float *bufs;         /* (n_bufs) every buffer entry, for one broadcast */
+    int64_t n_bufs;
+    qkv_train_comm_stats cstats;
+    int no_overlap;      /* cfg.no_overlap or $QKV_DDP_OVERLAP=0 */
+    int fault_kind, fault_rank; /* $QKV_TEST_FAULT */
+    int64_t fault_step;
 };
 
 /* ---- small helpers ---- */
@@ -68,7 +89,10 @@ static uint64_t mix(uint64_t z)
     return z ^ (z >> 31);
 }
 
-static bool writer(const qkv_trainer *t) { return t->cfg.out_dir && t->cfg.rank == 0; }
+static bool writer(const qkv_trainer *t) { return t->cfg.out_dir && t->rank == 0; }
+
+/* Ranks summing gradients through the communicator. */
+static bool distributed(const qkv_trainer *t) { return t->ddp != NULL; }
 
 qkv_status qkv_train_epoch_put(qkv_train_epoch *e, const char *name, double value)
 {
@@ -174,7 +198,7 @@ static qkv_status save_checkpoint(qkv_trainer *t)
     int k = snprintf(meta, sizeof meta,
                      "batch=%lld examples=%lld steps=%lld shards=%d loss=%a seconds=%a stats=",
                      (long long)t->batch, (long long)t->examples, (long long)t->steps,
-                     t->n_shards, t->loss_sum, t->seconds);
+                     t->n_shards * t->world, t->loss_sum, t->seconds);
     for (int i = 0; i < QKV_TRAIN_STATS; i++)
         k += snprintf(meta + k, sizeof meta - (size_t)k, "%s%a", i ? "," : "", t->stats[i]);
     if (!st)
@@ -210,18 +234,22 @@ static qkv_status parse_trainer_meta(qkv_trainer *t, const char *meta)
         t->stats[i] = strtod(p, &end);
         p = *end == ',' ? end + 1 : end;
     }
-    if (shards != t->n_shards)
-        fprintf(stderr, "qkv: note: %s was written with %d shards (threads), this run has %d: "
-                "it goes on, but not bit for bit as the first run would have\n",
-                t->ckpt, shards, t->n_shards);
+    int global = t->n_shards * t->world;
+    if (shards != global)
+        fprintf(stderr, "qkv: note: %s was written with %d shards (threads times ranks), this "
+                "run has %d: it goes on, but not bit for bit as the first run would have\n",
+                t->ckpt, shards, global);
     return QKV_OK;
 }
 
 static qkv_status resume(qkv_trainer *t)
 {
     qkv_st_file *f = qkv_st_open(t->ckpt);
-    if (!f)
-        return qkv_set_error(qkv_error_status(), "cannot resume: %s", qkv_error());
+    if (!f) { /* the message is copied: printing a buffer into itself is undefined */
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", qkv_error());
+        return qkv_set_error(qkv_error_status(), "cannot resume: %s", msg);
+    }
     qkv_checkpoint_info info;
     qkv_status st = qkv__checkpoint_read(f, t->ckpt, t->cfg.params, t->opt, &info);
     if (!st)
@@ -300,7 +328,27 @@ void qkv_trainer_free(qkv_trainer *t)
     qkv__free(t->shard_stats);
     qkv__free(t->history);
     qkv__free(t->epochs_x);
+    qkv__ddp_free(t->ddp);
+    qkv__free(t->bufs);
     qkv__free(t);
+}
+
+/* $QKV_TEST_FAULT=kill:RANK:STEP or hang:RANK:STEP (tests only): rank RANK
+ * kills itself (SIGKILL, as the kernel's OOM killer would) or stops
+ * answering when it reaches optimizer step STEP. */
+enum { FAULT_NONE, FAULT_KILL, FAULT_HANG };
+
+static void parse_fault(qkv_trainer *t)
+{
+    const char *f = getenv("QKV_TEST_FAULT");
+    char kind[8];
+    int rank;
+    long long step;
+    if (!f || sscanf(f, "%7[a-z]:%d:%lld", kind, &rank, &step) != 3)
+        return;
+    t->fault_kind = !strcmp(kind, "kill") ? FAULT_KILL : !strcmp(kind, "hang") ? FAULT_HANG
+                                                                                : FAULT_NONE;
+    t->fault_rank = rank, t->fault_step = step;
 }
 
 qkv_trainer *qkv_trainer_new(const qkv_trainer_config *cfg)
@@ -332,8 +380,13 @@ qkv_trainer *qkv_trainer_new(const qkv_trainer_config *cfg)
         return NULL;
     t->cfg = *cfg;
     t->saved_epoch = -1;
+    t->comm = cfg->comm;
+    t->rank = cfg->comm ? qkv_comm_rank(cfg->comm) : cfg->rank;
+    t->world = cfg->comm ? qkv_comm_size(cfg->comm) : cfg->world > 0 ? cfg->world : 1;
+    t->cfg.rank = t->rank, t->cfg.world = t->world;
+    parse_fault(t);
     qkv_loader_config lc = cfg->data;
-    lc.rank = cfg->rank, lc.world = cfg->world;
+    lc.rank = t->rank, lc.world = t->world;
     t->n_curves = count_curves(cfg);
     int64_t E = cfg->epochs > 0 ? cfg->epochs : 1;
     if (!(t->opt = qkv_optim_new(cfg->params, &cfg->optim)) ||
@@ -341,6 +394,21 @@ qkv_trainer *qkv_trainer_new(const qkv_trainer_config *cfg)
         !(t->eval = qkv_ctx_new()))
         goto fail;
     t->n_shards = qkv_shards_count(t->sh);
+    if (t->comm && t->world > 1) {
+        size_t bucket = cfg->bucket_bytes;
+        const char *kb = getenv("QKV_BUCKET_KB");
+        if (!bucket)
+            bucket = kb && atol(kb) > 0 ? (size_t)atol(kb) << 10 : (size_t)256 << 10;
+        const char *ov = getenv("QKV_DDP_OVERLAP");
+        t->no_overlap = cfg->no_overlap || (ov && !strcmp(ov, "0"));
+        if (!(t->ddp = qkv__ddp_new(cfg->params, t->comm, bucket)))
+            goto fail;
+        for (int64_t i = 0; i < qkv_params_count(cfg->params); i++)
+            if (qkv_params_flags(cfg->params, i) & QKV_PARAM_BUFFER)
+                t->n_bufs += qkv_numel(qkv_params_at(cfg->params, i));
+        if (t->n_bufs && !(t->bufs = qkv__malloc((size_t)t->n_bufs * sizeof(float))))
+            goto fail;
+    }
     t->spe = qkv_loader_batches(t->loader);
     t->shard_loss = qkv__calloc((size_t)t->n_shards, sizeof *t->shard_loss);
     t->shard_stats = qkv__calloc((size_t)t->n_shards, sizeof *t->shard_stats);
@@ -359,26 +427,33 @@ qkv_trainer *qkv_trainer_new(const qkv_trainer_config *cfg)
             goto fail;
         }
         snprintf(t->ckpt, sizeof t->ckpt, "%s/checkpoint.safetensors", t->dir);
-        if (cfg->rank == 0 && qkv_make_dirs(t->dir) != QKV_OK)
+        if (t->rank == 0 && qkv_make_dirs(t->dir) != QKV_OK)
             goto fail;
     }
-    if (cfg->resume && resume(t) != QKV_OK)
+    /* over ranks, rank 0 alone reads the checkpoint (the others may not
+     * see its disk) and broadcasts it when the run starts */
+    if (cfg->resume && (!distributed(t) || t->rank == 0) && resume(t) != QKV_OK)
         goto fail;
     return t;
 fail:
     if (!qkv_error_status())
         qkv_set_error(QKV_ERR_NOMEM, "trainer_new: out of memory");
+    if (t->world > 1)
+        qkv_comm_abandon(t->comm); /* the others must not wait for this rank */
     qkv_trainer_free(t);
     return NULL;
 }
 
 /* ---- a step ---- */
 
+/* Shard i of rank r draws as shard r S + i of one process would. */
 static void seed_shards(qkv_trainer *t)
 {
-    for (int i = 0; i < t->n_shards; i++)
+    for (int i = 0; i < t->n_shards; i++) {
+        uint64_t global = (uint64_t)t->rank * (uint64_t)t->n_shards + (uint64_t)i;
         qkv_rng_seed(qkv_ctx_rng(qkv_shards_ctx(t->sh, i)),
-                     mix(mix(mix(t->cfg.seed) ^ (uint64_t)t->step) ^ (uint64_t)i));
+                     mix(mix(mix(t->cfg.seed) ^ (uint64_t)t->step) ^ global));
+    }
 }
 
 /* Shard i: the loss callback on its rows, then backward. */
@@ -386,8 +461,8 @@ static qkv_status shard_step(qkv_ctx *ctx, int i, int n, void *arg)
 {
     qkv_trainer *t = arg;
     qkv_train_batch b = {.batch = t->cur, .n = t->cur_n, .n_global = t->cur_n_global,
-                         .shard = i, .n_shards = n, .step = t->step, .epoch = t->epoch,
-                         .stats = t->shard_stats[i]};
+                         .weight_global = t->cur_weight, .shard = i, .n_shards = n,
+                         .step = t->step, .epoch = t->epoch, .stats = t->shard_stats[i]};
     qkv_shard_rows(t->cur_n, i, n, &b.lo, &b.hi);
     memset(t->shard_stats[i], 0, sizeof t->shard_stats[i]);
     t->shard_loss[i] = 0.0;
@@ -405,7 +480,18 @@ static qkv_status shard_step(qkv_ctx *ctx, int i, int n, void *arg)
                              qkv_shape_str(loss, s, sizeof s));
     }
     t->shard_loss[i] = qkv_get(loss, 0);
-    return qkv_backward(ctx, loss);
+    /* one shard per rank: each bucket's all-reduce starts as soon as
+     * backward is done with it; with several, after they are summed */
+    bool watch = distributed(t) && n == 1 && !t->no_overlap && !t->rerun;
+    if (watch)
+        qkv__ddp_watch(t->ddp, ctx);
+    double t0 = qkv_now();
+    qkv_status st = qkv_backward(ctx, loss);
+    if (watch) /* the hook goes with the step */
+        qkv__ctx_set_backward_hook(ctx, NULL, NULL);
+    if (i == 0)
+        t->cstats.backward_seconds += qkv_now() - t0;
+    return st;
 }
 
 /* A step whose loss or gradient norm is not finite: run it again with NaN
@@ -417,11 +503,14 @@ static qkv_status nan_stop(qkv_trainer *t, double loss, double norm)
         qkv_set_check_nan(qkv_shards_ctx(t->sh, i), 1);
     seed_shards(t);
     char found[768];
+    t->rerun = 1; /* this rank's rows alone: no collective */
     if (qkv_shards_run(t->sh, shard_step, t) != QKV_OK)
         snprintf(found, sizeof found, "the first non-finite value: %s", qkv_error());
     else
         snprintf(found, sizeof found, "no op's output or gradient held one when the step ran "
-                 "again%s", t->cfg.grad_hook ? " (the gradient hook may have made it)" : "");
+                 "again%s%s", t->cfg.grad_hook ? " (the gradient hook may have made it)" : "",
+                 distributed(t) ? " on this rank's rows (another rank's may hold it)" : "");
+    t->rerun = 0;
     for (int i = 0; i < t->n_shards; i++)
         qkv_set_check_nan(qkv_shards_ctx(t->sh, i), 0);
     qkv_params_zero_grad(t->cfg.params);
@@ -437,8 +526,58 @@ static qkv_status nan_stop(qkv_trainer *t, double loss, double norm)
                          isfinite(loss) ? norm : loss, found, kept);
 }
 
+/* $QKV_TEST_FAULT reached: this rank dies or stops answering. */
+static qkv_status inject_fault(qkv_trainer *t)
+{
+    fprintf(stderr, "qkv: rank %d: $QKV_TEST_FAULT: %s at step %lld\n", t->rank,
+            t->fault_kind == FAULT_KILL ? "killing this rank" : "this rank stops answering",
+            (long long)t->step);
+    if (t->fault_kind == FAULT_KILL)
+        raise(SIGKILL);
+    while (!g_signal)
+        pause();
+    return qkv_set_error(QKV_ERR_INTERRUPTED, "$QKV_TEST_FAULT: rank %d hung at step %lld "
+                         "until signal %d", t->rank, (long long)t->step, (int)g_signal);
+}
+
+/* Rank 0's buffers (batch norm's running statistics) to every rank, as
+ * DistributedDataParallel broadcasts them before each forward: gathered
+ * into one array, one broadcast. */
+static void copy_buffers(qkv_trainer *t, int out)
+{
+    qkv_params *ps = t->cfg.params;
+    int64_t at = 0;
+    for (int64_t i = 0; i < qkv_params_count(ps); i++) {
+        qkv_tensor *x = qkv_params_at(ps, i);
+        if (!(qkv_params_flags(ps, i) & QKV_PARAM_BUFFER))
+            continue;
+        size_t bytes = (size_t)qkv_numel(x) * sizeof(float);
+        if (out)
+            memcpy(x->data, t->bufs + at, bytes);
+        else
+            memcpy(t->bufs + at, x->data, bytes);
+        at += qkv_numel(x);
+    }
+}
+
+static qkv_status broadcast_buffers(qkv_trainer *t)
+{
+    if (!t->n_bufs)
+        return QKV_OK;
+    copy_buffers(t, 0);
+    qkv_status st = qkv_comm_broadcast(t->comm, t->bufs, (size_t)t->n_bufs * sizeof(float), 0);
+    if (!st)
+        copy_buffers(t, 1);
+    return st;
+}
+
+/* The step's sums over the rank's shards: loss, stats, rows. */
+enum { SUM_LOSS, SUM_STATS, SUM_ROWS = SUM_STATS + QKV_TRAIN_STATS, N_SUMS };
+
 static qkv_status train_step(qkv_trainer *t)
 {
+    if (t->fault_kind && t->fault_rank == t->rank && t->fault_step == t->step)
+        return inject_fault(t);
     int64_t n = 0;
     const void *data = qkv_loader_next(t->loader, &n);
     if (!data)
@@ -448,16 +587,39 @@ static qkv_status train_step(qkv_trainer *t)
                                                   (long long)t->batch, (long long)t->spe);
     int64_t B = t->cfg.data.batch_size, left = t->cfg.data.n_examples - t->batch * B;
     t->cur = data, t->cur_n = n, t->cur_n_global = left < B ? left : B;
+    qkv_status st = QKV_OK;
+    t->cur_weight = 0.0;
+    if (t->cfg.batch_weight) {
+        t->cur_weight = t->cfg.batch_weight(data, n, t->cfg.user);
+        if (distributed(t) &&
+            (st = qkv_comm_allreduce(t->comm, &t->cur_weight, 1, QKV_DT_F64)) != QKV_OK)
+            return st;
+    }
     qkv_optim_set_lr(t->opt, qkv_trainer_lr_at(t, t->step));
-    qkv_status st;
     if (t->cfg.pre_step && (st = t->cfg.pre_step(t, t->cfg.user)) != QKV_OK)
         return st;
     seed_shards(t);
-    if ((st = qkv_shards_run(t->sh, shard_step, t)) != QKV_OK)
+    if (distributed(t))
+        qkv__ddp_begin(t->ddp);
+    st = qkv_shards_run(t->sh, shard_step, t);
+    if (st) /* a ddp step under way ends with this rank abandoning the run */
         return st;
-    double loss = 0.0;
-    for (int i = 0; i < t->n_shards; i++)
-        loss += t->shard_loss[i];
+    double sums[N_SUMS] = {0};
+    for (int i = 0; i < t->n_shards; i++) {
+        sums[SUM_LOSS] += t->shard_loss[i];
+        for (int k = 0; k < QKV_TRAIN_STATS; k++)
+            sums[SUM_STATS + k] += t->shard_stats[i][k];
+    }
+    sums[SUM_ROWS] = (double)n;
+    if (distributed(t) &&
+        (st = qkv__ddp_finish(t->ddp, t->n_shards == 1 ? qkv_shards_ctx(t->sh, 0) : NULL, sums,
+                              N_SUMS, t->no_overlap)) != QKV_OK) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", qkv_error());
+        return qkv_set_error(st, "step %lld, summing the gradients over ranks: %s",
+                             (long long)t->step + 1, msg);
+    }
+    double loss = sums[SUM_LOSS];
     if (t->cfg.grad_hook && (st = t->cfg.grad_hook(t, t->cfg.user)) != QKV_OK)
         return st;
     /* with no clipping the norm is still taken: the NaN guard reads it */
@@ -468,12 +630,13 @@ static qkv_status train_step(qkv_trainer *t)
         return st;
     if (t->cfg.post_step && (st = t->cfg.post_step(t, t->cfg.user)) != QKV_OK)
         return st;
+    if (distributed(t) && (st = broadcast_buffers(t)) != QKV_OK)
+        return st;
     qkv_params_zero_grad(t->cfg.params);
     t->loss_sum += loss;
-    for (int i = 0; i < t->n_shards; i++)
-        for (int k = 0; k < QKV_TRAIN_STATS; k++)
-            t->stats[k] += t->shard_stats[i][k];
-    t->examples += n;
+    for (int k = 0; k < QKV_TRAIN_STATS; k++)
+        t->stats[k] += sums[SUM_STATS + k];
+    t->examples += (int64_t)sums[SUM_ROWS];
     t->steps++, t->batch++, t->step++;
     return QKV_OK;
 }
@@ -627,6 +790,48 @@ static qkv_status run_epoch(qkv_trainer *t)
     return end_epoch(t);
 }
 
+/* Everything a run's state holds, from rank 0 to the others: where the
+ * run stands and its sums, the parameters and buffers, the optimizer's
+ * moments and step count, the curves and every extra store. On a fresh
+ * run this makes the initial weights equal whatever each rank drew; on a
+ * resumed one it hands the checkpoint rank 0 read to the rest. */
+static qkv_status broadcast_state(qkv_trainer *t)
+{
+    struct {
+        int64_t epoch, batch, step, saved_epoch, examples, steps, optim_steps;
+        double loss_sum, seconds, stats[QKV_TRAIN_STATS];
+    } pos = {t->epoch, t->batch, t->step, t->saved_epoch, t->examples, t->steps,
+             qkv_optim_steps(t->opt), t->loss_sum, t->seconds, {0}};
+    memcpy(pos.stats, t->stats, sizeof pos.stats);
+    qkv_status st = qkv_comm_broadcast(t->comm, &pos, sizeof pos, 0);
+    if (st)
+        return st;
+    t->epoch = pos.epoch, t->batch = pos.batch, t->step = pos.step;
+    t->saved_epoch = pos.saved_epoch, t->examples = pos.examples, t->steps = pos.steps;
+    t->loss_sum = pos.loss_sum, t->seconds = pos.seconds;
+    memcpy(t->stats, pos.stats, sizeof t->stats);
+    qkv_optim_set_steps(t->opt, pos.optim_steps);
+    int64_t n = 0;
+    float *v = qkv_params_values(t->cfg.params, &n);
+    if ((st = qkv_comm_broadcast(t->comm, v, (size_t)n * sizeof(float), 0)) != QKV_OK)
+        return st;
+    for (int which = 0; which < 2; which++) {
+        float *m = qkv_optim_state(t->opt, which, &n);
+        if (m && (st = qkv_comm_broadcast(t->comm, m, (size_t)n * sizeof(float), 0)) != QKV_OK)
+            return st;
+    }
+    int64_t E = t->cfg.epochs > 0 ? t->cfg.epochs : 1;
+    if ((st = qkv_comm_broadcast(t->comm, t->history,
+                                 (size_t)(E * t->n_curves) * sizeof(float), 0)) != QKV_OK)
+        return st;
+    for (int k = 0; k < t->n_states; k++) {
+        v = qkv_params_values(t->state[k].ps, &n);
+        if (v && (st = qkv_comm_broadcast(t->comm, v, (size_t)n * sizeof(float), 0)) != QKV_OK)
+            return st;
+    }
+    return QKV_OK;
+}
+
 qkv_status qkv_trainer_run(qkv_trainer *t)
 {
     if (!t)
@@ -642,11 +847,19 @@ qkv_status qkv_trainer_run(qkv_trainer *t)
     }
     saved_handlers old;
     catch_signals(&old);
-    qkv_status st = QKV_OK;
+    qkv__comm_set_cancel(t->comm, &g_signal);
+    qkv_status st = distributed(t) ? broadcast_state(t) : QKV_OK;
     while (t->epoch < t->cfg.epochs && st == QKV_OK)
         st = run_epoch(t);
+    qkv__comm_set_cancel(t->comm, NULL);
     release_signals(&old);
     t->interrupt = 0;
+    if (st && distributed(t)) { /* the others must not wait for this rank */
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", qkv_error());
+        qkv_comm_abandon(t->comm);
+        qkv_set_error(st, "%s", msg);
+    }
     return st;
 }
 
@@ -663,6 +876,18 @@ const void *qkv_trainer_batch(const qkv_trainer *t, int64_t *n, int64_t *n_globa
     if (n_global)
         *n_global = t && t->cur ? t->cur_n_global : 0;
     return t ? t->cur : NULL;
+}
+qkv_comm *qkv_trainer_comm(const qkv_trainer *t) { return t ? t->comm : NULL; }
+
+void qkv_trainer_comm_stats(qkv_trainer *t, qkv_train_comm_stats *s)
+{
+    if (!s)
+        return;
+    *s = (qkv_train_comm_stats){0};
+    if (!t || !t->ddp)
+        return;
+    *s = *qkv__ddp_stats(t->ddp);
+    s->backward_seconds = t->cstats.backward_seconds;
 }
 int64_t qkv_trainer_epoch(const qkv_trainer *t) { return t ? t->epoch : 0; }
 int64_t qkv_trainer_step(const qkv_trainer *t) { return t ? t->step : 0; }

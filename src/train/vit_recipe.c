@@ -101,6 +101,7 @@ qkv_status qkv_vit_recipe_preset(qkv_vit_recipe *r, const char *name)
     }
     r->data_dir = keep.data_dir, r->out_dir = keep.out_dir, r->seed = keep.seed;
     r->resume = keep.resume, r->threads = keep.threads, r->quiet = keep.quiet;
+    r->comm = keep.comm;
     if (keep.limit)
         r->limit = keep.limit;
     if (keep.eval_limit)
@@ -112,6 +113,7 @@ qkv_status qkv_vit_recipe_preset(qkv_vit_recipe *r, const char *name)
 
 typedef struct {
     const qkv_vit_recipe *r;
+    int quiet;           /* the recipe's, or a rank other than 0 */
     qkv_model *model;
     qkv_vit *m;
     qkv_mnist train, test;
@@ -179,16 +181,32 @@ static qkv_status epoch_start(qkv_trainer *t, int64_t e, void *user)
     v->aug = r->aug;
     if (e >= plain_from)
         v->aug.crop = 0;
-    if (r->aug.crop > 0 && r->plain_epochs > 0 && e == plain_from && !r->quiet)
+    if (r->aug.crop > 0 && r->plain_epochs > 0 && e == plain_from && !v->quiet)
         printf("no random crops from epoch %lld on\n", (long long)e + 1);
     (void)t;
     return QKV_OK;
 }
 
+/* The test images right: each rank classifies its share of them. */
+static int64_t test_right(qkv_ctx *ctx, const vit_run *v)
+{
+    qkv_comm *c = v->r->comm;
+    int64_t lo, hi, px = v->test.rows * v->test.cols;
+    qkv_shard_rows(v->n_test, qkv_comm_rank(c), qkv_comm_size(c), &lo, &hi);
+    qkv_mnist part = v->test;
+    part.n = hi - lo, part.images += lo * px, part.labels += lo;
+    int64_t right = qkv_vit_evaluate(ctx, v->m, &part, part.n, NULL);
+    if (right < 0) {
+        qkv_comm_abandon(c);
+        return -1;
+    }
+    return qkv_comm_allreduce(c, &right, 1, QKV_DT_I64) == QKV_OK ? right : -1;
+}
+
 static qkv_status evaluate(qkv_trainer *t, qkv_train_epoch *e, void *user)
 {
     vit_run *v = user;
-    int64_t right = qkv_vit_evaluate(qkv_trainer_eval_ctx(t), v->m, &v->test, v->n_test, NULL);
+    int64_t right = test_right(qkv_trainer_eval_ctx(t), v);
     if (right < 0)
         return qkv_error_status();
     v->test_right = right;
@@ -215,7 +233,8 @@ qkv_status qkv_vit_train(const qkv_vit_recipe *r, qkv_vit_result *res)
     if (!r || r->epochs < 0 || r->batch_size < 1)
         return qkv_set_error(QKV_ERR_ARG, "vit_train: %s", r ? "need epochs >= 0 and a batch "
                              "size >= 1" : "the recipe is NULL");
-    vit_run v = {.r = r, .test_acc = NAN, .train_acc = NAN, .size = r->model.image_size,
+    vit_run v = {.r = r, .quiet = r->quiet || qkv_comm_rank(r->comm) != 0, .test_acc = NAN,
+                 .train_acc = NAN, .size = r->model.image_size,
                  .ce = {.ignore_index = QKV_NO_IGNORE, .label_smoothing = (float)r->label_smoothing,
                         .reduction = QKV_REDUCE_SUM}};
     qkv_trainer *t = NULL;
@@ -252,7 +271,7 @@ qkv_status qkv_vit_train(const qkv_vit_recipe *r, qkv_vit_result *res)
                   .weight_decay = (float)r->weight_decay},
         .schedule = {.kind = r->cosine ? QKV_LR_COSINE : QKV_LR_CONSTANT,
                      .warmup_epochs = r->warmup_epochs},
-        .clip = (float)r->clip, .threads = r->threads, .seed = r->seed,
+        .clip = (float)r->clip, .threads = r->threads, .seed = r->seed, .comm = r->comm,
         .epoch_start = epoch_start, .evaluate = evaluate, .save_model = save_model,
         .out_dir = r->out_dir, .config_json = cfg, .resume = r->resume, .label = "epoch",
         .print_every = r->quiet ? -1 : 1, .curves = curves, .title = "ViT on Fashion-MNIST"});
@@ -261,15 +280,15 @@ qkv_status qkv_vit_train(const qkv_vit_recipe *r, qkv_vit_result *res)
         goto done;
     }
     const qkv_vit_config *mc = &r->model;
-    if (!r->quiet) {
+    if (!v.quiet) {
         printf("ViT %lldx%lld patch %lld, width %lld, MLP %lld, %lld heads, %lld blocks: %lld "
-               "parameters\ntraining on %lld images, %lld steps of %lld, %s lr %g, %d threads\n",
+               "parameters\ntraining on %lld images, %lld steps of %lld, %s lr %g, %d threads%s\n",
                (long long)mc->image_size, (long long)mc->image_size, (long long)mc->patch_size,
                (long long)mc->hidden_dim, (long long)mc->mlp_dim, (long long)mc->num_heads,
                (long long)mc->num_layers, (long long)qkv_params_numel(qkv_model_params(v.model)),
                (long long)v.n_train, (long long)qkv_trainer_steps_per_epoch(t), (long long)v.B,
                r->optimizer == QKV_ADAMW ? "AdamW" : r->optimizer == QKV_ADAM ? "Adam" : "SGD",
-               r->lr, qkv_shards_count(qkv_trainer_shards(t)));
+               r->lr, qkv_shards_count(qkv_trainer_shards(t)), qkv__ranks_note(r->comm));
         if (r->resume)
             printf("resumed at epoch %lld, step %lld\n", (long long)qkv_trainer_epoch(t),
                    (long long)qkv_trainer_step(t));
@@ -277,8 +296,10 @@ qkv_status qkv_vit_train(const qkv_vit_recipe *r, qkv_vit_result *res)
     }
     if ((st = qkv_trainer_run(t)) != QKV_OK)
         goto done;
+    if (!v.quiet)
+        qkv__print_comm_summary(t);
     if (!isfinite(v.test_acc)) { /* nothing left to train: the model as it stands */
-        int64_t right = qkv_vit_evaluate(qkv_trainer_eval_ctx(t), v.m, &v.test, v.n_test, NULL);
+        int64_t right = test_right(qkv_trainer_eval_ctx(t), &v);
         if (right < 0) {
             st = qkv_error_status();
             goto done;

@@ -96,6 +96,8 @@ static int set_value(const args_spec *s, const arg_opt *o, const char *text)
     return 2;
 }
 
+int args_threads_given;
+
 int args_threads(const char *what, const char *text)
 {
     char *end;
@@ -107,6 +109,7 @@ int args_threads(const char *what, const char *text)
         return 2;
     }
     qkv_set_threads((int)v);
+    args_threads_given = 1;
     return 0;
 }
 

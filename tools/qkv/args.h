@@ -66,5 +66,7 @@ void args_help(const args_spec *s, FILE *out);
 /* Applies a thread count given as text ("--threads" or $QKV_THREADS);
  * returns 0, or 2 with a message naming `what`. */
 int args_threads(const char *what, const char *text);
+/* Set once --threads was given. */
+extern int args_threads_given;
 
 #endif

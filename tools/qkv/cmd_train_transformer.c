@@ -10,6 +10,7 @@
  * sentences with their BLEU.
  */
 #include "args.h"
+#include "cli_util.h"
 #include "commands.h"
 #include "qkv.h"
 
@@ -97,8 +98,11 @@ int cmd_train_transformer(int argc, char **argv)
         return rc;
     o.split_tail = !strcmp(split, "tail");
     o.loss_mean = !strcmp(loss, "mean");
+    if (!(o.comm = cli_comm_open("train transformer")))
+        return 1;
     qkv_status st = qkv_seq2seq_train(&o, NULL);
     if (st != QKV_OK)
-        fprintf(stderr, "qkv train transformer: %s\n", qkv_error());
+        fprintf(stderr, "qkv train transformer%s: %s\n", cli_rank_note(o.comm), qkv_error());
+    cli_comm_close(o.comm, st != QKV_OK);
     return st == QKV_OK ? 0 : st == QKV_ERR_INTERRUPTED ? 130 : 1;
 }

@@ -48,10 +48,23 @@ typedef struct {
     int resume, no_augment;
 } train_options;
 
+static int train_on(const train_options *o, qkv_comm *comm);
+
 static int train(const train_options *o)
 {
+    qkv_comm *comm = cli_comm_open("train vit");
+    if (!comm)
+        return 1;
+    int rc = train_on(o, comm);
+    cli_comm_close(comm, rc != 0);
+    return rc;
+}
+
+static int train_on(const train_options *o, qkv_comm *comm)
+{
     qkv_vit_recipe r = {.data_dir = o->data, .out_dir = o->out_dir, .seed = o->seed,
-                        .resume = o->resume, .limit = o->limit, .eval_limit = o->eval_limit};
+                        .resume = o->resume, .limit = o->limit, .eval_limit = o->eval_limit,
+                        .comm = comm};
     if (qkv_vit_recipe_preset(&r, o->preset) != QKV_OK) {
         fprintf(stderr, "qkv train vit: %s\n", qkv_error());
         return 2;
@@ -70,17 +83,14 @@ static int train(const train_options *o)
         r.lr = o->lr;
     qkv_vit_result res;
     qkv_status st = qkv_vit_train(&r, &res);
-    if (st == QKV_ERR_INTERRUPTED) {
-        fprintf(stderr, "qkv train vit: %s\n", qkv_error());
-        return 130;
-    }
     if (st != QKV_OK) {
-        fprintf(stderr, "qkv train vit: %s\n", qkv_error());
-        return 1;
+        fprintf(stderr, "qkv train vit%s: %s\n", cli_rank_note(comm), qkv_error());
+        return st == QKV_ERR_INTERRUPTED ? 130 : 1;
     }
-    printf("test accuracy %.4f (%lld/%lld)\nwrote %s/model.safetensors, "
-           "checkpoint.safetensors, metrics.jsonl, curves.png\n",
-           res.test_accuracy, (long long)res.test_right, (long long)res.test_n, o->out_dir);
+    if (qkv_comm_rank(comm) == 0)
+        printf("test accuracy %.4f (%lld/%lld)\nwrote %s/model.safetensors, "
+               "checkpoint.safetensors, metrics.jsonl, curves.png\n",
+               res.test_accuracy, (long long)res.test_right, (long long)res.test_n, o->out_dir);
     return 0;
 }
 

@@ -7,6 +7,7 @@
 int cmd_kernel_regression(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
 int cmd_train_transformer(int argc, char **argv);
+int cmd_comm(int argc, char **argv);
 int cmd_translate(int argc, char **argv);
 /* cmd_vit.c */
 int cmd_train_vit(int argc, char **argv);

@@ -37,6 +37,7 @@ static const command commands[] = {
     {"forward", "run a module on named tensors (safetensors in, safetensors out)", cmd_forward},
     {"coco-eval", "COCO detection mAP of a results file, equal to pycocotools' COCOeval",
      cmd_coco_eval},
+    {"comm", "check the ranks mpirun started and time their all-reduce", cmd_comm},
     {"version", "print the version, the GEMM backend and the thread count", cmd_version},
 };
 
@@ -45,11 +46,13 @@ static const command commands[] = {
 static int cmd_version(int argc, char **argv)
 {
     args_spec s = {.command = "version",
-                   .summary = "Prints the version, the GEMM backend and the thread count."};
+                   .summary = "Prints the version, the GEMM backend, the thread count and the\n"
+                              "communicator backends built in."};
     int rc = args_parse(&s, argc, argv);
     if (rc != ARGS_CONTINUE)
         return rc;
-    printf("qkv %s\nbackend %s\nthreads %d\n", QKV_VERSION, qkv_backend(), qkv_threads());
+    printf("qkv %s\nbackend %s\nthreads %d\ncommunicators %s\n", QKV_VERSION, qkv_backend(),
+           qkv_threads(), qkv_comm_backends());
     return 0;
 }
 

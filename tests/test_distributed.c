@@ -1,0 +1,350 @@
+/* test_distributed.c - training over several processes: the communicator
+ * (one process in this binary; two ranks through `mpirun -np 2 qkv ...`),
+ * two ranks giving the weights of one process with the same global batch,
+ * a rank that dies or hangs stopping the other within a bounded time,
+ * files written once, and a run resumed on another number of ranks. */
+#include "test.h"
+
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* As root mpirun wants --allow-run-as-root; on a machine of fewer cores
+ * than ranks, --oversubscribe (docs/distributed.md). Under the sanitizers
+ * the ranks leave OpenMPI's own leaks out (tests/lsan-openmpi.supp). */
+#define MPIRUN                                                                  \
+    "LSAN_OPTIONS=suppressions=tests/lsan-openmpi.supp:fast_unwind_on_malloc=0:" \
+    "print_suppressions=0 mpirun -np 2 --oversubscribe --allow-run-as-root"
+
+/* ---- the communicator in one process ---- */
+
+TEST(comm_local_is_a_world_of_one)
+{
+    qkv_comm *c = qkv_comm_open(&(qkv_comm_opts){.kind = QKV_COMM_LOCAL});
+    REQUIRE(c, "open: %s", qkv_error());
+    CHECK(qkv_comm_rank(c) == 0 && qkv_comm_size(c) == 1 && qkv_comm_local_size(c) == 1,
+          "rank %d of %d", qkv_comm_rank(c), qkv_comm_size(c));
+    CHECK(!strcmp(qkv_comm_backend(c), "local"), "backend %s", qkv_comm_backend(c));
+    float f[3] = {1.5f, -2.0f, 3.25f};
+    CHECK(qkv_comm_allreduce(c, f, 3, QKV_DT_F32) == QKV_OK, "%s", qkv_error());
+    CHECK(f[0] == 1.5f && f[1] == -2.0f && f[2] == 3.25f, "all-reduce of one rank changed it");
+    int64_t g[2] = {7, 8}, out[2] = {0, 0};
+    CHECK(qkv_comm_allgather(c, g, sizeof g, out) == QKV_OK && out[0] == 7 && out[1] == 8,
+          "all-gather of one rank is a copy");
+    CHECK(qkv_comm_broadcast(c, g, sizeof g, 0) == QKV_OK, "%s", qkv_error());
+    int req = qkv_comm_iallreduce(c, f, 3, QKV_DT_F32), done = 0;
+    CHECK(req >= 0 && qkv_comm_test(c, req, &done) == QKV_OK && done, "request %d", req);
+    CHECK(qkv_comm_check(c) == QKV_OK, "%s", qkv_error());
+    CHECK(qkv_comm_barrier(c) == QKV_OK, "%s", qkv_error());
+    qkv_comm_stats s;
+    qkv_comm_get_stats(c, &s);
+    CHECK(s.calls >= 1 && s.bytes >= 12, "stats: %lld calls, %lld bytes", (long long)s.calls,
+          (long long)s.bytes);
+    CHECK(qkv_comm_close(c) == QKV_OK, "close: %s", qkv_error());
+    /* NULL is one process too */
+    CHECK(qkv_comm_size(NULL) == 1 && qkv_comm_rank(NULL) == 0, "NULL's world");
+    CHECK(qkv_comm_allreduce(NULL, f, 3, QKV_DT_F64) == QKV_OK, "NULL all-reduce");
+    CHECK(qkv_comm_allgather(NULL, g, sizeof g, out) == QKV_OK, "NULL all-gather");
+    CHECK(qkv_comm_wait(NULL, qkv_comm_iallreduce(NULL, f, 3, QKV_DT_F32)) == QKV_OK, "NULL wait");
+}
+
+TEST(comm_bad_arguments_are_errors)
+{
+    qkv_comm *c = qkv_comm_open(&(qkv_comm_opts){.kind = QKV_COMM_LOCAL});
+    REQUIRE(c, "open: %s", qkv_error());
+    float f[4] = {0};
+    CHECK(qkv_comm_allreduce(c, f, 4, QKV_DT_U8) == QKV_ERR_ARG &&
+              strstr(qkv_error(), "dtype"), "U8 sums: %s", qkv_error());
+    CHECK(qkv_comm_allreduce(c, NULL, 4, QKV_DT_F32) == QKV_ERR_ARG, "NULL buf");
+    CHECK(qkv_comm_broadcast(c, f, sizeof f, 1) == QKV_ERR_ARG && strstr(qkv_error(), "root 1"),
+          "root 1 of 1: %s", qkv_error());
+    CHECK(qkv_comm_allgather(c, f, 8, f + 1) == QKV_ERR_ARG && strstr(qkv_error(), "overlap"),
+          "overlap: %s", qkv_error());
+    CHECK(qkv_comm_wait(c, 5) == QKV_ERR_ARG, "no request 5");
+    /* the request table runs out, then comes back */
+    int reqs[QKV_COMM_REQUESTS];
+    for (int i = 0; i < QKV_COMM_REQUESTS; i++)
+        reqs[i] = qkv_comm_iallreduce(c, f, 4, QKV_DT_F32);
+    CHECK(qkv_comm_iallreduce(c, f, 4, QKV_DT_F32) < 0 && strstr(qkv_error(), "under way"),
+          "request %d: %s", QKV_COMM_REQUESTS + 1, qkv_error());
+    for (int i = 0; i < QKV_COMM_REQUESTS; i++)
+        CHECK(reqs[i] >= 0 && qkv_comm_wait(c, reqs[i]) == QKV_OK, "request %d", i);
+    CHECK(qkv_comm_iallreduce(c, f, 4, QKV_DT_F32) >= 0, "after the waits: %s", qkv_error());
+    CHECK(qkv_comm_close(c) != QKV_OK && strstr(qkv_error(), "still under way"),
+          "close with a request open: %s", qkv_error());
+    CHECK(!qkv_comm_open(&(qkv_comm_opts){.kind = QKV_COMM_LOCAL, .timeout_s = -1}) &&
+              strstr(qkv_error(), "negative"), "timeout -1: %s", qkv_error());
+    setenv("QKV_COMM_LINK", "fast", 1);
+    CHECK(!qkv_comm_open(NULL) && strstr(qkv_error(), "QKV_COMM_LINK='fast'"),
+          "bad link: %s", qkv_error());
+    unsetenv("QKV_COMM_LINK");
+}
+
+TEST(comm_abandoned_fails_every_call_at_once)
+{
+    qkv_comm *c = qkv_comm_open(&(qkv_comm_opts){.kind = QKV_COMM_LOCAL});
+    REQUIRE(c, "open: %s", qkv_error());
+    qkv_comm_abandon(c);
+    double d = 1.0;
+    CHECK(qkv_comm_allreduce(c, &d, 1, QKV_DT_F64) == QKV_ERR_COMM &&
+              strstr(qkv_error(), "left the run"), "after abandon: %s", qkv_error());
+    CHECK(qkv_comm_iallreduce(c, &d, 1, QKV_DT_F64) < 0 && qkv_error_status() == QKV_ERR_COMM,
+          "non-blocking after abandon: %s", qkv_error());
+    CHECK(qkv_comm_close(c) == QKV_ERR_COMM, "close returns the error");
+}
+
+/* ---- two ranks through mpirun ---- */
+
+/* Fails the test unless this qkv has the MPI backend and mpirun runs. */
+static bool have_mpi(void)
+{
+    char out[512], cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s version", test_qkv_bin());
+    if (test_run(cmd, out, sizeof out) != 0 || !strstr(out, "mpi")) {
+        test_fail(__FILE__, __LINE__, "this qkv was built without MPI (`qkv version`: %s): "
+                  "install libopenmpi-dev (scripts/install-deps.sh) and rebuild", out);
+        return false;
+    }
+    return true;
+}
+
+/* A fresh directory under /tmp for a run's files. */
+static void temp_dir(char *dir, size_t n, const char *what)
+{
+    snprintf(dir, n, "/tmp/qkv-dist-%s-XXXXXX", what);
+    if (!mkdtemp(dir))
+        dir[0] = '\0';
+}
+
+static void remove_dir(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "cleanup of %s", dir);
+}
+
+/* Every float tensor of two safetensors files within atol; returns the
+ * largest difference (+inf if a file or a tensor is missing). */
+static double compare_files(const char *a, const char *b, double atol)
+{
+    qkv_st_file *fa = qkv_st_open(a), *fb = qkv_st_open(b);
+    qkv_ctx *ctx = qkv_ctx_new();
+    double worst = INFINITY;
+    if (!fa || !fb || !ctx) {
+        test_fail(__FILE__, __LINE__, "cannot open %s or %s: %s", a, b, qkv_error());
+        goto done;
+    }
+    CHECK(qkv_st_count(fa) == qkv_st_count(fb), "%s has %lld tensors, %s %lld", a,
+          (long long)qkv_st_count(fa), b, (long long)qkv_st_count(fb));
+    worst = 0.0;
+    for (int64_t i = 0; i < qkv_st_count(fa); i++) {
+        if (qkv_st_dtype(fa, i) != QKV_DT_F32)
+            continue;
+        const char *name = qkv_st_name(fa, i);
+        qkv_tensor *x = qkv_st_load(ctx, fa, name), *y = qkv_st_load(ctx, fb, name);
+        if (!x || !y) {
+            test_fail(__FILE__, __LINE__, "%s: missing from %s", name, y ? a : b);
+            worst = INFINITY;
+            continue;
+        }
+        check_close(__FILE__, __LINE__, name, x, y, atol, 0.0);
+        for (int64_t k = 0; k < qkv_numel(x) && qkv_numel(x) == qkv_numel(y); k++)
+            worst = fmax(worst, fabs((double)x->data[k] - (double)y->data[k]));
+        qkv_ctx_reset(ctx);
+    }
+done:
+    qkv_st_close(fa);
+    qkv_st_close(fb);
+    qkv_ctx_free(ctx);
+    return worst;
+}
+
+static int count_lines(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    int n = 0, ch;
+    while (f && (ch = fgetc(f)) != EOF)
+        n += ch == '\n';
+    if (f)
+        fclose(f);
+    return f ? n : -1;
+}
+
+/* Runs cmd (stdout and stderr into out); returns its status, *seconds the
+ * time it took. */
+static int run_timed(const char *cmd, char *out, size_t n, double *seconds)
+{
+    double t0 = qkv_now();
+    int rc = test_run(cmd, out, n);
+    *seconds = qkv_now() - t0;
+    return rc;
+}
+
+TEST(comm_two_ranks_agree_on_every_collective)
+{
+    if (!have_mpi())
+        return;
+    char cmd[1024], out[4096];
+    snprintf(cmd, sizeof cmd, "%s %s comm --max-kb 64 --iters 3 2>&1", MPIRUN, test_qkv_bin());
+    int rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "backend mpi") && strstr(out, "2 ranks") &&
+              strstr(out, "collectives agree"), "rc %d:\n%s", rc, out);
+}
+
+/* The injected link ($QKV_COMM_LINK) holds each collective back to a
+ * ring's time over it: 2 ms and 1 Gb/s make a 512 KiB all-reduce of two
+ * ranks at least 2 (2 ms) + 512 KiB / 125 MB/s = 8.2 ms. */
+TEST(comm_injected_link_slows_all_reduce_to_the_model)
+{
+    if (!have_mpi())
+        return;
+    char cmd[1024], out[4096];
+    snprintf(cmd, sizeof cmd, "QKV_COMM_LINK=2000:1 %s %s comm --max-kb 512 --iters 3 2>&1",
+             MPIRUN, test_qkv_bin());
+    int rc = test_run(cmd, out, sizeof out);
+    const char *row = strstr(out, "\n    524288 ");
+    double us = row ? atof(row + 12) : -1;
+    CHECK(rc == 0 && us >= 8200 && us < 200000, "512 KiB took %.0f us (rc %d):\n%s", us, rc, out);
+}
+
+/* 20 steps of the default ViT at batch 16, dropout off, no augmentation:
+ * two ranks of one thread against one process of two threads, which cuts
+ * each batch into the same two halves. */
+TEST(ddp_vit_two_ranks_give_one_process_weights)
+{
+    if (!have_mpi())
+        return;
+    char one[256], two[256], cmd[2048], out[8192], a[300], b[300];
+    temp_dir(one, sizeof one, "vit1");
+    temp_dir(two, sizeof two, "vit2");
+    REQUIRE(one[0] && two[0], "mkdtemp");
+    const char *args = "train vit --preset demo --limit 320 --batch-size 16 --epochs 1 "
+                       "--no-augment --eval-limit 100";
+    snprintf(cmd, sizeof cmd, "QKV_PROGRESS=0 %s --threads 2 %s --out-dir %s 2>&1",
+             test_qkv_bin(), args, one);
+    int rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0, "one process: rc %d\n%s", rc, out);
+    /* small buckets: several all-reduces overlap the backward */
+    snprintf(cmd, sizeof cmd, "QKV_PROGRESS=0 QKV_BUCKET_KB=128 %s %s %s --out-dir %s 2>&1",
+             MPIRUN, test_qkv_bin(), args, two);
+    rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "on each of 2 ranks (mpi)"), "two ranks: rc %d\n%s", rc, out);
+    /* rank 0 alone prints and writes */
+    const char *e1 = strstr(out, "epoch 1/1:");
+    CHECK(e1 && !strstr(e1 + 1, "epoch 1/1:"), "the epoch's line twice or never:\n%s", out);
+    CHECK(strstr(out, "buckets") && !strstr(out, "0.0 of them started while backward"),
+          "no bucket started during backward:\n%s", out);
+    snprintf(a, sizeof a, "%s/metrics.jsonl", two);
+    CHECK(count_lines(a) == 1, "%s has %d lines, not 1", a, count_lines(a));
+    snprintf(a, sizeof a, "%s/model.safetensors", one);
+    snprintf(b, sizeof b, "%s/model.safetensors", two);
+    double d = compare_files(a, b, 1e-5);
+    printf("    ViT, 20 steps: max |two ranks - one process| = %.3g\n", d);
+    snprintf(a, sizeof a, "%s/checkpoint.safetensors", one);
+    snprintf(b, sizeof b, "%s/checkpoint.safetensors", two);
+    compare_files(a, b, 1e-5); /* the optimizer's moments too */
+    remove_dir(one);
+    remove_dir(two);
+}
+
+/* The book's Transformer, 2 epochs of 10 steps, the mean over target
+ * tokens (the ranks sum their tokens before the loss divides by them). */
+TEST(ddp_transformer_two_ranks_give_one_process_weights)
+{
+    if (!have_mpi())
+        return;
+    char one[256], two[256], cmd[2048], out[8192], a[300], b[300];
+    temp_dir(one, sizeof one, "tf1");
+    temp_dir(two, sizeof two, "tf2");
+    REQUIRE(one[0] && two[0], "mkdtemp");
+    const char *args = "train transformer --epochs 2 --dropout 0 --loss mean";
+    snprintf(cmd, sizeof cmd, "QKV_PROGRESS=0 %s --threads 2 %s --out-dir %s 2>&1",
+             test_qkv_bin(), args, one);
+    int rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0, "one process: rc %d\n%s", rc, out);
+    snprintf(cmd, sizeof cmd, "QKV_PROGRESS=0 QKV_BUCKET_KB=32 %s %s %s --out-dir %s 2>&1",
+             MPIRUN, test_qkv_bin(), args, two);
+    rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "on each of 2 ranks"), "two ranks: rc %d\n%s", rc, out);
+    const char *g = strstr(out, "go . =>");
+    CHECK(g && !strstr(g + 1, "go . =>"), "translations printed twice or never:\n%s", out);
+    snprintf(a, sizeof a, "%s/model.safetensors", one);
+    snprintf(b, sizeof b, "%s/model.safetensors", two);
+    double d = compare_files(a, b, 1e-5);
+    printf("    Transformer, 20 steps: max |two ranks - one process| = %.3g\n", d);
+    remove_dir(one);
+    remove_dir(two);
+}
+
+/* Two ranks train an epoch; one process of two threads resumes for the
+ * second: the weights of two straight epochs. */
+TEST(ddp_run_resumes_on_another_number_of_ranks)
+{
+    if (!have_mpi())
+        return;
+    char one[256], two[256], cmd[2048], out[8192], a[300], b[300];
+    temp_dir(one, sizeof one, "res1");
+    temp_dir(two, sizeof two, "res2");
+    REQUIRE(one[0] && two[0], "mkdtemp");
+    const char *args = "train transformer --dropout 0 --save-every 1";
+    snprintf(cmd, sizeof cmd, "QKV_PROGRESS=0 %s --threads 2 %s --epochs 2 --out-dir %s 2>&1",
+             test_qkv_bin(), args, one);
+    int rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0, "straight: rc %d\n%s", rc, out);
+    snprintf(cmd, sizeof cmd, "QKV_PROGRESS=0 %s %s %s --epochs 1 --out-dir %s 2>&1", MPIRUN,
+             test_qkv_bin(), args, two);
+    rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0, "two ranks, epoch 1: rc %d\n%s", rc, out);
+    snprintf(cmd, sizeof cmd,
+             "QKV_PROGRESS=0 %s --threads 2 %s --epochs 2 --resume --out-dir %s 2>&1",
+             test_qkv_bin(), args, two);
+    rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "resumed at epoch 1"), "resumed: rc %d\n%s", rc, out);
+    snprintf(a, sizeof a, "%s/model.safetensors", one);
+    snprintf(b, sizeof b, "%s/model.safetensors", two);
+    compare_files(a, b, 1e-5);
+    snprintf(a, sizeof a, "%s/metrics.jsonl", two);
+    CHECK(count_lines(a) == 4, "%s: %d lines, not 2 x (an epoch + the final scores)", a,
+          count_lines(a));
+    remove_dir(one);
+    remove_dir(two);
+}
+
+/* Rank 1 dies (SIGKILL) at step 3: mpirun signals rank 0, which stops
+ * with a message naming the all-reduce it waited in; all within seconds. */
+TEST(ddp_dead_rank_stops_the_other_with_a_message)
+{
+    if (!have_mpi())
+        return;
+    char cmd[2048], out[8192];
+    snprintf(cmd, sizeof cmd,
+             "QKV_PROGRESS=0 QKV_TEST_FAULT=kill:1:3 %s %s train transformer --epochs 2 "
+             "--out-dir /tmp/qkv-dist-dead 2>&1",
+             MPIRUN, test_qkv_bin());
+    double s;
+    int rc = run_timed(cmd, out, sizeof out, &s);
+    CHECK(rc != 0 && s < 60, "rc %d after %.1f s", rc, s);
+    CHECK(strstr(out, "killing this rank at step 3") && strstr(out, "rank 0 of 2") &&
+              strstr(out, "summing the gradients over ranks"),
+          "no clear message from rank 0:\n%s", out);
+    remove_dir("/tmp/qkv-dist-dead");
+}
+
+/* Rank 1 stops answering at step 3: rank 0 gives up after the 3 s
+ * timeout, says so, and the run ends. */
+TEST(ddp_hung_rank_times_out_the_other)
+{
+    if (!have_mpi())
+        return;
+    char cmd[2048], out[8192];
+    snprintf(cmd, sizeof cmd,
+             "QKV_PROGRESS=0 QKV_TEST_FAULT=hang:1:3 QKV_COMM_TIMEOUT=3 %s %s train "
+             "transformer --epochs 2 --out-dir /tmp/qkv-dist-hang 2>&1",
+             MPIRUN, test_qkv_bin());
+    double s;
+    int rc = run_timed(cmd, out, sizeof out, &s);
+    CHECK(rc != 0 && s >= 3 && s < 60, "rc %d after %.1f s", rc, s);
+    CHECK(strstr(out, "no answer from the other ranks after 3 s"), "no timeout message:\n%s",
+          out);
+    remove_dir("/tmp/qkv-dist-hang");
+}
