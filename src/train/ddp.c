@@ -24,6 +24,8 @@ typedef struct {
     int64_t final_at; /* tape place after whose backward no gradient in it
                          changes; -1: no node touches it */
     int req;          /* the all-reduce under way, -1 if none */
+    double started;   /* this step: seconds after backward began */
+    double frac_sum;  /* over steps: started / backward's length (1 after it) */
 } ddp_bucket;
 
 struct qkv__ddp {
@@ -36,6 +38,7 @@ struct qkv__ddp {
     qkv_status failed;   /* a start that failed inside the backward hook */
     char msg[768];
     double last_poll;
+    double bwd_t0;       /* when the watched backward began */
     qkv_train_comm_stats stats;
 };
 
@@ -104,6 +107,7 @@ static void start_bucket(qkv__ddp *d, int k)
     ddp_bucket *b = &d->b[k];
     if (d->failed)
         return;
+    b->started = qkv_now() - d->bwd_t0;
     b->req = qkv_comm_iallreduce(d->comm, d->ps->grads + b->lo, b->hi - b->lo, QKV_DT_F32);
     if (b->req < 0) {
         d->failed = qkv_error_status();
@@ -159,6 +163,7 @@ void qkv__ddp_watch(qkv__ddp *d, qkv_ctx *ctx)
                 d->b[k].final_at = place; /* the oldest node is the last */
         }
     qkv__ctx_set_backward_hook(ctx, after_node, d);
+    d->bwd_t0 = qkv_now();
 }
 
 void qkv__ddp_begin(qkv__ddp *d)
@@ -174,7 +179,9 @@ qkv_status qkv__ddp_finish(qkv__ddp *d, qkv_ctx *ctx, double *scalars, int n_sca
     if (ctx)
         qkv__ctx_set_backward_hook(ctx, NULL, NULL);
     d->stats.started_in_backward += d->next;
-    double t0 = qkv_now();
+    double t0 = qkv_now(), length = t0 - d->bwd_t0;
+    for (int k = 0; k < d->nb; k++) /* where in backward each bucket could start */
+        d->b[k].frac_sum += k < d->next && length > 0 ? d->b[k].started / length : 1.0;
     if (skew_first && !d->next) { /* the wait for the slowest rank, apart */
         if (qkv_comm_barrier(d->comm) != QKV_OK) {
             d->failed = qkv_error_status();
@@ -233,5 +240,13 @@ void qkv__print_comm_summary(qkv_trainer *t)
     if (c.skew_steps)
         printf(", %.3f s of it before, waiting for the slowest rank", c.skew_seconds);
     printf("\n");
+    const qkv__ddp *d = qkv__trainer_ddp(t);
+    if (d && c.started_in_backward) {
+        printf("  buckets (KB) and where in backward each started:");
+        for (int k = 0; k < d->nb; k++)
+            printf(" %.0f@%.0f%%", (double)(d->b[k].hi - d->b[k].lo) * 4 / 1024,
+                   100 * d->b[k].frac_sum / (double)c.steps);
+        printf("\n");
+    }
     fflush(stdout);
 }

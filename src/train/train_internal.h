@@ -46,5 +46,7 @@ const char *qkv__ranks_note(const qkv_comm *c);
 /* One line on stdout: the all-reduce's buckets and the time waited for
  * them after backward (nothing without a communicator of several ranks). */
 void qkv__print_comm_summary(qkv_trainer *t);
+/* The trainer's buckets (trainer.c), NULL for one process. */
+qkv__ddp *qkv__trainer_ddp(qkv_trainer *t);
 
 #endif

@@ -878,6 +878,7 @@ const void *qkv_trainer_batch(const qkv_trainer *t, int64_t *n, int64_t *n_globa
     return t ? t->cur : NULL;
 }
 qkv_comm *qkv_trainer_comm(const qkv_trainer *t) { return t ? t->comm : NULL; }
+qkv__ddp *qkv__trainer_ddp(qkv_trainer *t) { return t ? t->ddp : NULL; }
 
 void qkv_trainer_comm_stats(qkv_trainer *t, qkv_train_comm_stats *s)
 {
