@@ -506,6 +506,7 @@ QKV_API qkv_tensor *qkv_batch_norm_frozen(qkv_ctx *ctx, qkv_tensor *x, qkv_tenso
  * only, eps 1e-5. Errors: shapes (weight, bias, running (C); one value in
  * num_batches_tracked; B divisible by groups), no running statistics where
  * needed, one value per channel (or group) in training. */
+typedef struct qkv_comm qkv_comm; /* processes training together (Communicator, below) */
 typedef struct {
     qkv_tensor *running_mean, *running_var; /* (C) contiguous, or NULL */
     qkv_tensor *num_batches_tracked;        /* one value, or NULL      */
@@ -513,6 +514,16 @@ typedef struct {
     float eps;                              /* PyTorch's default: 1e-5 */
     int64_t groups;                         /* 0 or 1: the whole batch */
     int frozen;
+    /* SyncBatchNorm: in training, the statistics of every rank's rows of c
+     * (each rank's count, mean and sum of squares all-gathered and merged
+     * in rank order, so every rank normalises and updates its running
+     * statistics alike), and in backward the sums of dy and dy xhat over
+     * every rank; the parameters' gradients stay this rank's (the trainer
+     * sums them). NULL: this process's batch. With one rank it equals
+     * plain batch norm. Needs groups 0 or 1 and one shard per rank (a
+     * shard's context under qkv_shards with n > 1 is an error): the ranks
+     * must call it in the same order, forward and backward. */
+    qkv_comm *sync;
 } qkv_bn_opts;
 QKV_API qkv_tensor *qkv_batch_norm_ext(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
                                        qkv_tensor *bias, const qkv_bn_opts *opts);
@@ -1870,6 +1881,7 @@ typedef struct {
     double momentum;
     float eps;
     int frozen;
+    qkv_comm *sync;                  /* SyncBatchNorm over these ranks (qkv_bn_opts) */
 } qkv_nn_batch_norm;
 QKV_API qkv_status qkv_nn_batch_norm_init(qkv_nn_batch_norm *m, qkv_params *ps,
                                           const char *prefix, int64_t num_features, int frozen);
@@ -1917,6 +1929,8 @@ typedef struct {
     int small_stem, frozen_bn, frozen_stages, zero_init_residual;
     float bn_eps;
     double bn_momentum;
+    qkv_comm *sync_bn;  /* every batch norm synchronised over these ranks
+                           (SyncBatchNorm, docs/distributed.md); NULL: none */
 } qkv_resnet_config;
 
 #define QKV_RESNET_MAX_BLOCKS 50

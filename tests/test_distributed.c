@@ -348,3 +348,165 @@ TEST(ddp_hung_rank_times_out_the_other)
           out);
     remove_dir("/tmp/qkv-dist-hang");
 }
+
+/* ---- batch norm synchronised over ranks ---- */
+
+/* Weight, bias and running statistics of C channels in a store of their
+ * own: weight 1 + c / 10, bias c / 20, running mean 0 and variance 1. */
+static qkv_params *bn_store(int64_t C, qkv_tensor **t)
+{
+    qkv_params *ps = qkv_params_new();
+    const char *names[4] = {"weight", "bias", "running_mean", "running_var"};
+    for (int i = 0; i < 4; i++)
+        t[i] = qkv_params_add(ps, names[i], 1, &C, i < 2 ? 0 : QKV_PARAM_BUFFER);
+    qkv_params_alloc(ps);
+    for (int64_t c = 0; c < C; c++) {
+        t[0]->data[c] = 1.0f + 0.1f * (float)c, t[1]->data[c] = 0.05f * (float)c;
+        t[2]->data[c] = 0.0f, t[3]->data[c] = 1.0f;
+    }
+    return ps;
+}
+
+/* Rank r of the ranks of qkv_comm_open(NULL) (one process in the suite,
+ * two when batch_norm_synced_over_two_ranks starts this binary under
+ * mpirun) normalises rows [4 r, 4 r + 4) of a batch of 4 p rows: its
+ * output, its input's gradient and the running statistics are those of
+ * plain batch norm over the whole batch, and the ranks' parameter
+ * gradients add up to the whole batch's. */
+TEST(batch_norm_synced_over_ranks_is_the_whole_batch)
+{
+    qkv_comm *c = qkv_comm_open(NULL);
+    REQUIRE(c, "open: %s", qkv_error());
+    int p = qkv_comm_size(c), r = qkv_comm_rank(c);
+    int64_t Br = 4, C = 3, S = 5, B = Br * p, per = C * S;
+    float *xs = malloc((size_t)(B * per) * sizeof(float));
+    float *dys = malloc((size_t)(B * per) * sizeof(float));
+    qkv_rng rng;
+    qkv_rng_seed(&rng, 7);
+    for (int64_t i = 0; i < B * per; i++) /* channel c centred near c */
+        xs[i] = 2.0f * qkv_rng_normal(&rng) + (float)((i / S) % C), dys[i] = qkv_rng_normal(&rng);
+    qkv_tensor *whole[4], *mine[4];
+    qkv_params *pw = bn_store(C, whole), *pm = bn_store(C, mine);
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_set_training(ctx, 1);
+    qkv_tensor *x = qkv_requires_grad(qkv_from_data(ctx, 3, (int64_t[]){B, C, S}, xs));
+    qkv_tensor *xr = qkv_requires_grad(
+        qkv_from_data(ctx, 3, (int64_t[]){Br, C, S}, xs + r * Br * per));
+    qkv_tensor *y = qkv_batch_norm_ext(ctx, x, whole[0], whole[1],
+                                       &(qkv_bn_opts){.running_mean = whole[2],
+                                                      .running_var = whole[3],
+                                                      .momentum = 0.1, .eps = 1e-5f});
+    REQUIRE(y && qkv_backward_with(ctx, y, dys) == QKV_OK, "whole batch: %s", qkv_error());
+    qkv_tensor *yr = qkv_batch_norm_ext(ctx, xr, mine[0], mine[1],
+                                        &(qkv_bn_opts){.running_mean = mine[2],
+                                                       .running_var = mine[3], .momentum = 0.1,
+                                                       .eps = 1e-5f, .sync = c});
+    REQUIRE(yr && qkv_backward_with(ctx, yr, dys + r * Br * per) == QKV_OK, "rank %d: %s", r,
+            qkv_error());
+    int64_t n_grads;
+    float *g = qkv_params_grads(pm, &n_grads);
+    REQUIRE(qkv_comm_allreduce(c, g, n_grads, QKV_DT_F32) == QKV_OK, "%s", qkv_error());
+    int64_t rows[3] = {Br, C, S};
+    CHECK_CLOSE(yr, qkv_wrap(ctx, 3, rows, y->data + r * Br * per), 2e-6, 1e-5);
+    CHECK_CLOSE_BUF(xr->grad, qkv_wrap(ctx, 3, rows, x->grad + r * Br * per), 2e-6, 1e-5);
+    for (int i = 0; i < 2; i++)
+        CHECK_CLOSE_BUF(mine[i]->grad, qkv_wrap(ctx, 1, &C, whole[i]->grad), 1e-5, 1e-5);
+    for (int i = 2; i < 4; i++)
+        CHECK_CLOSE(mine[i], whole[i], 1e-6, 1e-6);
+    /* and with groups (shuffle BN) at once: an error */
+    CHECK(!qkv_batch_norm_ext(ctx, xr, mine[0], mine[1],
+                              &(qkv_bn_opts){.groups = 2, .eps = 1e-5f, .sync = c}) &&
+              strstr(qkv_error(), "synchronised"), "groups and sync: %s", qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_params_free(pw);
+    qkv_params_free(pm);
+    free(xs);
+    free(dys);
+    CHECK(qkv_comm_close(c) == QKV_OK, "close: %s", qkv_error());
+}
+
+/* The synchronised path (its own backward: sums then dx) by central
+ * differences, in a world of one (a local communicator). */
+static qkv_tensor *f_bn_sync(qkv_ctx *ctx, qkv_tensor **t, void *ud)
+{
+    qkv_set_training(ctx, 1);
+    return qkv_batch_norm_ext(ctx, t[0], t[1], t[2],
+                              &(qkv_bn_opts){.eps = 1e-5f, .sync = (qkv_comm *)ud});
+}
+
+TEST(gradcheck_batch_norm_synced)
+{
+    qkv_comm *c = qkv_comm_open(&(qkv_comm_opts){.kind = QKV_COMM_LOCAL});
+    REQUIRE(c, "open: %s", qkv_error());
+    qkv_rng r;
+    qkv_rng_seed(&r, 23);
+    gc_input in[3] = {gc_rand(&r, 4, (int64_t[]){3, 2, 2, 3}, -2, 2, true),
+                      gc_rand(&r, 1, (int64_t[]){2}, 0.5f, 1.5f, true),
+                      gc_rand(&r, 1, (int64_t[]){2}, -1, 1, true)};
+    CHECK_GRAD(f_bn_sync, 3, in, c, 5e-4, 1e-3);
+    gc_free(3, in);
+    qkv_comm_close(c);
+}
+
+TEST(batch_norm_synced_over_two_ranks)
+{
+    if (!have_mpi())
+        return;
+    char self[2048], cmd[4096], out[8192];
+    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+    REQUIRE(k > 0, "readlink /proc/self/exe");
+    self[k] = '\0';
+    snprintf(cmd, sizeof cmd, "%s %s batch_norm_synced_over_ranks 2>&1", MPIRUN, self);
+    int rc = test_run(cmd, out, sizeof out);
+    const char *a = strstr(out, "1 passed, 0 failed");
+    CHECK(rc == 0 && a && strstr(a + 1, "1 passed, 0 failed"), "rc %d:\n%s", rc, out);
+}
+
+/* ResNet's sync_bn reaches every batch norm: in one process it is plain
+ * batch norm, in a context of several shards an error naming the cause. */
+TEST(resnet_sync_bn_is_plain_batch_norm_on_one_rank)
+{
+    qkv_comm *c = qkv_comm_open(&(qkv_comm_opts){.kind = QKV_COMM_LOCAL});
+    REQUIRE(c, "open: %s", qkv_error());
+    qkv_resnet_config cfg = {.depth = 18, .in_channels = 1, .num_classes = 4, .small_stem = 1};
+    qkv_resnet *m[2];
+    qkv_params *ps[2];
+    qkv_ctx *ctx = qkv_ctx_new(), *cx[2];
+    qkv_tensor *x = qkv_randn(ctx, 4, (int64_t[]){4, 1, 8, 8}, 0.0f, 1.0f), *y[2];
+    /* a gradient that differs by row (the sum of the logits would give
+     * batch norm a gradient of zero in exact arithmetic, rounding noise) */
+    qkv_tensor *dy = qkv_randn(ctx, 2, (int64_t[]){4, 4}, 0.0f, 1.0f);
+    for (int i = 0; i < 2; i++) {
+        m[i] = calloc(1, sizeof *m[i]);
+        ps[i] = qkv_params_new();
+        cfg.sync_bn = i ? c : NULL;
+        REQUIRE(qkv_resnet_init(m[i], ps[i], "", &cfg) == QKV_OK &&
+                    qkv_params_alloc(ps[i]) == QKV_OK, "%s", qkv_error());
+        qkv_rng rng;
+        qkv_rng_seed(&rng, 3);
+        qkv_resnet_reset(m[i], &rng);
+        cx[i] = qkv_ctx_new(); /* a tape each: one backward must not run the other's */
+        qkv_set_training(cx[i], 1);
+        y[i] = qkv_resnet_forward(cx[i], m[i], x, QKV_RESNET_LOGITS, 1);
+        REQUIRE(y[i] && qkv_backward_with(cx[i], y[i], dy->data) == QKV_OK, "%s", qkv_error());
+    }
+    CHECK_CLOSE(y[1], y[0], 1e-6, 1e-6);
+    int64_t n;
+    float *g1 = qkv_params_grads(ps[1], &n), *v1 = qkv_params_values(ps[1], NULL);
+    CHECK_CLOSE_BUF(g1, qkv_wrap(ctx, 1, &n, qkv_params_grads(ps[0], NULL)), 1e-5, 1e-5);
+    CHECK_CLOSE_BUF(v1, qkv_wrap(ctx, 1, &n, qkv_params_values(ps[0], NULL)), 1e-6, 1e-6);
+    qkv_shards *sh = qkv_shards_new(ps[1], 2);
+    REQUIRE(sh, "%s", qkv_error());
+    qkv_ctx *s0 = qkv_shards_ctx(sh, 1);
+    qkv_set_training(s0, 1);
+    CHECK(!qkv_resnet_forward(s0, m[1], x, QKV_RESNET_LOGITS, 1) &&
+              strstr(qkv_error(), "one shard per rank"), "in a shard: %s", qkv_error());
+    qkv_shards_free(sh);
+    for (int i = 0; i < 2; i++) {
+        qkv_ctx_free(cx[i]);
+        qkv_params_free(ps[i]);
+        free(m[i]);
+    }
+    qkv_ctx_free(ctx);
+    qkv_comm_close(c);
+}

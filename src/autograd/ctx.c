@@ -415,8 +415,9 @@ static qkv_status node_backward(qkv_ctx *ctx, qkv_node *n)
     n->backward(ctx, n);
     if (ctx->prof)
         ctx->prof->bwd[n->op] += prof_now() - t0;
-    if (qkv_error_status() == QKV_ERR_NOMEM)
-        return QKV_ERR_NOMEM;
+    qkv_status failed = qkv_error_status(); /* a rule can fail only so */
+    if (failed == QKV_ERR_NOMEM || failed == QKV_ERR_COMM)
+        return failed;
     if (ctx->check_nan)
         for (int i = 0; i < n->n_in; i++) {
             qkv_tensor *in = n->in[i];

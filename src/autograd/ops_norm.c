@@ -5,6 +5,7 @@
 #include "../qkv_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 
 /* A 1-D parameter of size C, or NULL. Returns false (error set) if the
  * shape is wrong. */
@@ -103,6 +104,36 @@ qkv_tensor *qkv_layer_norm(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight, qkv_
  * (g + 1) B/G) with mean (G, C), rstd (G, C): y = (x - mean) rstd w + b.
  * iarg[0]: whether mean and rstd are x's own batch statistics (then they
  * depend on x); iarg[1]: G. saved: mean, rstd, w (or NULL) */
+/* Synchronised: the sums of dy and dy xhat of this rank's rows go to the
+ * parameters, and summed over the ranks (iarg[2] rows in all, saved[3] the
+ * communicator) into the input's gradient. */
+static void batch_norm_sync_backward(qkv_ctx *ctx, qkv_node *n, float *dx, float *dw, float *db)
+{
+    qkv_tensor *x = n->in[0];
+    int64_t B = x->shape[0], C = x->shape[1], S = B * C != 0 ? qkv_numel(x) / (B * C) : 0;
+    const float *mean = n->saved[0], *rstd = n->saved[1];
+    double *s = qkv__alloc(ctx, (size_t)(4 * C) * sizeof(double)), N = (double)n->iarg[2];
+    if (!s)
+        return;
+    double *all = s + 2 * C; /* sg, sgx of every rank */
+    qkv_k_batch_norm_grad_sums(s, s + C, n->out->grad, x->data, mean, rstd, B, C, S);
+    memcpy(all, s, (size_t)(2 * C) * sizeof(double));
+    for (int64_t c = 0; c < C; c++) {
+        if (dw)
+            dw[c] += (float)s[C + c];
+        if (db)
+            db[c] += (float)s[c];
+    }
+    if (!dx)
+        return;
+    if (qkv_comm_allreduce(n->saved[3], all, 2 * C, QKV_DT_F64) != QKV_OK)
+        return; /* the error (QKV_ERR_COMM) stops backward */
+    for (int64_t k = 0; k < 2 * C; k++)
+        all[k] /= N;
+    qkv_k_batch_norm_backward_dx(dx, n->out->grad, x->data, mean, rstd, n->saved[2], all,
+                                 all + C, B, C, S);
+}
+
 static void batch_norm_backward(qkv_ctx *ctx, qkv_node *n)
 {
     qkv_tensor *x = n->in[0], *y = n->out;
@@ -112,6 +143,10 @@ static void batch_norm_backward(qkv_ctx *ctx, qkv_node *n)
     float *dx = qkv__wants(n, 0) ? qkv__grad(ctx, x) : NULL;
     float *dw = w && qkv__wants(n, 1) ? qkv__grad(ctx, w) : NULL;
     float *db = b && qkv__wants(n, 2) ? qkv__grad(ctx, b) : NULL;
+    if (n->saved[3]) {
+        batch_norm_sync_backward(ctx, n, dx, dw, db);
+        return;
+    }
     const float *mean = n->saved[0], *rstd = n->saved[1];
     /* each group is a batch norm of its own; dw and db add up over them */
     for (int64_t g = 0; g < G; g++)
@@ -255,6 +290,38 @@ qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n)
     return QKV_OK;
 }
 
+/* Every rank's count, mean (C) and m2 (C) gathered and merged in rank
+ * order into mean, m2 and *count: the same numbers on every rank. */
+static bool sync_moments(qkv_ctx *ctx, qkv_comm *c, double *mean, double *m2, int64_t *count,
+                         int64_t C)
+{
+    int p = qkv_comm_size(c);
+    size_t per = (size_t)(1 + 2 * C);
+    double *mine = qkv__alloc(ctx, per * sizeof(double));
+    double *all = qkv__alloc(ctx, (size_t)p * per * sizeof(double));
+    if (!mine || !all)
+        return false;
+    mine[0] = (double)*count;
+    memcpy(mine + 1, mean, (size_t)C * sizeof(double));
+    memcpy(mine + 1 + C, m2, (size_t)C * sizeof(double));
+    if (qkv_comm_allgather(c, mine, per * sizeof(double), all) != QKV_OK) {
+        char msg[900];
+        snprintf(msg, sizeof msg, "%s", qkv_error());
+        qkv_set_error(qkv_error_status(), "batch_norm (synchronised): %s", msg);
+        return false;
+    }
+    int64_t n = (int64_t)all[0];
+    memcpy(mean, all + 1, (size_t)C * sizeof(double));
+    memcpy(m2, all + 1 + C, (size_t)C * sizeof(double));
+    for (int r = 1; r < p; r++) {
+        const double *at = all + (size_t)r * per;
+        qkv_k_moments_merge(mean, m2, n, at + 1, at + 1 + C, (int64_t)at[0], C);
+        n += (int64_t)at[0];
+    }
+    *count = n;
+    return true;
+}
+
 qkv_tensor *qkv_batch_norm_ext(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
                                qkv_tensor *bias, const qkv_bn_opts *opts)
 {
@@ -264,6 +331,13 @@ qkv_tensor *qkv_batch_norm_ext(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
     bool batch_stats = qkv_training(ctx) && !o.frozen;
     if (!bn_check(op, x, weight, bias, &o, batch_stats))
         return NULL;
+    if (batch_stats && o.sync && (o.groups > 1 || ctx->bn_defer)) {
+        qkv_set_error(QKV_ERR_ARG, "%s: synchronised over ranks %s", op,
+                      o.groups > 1 ? "and in groups (shuffle BN) at once"
+                                   : "in a shard's context: it needs one shard per rank "
+                                     "(--threads 1)");
+        return NULL;
+    }
     if (!contiguous_inputs(ctx, &x, &weight, &bias))
         return NULL;
     int64_t B = x->shape[0], C = x->shape[1], S = B * C != 0 ? qkv_numel(x) / (B * C) : 0;
@@ -273,17 +347,21 @@ qkv_tensor *qkv_batch_norm_ext(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
     float *scale = qkv__floats(ctx, G * C), *shift = qkv__floats(ctx, G * C);
     if (!y || !mean || !rstd || !scale || !shift)
         return NULL;
+    bool sync = batch_stats && o.sync;
+    int64_t count = rows * S; /* values per channel (and group) */
     if (batch_stats) {
         double *dmean = qkv__alloc(ctx, (size_t)(2 * G * C) * sizeof(double));
         if (!dmean)
             return NULL;
-        double *m2 = dmean + G * C, n = (double)(rows * S);
+        double *m2 = dmean + G * C;
         qkv_k_batch_norm_moments(dmean, m2, x->data, B, C, S, G);
+        if (sync && !sync_moments(ctx, o.sync, dmean, m2, &count, C))
+            return NULL;
         for (int64_t k = 0; k < G * C; k++) {
             mean[k] = (float)dmean[k];
-            rstd[k] = (float)(1.0 / sqrt(m2[k] / n + o.eps)); /* biased variance */
+            rstd[k] = (float)(1.0 / sqrt(m2[k] / (double)count + o.eps)); /* biased */
         }
-        if (!bn_update(ctx, &o, dmean, m2, G, C, rows * S))
+        if (!bn_update(ctx, &o, dmean, m2, G, C, count))
             return NULL;
     } else
         for (int64_t c = 0; c < C; c++) {
@@ -308,6 +386,8 @@ qkv_tensor *qkv_batch_norm_ext(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
         nd->saved[2] = weight ? weight->data : NULL;
         nd->iarg[0] = batch_stats;
         nd->iarg[1] = G;
+        nd->iarg[2] = count;
+        nd->saved[3] = sync ? o.sync : NULL;
     }
     return qkv__done(ctx, QKV_OP_BATCH_NORM, y);
 }

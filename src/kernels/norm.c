@@ -398,3 +398,41 @@ void qkv_k_batch_norm_backward(float *dx, float *dw, float *db, const float *dy,
         }
     }
 }
+
+void qkv_k_batch_norm_grad_sums(double *sg, double *sgx, const float *dy, const float *x,
+                                const float *mean, const float *rstd, int64_t B, int64_t C,
+                                int64_t S)
+{
+#pragma omp parallel for if (B * C * S > PAR_WORK) schedule(static)
+    for (int64_t c = 0; c < C; c++) {
+        float mu = mean[c], rs = rstd[c];
+        double g = 0, gx = 0;
+        for (int64_t b = 0; b < B; b++) {
+            const float *xb = x + (b * C + c) * S, *gb = dy + (b * C + c) * S;
+#pragma omp simd reduction(+ : g, gx)
+            for (int64_t k = 0; k < S; k++) {
+                g += gb[k];
+                gx += gb[k] * ((xb[k] - mu) * rs);
+            }
+        }
+        sg[c] = g, sgx[c] = gx;
+    }
+}
+
+void qkv_k_batch_norm_backward_dx(float *dx, const float *dy, const float *x, const float *mean,
+                                  const float *rstd, const float *w, const double *gm,
+                                  const double *gxm, int64_t B, int64_t C, int64_t S)
+{
+#pragma omp parallel for if (B * C * S > PAR_WORK) schedule(static)
+    for (int64_t c = 0; c < C; c++) {
+        float mu = mean[c], rs = rstd[c], scale = (w ? w[c] : 1.0f) * rs;
+        float m = (float)gm[c], mx = (float)gxm[c];
+        for (int64_t b = 0; b < B; b++) {
+            const float *xb = x + (b * C + c) * S, *gb = dy + (b * C + c) * S;
+            float *dxb = dx + (b * C + c) * S;
+#pragma omp simd
+            for (int64_t k = 0; k < S; k++)
+                dxb[k] += scale * (gb[k] - m - (xb[k] - mu) * rs * mx);
+        }
+    }
+}

@@ -68,5 +68,16 @@ void qkv_k_batch_norm_backward(float *dx, float *dw, float *db, const float *dy,
                                const float *x, const float *mean, const float *rstd,
                                const float *w, int64_t B, int64_t C, int64_t S,
                                bool batch_stats);
+/* The same backward in two halves, for statistics over several processes
+ * (synchronised batch norm), whose sums are added between them:
+ *   sg (C) = sum dy, sgx (C) = sum dy * xhat over B and S (written);
+ *   dx (B, C, S) += w rstd (dy - gm - xhat gxm), gm and gxm (C) the means
+ *   of dy and dy xhat over every process's rows. */
+void qkv_k_batch_norm_grad_sums(double *sg, double *sgx, const float *dy, const float *x,
+                                const float *mean, const float *rstd, int64_t B, int64_t C,
+                                int64_t S);
+void qkv_k_batch_norm_backward_dx(float *dx, const float *dy, const float *x, const float *mean,
+                                  const float *rstd, const float *w, const double *gm,
+                                  const double *gxm, int64_t B, int64_t C, int64_t S);
 
 #endif

@@ -105,7 +105,7 @@ qkv_tensor *qkv_nn_batch_norm_forward(qkv_ctx *ctx, const qkv_nn_batch_norm *m, 
 {
     qkv_bn_opts o = {.running_mean = m->running_mean, .running_var = m->running_var,
                      .num_batches_tracked = m->num_batches_tracked, .momentum = m->momentum,
-                     .eps = m->eps, .groups = groups, .frozen = m->frozen};
+                     .eps = m->eps, .groups = groups, .frozen = m->frozen, .sync = m->sync};
     /* frozen: weight and bias are buffers, so no gradient reaches them */
     return qkv_batch_norm_ext(ctx, x, m->weight, m->bias, &o);
 }

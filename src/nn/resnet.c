@@ -45,6 +45,7 @@ static qkv_status bn_init(qkv_nn_batch_norm *bn, qkv_params *ps, const char *pre
                                           C, cfg->frozen_bn);
     bn->eps = cfg->bn_eps;
     bn->momentum = cfg->bn_momentum;
+    bn->sync = cfg->sync_bn;
     return s;
 }
 
