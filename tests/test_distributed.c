@@ -425,6 +425,58 @@ TEST(batch_norm_synced_over_ranks_is_the_whole_batch)
     CHECK(qkv_comm_close(c) == QKV_OK, "close: %s", qkv_error());
 }
 
+/* PyTorch parity: torch.nn.SyncBatchNorm over p ranks is F.batch_norm in
+ * training over the ranks' rows concatenated (the fixture, 6 rows). Rank r
+ * of qkv_comm_open(NULL) (a world of one in the suite, two under mpirun
+ * below) normalises rows qkv_shard_rows(6, r, p) with .sync: its output
+ * and input gradient are PyTorch's rows, its running statistics PyTorch's
+ * after the call (unbiased variance over all 6 rows), and the ranks'
+ * weight and bias gradients summed are PyTorch's. */
+TEST(batch_norm_synced_over_ranks_matches_pytorch)
+{
+    qkv_comm *c = qkv_comm_open(NULL);
+    REQUIRE(c, "open: %s", qkv_error());
+    int p = qkv_comm_size(c), r = qkv_comm_rank(c);
+    qkv_st_file *f = fixture_open("batch_norm_sync_whole");
+    REQUIRE(f, "no fixture");
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = fixture_get(ctx, f, "x"), *out = fixture_get(ctx, f, "out");
+    qkv_tensor *gout = fixture_get(ctx, f, "gout"), *gx = fixture_get(ctx, f, "grad_x");
+    qkv_tensor *st[4], *want[4] = {fixture_get(ctx, f, "grad_w"), fixture_get(ctx, f, "grad_b"),
+                                   fixture_get(ctx, f, "running_mean_after"),
+                                   fixture_get(ctx, f, "running_var_after")};
+    int64_t C = x->shape[1];
+    qkv_params *ps = bn_store(C, st);
+    memcpy(st[0]->data, fixture_get(ctx, f, "w")->data, (size_t)C * sizeof(float));
+    memcpy(st[1]->data, fixture_get(ctx, f, "b")->data, (size_t)C * sizeof(float));
+    memcpy(st[2]->data, fixture_get(ctx, f, "running_mean")->data, (size_t)C * sizeof(float));
+    memcpy(st[3]->data, fixture_get(ctx, f, "running_var")->data, (size_t)C * sizeof(float));
+    int64_t lo, hi, per = qkv_numel(x) / x->shape[0];
+    qkv_shard_rows(x->shape[0], r, p, &lo, &hi);
+    int64_t shape[4] = {hi - lo, x->shape[1], x->shape[2], x->shape[3]};
+    qkv_set_training(ctx, 1);
+    qkv_tensor *xr = qkv_requires_grad(qkv_from_data(ctx, 4, shape, x->data + lo * per));
+    qkv_tensor *yr = qkv_batch_norm_ext(ctx, xr, st[0], st[1],
+                                        &(qkv_bn_opts){.running_mean = st[2],
+                                                       .running_var = st[3], .momentum = 0.1,
+                                                       .eps = 1e-5f, .sync = c});
+    REQUIRE(yr && qkv_backward_with(ctx, yr, gout->data + lo * per) == QKV_OK, "rank %d: %s", r,
+            qkv_error());
+    int64_t n_grads;
+    float *g = qkv_params_grads(ps, &n_grads);
+    REQUIRE(qkv_comm_allreduce(c, g, n_grads, QKV_DT_F32) == QKV_OK, "%s", qkv_error());
+    CHECK_CLOSE(yr, qkv_wrap(ctx, 4, shape, out->data + lo * per), 1e-5, 1e-5);
+    CHECK_CLOSE_BUF(xr->grad, qkv_wrap(ctx, 4, shape, gx->data + lo * per), 1e-5, 1e-4);
+    for (int i = 0; i < 2; i++)
+        CHECK_CLOSE_BUF(st[i]->grad, want[i], 1e-5, 1e-5);
+    for (int i = 2; i < 4; i++)
+        CHECK_CLOSE(st[i], want[i], 1e-6, 1e-5);
+    qkv_ctx_free(ctx);
+    qkv_params_free(ps);
+    qkv_st_close(f);
+    CHECK(qkv_comm_close(c) == QKV_OK, "close: %s", qkv_error());
+}
+
 /* The synchronised path (its own backward: sums then dx) by central
  * differences, in a world of one (a local communicator). */
 static qkv_tensor *f_bn_sync(qkv_ctx *ctx, qkv_tensor **t, void *ud)
@@ -456,10 +508,16 @@ TEST(batch_norm_synced_over_two_ranks)
     ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
     REQUIRE(k > 0, "readlink /proc/self/exe");
     self[k] = '\0';
-    snprintf(cmd, sizeof cmd, "%s %s batch_norm_synced_over_ranks 2>&1", MPIRUN, self);
-    int rc = test_run(cmd, out, sizeof out);
-    const char *a = strstr(out, "1 passed, 0 failed");
-    CHECK(rc == 0 && a && strstr(a + 1, "1 passed, 0 failed"), "rc %d:\n%s", rc, out);
+    /* one mpirun each: MPI starts once per process */
+    const char *tests[2] = {"batch_norm_synced_over_ranks_is_the_whole_batch",
+                            "batch_norm_synced_over_ranks_matches_pytorch"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd, "%s %s %s 2>&1", MPIRUN, self, tests[i]);
+        int rc = test_run(cmd, out, sizeof out);
+        const char *a = strstr(out, "1 passed, 0 failed");
+        CHECK(rc == 0 && a && strstr(a + 1, "1 passed, 0 failed"), "%s: rc %d:\n%s", tests[i],
+              rc, out);
+    }
 }
 
 /* ResNet's sync_bn reaches every batch norm: in one process it is plain

@@ -76,4 +76,8 @@ CASES = {
     "batch_norm_eval_4d": lambda g: batch_norm(g, (4, 3, 5, 2), False),
     "batch_norm_frozen": lambda g: frozen_batch_norm(g, (2, 3, 4, 5)),
     "batch_norm_groups": lambda g: grouped_batch_norm(g, (6, 3, 4, 2), 3),
+    # SyncBatchNorm over p ranks is batch norm over the ranks' rows
+    # concatenated (torch.nn.SyncBatchNorm's definition); the C test gives
+    # rank r of p its rows of this batch (test_distributed.c)
+    "batch_norm_sync_whole": lambda g: batch_norm(g, (6, 3, 4, 2), True),
 }
