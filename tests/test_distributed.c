@@ -10,11 +10,15 @@
 #include <unistd.h>
 
 /* As root mpirun wants --allow-run-as-root; on a machine of fewer cores
- * than ranks, --oversubscribe (docs/distributed.md). Under the sanitizers
+ * than ranks, --oversubscribe (docs/distributed.md). Each rank one thread
+ * whatever $QKV_THREADS says (CI exports 2): two ranks of one shard each
+ * cut a batch as one process of two threads does (QKV_THREADS=1 in the
+ * environment mpirun hands every rank). Under the sanitizers
  * the ranks leave OpenMPI's own leaks out (tests/lsan-openmpi.supp). */
-#define MPIRUN                                                                  \
-    "LSAN_OPTIONS=suppressions=tests/lsan-openmpi.supp:fast_unwind_on_malloc=0:" \
-    "print_suppressions=0 mpirun -np 2 --oversubscribe --allow-run-as-root"
+#define MPIRUN_NP(n)                                                             \
+    "LSAN_OPTIONS=suppressions=tests/lsan-openmpi.supp:fast_unwind_on_malloc=0:"  \
+    "print_suppressions=0 QKV_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np " n
+#define MPIRUN MPIRUN_NP("2")
 
 /* ---- the communicator in one process ---- */
 
@@ -224,12 +228,21 @@ TEST(ddp_vit_two_ranks_give_one_process_weights)
              test_qkv_bin(), args, one);
     int rc = test_run(cmd, out, sizeof out);
     CHECK(rc == 0, "one process: rc %d\n%s", rc, out);
-    /* small buckets: several all-reduces overlap the backward */
-    snprintf(cmd, sizeof cmd, "QKV_PROGRESS=0 QKV_BUCKET_KB=128 %s %s %s --out-dir %s 2>&1",
-             MPIRUN, test_qkv_bin(), args, two);
+    /* small buckets: several all-reduces overlap the backward; rank 1
+     * (mpirun's second app context) is told another --out-dir, which it
+     * must not create: rank 0 alone writes */
+    char other[300];
+    snprintf(other, sizeof other, "%s-rank1", two);
+    snprintf(cmd, sizeof cmd,
+             "QKV_PROGRESS=0 QKV_BUCKET_KB=128 %s %s %s --out-dir %s : -np 1 %s %s --out-dir %s "
+             "2>&1",
+             MPIRUN_NP("1"), test_qkv_bin(), args, two, test_qkv_bin(), args, other);
     rc = test_run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, "on each of 2 ranks (mpi)"), "two ranks: rc %d\n%s", rc, out);
-    /* rank 0 alone prints and writes */
+    struct stat sb;
+    CHECK(stat(other, &sb) != 0, "rank 1 wrote into its --out-dir %s", other);
+    remove_dir(other);
+    /* rank 0 alone prints */
     const char *e1 = strstr(out, "epoch 1/1:");
     CHECK(e1 && !strstr(e1 + 1, "epoch 1/1:"), "the epoch's line twice or never:\n%s", out);
     CHECK(strstr(out, "buckets") && !strstr(out, "0.0 of them started while backward"),
