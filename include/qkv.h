@@ -2811,7 +2811,8 @@ typedef struct {
 QKV_API qkv_trainer *qkv_trainer_new(const qkv_trainer_config *cfg);
 /* Stops the loader's thread and frees everything the trainer made. */
 QKV_API void qkv_trainer_free(qkv_trainer *t);
-/* Trains from where the trainer stands to cfg.epochs. QKV_OK, or the first
+/* Trains from where the trainer stands to cfg.epochs (epochs 0: only
+ * save_model runs, writing the model as initialised). QKV_OK, or the first
  * error: a hook's status, QKV_ERR_NAN, QKV_ERR_INTERRUPTED (a checkpoint of
  * the step reached was written), a loader or I/O error. */
 QKV_API qkv_status qkv_trainer_run(qkv_trainer *t);

@@ -265,6 +265,44 @@ TEST(trainer_refuses_bad_configs)
     mlp_free(&m);
 }
 
+static int saves;
+static qkv_status count_save(qkv_trainer *t, const char *dir, void *user)
+{
+    saves++;
+    return QKV_OK;
+}
+
+/* save_model runs with every checkpoint (each epoch here), and with epochs 0
+ * once, so that the model as initialised can be evaluated. */
+TEST(trainer_saves_the_model_each_epoch_and_at_zero_epochs)
+{
+    char d[] = "/tmp/qkv_trainer_sXXXXXX";
+    REQUIRE(mkdtemp(d), "mkdtemp");
+    mlp m;
+    mlp_make(&m);
+    for (int64_t epochs = 0; epochs <= 2; epochs += 2) {
+        qkv_trainer *t = qkv_trainer_new(&(qkv_trainer_config){
+            .params = m.ps, .loss = mlp_loss, .user = &m, .epochs = epochs, .threads = 1,
+            .data = {.n_examples = N_EX, .batch_size = 32, .seed = 5,
+                     .batch_bytes = sizeof(mlp_batch), .fill = mlp_fill, .user = &m},
+            .optim = {.kind = QKV_SGD, .lr = 0.01f}, .save_model = count_save, .out_dir = d,
+            .print_every = -1});
+        REQUIRE(t, "%s", qkv_error());
+        saves = 0;
+        CHECK(qkv_trainer_run(t) == QKV_OK, "%s", qkv_error());
+        CHECK(saves == (epochs ? epochs : 1), "%lld epochs: %d saves", (long long)epochs, saves);
+        qkv_trainer_free(t);
+    }
+    char path[64];
+    const char *names[] = {"metrics.jsonl", "checkpoint.safetensors", "curves.png"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", d, names[i]);
+        remove(path);
+    }
+    CHECK(rmdir(d) == 0, "%s: files left behind", d);
+    mlp_free(&m);
+}
+
 /* The loader over two ranks: each global batch is cut between them as
  * qkv_shard_rows cuts it, and the ranks together see what one process
  * sees (order from the seed and the epoch only). */

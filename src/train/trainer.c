@@ -851,6 +851,9 @@ qkv_status qkv_trainer_run(qkv_trainer *t)
     qkv_status st = distributed(t) ? broadcast_state(t) : QKV_OK;
     while (t->epoch < t->cfg.epochs && st == QKV_OK)
         st = run_epoch(t);
+    /* epochs 0: the model as initialised (a baseline to evaluate) */
+    if (st == QKV_OK && t->cfg.epochs == 0 && writer(t) && t->cfg.save_model)
+        st = t->cfg.save_model(t, t->dir, t->cfg.user);
     qkv__comm_set_cancel(t->comm, NULL);
     release_signals(&old);
     t->interrupt = 0;
