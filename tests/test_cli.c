@@ -54,6 +54,24 @@ TEST(cli_unknown_command_and_option)
     CHECK(rc == 2 && strstr(out, "unexpected argument 'stray'"), "exit %d:\n%s", rc, out);
 }
 
+/* Under a launcher (mpirun sets OMPI_COMM_WORLD_SIZE), a command that does
+ * not train data-parallel refuses rather than run as N copies writing the
+ * same files; the data-parallel ones go on. */
+TEST(cli_single_process_commands_refuse_ranks)
+{
+    static char out[8192];
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "OMPI_COMM_WORLD_SIZE=2 %s train moco --epochs 0 2>&1",
+             test_qkv_bin());
+    int rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 2 && strstr(out, "qkv train moco: started by a launcher as one of several ranks") &&
+              strstr(out, "train vit"),
+          "exit %d:\n%s", rc, out);
+    snprintf(cmd, sizeof cmd, "OMPI_COMM_WORLD_SIZE=2 %s version 2>&1", test_qkv_bin());
+    rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "communicators"), "exit %d:\n%s", rc, out);
+}
+
 TEST(cli_bad_values_name_the_option)
 {
     static char out[8192];

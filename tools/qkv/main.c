@@ -43,6 +43,24 @@ static const command commands[] = {
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
+/* The commands that take part in data-parallel training when a launcher
+ * (mpirun, srun) starts several ranks. Any other command would run as N
+ * independent copies writing the same files, so it refuses. */
+static const char *const RANKED[] = {"train transformer", "train vit", "comm", "version"};
+
+static int refuse_ranks(const char *name)
+{
+    for (size_t i = 0; i < sizeof RANKED / sizeof RANKED[0]; i++)
+        if (!strcmp(RANKED[i], name))
+            return 0;
+    fprintf(stderr, "qkv %s: started by a launcher as one of several ranks, but this command "
+                    "runs as one process only; data-parallel commands:", name);
+    for (size_t i = 0; i < sizeof RANKED / sizeof RANKED[0]; i++)
+        fprintf(stderr, "%s %s", i ? "," : "", RANKED[i]);
+    fprintf(stderr, "\n");
+    return 2;
+}
+
 static int cmd_version(int argc, char **argv)
 {
     args_spec s = {.command = "version",
@@ -123,6 +141,8 @@ int main(int argc, char **argv)
     }
     for (size_t c = 0; c < N_COMMANDS; c++) {
         int words = command_words(commands[c].name, argc - i, argv + i);
+        if (words && qkv_comm_launched() && refuse_ranks(commands[c].name))
+            return 2;
         if (words) /* the command's argv[0] is its last word */
             return commands[c].run(argc - i - words + 1, argv + i + words - 1);
     }
