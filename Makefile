@@ -120,10 +120,17 @@ example-translate: $(BUILD)/example_translate $(BUILD)/qkv
 	@cat $(BUILD)/example-run/library.txt
 
 # PyTorch fixtures for the parity tests (Debian's python3-torch).
-fixtures: $(BUILD)/parity/.stamp $(BUILD)/parity/coco/.stamp
+fixtures: $(BUILD)/parity/.stamp $(BUILD)/parity/coco/.stamp $(BUILD)/parity/hf/.stamp
 $(BUILD)/parity/.stamp: $(wildcard tests/parity/*.py) | $(DEPS_OK)
 	@mkdir -p $(BUILD)/parity
 	$(PYTHON) tests/parity/gen.py $(BUILD)/parity
+	@touch $@
+
+# Hugging Face's DetrForObjectDetection (PyPI's transformers and timm in
+# .venv), the reference of tests/test_detr.c.
+$(BUILD)/parity/hf/.stamp: tests/hf/gen.py | $(DEPS_OK)
+	@mkdir -p $(BUILD)/parity/hf
+	$(VENV_PYTHON) tests/hf/gen.py $(BUILD)/parity/hf
 	@touch $@
 
 # Random COCO sets scored by pycocotools (tests/test_coco.c compares).

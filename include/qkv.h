@@ -1246,6 +1246,75 @@ QKV_API void qkv_det_finish(qkv_det_sample *s, const float *mean, const float *s
 QKV_API qkv_status qkv_det_pad_batch(float *pixels, float *mask, const qkv_det_sample *const *s,
                                      int64_t B, int64_t C, int64_t H, int64_t W);
 
+/* A COCO-format detection data set read by path: the annotation JSON
+ * (images with "id", "file_name", "width", "height"; annotations with
+ * "image_id", "category_id", "bbox" (x, y, w, h), "iscrowd"; categories with
+ * "id" and "name") and the folder the file names are relative to. Images
+ * are read when asked for (PNG or JPEG), not at open. */
+typedef struct qkv_det_dataset qkv_det_dataset;
+typedef struct qkv_coco_gt qkv_coco_gt; /* COCO evaluation, below */
+/* NULL with QKV_ERR_IO or QKV_ERR_FORMAT naming the file and the entry (a
+ * missing key, an annotation of an unlisted image or category). */
+QKV_API qkv_det_dataset *qkv_det_dataset_open(const char *ann_json, const char *image_dir);
+QKV_API void qkv_det_dataset_free(qkv_det_dataset *d);
+QKV_API int64_t qkv_det_dataset_size(const qkv_det_dataset *d);
+/* Image i's id, file path, and (width, height) as the JSON lists them. */
+QKV_API int64_t qkv_det_dataset_image_id(const qkv_det_dataset *d, int64_t i);
+QKV_API const char *qkv_det_dataset_path(const qkv_det_dataset *d, int64_t i);
+QKV_API void qkv_det_dataset_image_size(const qkv_det_dataset *d, int64_t i, int64_t *w,
+                                        int64_t *h);
+/* The largest category id (DETR's num_classes is it + 1, as COCO's 91), the
+ * name of category id (NULL for an unlisted id), and the most non-crowd
+ * boxes any image has. */
+QKV_API int64_t qkv_det_dataset_max_category(const qkv_det_dataset *d);
+QKV_API const char *qkv_det_dataset_category_name(const qkv_det_dataset *d, int64_t id);
+QKV_API int64_t qkv_det_dataset_max_objects(const qkv_det_dataset *d);
+/* Image i as DETR's CocoDetection gives it: the image (C 1 or 3 as the file
+ * has it), its non-crowd boxes as (x0, y0, x1, y1) clipped to the image,
+ * those with no area left out, labels the category ids. */
+QKV_API qkv_status qkv_det_dataset_read(const qkv_det_dataset *d, int64_t i,
+                                        qkv_det_sample *s);
+/* The ground truth of the first n images (n <= 0: all), crowds included, as
+ * qkv_coco_evaluate takes it; the caller frees it. */
+QKV_API qkv_coco_gt *qkv_det_dataset_gt(const qkv_det_dataset *d, int64_t n);
+
+/* Batches of a detection data set for qkv_loader: qkv_det_fill reads each
+ * image by path, augments it (on the loader's thread, from the batch's own
+ * rng), converts it to `channels` (grey <-> RGB), normalises it, and pads
+ * the batch to its largest image, with a pixel mask (qkv_det_pad_batch). */
+typedef struct {
+    const qkv_det_dataset *data;
+    const qkv_det_augment_config *aug; /* training; NULL: no augmentation   */
+    int64_t size, max_size;     /* without aug: resize as qkv_det_resize
+                                   (size 0: as the images are)              */
+    int64_t channels;           /* the model's (1 or 3)                     */
+    const float *mean, *std;    /* (channels) each, or NULL: no normalising */
+    int64_t batch_size;
+    int64_t max_h, max_w;       /* the largest padded batch; 0: computed by
+                                   qkv_det_fill_prepare                     */
+    int64_t max_objects;        /* 0: the data set's most                   */
+} qkv_det_fill_config;
+/* Fills in max_h, max_w and max_objects from the data set and the resizes
+ * (an augmentation with scales needs max_size > 0, which bounds both sides)
+ * and returns the bytes of one batch (0 with the error on a bad config). */
+QKV_API size_t qkv_det_fill_prepare(qkv_det_fill_config *c);
+/* A qkv_loader_fill_fn: user is the qkv_det_fill_config. */
+QKV_API qkv_status qkv_det_fill(void *user, const int64_t *idx, int64_t n, qkv_rng *rng,
+                                void *batch);
+/* A filled batch seen through its parts. */
+typedef struct {
+    int64_t n, C, H, W;          /* images, channels, padded size             */
+    float *pixels;               /* (n, C, H, W)                              */
+    float *mask;                 /* (n, H, W) 1 on pixels, 0 on padding       */
+    int64_t *index;              /* (n) each image's index in the data set    */
+    int64_t *size;               /* (n, 2) each image's (h, w) after resizing */
+    int64_t *n_boxes;            /* (n)                                       */
+    float *boxes;                /* (n, max_objects, 4) cxcywh / (w, h)       */
+    int64_t *labels;             /* (n, max_objects) category ids             */
+    int64_t max_objects;
+} qkv_det_batch;
+QKV_API qkv_det_batch qkv_det_batch_view(const qkv_det_fill_config *c, const void *batch);
+
 /* ------------------------------------------------------------------------ */
 /* Augmentations: torchvision's random transforms on float images (C, H, W)  */
 /* in [0, 1] held in plain buffers, for the two views of self-supervised    */
@@ -2422,6 +2491,125 @@ QKV_API qkv_status qkv_moco_load_state(qkv_moco *m, const qkv_st_file *f, const 
 QKV_API void qkv_moco_file_name(char *out, size_t n, const qkv_moco *m, const char *name);
 
 /* ------------------------------------------------------------------------ */
+/* Models: DETR (facebookresearch/detr models/detr.py, backbone.py,          */
+/* transformer.py; docs/detr.md): a ResNet, input_proj, the transformer,    */
+/* learned object queries, a class head with no-object and a box MLP         */
+/* ------------------------------------------------------------------------ */
+
+/* Shapes: B images, (H, W) their padded size, (h, w) C5's, S = h w, Q object
+ * queries, K classes (K + 1 logits, the last no-object), L decoder layers,
+ * E = hidden_dim. Names are the official checkpoints' (detr-r50-e632da11.pth
+ * converted to safetensors loads strictly):
+ *   backbone.0.body.{conv1, bn1, layer1.0.conv1, ..}   the ResNet (no fc)
+ *   input_proj.{weight, bias}                          1x1 conv F -> E
+ *   transformer.encoder.layers.N.{self_attn.in_proj_weight, ..}, transformer.decoder.norm
+ *   query_embed.weight (Q, E)
+ *   class_embed.{weight, bias} (K + 1, E)
+ *   bbox_embed.layers.{0, 1, 2}.{weight, bias}        E-E-E-4, ReLU between
+ * qkv_detr_load_file also reads Hugging Face's DetrForObjectDetection names
+ * (docs/detr.md has the table). */
+typedef struct {
+    int backbone_depth;        /* ResNet 18, 34, 50 (DETR's), 101 or 152 */
+    int64_t in_channels;       /* image channels; 0 means 3 (1: grey images) */
+    int backbone_bn;           /* 0: DETR's FrozenBatchNorm2d; 1: batch norm
+                                  trained with batch statistics (a backbone
+                                  trained from scratch) */
+    int frozen_stages;         /* backbone stages frozen as qkv_resnet_config's
+                                  (DETR: 2, the stem and layer1) */
+    int64_t hidden_dim;        /* E (DETR: 256) */
+    int64_t num_heads;         /* (8) */
+    int64_t dim_feedforward;   /* (2048) */
+    int64_t enc_layers, dec_layers; /* (6, 6) */
+    int64_t num_queries;       /* Q (100) */
+    int64_t num_classes;       /* K: class_embed has K + 1 outputs (COCO: 91) */
+    float dropout;             /* (0.1) */
+    int pre_norm;              /* (0) */
+} qkv_detr_config;
+
+typedef struct {
+    qkv_detr_config cfg;
+    qkv_resnet backbone;
+    qkv_nn_conv2d input_proj;
+    qkv_transformer transformer;   /* layout QKV_TF_DETR */
+    qkv_tensor *query_embed;       /* (Q, E) */
+    qkv_nn_linear class_embed;     /* (K + 1, E) */
+    qkv_nn_linear bbox_embed[3];   /* (E, E), (E, E), (4, E) */
+} qkv_detr;
+
+/* DETR-R50 as the paper trains it on COCO (num_classes 91). */
+QKV_API qkv_detr_config qkv_detr_config_r50(void);
+/* Declares every parameter and buffer under the official names. Errors: a
+ * backbone depth qkv_resnet does not have, E not divisible by the heads or
+ * odd (the sine encoding takes E / 2 per axis), sizes below 1, more than
+ * QKV_TF_MAX_LAYERS layers; named in the message. */
+QKV_API qkv_status qkv_detr_init(qkv_detr *m, qkv_params *ps, const qkv_detr_config *cfg);
+/* DETR's initialisation from scratch: the ResNet as torchvision's, the
+ * transformer's matrices xavier_uniform, every other layer PyTorch's
+ * default (query_embed N(0, 1)). */
+QKV_API void qkv_detr_reset(qkv_detr *m, qkv_rng *r);
+
+/* What a forward gives. */
+typedef struct {
+    qkv_tensor *logits;   /* (L, B, Q, K + 1): every decoder layer's classes,
+                             the last the model's pred_logits */
+    qkv_tensor *boxes;    /* (L, B, Q, 4): sigmoid boxes (cx, cy, w, h) as
+                             fractions of the image's (unpadded) size */
+    qkv_tensor *cross_attn; /* with want_attn: the last decoder layer's cross
+                             attention (B, Q, S) averaged over heads, taken
+                             before dropout; else NULL */
+    int64_t feat_h, feat_w; /* (h, w) */
+} qkv_detr_output;
+
+/* pixels (B, in_channels, H, W), normalised; pixel_mask (B, H, W) 1 on image
+ * pixels and 0 on padding (Hugging Face's pixel_mask; DETR's own mask is its
+ * negation), or NULL for no padding. The padding mask goes to C5 by nearest
+ * interpolation, gives the sine encoding and hides the padded positions
+ * from the encoder's self-attention and the decoder's cross-attention.
+ * Batch norms and dropout follow the context's training flag. Returns
+ * QKV_OK and fills *out, or an error naming the shape. */
+QKV_API qkv_status qkv_detr_forward(qkv_ctx *ctx, const qkv_detr *m, qkv_tensor *pixels,
+                                    const float *pixel_mask, int want_attn,
+                                    qkv_detr_output *out);
+
+/* One detection: DETR's PostProcess of one query. */
+typedef struct {
+    int64_t query;        /* which query                                  */
+    int64_t label;        /* the most probable class other than no-object */
+    float score;          /* its softmax probability                      */
+    float box[4];         /* (x0, y0, x1, y1) in pixels of the image      */
+} qkv_detection;
+/* DETR's PostProcess for one image: logits (Q, K + 1), boxes (Q, 4) cxcywh
+ * fractions, the image's (width, height) in pixels -> dets (Q), one per
+ * query in query order: softmax, the best of the first K classes, the box
+ * scaled to pixels. Keep those with score above a threshold (DETR's demo:
+ * 0.7) or the best 100 for COCO evaluation. */
+QKV_API void qkv_detr_postprocess(qkv_detection *dets, const float *logits, const float *boxes,
+                                  int64_t Q, int64_t K1, double width, double height);
+
+/* The configuration a state dict implies, in the official names or Hugging
+ * Face's: backbone depth and input channels, width, feed-forward size,
+ * layers, queries and classes from the shapes; pre_norm when
+ * transformer.encoder.norm is there; backbone_bn when the batch norms
+ * have num_batches_tracked (a backbone qkv trained with batch statistics);
+ * num_heads from the metadata key "num_heads" unless cfg->num_heads is
+ * already set (> 0). frozen_stages and dropout are kept as cfg has them.
+ * QKV_ERR_FORMAT naming what is missing. */
+QKV_API qkv_status qkv_detr_config_from_file(qkv_detr_config *cfg, const qkv_st_file *f);
+/* Loads a DETR's store (declared by qkv_detr_init) from f: official names
+ * as qkv_params_load_file does, or Hugging Face's (hub checkpoints of
+ * transformers 4, or transformers 5), each packed in_proj the concatenation
+ * of q_proj, k_proj and v_proj. With `strict`, a tensor of f that maps to
+ * nothing is an error. Nothing is written unless everything fits; the
+ * message names each missing or misshapen tensor. */
+QKV_API qkv_status qkv_detr_load_file(qkv_params *ps, const qkv_st_file *f, const char *what,
+                                      int strict);
+/* The Hugging Face name of an official one (version 4: the hub's
+ * checkpoints, 5: transformers 5) into out; part 0, 1, 2 for the q, k, v
+ * pieces of a packed in_proj_weight or in_proj_bias, -1 for any other
+ * tensor. Returns 1, or 0 if the name has no counterpart. */
+QKV_API int qkv_detr_hf_name(const char *official, int version, int part, char *out, size_t n);
+
+/* ------------------------------------------------------------------------ */
 /* Model files: a trained model with its configuration and vocabularies     */
 /* ------------------------------------------------------------------------ */
 
@@ -2441,27 +2629,42 @@ QKV_API void qkv_moco_file_name(char *out, size_t n, const qkv_moco *m, const ch
  *     qkv_ctx_free(ctx);
  *     qkv_model_free(m);
  */
-typedef enum { QKV_MODEL_SEQ2SEQ = 1, QKV_MODEL_VIT = 2 } qkv_model_kind;
+typedef enum { QKV_MODEL_SEQ2SEQ = 1, QKV_MODEL_VIT = 2, QKV_MODEL_DETR = 3 } qkv_model_kind;
 typedef struct qkv_model qkv_model;
 typedef struct {
-    int64_t num_heads; /* ViT: heads, when the file does not say (0: from the file) */
+    int64_t num_heads; /* ViT, DETR: heads, when the file does not say (0: from the file) */
     int trainable;     /* 1: with gradient buffers, to train further (fine-tuning);
                           0: for inference, values only (qkv_params_alloc_inference) */
 } qkv_model_opts;
 
-/* "seq2seq", "vit". */
+/* How a DETR's images are prepared before the model, kept in its file:
+ * qkv_det_resize(size, max_size) (size 0: as they are), then (x - mean[c])
+ * / std[c] for each of the model's channels. A file without it (an
+ * official or Hugging Face checkpoint) gets DETR's: 800, 1333 and
+ * ImageNet's mean and std. */
+typedef struct {
+    int64_t size, max_size;
+    float mean[3], std[3];
+} qkv_detr_input;
+
+/* "seq2seq", "vit", "detr". */
 QKV_API const char *qkv_model_kind_name(qkv_model_kind k);
 /* A new model with its parameters declared and allocated (zero; reset them
  * with qkv_seq2seq_reset / qkv_vit_reset). The vocabularies are copied. */
 QKV_API qkv_model *qkv_model_new_seq2seq(const qkv_tf_config *cfg, const qkv_vocab *src,
                                          const qkv_vocab *tgt, int64_t num_steps);
 QKV_API qkv_model *qkv_model_new_vit(const qkv_vit_config *cfg);
+/* A DETR with its input preparation and the names of its classes
+ * (class_names[k] for label k < n_names; NULL or "" where unnamed). */
+QKV_API qkv_model *qkv_model_new_detr(const qkv_detr_config *cfg, const qkv_detr_input *in,
+                                      int64_t n_names, const char *const *class_names);
 /* Opens a model file, or a directory holding model.safetensors (a training
  * run's out_dir), by the kind its metadata names; older files without one
- * are recognised by their config or tensors. Every tensor must be there
- * with its shape and no other (strict). Unless opts->trainable, the model
- * is opened for inference: no gradient buffers. NULL with a message naming
- * the file and what was wrong; opts may be NULL. */
+ * are recognised by their config or tensors (a DETR checkpoint in the
+ * official or Hugging Face's names opens too, qkv_detr_load_file). Every
+ * tensor must be there with its shape and no other (strict). Unless
+ * opts->trainable, the model is opened for inference: no gradient buffers.
+ * NULL with a message naming the file and what was wrong; opts may be NULL. */
 QKV_API qkv_model *qkv_model_open(const char *path, const qkv_model_opts *opts);
 /* Writes the model to path atomically (temporary file, then rename). */
 QKV_API qkv_status qkv_model_save(qkv_model *m, const char *path);
@@ -2472,6 +2675,11 @@ QKV_API qkv_params *qkv_model_params(qkv_model *m);
 /* The model of the kind asked, NULL if m is of another kind. */
 QKV_API qkv_seq2seq *qkv_model_seq2seq(qkv_model *m);
 QKV_API qkv_vit *qkv_model_vit(qkv_model *m);
+QKV_API qkv_detr *qkv_model_detr(qkv_model *m);
+/* A DETR's input preparation; NULL for other kinds. */
+QKV_API const qkv_detr_input *qkv_model_detr_input(const qkv_model *m);
+/* The name of a DETR's class k, or NULL if it has none. */
+QKV_API const char *qkv_model_class_name(const qkv_model *m, int64_t k);
 /* A seq2seq model's vocabularies (target 0: source, 1: target) and the
  * sentence length it was trained at; NULL and 0 for other kinds. */
 QKV_API const qkv_vocab *qkv_model_vocab(const qkv_model *m, int target);
@@ -3081,6 +3289,61 @@ QKV_API qkv_status qkv_finetune_train(const qkv_finetune_recipe *r, qkv_finetune
  * order; returns how many, -1 on bad arguments. */
 QKV_API int64_t qkv_label_subset(int64_t *out, const uint8_t *labels, int64_t n, int64_t classes,
                                  double fraction, uint64_t seed);
+
+/* DETR on a COCO-format detection set (`qkv train detr`, docs/detr.md):
+ * AdamW, the backbone at its own learning rate, gradient clipping, StepLR,
+ * DETR's set criterion with auxiliary losses, COCO evaluation (the 12
+ * numbers) of the validation images after every epoch. */
+#define QKV_DETR_MAX_SCALES 16
+typedef struct {
+    qkv_detr_config model;          /* num_classes 0: the data set's largest
+                                       category id + 1, as DETR's 91 for COCO */
+    int64_t epochs, batch_size;
+    double lr, lr_backbone;         /* AdamW; the backbone's (0: frozen) */
+    double weight_decay, clip;      /* clip: max gradient norm, 0: none */
+    double lr_drop;                 /* StepLR: x0.1 every lr_drop epochs (0: never) */
+    qkv_detr_loss_opts loss;        /* matcher costs and loss weights (zeroes: DETR's) */
+    /* images: training augmentation (flip, then resize to one of scales
+     * with max_size, or with crop_p a resize to a crop scale, a random
+     * crop and the resize); evaluation resizes to eval_size, eval_max_size */
+    int64_t scales[QKV_DETR_MAX_SCALES];
+    int n_scales;
+    int64_t max_size;
+    int64_t crop_scales[QKV_DETR_MAX_SCALES];
+    int n_crop_scales;
+    int64_t crop_min, crop_max;
+    double flip_p, crop_p;
+    int64_t eval_size, eval_max_size;
+    float mean[3], std[3];          /* normalisation, per model channel */
+    /* the run */
+    const char *data_dir;           /* train/, val/, annotations/{train,val}.json;
+                                       NULL: "data/scenes", made (qkv_scenes_make,
+                                       the defaults of `qkv data scenes`) if absent */
+    int64_t limit, eval_limit;      /* the first N training / validation images (0: all) */
+    uint64_t seed;                  /* init seed + 2, data order seed + 1, dropout seed */
+    const char *out_dir;            /* model.safetensors, checkpoint, metrics.jsonl,
+                                       curves.png; NULL: none */
+    int resume, threads, quiet;
+} qkv_detr_recipe;
+/* "default" (sized for two cores on `qkv data scenes`: ResNet-18 trained
+ * from scratch, a small transformer), "detr-r50" (the paper's model and
+ * schedule on COCO-sized images), "demo" (the default, a few minutes).
+ * Keeps the run's fields. */
+QKV_API qkv_status qkv_detr_recipe_preset(qkv_detr_recipe *r, const char *name);
+typedef struct {
+    double stats[12];               /* the last evaluation's COCO numbers */
+    double loss;                    /* the last epoch's mean training loss */
+    int64_t epochs;                 /* epochs trained in this run */
+} qkv_detr_result;
+QKV_API qkv_status qkv_detr_train(const qkv_detr_recipe *r, qkv_detr_result *res);
+/* COCO evaluation of a DETR on the first n images of d (n <= 0: all): each
+ * image resized as `in` says (in->size 0: as it is), in batches of `batch`
+ * padded as DETR's, DETR's PostProcess, every query's detection with its
+ * box in the original image's pixels; res as qkv_coco_evaluate's (free it
+ * with qkv_coco_result_free). Eval mode, no gradients; uses and resets ctx. */
+QKV_API qkv_status qkv_detr_evaluate(qkv_ctx *ctx, const qkv_detr *m, const qkv_det_dataset *d,
+                                     int64_t n, const qkv_detr_input *in, int64_t batch,
+                                     qkv_coco_result *res);
 
 /* Kernel regression (`qkv kernel-regression`): trains *w (in place) as the
  * book, through qkv_trainer: leave-one-out keys and values (n, n - 1), loss

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages qkv needs to build and test, when missing; and
-# PyPI's pycocotools in .venv (the COCO evaluation tests' reference).
+# in .venv from PyPI: pycocotools (the COCO evaluation tests' reference),
+# torch, transformers and timm (Hugging Face's DETR, the reference of
+# tests/test_detr.c).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(build-essential pkg-config libopenblas-dev libcjson-dev zlib1g-dev libpng-dev
@@ -27,5 +29,24 @@ if ! .venv/bin/python -c 'import pycocotools, numpy' 2>/dev/null; then
         echo "installing pycocotools into .venv"
         [ -x .venv/bin/python ] || python3 -m venv .venv
         .venv/bin/python -m pip install --quiet pycocotools numpy
+    fi
+fi
+
+# Hugging Face's DetrForObjectDetection with a timm backbone (tests/hf/gen.py);
+# found, not imported (importing transformers takes seconds)
+have_hf() {
+    .venv/bin/python -c 'import importlib.util as u, sys
+sys.exit(any(u.find_spec(m) is None for m in ("torch", "transformers", "timm", "safetensors")))' \
+        2>/dev/null
+}
+if ! have_hf; then
+    exec 9>"${TMPDIR:-/tmp}/qkv-bench-setup.lock"
+    flock 9
+    if ! have_hf; then
+        echo "installing torch, transformers and timm into .venv"
+        [ -x .venv/bin/python ] || python3 -m venv .venv
+        .venv/bin/python -c 'import torch' 2>/dev/null ||
+            .venv/bin/python -m pip install --quiet torch
+        .venv/bin/python -m pip install --quiet transformers timm safetensors
     fi
 fi

@@ -4,12 +4,15 @@
  * configuration, the vocabularies) and what kind of model it is, so that
  * qkv_model_open can rebuild it without being told.
  *
- * Metadata keys: "qkv.kind" ("seq2seq" or "vit"); "config" (JSON); for a
- * seq2seq model "src_vocab" and "tgt_vocab" (tokens in id order, one per
- * line); for a ViT "num_heads" and "format" (torchvision loads the file as
- * it is, see docs/vit.md). Files written before "qkv.kind" existed are told
- * apart by their config ("model": "d2l-transformer") or their tensors
- * ("conv_proj.weight").
+ * Metadata keys: "qkv.kind" ("seq2seq", "vit" or "detr"); "config" (JSON);
+ * for a seq2seq model "src_vocab" and "tgt_vocab" (tokens in id order, one
+ * per line); for a ViT "num_heads" and "format" (torchvision loads the file
+ * as it is, see docs/vit.md); for a DETR "num_heads", "format" (the
+ * official checkpoints' names) and "class_names" (one per line, label
+ * order). Files written before "qkv.kind" existed are told apart by their
+ * config ("model": "d2l-transformer") or their tensors ("conv_proj.weight");
+ * DETR checkpoints that qkv did not write by theirs ("query_embed.weight",
+ * or Hugging Face's "model.query_position_embeddings.weight").
  */
 #include "io_internal.h"
 
@@ -26,6 +29,10 @@ struct qkv_model {
     qkv_vocab *vocab[2]; /* source, target */
     int64_t num_steps;
     qkv_vit vit;
+    qkv_detr detr;
+    qkv_detr_input detr_in;
+    int64_t n_names;
+    char **names;       /* DETR: class names (n_names), "" where unnamed */
     char *key[MAX_META], *value[MAX_META];
     int n_meta;
 };
@@ -35,6 +42,7 @@ const char *qkv_model_kind_name(qkv_model_kind k)
     switch (k) {
     case QKV_MODEL_SEQ2SEQ: return "seq2seq";
     case QKV_MODEL_VIT: return "vit";
+    case QKV_MODEL_DETR: return "detr";
     }
     return "unknown";
 }
@@ -46,6 +54,9 @@ void qkv_model_free(qkv_model *m)
     qkv_params_free(m->ps);
     qkv_vocab_free(m->vocab[0]);
     qkv_vocab_free(m->vocab[1]);
+    for (int64_t i = 0; i < m->n_names; i++)
+        qkv__free(m->names[i]);
+    qkv__free(m->names);
     for (int i = 0; i < m->n_meta; i++)
         qkv__free(m->key[i]), qkv__free(m->value[i]);
     qkv__free(m);
@@ -124,6 +135,63 @@ qkv_model *qkv_model_new_vit(const qkv_vit_config *cfg)
     return m;
 }
 
+/* DETR's input preparation for its checkpoints: 800, 1333, ImageNet's
+ * statistics (grey: their mean) */
+static qkv_detr_input detr_input_default(int64_t channels)
+{
+    qkv_detr_input in = {.size = 800, .max_size = 1333, .mean = {0.485f, 0.456f, 0.406f},
+                         .std = {0.229f, 0.224f, 0.225f}};
+    if (channels == 1)
+        in.mean[0] = 0.449f, in.std[0] = 0.226f;
+    return in;
+}
+
+static qkv_status set_names(qkv_model *m, int64_t n, const char *const *names)
+{
+    m->names = qkv__calloc((size_t)(n > 0 ? n : 1), sizeof *m->names);
+    if (!m->names)
+        return qkv_error_status();
+    m->n_names = n;
+    for (int64_t i = 0; i < n; i++) {
+        if (!(m->names[i] = qkv__strdup(names && names[i] ? names[i] : "")))
+            return qkv_error_status();
+        for (char *c = m->names[i]; *c; c++) /* one line each in the file */
+            if (*c == '\n' || *c == '\r')
+                *c = ' ';
+    }
+    return QKV_OK;
+}
+
+qkv_model *qkv_model_new_detr(const qkv_detr_config *cfg, const qkv_detr_input *in,
+                              int64_t n_names, const char *const *class_names)
+{
+    if (!cfg || n_names < 0) {
+        qkv_set_error(QKV_ERR_ARG, "model_new_detr: %s", cfg ? "n_names < 0" : "cfg is NULL");
+        return NULL;
+    }
+    qkv_model *m = model_alloc(QKV_MODEL_DETR);
+    if (m && (qkv_detr_init(&m->detr, m->ps, cfg) != QKV_OK || qkv_params_alloc(m->ps) != QKV_OK ||
+              set_names(m, n_names, class_names) != QKV_OK)) {
+        qkv_model_free(m);
+        return NULL;
+    }
+    if (m)
+        m->detr_in = in ? *in : detr_input_default(m->detr.cfg.in_channels);
+    return m;
+}
+
+qkv_detr *qkv_model_detr(qkv_model *m) { return m && m->kind == QKV_MODEL_DETR ? &m->detr : NULL; }
+const qkv_detr_input *qkv_model_detr_input(const qkv_model *m)
+{
+    return m && m->kind == QKV_MODEL_DETR ? &m->detr_in : NULL;
+}
+const char *qkv_model_class_name(const qkv_model *m, int64_t k)
+{
+    if (!m || m->kind != QKV_MODEL_DETR || k < 0 || k >= m->n_names || !m->names[k][0])
+        return NULL;
+    return m->names[k];
+}
+
 qkv_model_kind qkv_model_kind_of(const qkv_model *m) { return m ? m->kind : 0; }
 qkv_params *qkv_model_params(qkv_model *m) { return m ? m->ps : NULL; }
 qkv_seq2seq *qkv_model_seq2seq(qkv_model *m)
@@ -153,7 +221,8 @@ qkv_status qkv_model_set_meta(qkv_model *m, const char *key, const char *value)
     if (!m || !key || !value)
         return qkv_set_error(QKV_ERR_ARG, "model_set_meta: NULL argument");
     if (!strcmp(key, "qkv.kind") || !strcmp(key, "config") || !strcmp(key, "src_vocab") ||
-        !strcmp(key, "tgt_vocab") || !strcmp(key, "num_heads") || !strcmp(key, "format"))
+        !strcmp(key, "tgt_vocab") || !strcmp(key, "num_heads") || !strcmp(key, "format") ||
+        !strcmp(key, "class_names"))
         return qkv_set_error(QKV_ERR_ARG, "model_set_meta: '%s' is written by qkv_model_save",
                              key);
     int i = 0;
@@ -190,6 +259,25 @@ static void config_json(const qkv_model *m, char *buf, size_t n)
                  (long long)c->n_enc, (long long)c->n_dec, (double)c->dropout, c->norm_first,
                  (long long)m->num_steps, (long long)m->seq2seq.src_vocab,
                  (long long)m->seq2seq.tgt_vocab);
+    } else if (m->kind == QKV_MODEL_DETR) {
+        const qkv_detr_config *c = &m->detr.cfg;
+        const qkv_detr_input *in = &m->detr_in;
+        snprintf(buf, n,
+                 "{\"model\": \"detr\", \"backbone_depth\": %d, \"in_channels\": %lld, "
+                 "\"backbone_bn\": %d, \"frozen_stages\": %d, \"hidden_dim\": %lld, "
+                 "\"num_heads\": %lld, \"dim_feedforward\": %lld, \"enc_layers\": %lld, "
+                 "\"dec_layers\": %lld, \"num_queries\": %lld, \"num_classes\": %lld, "
+                 "\"dropout\": %g, \"pre_norm\": %d, \"image_size\": %lld, "
+                 "\"max_size\": %lld, \"mean\": [%.9g, %.9g, %.9g], "
+                 "\"std\": [%.9g, %.9g, %.9g]}",
+                 c->backbone_depth, (long long)c->in_channels, c->backbone_bn, c->frozen_stages,
+                 (long long)c->hidden_dim, (long long)c->num_heads,
+                 (long long)c->dim_feedforward, (long long)c->enc_layers,
+                 (long long)c->dec_layers, (long long)c->num_queries,
+                 (long long)c->num_classes, (double)c->dropout, c->pre_norm,
+                 (long long)in->size, (long long)in->max_size, (double)in->mean[0],
+                 (double)in->mean[1], (double)in->mean[2], (double)in->std[0],
+                 (double)in->std[1], (double)in->std[2]);
     } else {
         const qkv_vit_config *c = &m->vit.cfg;
         snprintf(buf, n,
@@ -227,6 +315,25 @@ qkv_status qkv_model_save(qkv_model *m, const char *path)
                        : qkv_set_error(QKV_ERR_NOMEM, "model_save: out of memory");
             qkv__free(lines);
         }
+    } else if (!st && m->kind == QKV_MODEL_DETR) {
+        char heads[32];
+        snprintf(heads, sizeof heads, "%lld", (long long)m->detr.cfg.num_heads);
+        st = qkv_st_set_meta(w, "num_heads", heads);
+        size_t len = 1;
+        for (int64_t i = 0; i < m->n_names; i++)
+            len += strlen(m->names[i]) + 1;
+        char *lines = qkv__malloc(len), *at = lines;
+        if (!lines)
+            st = qkv_error_status();
+        for (int64_t i = 0; lines && i < m->n_names; i++)
+            at += sprintf(at, "%s\n", m->names[i]);
+        if (lines)
+            *at = '\0';
+        if (!st)
+            st = qkv_st_set_meta(w, "class_names", lines);
+        qkv__free(lines);
+        if (!st)
+            st = qkv_st_set_meta(w, "format", "facebookresearch/detr state_dict (official names)");
     } else if (!st) {
         char heads[32];
         snprintf(heads, sizeof heads, "%lld", (long long)m->vit.cfg.num_heads);
@@ -288,11 +395,83 @@ static qkv_status open_vit(qkv_model *m, const qkv_st_file *f, int64_t heads, in
     return st ? st : alloc_params(m, trainable);
 }
 
+static double json_num(const cJSON *c, const char *key, double dflt)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(c, key);
+    return cJSON_IsNumber(x) ? x->valuedouble : dflt;
+}
+
+/* A DETR: its config from the metadata qkv wrote, else from the shapes;
+ * the weights in the official names or Hugging Face's; the class names. */
+static qkv_status open_detr(qkv_model *m, const qkv_st_file *f, const char *path, int64_t heads,
+                            int trainable)
+{
+    qkv_detr_config cfg = {.num_heads = heads, .frozen_stages = 2};
+    cJSON *c = qkv_st_meta(f, "config") ? cJSON_Parse(qkv_st_meta(f, "config")) : NULL;
+    qkv_status st = qkv_detr_config_from_file(&cfg, f);
+    if (st)
+        goto done;
+    if (c) { /* what the shapes cannot tell */
+        cfg.dropout = (float)json_num(c, "dropout", cfg.dropout);
+        cfg.frozen_stages = (int)json_num(c, "frozen_stages", cfg.frozen_stages);
+        cfg.backbone_bn = (int)json_num(c, "backbone_bn", cfg.backbone_bn);
+    }
+    if ((st = qkv_detr_init(&m->detr, m->ps, &cfg)) || (st = alloc_params(m, trainable)))
+        goto done;
+    m->detr_in = detr_input_default(cfg.in_channels);
+    if (c) {
+        m->detr_in.size = (int64_t)json_num(c, "image_size", (double)m->detr_in.size);
+        m->detr_in.max_size = (int64_t)json_num(c, "max_size", (double)m->detr_in.max_size);
+        const char *keys[2] = {"mean", "std"};
+        float *dst[2] = {m->detr_in.mean, m->detr_in.std};
+        for (int k = 0; k < 2; k++) {
+            const cJSON *a = cJSON_GetObjectItemCaseSensitive(c, keys[k]);
+            for (int i = 0; i < 3 && cJSON_IsArray(a) && i < cJSON_GetArraySize(a); i++)
+                if (cJSON_IsNumber(cJSON_GetArrayItem(a, i)))
+                    dst[k][i] = (float)cJSON_GetArrayItem(a, i)->valuedouble;
+        }
+    }
+    /* class names, one per line */
+    const char *names = qkv_st_meta(f, "class_names");
+    int64_t n = 0;
+    for (const char *p = names; p && *p; p++)
+        n += *p == '\n';
+    if ((st = set_names(m, 0, NULL)))
+        goto done;
+    qkv__free(m->names);
+    m->names = qkv__calloc((size_t)(n > 0 ? n : 1), sizeof *m->names);
+    if (!m->names) {
+        st = qkv_error_status();
+        goto done;
+    }
+    for (const char *p = names; p && *p && m->n_names < n;) {
+        const char *e = strchr(p, '\n');
+        size_t len = (size_t)(e - p);
+        if (!(m->names[m->n_names] = qkv__malloc(len + 1))) {
+            st = qkv_error_status();
+            goto done;
+        }
+        memcpy(m->names[m->n_names], p, len);
+        m->names[m->n_names++][len] = '\0';
+        p = e + 1;
+    }
+    st = qkv_detr_load_file(m->ps, f, path, 1);
+done:
+    cJSON_Delete(c);
+    return st;
+}
+
 static qkv_model_kind kind_of_file(const qkv_st_file *f)
 {
     const char *k = qkv_st_meta(f, "qkv.kind");
     if (k)
-        return !strcmp(k, "seq2seq") ? QKV_MODEL_SEQ2SEQ : !strcmp(k, "vit") ? QKV_MODEL_VIT : 0;
+        return !strcmp(k, "seq2seq") ? QKV_MODEL_SEQ2SEQ
+               : !strcmp(k, "vit")   ? QKV_MODEL_VIT
+               : !strcmp(k, "detr")  ? QKV_MODEL_DETR
+                                     : 0;
+    if (qkv_st_find(f, "query_embed.weight") >= 0 ||
+        qkv_st_find(f, "model.query_position_embeddings.weight") >= 0)
+        return QKV_MODEL_DETR;
     const char *cfg = qkv_st_meta(f, "config");
     if (cfg && strstr(cfg, "\"d2l-transformer\""))
         return QKV_MODEL_SEQ2SEQ;
@@ -304,7 +483,7 @@ static qkv_model_kind kind_of_file(const qkv_st_file *f)
 /* Keeps the file's other metadata (e.g. "test_accuracy") with the model. */
 static qkv_status keep_meta(qkv_model *m, const qkv_st_file *f)
 {
-    static const char *keys[] = {"test_accuracy", "trained_epochs", "preset"};
+    static const char *keys[] = {"test_accuracy", "trained_epochs", "preset", "AP", "AP50"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         const char *v = qkv_st_meta(f, keys[i]);
         if (v && qkv_model_set_meta(m, keys[i], v) != QKV_OK)
@@ -333,14 +512,17 @@ qkv_model *qkv_model_open(const char *path, const qkv_model_opts *opts)
     qkv_status st = QKV_OK;
     if (!kind)
         st = qkv_set_error(QKV_ERR_FORMAT, "%s: not a qkv model: its metadata names no kind "
-                           "(\"qkv.kind\": seq2seq or vit) and its tensors are not a ViT's", path);
+                           "(\"qkv.kind\": seq2seq, vit or detr) and its tensors are not a "
+                           "ViT's or a DETR's", path);
     else if (!m)
         st = qkv_error_status();
     else if (kind == QKV_MODEL_SEQ2SEQ)
         st = open_seq2seq(m, f, path, opts && opts->trainable);
-    else
+    else if (kind == QKV_MODEL_VIT)
         st = open_vit(m, f, opts ? opts->num_heads : 0, opts && opts->trainable);
-    if (!st)
+    else
+        st = open_detr(m, f, path, opts ? opts->num_heads : 0, opts && opts->trainable);
+    if (!st && kind != QKV_MODEL_DETR) /* open_detr loads either layout itself */
         st = qkv_params_load_file(m->ps, f, path, 1);
     if (!st)
         st = keep_meta(m, f);

@@ -19,5 +19,9 @@ int cmd_coco_eval(int argc, char **argv);
 int cmd_train_moco(int argc, char **argv);
 int cmd_probe(int argc, char **argv);
 int cmd_finetune(int argc, char **argv);
+/* cmd_detr.c */
+int cmd_train_detr(int argc, char **argv);
+int cmd_eval_detr(int argc, char **argv);
+int cmd_detect(int argc, char **argv);
 
 #endif

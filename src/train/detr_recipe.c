@@ -1,0 +1,443 @@
+/*
+ * detr_recipe.c - DETR trained on a COCO-format detection set through the
+ * library's trainer: what `qkv train detr` runs (docs/detr.md).
+ *
+ * The model's part: the batch (qkv_det_fill on the loader's thread: images
+ * read by path, augmented, padded with a pixel mask), the loss callback
+ * (DETR's set criterion on a shard's images, as its share of the batch's
+ * loss), the evaluation callback (COCO's 12 numbers on the validation
+ * images) and the presets. AdamW with the backbone in a parameter group of
+ * its own learning rate, clipping and StepLR are the trainer's.
+ *
+ * Shares. DETR's loss over a batch is ce + 5 bbox + 2 giou per decoder
+ * layer, where bbox and giou are sums over matched pairs divided by the
+ * batch's box count, and ce is a weighted mean over every query of the
+ * batch (weight 1 for a query matched to an object, eos_coef for one that
+ * is not). A shard's bbox and giou are shares when divided by the batch's
+ * box count (qkv_detr_loss_opts.num_boxes). Its ce is the mean over its own
+ * queries; times W_shard / W_batch (the weights' sums, known before
+ * matching: an image with n objects has min(Q, n) matched queries) it is
+ * the share, so the shards' terms add up to the loss of the whole batch.
+ */
+#include "train_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+/* Images per forward when evaluating. */
+#define EVAL_BATCH 8
+
+static void set_scales(int64_t *dst, int *n, const int64_t *src, int count)
+{
+    for (int i = 0; i < count; i++)
+        dst[i] = src[i];
+    *n = count;
+}
+
+qkv_status qkv_detr_recipe_preset(qkv_detr_recipe *r, const char *name)
+{
+    if (!r || !name)
+        return qkv_set_error(QKV_ERR_ARG, "detr_recipe_preset: NULL argument");
+    qkv_detr_recipe keep = *r;
+    if (!strcmp(name, "detr-r50")) {
+        /* the paper's: ResNet-50 (frozen BN, stem and layer1 frozen), 6 + 6
+         * layers of width 256, 100 queries, AdamW 1e-4 / 1e-5, weight decay
+         * 1e-4, clip 0.1, batch 2 per GPU, 500 epochs with the drop at 400,
+         * COCO's multi-scale augmentation */
+        static const int64_t scales[] = {480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800};
+        static const int64_t crops[] = {400, 500, 600};
+        *r = (qkv_detr_recipe){.model = qkv_detr_config_r50(), .epochs = 500, .batch_size = 2,
+                               .lr = 1e-4, .lr_backbone = 1e-5, .weight_decay = 1e-4,
+                               .clip = 0.1, .lr_drop = 400, .max_size = 1333, .crop_min = 384,
+                               .crop_max = 600, .flip_p = 0.5, .crop_p = 0.5, .eval_size = 800,
+                               .eval_max_size = 1333, .mean = {0.485f, 0.456f, 0.406f},
+                               .std = {0.229f, 0.224f, 0.225f}};
+        r->model.num_classes = 0;
+        set_scales(r->scales, &r->n_scales, scales, 11);
+        set_scales(r->crop_scales, &r->n_crop_scales, crops, 3);
+    } else if (!strcmp(name, "default") || !strcmp(name, "demo")) {
+        /* two cores, an hour: 128x128 grey scenes (`qkv data scenes`), a
+         * ResNet-18 trained from scratch with batch statistics, a transformer
+         * of width 128 with 3 + 3 layers, 20 queries for at most 5 objects;
+         * the backbone at the transformer's learning rate (it starts from
+         * nothing, where DETR's starts from ImageNet); flips and mild
+         * multi-scale resizing (docs/detr.md has the runs) */
+        static const int64_t scales[] = {112, 128, 144};
+        *r = (qkv_detr_recipe){.model = {.backbone_depth = 18, .in_channels = 1,
+                                         .backbone_bn = 1, .hidden_dim = 128, .num_heads = 8,
+                                         .dim_feedforward = 512, .enc_layers = 3,
+                                         .dec_layers = 3, .num_queries = 20},
+                               .epochs = 40, .batch_size = 16, .lr = 2e-4, .lr_backbone = 2e-4,
+                               .weight_decay = 1e-4, .clip = 0.1, .lr_drop = 30,
+                               .max_size = 144, .flip_p = 0.5, .eval_size = 128,
+                               .eval_max_size = 128, .mean = {0.449f}, .std = {0.226f}};
+        set_scales(r->scales, &r->n_scales, scales, 3);
+        if (!strcmp(name, "demo")) {
+            r->epochs = 2;
+            r->limit = 800, r->eval_limit = 200;
+        }
+    } else {
+        return qkv_set_error(QKV_ERR_ARG, "detr: unknown preset '%s' (default, detr-r50, demo)",
+                             name);
+    }
+    r->data_dir = keep.data_dir, r->out_dir = keep.out_dir, r->seed = keep.seed;
+    r->resume = keep.resume, r->threads = keep.threads, r->quiet = keep.quiet;
+    if (keep.limit)
+        r->limit = keep.limit;
+    if (keep.eval_limit)
+        r->eval_limit = keep.eval_limit;
+    return QKV_OK;
+}
+
+/* ---- evaluation ---- */
+
+qkv_status qkv_detr_evaluate(qkv_ctx *ctx, const qkv_detr *m, const qkv_det_dataset *d,
+                             int64_t n, const qkv_detr_input *in, int64_t batch,
+                             qkv_coco_result *res)
+{
+    if (!ctx || !m || !d || !in || !res)
+        return qkv_set_error(QKV_ERR_ARG, "detr_evaluate: NULL argument");
+    memset(res, 0, sizeof *res);
+    int64_t total = qkv_det_dataset_size(d);
+    n = n <= 0 || n > total ? total : n;
+    batch = batch < 1 ? EVAL_BATCH : batch;
+    qkv_det_fill_config fc = {.data = d, .size = in->size, .max_size = in->max_size,
+                              .channels = m->cfg.in_channels, .mean = in->mean, .std = in->std,
+                              .batch_size = batch};
+    size_t bytes = qkv_det_fill_prepare(&fc);
+    void *buf = bytes ? qkv__aligned_alloc(bytes) : NULL;
+    int64_t *idx = qkv__malloc((size_t)batch * sizeof *idx);
+    qkv_coco_gt *gt = qkv_det_dataset_gt(d, n);
+    qkv_coco_dets *dt = qkv_coco_dets_new("detections");
+    int64_t Q = m->cfg.num_queries, K1 = m->cfg.num_classes + 1;
+    qkv_detection *dets = qkv__malloc((size_t)Q * sizeof *dets);
+    qkv_status st = buf && idx && gt && dt && dets ? QKV_OK : qkv_error_status();
+    if (!st && !(buf && idx && dets))
+        st = qkv_set_error(QKV_ERR_NOMEM, "detr_evaluate: out of memory");
+    int was_training = qkv_set_training(ctx, 0), had_grad = qkv_set_grad_enabled(ctx, 0);
+    for (int64_t at = 0; at < n && !st; at += batch) {
+        int64_t b = n - at < batch ? n - at : batch;
+        for (int64_t i = 0; i < b; i++)
+            idx[i] = at + i;
+        if ((st = qkv_det_fill(&fc, idx, b, NULL, buf)))
+            break;
+        qkv_det_batch v = qkv_det_batch_view(&fc, buf);
+        qkv_tensor *x = qkv_wrap(ctx, 4, (int64_t[]){b, v.C, v.H, v.W}, v.pixels);
+        qkv_detr_output out;
+        if ((st = qkv_detr_forward(ctx, m, x, v.mask, 0, &out)))
+            break;
+        int64_t L = out.logits->shape[0];
+        const float *lg = out.logits->data + (L - 1) * b * Q * K1;
+        const float *bx = out.boxes->data + (L - 1) * b * Q * 4;
+        for (int64_t i = 0; i < b && !st; i++) {
+            int64_t w, h;
+            qkv_det_dataset_image_size(d, at + i, &w, &h);
+            qkv_detr_postprocess(dets, lg + i * Q * K1, bx + i * Q * 4, Q, K1, (double)w,
+                                 (double)h);
+            for (int64_t q = 0; q < Q && !st; q++) {
+                const float *xy = dets[q].box;
+                qkv_coco_det det = {.image_id = qkv_det_dataset_image_id(d, at + i),
+                                    .category_id = dets[q].label, .score = dets[q].score,
+                                    .bbox = {xy[0], xy[1], xy[2] - xy[0], xy[3] - xy[1]}};
+                /* a box the sigmoid made inside-out cannot be (w, h < 0): DETR's
+                 * boxes never are, since w, h > 0; keep the check for NaN */
+                if (!(det.bbox[2] >= 0 && det.bbox[3] >= 0 && isfinite(det.score)))
+                    st = qkv_set_error(QKV_ERR_NAN, "detr_evaluate: image %lld query %lld "
+                                       "has a box or score that is not finite",
+                                       (long long)det.image_id, (long long)q);
+                else if (qkv_coco_gt_category_name(gt, det.category_id))
+                    st = qkv_coco_dets_add(dt, &det);
+            }
+        }
+        qkv_ctx_reset(ctx);
+    }
+    qkv_set_training(ctx, was_training);
+    qkv_set_grad_enabled(ctx, had_grad);
+    if (!st)
+        st = qkv_coco_evaluate(gt, dt, res);
+    qkv__free(buf);
+    qkv__free(idx);
+    qkv__free(dets);
+    qkv_coco_gt_free(gt);
+    qkv_coco_dets_free(dt);
+    return st;
+}
+
+/* ---- the model's part ---- */
+
+typedef struct {
+    const qkv_detr_recipe *r;
+    qkv_model *model;
+    qkv_detr *m;
+    qkv_det_dataset *train, *val;
+    qkv_det_augment_config aug;
+    qkv_det_fill_config fill;
+    qkv_detr_input in;
+    qkv_detr_loss_opts loss;
+    int64_t n_train, n_val;
+    double stats[QKV_COCO_NSTATS], last_loss;
+    int evaluated;
+} detr_run;
+
+/* The weight sum of image b's queries in the cross entropy. */
+static double ce_weight(int64_t Q, int64_t n, float eos)
+{
+    int64_t matched = n < Q ? n : Q;
+    return (double)matched + (double)eos * (double)(Q - matched);
+}
+
+/* DETR's loss of images [lo, hi) as their share of the batch's; stats:
+ * ce, bbox, giou shares, and queries matched to the right class. */
+static qkv_tensor *loss(qkv_ctx *ctx, const qkv_train_batch *b, void *user)
+{
+    const detr_run *v = user;
+    qkv_det_batch bt = qkv_det_batch_view(&v->fill, b->batch);
+    int64_t n = b->hi - b->lo, Q = v->m->cfg.num_queries, M = bt.max_objects;
+    int64_t px = bt.C * bt.H * bt.W;
+    double w_all = 0, w_mine = 0, boxes = 0;
+    for (int64_t i = 0; i < bt.n; i++) {
+        double w = ce_weight(Q, bt.n_boxes[i], v->loss.eos_coef);
+        w_all += w;
+        boxes += (double)bt.n_boxes[i];
+        if (i >= b->lo && i < b->hi)
+            w_mine += w;
+    }
+    qkv_detr_target *tg = qkv__alloc(ctx, (size_t)n * sizeof *tg);
+    if (!tg)
+        return NULL;
+    for (int64_t i = 0; i < n; i++)
+        tg[i] = (qkv_detr_target){.n = bt.n_boxes[b->lo + i], .labels = bt.labels + (b->lo + i) * M,
+                                  .boxes = bt.boxes + 4 * (b->lo + i) * M};
+    qkv_detr_loss_opts o = v->loss;
+    o.num_boxes = (float)(boxes > 1 ? boxes : 1);
+    o.weight_ce = (float)(v->loss.weight_ce * w_mine / w_all);
+    qkv_tensor *x = qkv_wrap(ctx, 4, (int64_t[]){n, bt.C, bt.H, bt.W}, bt.pixels + b->lo * px);
+    qkv_detr_output out;
+    if (!x || qkv_detr_forward(ctx, v->m, x, bt.mask + b->lo * bt.H * bt.W, 0, &out) != QKV_OK)
+        return NULL;
+    qkv_detr_loss_log log;
+    qkv_tensor *l = qkv_detr_loss(ctx, out.logits, out.boxes, tg, &o, &log);
+    if (!l)
+        return NULL;
+    b->stats[0] += log.loss_ce * w_mine / w_all;
+    b->stats[1] += log.loss_bbox;
+    b->stats[2] += log.loss_giou;
+    return l;
+}
+
+static qkv_status evaluate(qkv_trainer *t, qkv_train_epoch *e, void *user)
+{
+    detr_run *v = user;
+    qkv_coco_result res;
+    qkv_status st = qkv_detr_evaluate(qkv_trainer_eval_ctx(t), v->m, v->val, v->n_val, &v->in,
+                                      EVAL_BATCH, &res);
+    if (st)
+        return st;
+    memcpy(v->stats, res.stats, sizeof v->stats);
+    qkv_coco_result_free(&res);
+    v->evaluated = 1;
+    v->last_loss = e->loss;
+    double steps = (double)qkv_trainer_steps_per_epoch(t);
+    static const char *const names[3] = {"loss_ce", "loss_bbox", "loss_giou"};
+    for (int i = 0; i < 3 && !st; i++)
+        st = qkv_train_epoch_put(e, names[i], e->stats[i] / (steps > 0 ? steps : 1));
+    static const char *const coco[6] = {"AP", "AP50", "AP75", "APs", "APm", "APl"};
+    for (int i = 0; i < 6 && !st; i++)
+        st = qkv_train_epoch_put(e, coco[i], v->stats[i]);
+    return st ? st : qkv_train_epoch_put(e, "AR100", v->stats[8]);
+}
+
+static qkv_status save_model(qkv_trainer *t, const char *dir, void *user)
+{
+    detr_run *v = user;
+    char path[4200], num[32];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    qkv_status st = QKV_OK;
+    if (v->evaluated) {
+        snprintf(num, sizeof num, "%.4f", v->stats[0]);
+        st = qkv_model_set_meta(v->model, "AP", num);
+        snprintf(num, sizeof num, "%.4f", v->stats[1]);
+        if (!st)
+            st = qkv_model_set_meta(v->model, "AP50", num);
+    }
+    (void)t;
+    return st ? st : qkv_model_save(v->model, path);
+}
+
+static bool exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+/* Opens dir's split; makes the scenes set first when dir is the default
+ * and has none. */
+static qkv_status open_data(detr_run *v, const char *dir, bool make)
+{
+    char ann[4200], img[4200];
+    snprintf(ann, sizeof ann, "%s/annotations/train.json", dir);
+    if (make && !exists(ann)) {
+        if (!v->r->quiet) {
+            printf("no data set in %s: making it (qkv data scenes --out %s)\n", dir, dir);
+            fflush(stdout);
+        }
+        qkv_scenes_config sc = {.out_dir = dir, .n_train = 10000, .n_val = 1000,
+                                .seed = 0};
+        qkv_status st = qkv_scenes_make(&sc);
+        if (st)
+            return st;
+    }
+    snprintf(img, sizeof img, "%s/train", dir);
+    if (!(v->train = qkv_det_dataset_open(ann, img)))
+        return qkv_error_status();
+    snprintf(ann, sizeof ann, "%s/annotations/val.json", dir);
+    snprintf(img, sizeof img, "%s/val", dir);
+    if (!(v->val = qkv_det_dataset_open(ann, img)))
+        return qkv_error_status();
+    return QKV_OK;
+}
+
+qkv_status qkv_detr_train(const qkv_detr_recipe *r, qkv_detr_result *res)
+{
+    if (!r || r->epochs < 0 || r->batch_size < 1 || r->n_scales < 0 ||
+        r->n_scales > QKV_DETR_MAX_SCALES || r->n_crop_scales < 0 ||
+        r->n_crop_scales > QKV_DETR_MAX_SCALES)
+        return qkv_set_error(QKV_ERR_ARG, "detr_train: %s", r ? "need epochs >= 0, a batch "
+                             "size >= 1 and at most 16 scales" : "the recipe is NULL");
+    detr_run v = {.r = r};
+    qkv_trainer *t = NULL;
+    const char *dir = r->data_dir ? r->data_dir : "data/scenes";
+    qkv_status st = open_data(&v, dir, r->data_dir == NULL);
+    if (st)
+        goto done;
+    v.n_train = qkv_det_dataset_size(v.train);
+    v.n_val = qkv_det_dataset_size(v.val);
+    if (r->limit > 0 && r->limit < v.n_train)
+        v.n_train = r->limit;
+    if (r->eval_limit > 0 && r->eval_limit < v.n_val)
+        v.n_val = r->eval_limit;
+    if (v.n_train < 1) {
+        st = qkv_set_error(QKV_ERR_ARG, "detr_train: %s/annotations/train.json has no images",
+                           dir);
+        goto done;
+    }
+    qkv_detr_config mc = r->model;
+    if (mc.num_classes <= 0)
+        mc.num_classes = qkv_det_dataset_max_category(v.train) + 1;
+    if (mc.in_channels == 0)
+        mc.in_channels = 3;
+    v.in = (qkv_detr_input){.size = r->eval_size, .max_size = r->eval_max_size};
+    for (int c = 0; c < 3; c++) {
+        v.in.mean[c] = r->mean[c];
+        v.in.std[c] = r->std[c] > 0 ? r->std[c] : 1.0f;
+    }
+    /* class names by label (= category id) */
+    const char **names = qkv__calloc((size_t)mc.num_classes, sizeof *names);
+    if (!names) {
+        st = qkv_error_status();
+        goto done;
+    }
+    for (int64_t k = 0; k < mc.num_classes; k++)
+        names[k] = qkv_det_dataset_category_name(v.train, k);
+    v.model = qkv_model_new_detr(&mc, &v.in, mc.num_classes, names);
+    qkv__free(names);
+    if (!v.model) {
+        st = qkv_error_status();
+        goto done;
+    }
+    v.m = qkv_model_detr(v.model);
+    qkv_rng init;
+    qkv_rng_seed(&init, r->seed + 2);
+    qkv_detr_reset(v.m, &init);
+    /* the loss: DETR's unless the recipe says otherwise */
+    v.loss = qkv_detr_loss_defaults();
+    if (r->loss.cost_class || r->loss.cost_bbox || r->loss.cost_giou || r->loss.weight_ce ||
+        r->loss.weight_bbox || r->loss.weight_giou || r->loss.eos_coef)
+        v.loss = r->loss;
+    /* the data */
+    v.aug = (qkv_det_augment_config){.scales = r->scales, .n_scales = r->n_scales,
+                                     .max_size = r->max_size, .crop_scales = r->crop_scales,
+                                     .n_crop_scales = r->n_crop_scales, .crop_min = r->crop_min,
+                                     .crop_max = r->crop_max, .flip_p = r->flip_p,
+                                     .crop_p = r->crop_p};
+    int64_t B = r->batch_size < v.n_train ? r->batch_size : v.n_train;
+    v.fill = (qkv_det_fill_config){.data = v.train, .aug = r->n_scales > 0 ? &v.aug : NULL,
+                                   .size = r->eval_size, .max_size = r->eval_max_size,
+                                   .channels = mc.in_channels, .mean = v.in.mean,
+                                   .std = v.in.std, .batch_size = B};
+    size_t bytes = qkv_det_fill_prepare(&v.fill);
+    if (!bytes) {
+        st = qkv_error_status();
+        goto done;
+    }
+    /* the backbone in group 1, at lr_backbone / lr of the others' rate */
+    qkv_params *ps = qkv_model_params(v.model);
+    for (int64_t i = 0; i < qkv_params_count(ps); i++)
+        if (!strncmp(qkv_params_at(ps, i)->name, "backbone.", 9))
+            qkv_params_set_group(ps, i, 1);
+    char cfg[768];
+    snprintf(cfg, sizeof cfg,
+             "{\"epochs\": %lld, \"batch\": %lld, \"lr\": %g, \"lr_backbone\": %g, "
+             "\"limit\": %lld, \"seed\": %llu, \"data\": \"%s\"}",
+             (long long)r->epochs, (long long)B, r->lr, r->lr_backbone, (long long)v.n_train,
+             (unsigned long long)r->seed, dir);
+    static const char *const curves[] = {"loss", "AP", "AP50", NULL};
+    t = qkv_trainer_new(&(qkv_trainer_config){
+        .params = ps, .loss = loss, .user = &v, .epochs = r->epochs,
+        .data = {.n_examples = v.n_train, .batch_size = B, .shuffle = 1, .drop_last = 1,
+                 .seed = r->seed + 1, .batch_bytes = bytes, .fill = qkv_det_fill,
+                 .user = &v.fill},
+        .optim = {.kind = QKV_ADAMW, .lr = (float)r->lr, .weight_decay = (float)r->weight_decay},
+        .schedule = {.kind = r->lr_drop > 0 ? QKV_LR_STEP : QKV_LR_CONSTANT,
+                     .step_epochs = r->lr_drop},
+        .clip = (float)r->clip, .threads = r->threads, .seed = r->seed,
+        .evaluate = evaluate, .save_model = save_model, .out_dir = r->out_dir,
+        .config_json = cfg, .resume = r->resume, .label = "epoch",
+        .print_every = r->quiet ? -1 : 1, .curves = curves, .title = "DETR"});
+    if (!t) {
+        st = qkv_error_status();
+        goto done;
+    }
+    qkv_optim_set_group_scale(qkv_trainer_optim(t), 1, (float)(r->lr > 0 ? r->lr_backbone / r->lr
+                                                                          : 0.0));
+    if (!r->quiet) {
+        printf("DETR: ResNet-%d (%s), width %lld, %lld heads, %lld + %lld layers, %lld queries, "
+               "%lld classes: %lld parameters\n"
+               "training on %lld images (%s), %lld steps of %lld, AdamW lr %g (backbone %g), "
+               "%d threads\n",
+               mc.backbone_depth, mc.backbone_bn ? "batch norm" : "frozen batch norm",
+               (long long)mc.hidden_dim, (long long)mc.num_heads, (long long)mc.enc_layers,
+               (long long)mc.dec_layers, (long long)mc.num_queries, (long long)mc.num_classes,
+               (long long)qkv_params_numel(ps), (long long)v.n_train, dir,
+               (long long)qkv_trainer_steps_per_epoch(t), (long long)B, r->lr, r->lr_backbone,
+               qkv_shards_count(qkv_trainer_shards(t)));
+        if (r->resume)
+            printf("resumed at epoch %lld, step %lld\n", (long long)qkv_trainer_epoch(t),
+                   (long long)qkv_trainer_step(t));
+        fflush(stdout);
+    }
+    int64_t first = qkv_trainer_epoch(t);
+    if ((st = qkv_trainer_run(t)) != QKV_OK)
+        goto done;
+    if (!v.evaluated) { /* nothing left to train: the model as it stands */
+        qkv_coco_result cr;
+        if ((st = qkv_detr_evaluate(qkv_trainer_eval_ctx(t), v.m, v.val, v.n_val, &v.in,
+                                    EVAL_BATCH, &cr)))
+            goto done;
+        memcpy(v.stats, cr.stats, sizeof v.stats);
+        qkv_coco_result_free(&cr);
+    }
+    if (res) {
+        memcpy(res->stats, v.stats, sizeof res->stats);
+        res->loss = v.last_loss;
+        res->epochs = qkv_trainer_epoch(t) - first;
+    }
+done:
+    qkv_trainer_free(t);
+    qkv_model_free(v.model);
+    qkv_det_dataset_free(v.train);
+    qkv_det_dataset_free(v.val);
+    return st;
+}
