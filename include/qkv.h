@@ -2586,6 +2586,28 @@ typedef struct {
 QKV_API void qkv_detr_postprocess(qkv_detection *dets, const float *logits, const float *boxes,
                                   int64_t Q, int64_t K1, double width, double height);
 
+/* Pictures of detections (PNG). The image (grey or RGB, values in [0, 1])
+ * is scaled up by an integer factor, `scale` (0: until its shorter side is
+ * 384 pixels or more); each box is outlined in its class's colour with
+ * "name score" (or "label score") on a tab. class_names[label] for labels
+ * below n_names; NULL: numbers. */
+typedef struct {
+    const char *const *class_names;
+    int64_t n_names;
+    int scale;
+} qkv_det_plot_opts;
+QKV_API qkv_status qkv_plot_detections(const char *path, const qkv_image *img,
+                                       const qkv_detection *dets, int64_t n,
+                                       const qkv_det_plot_opts *o);
+/* DETR's attention figure: one panel per detection (four to a row), its
+ * query's decoder cross-attention attn (n, h, w) over the feature grid
+ * (its range stretched to [0, 1] in each panel) laid over the image, with the
+ * box; `scale` 0 makes each panel about 256 pixels wide. */
+QKV_API qkv_status qkv_plot_detr_attention(const char *path, const qkv_image *img,
+                                           const qkv_detection *dets, int64_t n,
+                                           const float *attn, int64_t h, int64_t w,
+                                           const qkv_det_plot_opts *o);
+
 /* The configuration a state dict implies, in the official names or Hugging
  * Face's: backbone depth and input channels, width, feed-forward size,
  * layers, queries and classes from the shapes; pre_norm when
@@ -2702,6 +2724,18 @@ typedef struct {
  * tokens, or -1 with the error set. o may be NULL (greedy). */
 QKV_API int64_t qkv_model_translate(qkv_ctx *ctx, qkv_model *m, const char *text,
                                     const qkv_translate_opts *o, char *out, size_t n);
+
+/* Runs a DETR on one image as a person gives it (any size, grey or RGB,
+ * values in [0, 1]): converted to the model's channels, resized and
+ * normalised as qkv_model_detr_input says, then DETR's PostProcess: dets
+ * (room for num_queries) receive every query's best class, its score and
+ * its box in the image's pixels, in query order. attn (may be NULL)
+ * receives the last decoder layer's cross-attention averaged over heads,
+ * (num_queries, h, w) over C5's grid, in ctx's arena (valid until
+ * qkv_ctx_reset). Returns the number of queries, or -1 with the error set.
+ * Eval mode, no gradients; ctx is not reset. */
+QKV_API int64_t qkv_model_detect(qkv_ctx *ctx, qkv_model *m, const qkv_image *img,
+                                 qkv_detection *dets, qkv_tensor **attn);
 
 /* ------------------------------------------------------------------------ */
 /* Communicator: the processes that train together (docs/distributed.md)    */

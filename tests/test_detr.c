@@ -229,3 +229,88 @@ TEST(detr_matches_hugging_face_detr_for_object_detection)
     check_hf("detr_hf5");
     check_hf("detr_hf4");
 }
+
+/* The last layer of (L, B, Q, C) as (B, Q, C). */
+static qkv_tensor *last_layer(qkv_ctx *ctx, qkv_tensor *t)
+{
+    int64_t L = t->shape[0];
+    return qkv_reshape(ctx, qkv_slice(ctx, t, 0, L - 1, L, 1), 3,
+                       (int64_t[]){t->shape[1], t->shape[2], t->shape[3]});
+}
+
+TEST(detr_forward_cli_runs_official_and_hugging_face_weights)
+{
+    /* `qkv forward --arch detr` as a user runs it: Hugging Face's weights
+     * (transformers 5 names) on its inputs, and the official layout's on
+     * the official fixture's, each against its reference's last layer; a
+     * pixel_mask of the wrong shape fails with exit 1 and names it */
+    char dir[] = "/tmp/qkv-detr-cli-XXXXXX", cmd[2048], out[4096], path[256];
+    const char *fx_dir = getenv("QKV_FIXTURES") ? getenv("QKV_FIXTURES") : "build/parity";
+    if (!mkdtemp(dir)) {
+        test_fail(__FILE__, __LINE__, "mkdtemp");
+        return;
+    }
+    qkv_ctx *ctx = qkv_ctx_new();
+    snprintf(cmd, sizeof cmd, "%s forward --arch detr --weights %s/hf/detr_hf5.safetensors "
+             "--input %s/hf/detr_hf_io.safetensors --output %s/hf.safetensors 2>&1",
+             test_qkv_bin(), fx_dir, fx_dir, dir);
+    int rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0, "%s: exit %d\n%s", cmd, rc, out);
+    snprintf(path, sizeof path, "%s/hf.safetensors", dir);
+    qkv_st_file *got = rc == 0 ? qkv_st_open(path) : NULL;
+    qkv_st_file *io = hf_open("detr_hf_io");
+    if (got && io) {
+        /* the same computation as the library test above */
+        CHECK(close_scaled("pred_logits", qkv_st_load(ctx, got, "pred_logits"),
+                           fixture_get(ctx, io, "logits"), 2e-6), "hf");
+        CHECK(close_scaled("pred_boxes", qkv_st_load(ctx, got, "pred_boxes"),
+                           fixture_get(ctx, io, "pred_boxes"), 2e-6), "hf");
+    }
+    qkv_st_close(got);
+    /* the official layout: inputs under Hugging Face's names */
+    qkv_st_file *fx = fixture_open("detr_model_r18");
+    qkv_tensor *x = fixture_get(ctx, fx, "__pixel_values"), *pm = fixture_get(ctx, fx, "__pixel_mask");
+    snprintf(path, sizeof path, "%s/in.safetensors", dir);
+    qkv_st_writer *w = qkv_st_writer_new();
+    if (x && pm && w && qkv_st_add_tensor(w, "pixel_values", x) == QKV_OK &&
+        qkv_st_add_tensor(w, "pixel_mask", pm) == QKV_OK && qkv_st_write(w, path) == QKV_OK) {
+        snprintf(cmd, sizeof cmd, "%s forward --arch detr --weights %s/detr_model_r18.safetensors "
+                 "--input %s --output %s/official.safetensors 2>&1", test_qkv_bin(), fx_dir, path,
+                 dir);
+        rc = test_run(cmd, out, sizeof out);
+        CHECK(rc == 0, "%s: exit %d\n%s", cmd, rc, out);
+        snprintf(path, sizeof path, "%s/official.safetensors", dir);
+        got = rc == 0 ? qkv_st_open(path) : NULL;
+        if (got) {
+            CHECK(close_scaled("pred_logits", qkv_st_load(ctx, got, "pred_logits"),
+                               last_layer(ctx, fixture_get(ctx, fx, "__logits")), 2e-6),
+                  "official");
+            CHECK(close_scaled("pred_boxes", qkv_st_load(ctx, got, "pred_boxes"),
+                               last_layer(ctx, fixture_get(ctx, fx, "__boxes")), 2e-6),
+                  "official");
+        }
+        qkv_st_close(got);
+    }
+    qkv_st_writer_free(w);
+    /* a mask of the wrong size: exit 1, named, no output */
+    snprintf(path, sizeof path, "%s/bad.safetensors", dir);
+    w = qkv_st_writer_new();
+    float z[2 * 64 * 64] = {0};
+    if (x && w && qkv_st_add_tensor(w, "pixel_values", x) == QKV_OK &&
+        qkv_st_add_f32(w, "pixel_mask", QKV_DT_F32, 3, (int64_t[]){2, 64, 64}, z) == QKV_OK &&
+        qkv_st_write(w, path) == QKV_OK) {
+        snprintf(cmd, sizeof cmd, "%s forward --arch detr --weights %s/detr_model_r18.safetensors "
+                 "--input %s --output %s/none.safetensors 2>&1", test_qkv_bin(), fx_dir, path, dir);
+        rc = test_run(cmd, out, sizeof out);
+        CHECK(rc == 1 && strstr(out, "pixel_mask") && strstr(out, "(N=2, H=64, W=96)"),
+              "exit %d: %s", rc, out);
+        snprintf(path, sizeof path, "%s/none.safetensors", dir);
+        CHECK(access(path, F_OK) != 0, "an output file after a failure");
+    }
+    qkv_st_writer_free(w);
+    qkv_st_close(io);
+    qkv_st_close(fx);
+    qkv_ctx_free(ctx);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0, "%s", cmd);
+}

@@ -580,3 +580,72 @@ int64_t qkv_model_translate(qkv_ctx *ctx, qkv_model *m, const char *text,
     qkv__free(ids);
     return k;
 }
+
+/* ---- using a DETR ---- */
+
+int64_t qkv_model_detect(qkv_ctx *ctx, qkv_model *m, const qkv_image *img,
+                         qkv_detection *dets, qkv_tensor **attn)
+{
+    if (attn)
+        *attn = NULL;
+    if (!ctx || !m || !img || !img->data || !dets) {
+        qkv_set_error(QKV_ERR_ARG, "model_detect: NULL argument");
+        return -1;
+    }
+    if (m->kind != QKV_MODEL_DETR) {
+        qkv_set_error(QKV_ERR_ARG, "model_detect: a %s model does not detect",
+                      qkv_model_kind_name(m->kind));
+        return -1;
+    }
+    const qkv_detr *d = &m->detr;
+    const qkv_detr_input *in = &m->detr_in;
+    int64_t C = d->cfg.in_channels, Q = d->cfg.num_queries, K1 = d->cfg.num_classes + 1;
+    if (img->c != 1 && img->c != 3) {
+        qkv_set_error(QKV_ERR_SHAPE, "model_detect: an image of %lld channels (1 or 3)",
+                      (long long)img->c);
+        return -1;
+    }
+    /* the model's channels, then its resize and normalisation */
+    qkv_image x = {0}, grey = {.c = C, .h = img->h, .w = img->w};
+    const qkv_image *src = img;
+    if (img->c != C) {
+        int64_t hw = img->h * img->w;
+        if (!(grey.data = qkv__malloc((size_t)(C * hw) * sizeof(float))))
+            return -1;
+        for (int64_t i = 0; i < hw; i++)
+            for (int64_t c = 0; c < C; c++)
+                grey.data[c * hw + i] =
+                    C == 1 ? 0.299f * img->data[i] + 0.587f * img->data[hw + i] +
+                                 0.114f * img->data[2 * hw + i]
+                           : img->data[i];
+        src = &grey;
+    }
+    int64_t oh = src->h, ow = src->w;
+    if (in->size > 0)
+        qkv_det_resized_size(src->h, src->w, in->size, in->max_size, &oh, &ow);
+    qkv_status st = oh != src->h || ow != src->w ? qkv_image_resize(&x, src, oh, ow)
+                                                 : qkv_image_crop(&x, src, 0, 0, oh, ow);
+    qkv__free(grey.data);
+    if (st)
+        return -1;
+    qkv_image_normalize(&x, in->mean, in->std);
+    int was_training = qkv_set_training(ctx, 0), had_grad = qkv_set_grad_enabled(ctx, 0);
+    qkv_tensor *px = qkv_new(ctx, 4, (int64_t[]){1, C, oh, ow});
+    qkv_detr_output o;
+    st = px ? QKV_OK : qkv_error_status();
+    if (px) {
+        memcpy(px->data, x.data, (size_t)(C * oh * ow) * sizeof(float));
+        st = qkv_detr_forward(ctx, d, px, NULL, attn != NULL, &o);
+    }
+    qkv_image_free(&x);
+    qkv_set_training(ctx, was_training);
+    qkv_set_grad_enabled(ctx, had_grad);
+    if (st)
+        return -1;
+    int64_t L = o.logits->shape[0];
+    qkv_detr_postprocess(dets, o.logits->data + (L - 1) * Q * K1, o.boxes->data + (L - 1) * Q * 4,
+                         Q, K1, (double)img->w, (double)img->h);
+    if (attn)
+        *attn = qkv_reshape(ctx, o.cross_attn, 3, (int64_t[]){Q, o.feat_h, o.feat_w});
+    return Q;
+}

@@ -201,9 +201,130 @@ int cmd_eval_detr(int argc, char **argv)
     return code;
 }
 
+/* ---- detect ---- */
+
+/* out with "-N" before its extension, for the N-th of several images */
+static void numbered(char *buf, size_t n, const char *out, int i, int count)
+{
+    if (count == 1) {
+        snprintf(buf, n, "%s", out);
+        return;
+    }
+    const char *dot = strrchr(out, '.'), *slash = strrchr(out, '/');
+    if (!dot || (slash && dot < slash))
+        dot = out + strlen(out);
+    snprintf(buf, n, "%.*s-%d%s", (int)(dot - out), out, i + 1, dot);
+}
+
 int cmd_detect(int argc, char **argv)
 {
-    (void)argc, (void)argv;
-    fprintf(stderr, "qkv detect: not yet\n");
-    return 1;
+    const char *model = "runs/detr", *out = "boxes.png", *attention = NULL;
+    double threshold = 0.7;
+    int64_t heads = 0;
+    arg_opt opts[] = {
+        {.name = "model", .kind = ARG_STRING, .value = &model, .metavar = "PATH",
+         .help = "a model file, or a directory holding model.safetensors (official or "
+                 "Hugging Face DETR checkpoints too)"},
+        {.name = "out", .kind = ARG_STRING, .value = &out, .metavar = "PNG",
+         .help = "the picture with boxes, labels and scores (several images: PNG-1.png, ..)"},
+        {.name = "attention", .kind = ARG_STRING, .value = &attention, .metavar = "PNG",
+         .help = "also draw each kept query's decoder cross-attention over the image"},
+        {.name = "threshold", .kind = ARG_FLOAT, .value = &threshold, .min = 0, .max = 1,
+         .help = "keep detections scoring above this (DETR's demo: 0.7)"},
+        {.name = "heads", .kind = ARG_INT, .value = &heads, .min = 0, .max = 4096,
+         .help = "attention heads, for a file whose metadata does not say (0: from the file)"},
+    };
+    args_spec s = {
+        .command = "detect",
+        .summary = "Detects objects in PNG or JPEG images with a DETR: prints each kept\n"
+                   "detection (class, score, box x0 y0 x1 y1 in pixels) and draws them;\n"
+                   "--attention draws what each kept query looks at, as the DETR paper's\n"
+                   "figures do.",
+        .positional = "IMAGE",
+        .max_positional = 1000,
+        .opts = opts,
+        .n_opts = (int)(sizeof opts / sizeof opts[0]),
+    };
+    int rc = args_parse(&s, argc, argv);
+    if (rc != ARGS_CONTINUE)
+        return rc;
+    if (s.n_pos < 1) {
+        fprintf(stderr, "qkv detect: give one or more images (qkv detect --help)\n");
+        return 2;
+    }
+    qkv_model *m;
+    if (open_detr(&m, "detect", model, heads))
+        return 1;
+    qkv_detr *d = qkv_model_detr(m);
+    int64_t Q = d->cfg.num_queries, K = d->cfg.num_classes;
+    const char **names = calloc((size_t)K, sizeof *names);
+    qkv_detection *dets = calloc((size_t)Q, sizeof *dets), *kept = calloc((size_t)Q, sizeof *kept);
+    float *maps = NULL;
+    qkv_ctx *ctx = qkv_ctx_new();
+    int code = names && dets && kept && ctx ? 0 : 1;
+    if (code)
+        fprintf(stderr, "qkv detect: out of memory\n");
+    for (int64_t k = 0; names && k < K; k++)
+        names[k] = qkv_model_class_name(m, k);
+    qkv_det_plot_opts po = {.class_names = names, .n_names = K};
+    for (int i = 0; i < s.n_pos && !code; i++) {
+        qkv_image img;
+        qkv_tensor *attn = NULL;
+        if (qkv_image_read(&img, s.pos[i]) != QKV_OK) {
+            fprintf(stderr, "qkv detect: %s\n", qkv_error());
+            code = 1;
+            break;
+        }
+        if (qkv_model_detect(ctx, m, &img, dets, attention ? &attn : NULL) < 0) {
+            fprintf(stderr, "qkv detect: %s: %s\n", s.pos[i], qkv_error());
+            qkv_image_free(&img);
+            code = 1;
+            break;
+        }
+        int64_t n = 0, hw = attn ? attn->shape[1] * attn->shape[2] : 0;
+        free(maps);
+        maps = attn ? malloc((size_t)(Q * hw) * sizeof *maps) : NULL;
+        printf("%s:\n", s.pos[i]);
+        for (int64_t q = 0; q < Q; q++) {
+            if (!(dets[q].score > threshold))
+                continue;
+            if (maps)
+                memcpy(maps + n * hw, attn->data + q * hw, (size_t)hw * sizeof *maps);
+            kept[n++] = dets[q];
+            const char *name = names[dets[q].label];
+            printf("  %-14s %.3f  %7.1f %7.1f %7.1f %7.1f  (query %lld)\n",
+                   name ? name : "?", (double)dets[q].score, (double)dets[q].box[0],
+                   (double)dets[q].box[1], (double)dets[q].box[2], (double)dets[q].box[3],
+                   (long long)q);
+        }
+        if (n == 0)
+            printf("  nothing above %.2f\n", threshold);
+        char path[4200];
+        numbered(path, sizeof path, out, i, s.n_pos);
+        if (qkv_plot_detections(path, &img, kept, n, &po) != QKV_OK) {
+            fprintf(stderr, "qkv detect: %s\n", qkv_error());
+            code = 1;
+        } else {
+            printf("  wrote %s\n", path);
+        }
+        if (!code && attention && n > 0) {
+            numbered(path, sizeof path, attention, i, s.n_pos);
+            if (!maps || qkv_plot_detr_attention(path, &img, kept, n, maps, attn->shape[1],
+                                                 attn->shape[2], &po) != QKV_OK) {
+                fprintf(stderr, "qkv detect: %s\n", maps ? qkv_error() : "out of memory");
+                code = 1;
+            } else {
+                printf("  wrote %s\n", path);
+            }
+        }
+        qkv_ctx_reset(ctx);
+        qkv_image_free(&img);
+    }
+    free(maps);
+    free(names);
+    free(dets);
+    free(kept);
+    qkv_ctx_free(ctx);
+    qkv_model_free(m);
+    return code;
 }

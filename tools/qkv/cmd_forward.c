@@ -242,7 +242,7 @@ int cmd_forward(int argc, char **argv)
         {.name = "output", .kind = ARG_STRING, .value = &o.output, .metavar = "FILE",
          .help = "where the named outputs go, safetensors (required)"},
         {.name = "heads", .kind = ARG_INT, .value = &o.heads, .min = 1, .max = 4096,
-         .help = "attention heads (mha, transformer, vit; else the weights' __metadata__ "
+         .help = "attention heads (mha, transformer, vit, detr; else the weights' __metadata__ "
                  "num_heads)"},
         {.name = "batch-first", .kind = ARG_FLAG, .value = &o.batch_first,
          .help = "mha, transformer: inputs and outputs are (B, N, E), not (N, B, E)"},

@@ -30,7 +30,8 @@
     X(additive, "d2l AdditiveAttention: queries, keys, values -> output, attention_weights") \
     X(dot, "d2l DotProductAttention: queries, keys, values -> output, attention_weights") \
     X(transformer, "torch.nn.Transformer: src, tgt and PyTorch's masks (bool or float, mixed) -> output") \
-    X(vit, "torchvision VisionTransformer: x (N, C, H, W) -> logits")
+    X(vit, "torchvision VisionTransformer: x (N, C, H, W) -> logits")                        \
+    X(detr, "DETR, official or Hugging Face names: pixel_values, pixel_mask -> pred_logits, pred_boxes")
 
 typedef struct {
     qkv_ctx *ctx;
