@@ -3349,6 +3349,15 @@ typedef struct {
     double flip_p, crop_p;
     int64_t eval_size, eval_max_size;
     float mean[3], std[3];          /* normalisation, per model channel */
+    /* the backbone pretrained first, as DETR's is on ImageNet, here on the
+     * items the scenes are made of: the ResNet with a 10-way fc classifies
+     * Fashion-MNIST's training images at pretrain_size pixels (random
+     * shifts and flips; AdamW, pretrain_lr, cosine) for pretrain_epochs,
+     * then its weights and statistics start DETR's backbone */
+    int64_t pretrain_epochs, pretrain_size, pretrain_batch;
+    int64_t pretrain_limit;         /* the first N training images (0: all 60000) */
+    double pretrain_lr;
+    const char *mnist_dir;          /* NULL: QKV_MNIST_DIR */
     /* the run */
     const char *data_dir;           /* train/, val/, annotations/{train,val}.json;
                                        NULL: "data/scenes", made (qkv_scenes_make,

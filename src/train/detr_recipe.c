@@ -66,13 +66,16 @@ qkv_status qkv_detr_recipe_preset(qkv_detr_recipe *r, const char *name)
          * multi-scale resizing (docs/detr.md has the runs) */
         static const int64_t scales[] = {112, 128, 144};
         *r = (qkv_detr_recipe){.model = {.backbone_depth = 18, .in_channels = 1,
-                                         .backbone_bn = 1, .hidden_dim = 128, .num_heads = 8,
+                                         .backbone_bn = 1, .frozen_stages = 2,
+                                         .hidden_dim = 128, .num_heads = 8,
                                          .dim_feedforward = 512, .enc_layers = 3,
                                          .dec_layers = 3, .num_queries = 20},
-                               .epochs = 40, .batch_size = 16, .lr = 2e-4, .lr_backbone = 2e-4,
+                               .epochs = 40, .batch_size = 16, .lr = 2e-4, .lr_backbone = 5e-5,
                                .weight_decay = 1e-4, .clip = 0.1, .lr_drop = 30,
                                .max_size = 144, .flip_p = 0.5, .eval_size = 128,
-                               .eval_max_size = 128, .mean = {0.449f}, .std = {0.226f}};
+                               .eval_max_size = 128, .mean = {0.449f}, .std = {0.226f},
+                               .pretrain_epochs = 2, .pretrain_size = 32,
+                               .pretrain_batch = 128, .pretrain_lr = 2e-3};
         set_scales(r->scales, &r->n_scales, scales, 3);
         if (!strcmp(name, "demo")) {
             r->epochs = 2;
@@ -83,6 +86,7 @@ qkv_status qkv_detr_recipe_preset(qkv_detr_recipe *r, const char *name)
                              name);
     }
     r->data_dir = keep.data_dir, r->out_dir = keep.out_dir, r->seed = keep.seed;
+    r->mnist_dir = keep.mnist_dir;
     r->resume = keep.resume, r->threads = keep.threads, r->quiet = keep.quiet;
     if (keep.limit)
         r->limit = keep.limit;
@@ -266,6 +270,127 @@ static qkv_status save_model(qkv_trainer *t, const char *dir, void *user)
     return st ? st : qkv_model_save(v->model, path);
 }
 
+/* ---- the backbone's pretraining ---- */
+
+typedef struct {
+    qkv_resnet net;
+    qkv_mnist data;
+    int64_t size, channels, B;
+    qkv_augment aug;
+    qkv_ce_opts ce;
+} pretrain_run;
+
+/* images (B, channels, size, size), then labels (B) */
+static qkv_status pretrain_fill(void *user, const int64_t *idx, int64_t n, qkv_rng *rng,
+                                void *batch)
+{
+    const pretrain_run *p = user;
+    int64_t px = p->size * p->size;
+    int64_t *y = (int64_t *)(void *)((float *)batch + p->B * p->channels * px);
+    for (int64_t i = 0; i < n; i++) {
+        float *img = (float *)batch + i * p->channels * px;
+        qkv_status st = qkv_mnist_image(img, &p->data, idx[i], p->size, rng, &p->aug);
+        if (st)
+            return st;
+        for (int64_t c = 1; c < p->channels; c++) /* grey into every channel */
+            memcpy(img + c * px, img, (size_t)px * sizeof(float));
+        y[i] = p->data.labels[idx[i]];
+    }
+    return QKV_OK;
+}
+
+static qkv_tensor *pretrain_loss(qkv_ctx *ctx, const qkv_train_batch *b, void *user)
+{
+    const pretrain_run *p = user;
+    int64_t px = p->size * p->size, n = b->hi - b->lo;
+    const int64_t *y = (const int64_t *)(const void *)((const float *)b->batch +
+                                                      p->B * p->channels * px) + b->lo;
+    qkv_tensor *x = qkv_wrap(ctx, 4, (int64_t[]){n, p->channels, p->size, p->size},
+                             (float *)b->batch + b->lo * p->channels * px);
+    qkv_tensor *logits = x ? qkv_resnet_forward(ctx, &p->net, x, QKV_RESNET_LOGITS, 0) : NULL;
+    qkv_tensor *l = logits ? qkv_cross_entropy(ctx, logits, y, &p->ce) : NULL;
+    if (!l)
+        return NULL;
+    for (int64_t r = 0; r < n; r++) {
+        const float *row = logits->data + r * 10;
+        int64_t best = 0;
+        for (int64_t k = 1; k < 10; k++)
+            best = row[k] > row[best] ? k : best;
+        b->stats[0] += best == y[r];
+    }
+    return qkv_scale(ctx, l, 1.0f / (float)b->n_global);
+}
+
+static qkv_status pretrain_evaluate(qkv_trainer *t, qkv_train_epoch *e, void *user)
+{
+    (void)t, (void)user;
+    return qkv_train_epoch_put(e, "train_acc", e->examples ? e->stats[0] / (double)e->examples
+                                                           : NAN);
+}
+
+/* Trains the backbone as a Fashion-MNIST classifier and copies its weights
+ * and batch-norm statistics into DETR's (the same names, fc left out). */
+static qkv_status pretrain_backbone(const qkv_detr_recipe *r, qkv_detr *m, qkv_params *dst)
+{
+    pretrain_run p = {.size = r->pretrain_size > 0 ? r->pretrain_size : 32,
+                      .channels = m->cfg.in_channels,
+                      .aug = {.crop = 4, .flip = 1},
+                      .ce = {.ignore_index = QKV_NO_IGNORE, .reduction = QKV_REDUCE_SUM}};
+    qkv_params *ps = qkv_params_new();
+    qkv_trainer *t = NULL;
+    qkv_resnet_config rc = {.depth = m->cfg.backbone_depth, .in_channels = m->cfg.in_channels,
+                            .num_classes = 10};
+    qkv_status st = ps ? qkv_mnist_load(&p.data, r->mnist_dir, 1) : qkv_error_status();
+    if (!st)
+        st = qkv_resnet_init(&p.net, ps, "backbone.0.body", &rc);
+    if (!st)
+        st = qkv_params_alloc(ps);
+    if (st)
+        goto done;
+    qkv_rng init;
+    qkv_rng_seed(&init, r->seed + 3);
+    qkv_resnet_reset(&p.net, &init);
+    p.B = r->pretrain_batch > 0 ? r->pretrain_batch : 128;
+    if (r->pretrain_limit > 0 && p.B > r->pretrain_limit)
+        p.B = r->pretrain_limit;
+    size_t bytes = (size_t)(p.B * p.channels * p.size * p.size) * sizeof(float) +
+                   (size_t)p.B * sizeof(int64_t);
+    if (!r->quiet) {
+        printf("pretraining the backbone: ResNet-%d classifying Fashion-MNIST at %lldx%lld, "
+               "%lld epochs\n", m->cfg.backbone_depth, (long long)p.size, (long long)p.size,
+               (long long)r->pretrain_epochs);
+        fflush(stdout);
+    }
+    static const char *const curves[] = {"loss", "train_acc", NULL};
+    t = qkv_trainer_new(&(qkv_trainer_config){
+        .params = ps, .loss = pretrain_loss, .user = &p, .epochs = r->pretrain_epochs,
+        .data = {.n_examples = r->pretrain_limit > 0 && r->pretrain_limit < p.data.n
+                                   ? r->pretrain_limit
+                                   : p.data.n,
+                 .batch_size = p.B, .shuffle = 1, .drop_last = 1,
+                 .seed = r->seed + 4, .batch_bytes = bytes, .fill = pretrain_fill, .user = &p},
+        .optim = {.kind = QKV_ADAMW, .lr = (float)(r->pretrain_lr > 0 ? r->pretrain_lr : 2e-3),
+                  .weight_decay = 0.05f},
+        .schedule = {.kind = QKV_LR_COSINE, .warmup_epochs = 0.2},
+        .threads = r->threads, .seed = r->seed + 5, .evaluate = pretrain_evaluate,
+        .label = "pretrain", .print_every = r->quiet ? -1 : 1, .curves = curves});
+    if (!t || (st = qkv_trainer_run(t)) != QKV_OK) {
+        st = t ? st : qkv_error_status();
+        goto done;
+    }
+    /* into DETR's backbone by name (fc is the classifier's alone) */
+    for (int64_t i = 0; i < qkv_params_count(ps); i++) {
+        qkv_tensor *a = qkv_params_at(ps, i), *b = qkv_params_find(dst, a->name);
+        if (b && qkv_numel(a) == qkv_numel(b))
+            memcpy(b->data, a->data, (size_t)qkv_numel(a) * sizeof(float));
+    }
+done:
+    qkv_trainer_free(t);
+    qkv_params_free(ps);
+    qkv_mnist_free(&p.data);
+    return st;
+}
+
 static bool exists(const char *path)
 {
     struct stat sb;
@@ -351,6 +476,9 @@ qkv_status qkv_detr_train(const qkv_detr_recipe *r, qkv_detr_result *res)
     qkv_rng init;
     qkv_rng_seed(&init, r->seed + 2);
     qkv_detr_reset(v.m, &init);
+    if (r->pretrain_epochs > 0 && !r->resume &&
+        (st = pretrain_backbone(r, v.m, qkv_model_params(v.model))))
+        goto done;
     /* the loss: DETR's unless the recipe says otherwise */
     v.loss = qkv_detr_loss_defaults();
     if (r->loss.cost_class || r->loss.cost_bbox || r->loss.cost_giou || r->loss.weight_ce ||
