@@ -9,7 +9,8 @@
 #                   $QKV_THREADS alone when it is set)
 #   --rounds N      rounds per model case (default 5)
 #   --cases LIST    model cases to run (default all): mha_small, mha_large,
-#                   tf_book, tf_large, vit_train, vitb16_b1, vitb16_b8, moco_v2
+#                   tf_book, tf_large, vit_train, vitb16_b1, vitb16_b8, moco_v2,
+#                   detr_r50, detr_train
 #   --debian        Debian's PyTorch 1.13 as one more model peer (the ops
 #                   table always has it)
 #   --no-compile    leave torch.compile out (it compiles in every round)
@@ -58,7 +59,7 @@ IFS=, read -r -a threads_all <<<"$threads_list"
 # the library's own compiler and flags, from the Makefile
 mapfile -t f < <(make -s --no-print-directory -f Makefile -f bench/flags.mk bench-flags BUILD="$build")
 cc=${f[0]} cflags=${f[1]} ldflags=${f[2]} ldlibs=${f[3]}
-for b in ops mha transformer vit moco; do
+for b in ops mha transformer vit moco detr; do
     # shellcheck disable=SC2086
     $cc $cflags -o "$build/bench_$b" "bench/bench_$b.c" "$build/libqkv.a" $ldflags $ldlibs
 done
@@ -88,7 +89,7 @@ if [ $venv = 0 ]; then compile=0 ort=0; fi
 all_cases=(mha:mha_small:- mha:mha_large:- transformer:tf_book_full:tf_book
            transformer:tf_large_full:tf_large vit:vit_train_full:vit_train
            vit:vitb16_b1_full:vitb16_b1 vit:vitb16_b8_full:vitb16_b8
-           moco:moco_v2_full:moco_v2)
+           moco:moco_v2_full:moco_v2 detr:detr_r50_full:- detr:detr_train_full:-)
 cases=()
 for c in "${all_cases[@]}"; do
     rest=${c#*:} trick=${c##*:}

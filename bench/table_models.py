@@ -43,6 +43,10 @@ CASES = [
     ("moco_v2_full", "MoCo v2 train step, ViT 28x28x1 (patch 4, E 96, 4 blocks), MLP head, "
      "batch 256, K 4096, AdamW, every token", "moco_v2",
      "qkv computing the class token alone in the last block"),
+    ("detr_r50_full", "DETR-R50 inference, 800x1066, batch 1 (frozen BN, 6 + 6 layers, "
+     "100 queries)", None, None),
+    ("detr_train_full", "DETR train step, `qkv train detr`'s default (ResNet-18, 128x128x1, "
+     "batch 16, E 128, 3 + 3 layers, 20 queries; matching, set loss, AdamW)", None, None),
 ]
 # the peers' files, in column order
 PEERS = [("eager", "PyTorch eager"), ("compile", "torch.compile"), ("ort", "ONNX Runtime"),

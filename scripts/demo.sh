@@ -24,4 +24,11 @@ echo "== 3. ViT on Fashion-MNIST (--preset demo: 3 epochs on 12000 images, about
     tests/data/fashion-0-ankle-boot.png tests/data/fashion-1-pullover.png
 
 echo
+echo "== 4. DETR on the scenes (--preset demo: the backbone pretrained on 10000 Fashion-MNIST"
+echo "   images, then 3 epochs on 1000 scenes; data/scenes is made first if absent)"
+"$QKV" train detr --preset demo --out-dir "$OUT/detr"
+"$QKV" detect --model "$OUT/detr" --threshold 0.3 --out "$OUT/detr/boxes.png" \
+    --attention "$OUT/detr/attention.png" data/scenes/val/000001.png
+
+echo
 echo "pictures, metrics and models are in $OUT/"

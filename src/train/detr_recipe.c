@@ -77,9 +77,10 @@ qkv_status qkv_detr_recipe_preset(qkv_detr_recipe *r, const char *name)
                                .pretrain_epochs = 2, .pretrain_size = 32,
                                .pretrain_batch = 128, .pretrain_lr = 2e-3};
         set_scales(r->scales, &r->n_scales, scales, 3);
-        if (!strcmp(name, "demo")) {
-            r->epochs = 2;
-            r->limit = 800, r->eval_limit = 200;
+        if (!strcmp(name, "demo")) { /* a few minutes: the pipeline, not a detector */
+            r->epochs = 3, r->lr_drop = 0;
+            r->limit = 1000, r->eval_limit = 200;
+            r->pretrain_epochs = 1, r->pretrain_limit = 10000;
         }
     } else {
         return qkv_set_error(QKV_ERR_ARG, "detr: unknown preset '%s' (default, detr-r50, demo)",
