@@ -11,8 +11,8 @@
  * 4:3 image), eval mode, no gradients: every decoder layer's logits and
  * boxes, as DETR's forward computes them (its aux outputs).
  * detr_train: the default preset's step: 16 grey 128x128 images with 1-5
- * random boxes each, ResNet-18 with batch statistics (stem and layer1
- * frozen), width 128, 8 heads, 3 + 3 layers, FFN 512, 20 queries, 11
+ * random boxes each, ResNet-18 of width 32 with batch statistics (stem and
+ * layer1 frozen), width 128, 8 heads, 3 + 3 layers, FFN 512, 20 queries, 11
  * classes, no dropout (as the preset); forward, Hungarian matching and the set criterion on every
  * decoder layer, backward, clipping to 0.1, AdamW with the backbone at a
  * quarter of the rate; one shard of the batch per thread, as the trainer
@@ -85,8 +85,8 @@ int main(int argc, char **argv)
         s.B = 1, s.C = 3, s.H = 800, s.W = 1066;
     } else if (name && !strcmp(name, "detr_train_full")) {
         cfg = (qkv_detr_config){.backbone_depth = 18, .in_channels = 1, .backbone_bn = 1,
-                                .frozen_stages = 2, .hidden_dim = 128, .num_heads = 8,
-                                .dim_feedforward = 512, .enc_layers = 3, .dec_layers = 3,
+                                .frozen_stages = 2, .backbone_width = 32, .hidden_dim = 128,
+                                .num_heads = 8, .dim_feedforward = 512, .enc_layers = 3, .dec_layers = 3,
                                 .num_queries = 20, .num_classes = 11};
         s.B = 16, s.C = 1, s.H = 128, s.W = 128;
         train = 1, reps = 5;

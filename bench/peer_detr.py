@@ -8,7 +8,8 @@ criterion with the Hungarian matcher on scipy (tests/parity/cases_detr.py):
 detr_r50: DETR-R50 (FrozenBatchNorm2d, width 256, 8 heads, 6 + 6 layers, FFN
 2048, 100 queries, 91 classes) in eval mode under torch.inference_mode(),
 one 800x1066 image, every decoder layer's logits and boxes. detr_train: 16
-grey 128x128 images with 1-5 random boxes, ResNet-18 with BatchNorm2d in
+grey 128x128 images with 1-5 random boxes, ResNet-18 of width 32
+(torchvision's with 32 channels where it has 64) with BatchNorm2d in
 training mode, stem and layer1 frozen, width 128, 8 heads, 3 + 3 layers,
 FFN 512, 20 queries, 11 classes; forward, matching and loss on every
 decoder layer, backward, clip_grad_norm_(0.1), AdamW (foreach) with the
@@ -33,6 +34,7 @@ def main():
         import cases_detr as C
         import cases_detr_model as D
         import cases_resnet as R
+        from detr_export import NarrowResNet
     except ImportError:  # scripts/bench-setup.sh installs torchvision and scipy
         print(f"{case}_ms n/a")
         return
@@ -57,10 +59,11 @@ def main():
         peer.report(case, ms, list(m.parameters()) + list(m.buffers()))
     else:
         B = 16
-        net = resnet18()
-        net.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-        net.fc = nn.Identity()
+        from torchvision.models.resnet import BasicBlock
+        net = NarrowResNet(BasicBlock, [2, 2, 2, 2], 32, nn.BatchNorm2d)
+        net.conv1 = nn.Conv2d(1, 32, 7, 2, 3, bias=False)
         m = D.DETR(net, 128, 8, 512, 3, 3, 20, 11).train()
+        m.input_proj = nn.Conv2d(256, 128, kernel_size=1)
         for n, p in m.named_parameters():  # DETR's Backbone: layer2..4 train
             if n.startswith("backbone.") and not any(f"layer{k}" in n for k in (2, 3, 4)):
                 p.requires_grad_(False)

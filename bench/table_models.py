@@ -45,7 +45,8 @@ CASES = [
      "qkv computing the class token alone in the last block"),
     ("detr_r50_full", "DETR-R50 inference, 800x1066, batch 1 (frozen BN, 6 + 6 layers, "
      "100 queries)", None, None),
-    ("detr_train_full", "DETR train step, `qkv train detr`'s default (ResNet-18, 128x128x1, "
+    ("detr_train_full", "DETR train step, `qkv train detr`'s default (ResNet-18 "
+     "of width 32, 128x128x1, "
      "batch 16, E 128, 3 + 3 layers, 20 queries; matching, set loss, AdamW)", None, None),
 ]
 # the peers' files, in column order

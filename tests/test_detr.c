@@ -697,8 +697,10 @@ TEST(detr_recipe_trains_saves_and_the_file_runs_everywhere)
     qkv_model *m = qkv_model_open(path, NULL);
     REQUIRE(m && qkv_model_detr(m), "%s", m ? "not a DETR" : qkv_error());
     qkv_detr *d = qkv_model_detr(m);
-    CHECK(d->cfg.num_classes == 4 && d->cfg.backbone_bn && d->cfg.hidden_dim == 16,
-          "config: %lld classes", (long long)d->cfg.num_classes);
+    CHECK(d->cfg.num_classes == 4 && d->cfg.backbone_bn && d->cfg.hidden_dim == 16 &&
+              d->cfg.backbone_width == 32 && d->backbone.features == 256,
+          "config: %lld classes, backbone width %lld", (long long)d->cfg.num_classes,
+          (long long)d->cfg.backbone_width);
     CHECK(!strcmp(qkv_model_class_name(m, 3), "dog") && !strcmp(qkv_model_class_name(m, 1), "cat") &&
               !qkv_model_class_name(m, 2) && !qkv_model_class_name(m, 0), "class names");
     CHECK(qkv_model_detr_input(m)->size == 48 && qkv_model_detr_input(m)->max_size == 64 &&

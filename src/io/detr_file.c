@@ -208,7 +208,8 @@ qkv_status qkv_detr_config_from_file(qkv_detr_config *cfg, const qkv_st_file *f)
                              "not a ResNet-18, 34, 50, 101 or 152", n[0], n[1], n[2], n[3],
                              bottleneck ? "bottleneck" : "basic");
     qkv_detr_config c = {.backbone_depth = depth, .in_channels = conv1[1],
-                         .frozen_stages = cfg->frozen_stages, .hidden_dim = proj[0],
+                         .frozen_stages = cfg->frozen_stages, .backbone_width = conv1[0],
+                         .hidden_dim = proj[0],
                          .num_heads = cfg->num_heads, .dim_feedforward = ffn[0],
                          .enc_layers = n_enc, .dec_layers = n_dec, .num_queries = q[0],
                          .num_classes = cls[0] - 1, .dropout = cfg->dropout};

@@ -264,14 +264,16 @@ static void config_json(const qkv_model *m, char *buf, size_t n)
         const qkv_detr_input *in = &m->detr_in;
         snprintf(buf, n,
                  "{\"model\": \"detr\", \"backbone_depth\": %d, \"in_channels\": %lld, "
-                 "\"backbone_bn\": %d, \"frozen_stages\": %d, \"hidden_dim\": %lld, "
-                 "\"num_heads\": %lld, \"dim_feedforward\": %lld, \"enc_layers\": %lld, "
+                 "\"backbone_bn\": %d, \"frozen_stages\": %d, \"backbone_width\": %lld, "
+                 "\"hidden_dim\": %lld, \"num_heads\": %lld, \"dim_feedforward\": %lld, "
+                 "\"enc_layers\": %lld, "
                  "\"dec_layers\": %lld, \"num_queries\": %lld, \"num_classes\": %lld, "
                  "\"dropout\": %g, \"pre_norm\": %d, \"image_size\": %lld, "
                  "\"max_size\": %lld, \"mean\": [%.9g, %.9g, %.9g], "
                  "\"std\": [%.9g, %.9g, %.9g]}",
                  c->backbone_depth, (long long)c->in_channels, c->backbone_bn, c->frozen_stages,
-                 (long long)c->hidden_dim, (long long)c->num_heads,
+                 (long long)m->detr.backbone.cfg.width, (long long)c->hidden_dim,
+                 (long long)c->num_heads,
                  (long long)c->dim_feedforward, (long long)c->enc_layers,
                  (long long)c->dec_layers, (long long)c->num_queries,
                  (long long)c->num_classes, (double)c->dropout, c->pre_norm,

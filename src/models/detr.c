@@ -46,7 +46,8 @@ qkv_status qkv_detr_init(qkv_detr *m, qkv_params *ps, const qkv_detr_config *cfg
                              (long long)c->num_queries, (long long)c->num_classes,
                              (long long)c->in_channels, (double)c->dropout);
     qkv_resnet_config rc = {.depth = c->backbone_depth, .in_channels = c->in_channels,
-                            .frozen_bn = !c->backbone_bn, .frozen_stages = c->frozen_stages};
+                            .frozen_bn = !c->backbone_bn, .frozen_stages = c->frozen_stages,
+                            .width = c->backbone_width};
     qkv_status st = qkv_resnet_init(&m->backbone, ps, "backbone.0.body", &rc);
     if (st)
         return st;

@@ -19,11 +19,33 @@ import sys
 import torch
 from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases_resnet as R  # noqa: E402
 import cases_detr_model as D  # noqa: E402
 import stio  # noqa: E402
+
+
+class NarrowResNet(ResNet):
+    """torchvision's ResNet with `width` channels in the stem and planes in
+    layer1 instead of 64 (doubled at each layer, the names unchanged): what
+    qkv_resnet_config.width builds."""
+
+    def __init__(self, block, layers, width, norm_layer):
+        nn.Module.__init__(self)
+        self._norm_layer = norm_layer
+        self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Identity()
 
 
 def build(sd, meta):
@@ -38,15 +60,21 @@ def build(sd, meta):
     bottleneck = "backbone.0.body.layer1.0.conv3.weight" in sd
     depth = {(2, 2, 2, 2, False): 18, (3, 4, 6, 3, False): 34, (3, 4, 6, 3, True): 50,
              (3, 4, 23, 3, True): 101}[tuple(blocks) + (bottleneck,)]
-    net = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}[depth](
-        norm_layer=R.FrozenBatchNorm2d)
-    cin = sd["backbone.0.body.conv1.weight"].shape[1]
+    width, cin = sd["backbone.0.body.conv1.weight"].shape[:2]
+    if width == 64:
+        net = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}[depth](
+            norm_layer=R.FrozenBatchNorm2d)
+    else:
+        layers = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}[depth]
+        net = NarrowResNet(Bottleneck if bottleneck else BasicBlock, layers, width,
+                           R.FrozenBatchNorm2d)
     if cin != 3:
-        net.conv1 = nn.Conv2d(cin, 64, 7, 2, 3, bias=False)
+        net.conv1 = nn.Conv2d(cin, width, 7, 2, 3, bias=False)
     net.fc = nn.Identity()
     model = D.DETR(net, E, int(meta["num_heads"]), F, n_enc, n_dec, Q, K)
-    if bottleneck:
-        model.input_proj = nn.Conv2d(2048, E, kernel_size=1)
+    features = sd["input_proj.weight"].shape[1]
+    if features != 512:
+        model.input_proj = nn.Conv2d(features, E, kernel_size=1)
     return model.eval()
 
 
