@@ -25,7 +25,7 @@ typedef struct {
     int64_t *path;          /* (nc) the row a column was reached from        */
     int64_t *col4row;       /* (nr) matched column or -1                     */
     int64_t *row4col;       /* (nc) matched row or -1                        */
-    int64_t *todo;          /* (nc) columns not yet settled, first ntodo     */
+    int64_t *open;          /* (nc) columns not yet settled, first nopen     */
     uint8_t *row_seen;      /* (nr) rows on the search tree                  */
     uint8_t *col_done;      /* (nc) settled columns                          */
 } lsa;
@@ -46,18 +46,18 @@ static bool augment(lsa *s, int64_t cur)
         s->dist[j] = INFINITY;
         s->path[j] = -1;
         s->col_done[j] = 0;
-        s->todo[j] = j;
+        s->open[j] = j;
     }
     memset(s->row_seen, 0, (size_t)nr);
-    int64_t ntodo = nc, i = cur, sink = -1;
+    int64_t nopen = nc, i = cur, sink = -1;
     double dmin = 0; /* distance of the column settled last */
     while (sink < 0) {
         s->row_seen[i] = 1;
         const double *ci = s->cost + i * s->rs;
         double ui = s->u[i], lowest = INFINITY;
         int64_t at = -1;
-        for (int64_t t = 0; t < ntodo; t++) {
-            int64_t j = s->todo[t];
+        for (int64_t t = 0; t < nopen; t++) {
+            int64_t j = s->open[t];
             double r = dmin + ci[j * s->cs] - ui - s->v[j];
             if (r < s->dist[j]) {
                 s->dist[j] = r;
@@ -73,9 +73,9 @@ static bool augment(lsa *s, int64_t cur)
         if (at < 0 || lowest == INFINITY)
             return false;
         dmin = lowest;
-        int64_t j = s->todo[at];
+        int64_t j = s->open[at];
         s->col_done[j] = 1;
-        s->todo[at] = s->todo[--ntodo];
+        s->open[at] = s->open[--nopen];
         if (s->row4col[j] < 0)
             sink = j;
         else
@@ -125,8 +125,8 @@ qkv_k_lsa_status qkv_k_linear_sum_assignment(int64_t *rows, int64_t *cols, const
     s.path = k;
     s.col4row = k + s.nc;
     s.row4col = s.col4row + s.nr;
-    s.todo = s.row4col + s.nc;
-    s.row_seen = (uint8_t *)(s.todo + s.nc);
+    s.open = s.row4col + s.nc;
+    s.row_seen = (uint8_t *)(s.open + s.nc);
     s.col_done = s.row_seen + s.nr;
     for (int64_t i = 0; i < s.nr; i++) {
         s.u[i] = 0;
