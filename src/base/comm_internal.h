@@ -60,8 +60,10 @@ struct qkv__comm_backend {
     qkv_status (*test)(qkv_comm *c, qkv__comm_req *r, int *done);
 };
 
-extern const qkv__comm_backend qkv__comm_mpi;  /* NULL-like stub without MPI */
-extern const qkv__comm_backend qkv__comm_nccl; /* stub without NCCL */
+/* Built without MPI (or NCCL), the backend's every call refuses with "this qkv
+ * was built without MPI" (qkv_comm_open checks the have_ flags first). */
+extern const qkv__comm_backend qkv__comm_mpi;
+extern const qkv__comm_backend qkv__comm_nccl;
 /* Whether the two are real (built in). */
 extern const int qkv__comm_have_mpi, qkv__comm_have_nccl;
 
