@@ -33,6 +33,13 @@ typedef struct {
     int enc_norm, dec_norm;  /* the stacks' final norms, FINAL_* */
 } tf_layout;
 
+/* the names and habits of PyTorch's nn.Transformer layers (and DETR's) */
+#define TORCH_NAMES                                                                    \
+    .layer = "layers.", .enc_attn = "self_attn", .dec_self_attn = "self_attn",         \
+    .dec_cross_attn = "multihead_attn", .linear1 = "linear1", .linear2 = "linear2",    \
+    .norm = {"norm1", "norm2", "norm3"}, .packed_attn = true, .ffn_dropout = true,     \
+    .dec_norm = FINAL_ALWAYS
+
 static const tf_layout layouts[] = {
     [QKV_TF_D2L] = {.layer = "blks.block",
                     .enc_attn = "attention",
@@ -43,28 +50,10 @@ static const tf_layout layouts[] = {
                     .norm = {"addnorm1.ln", "addnorm2.ln", "addnorm3.ln"},
                     .enc_norm = FINAL_NONE,
                     .dec_norm = FINAL_NONE},
-    [QKV_TF_TORCH] = {.layer = "layers.",
-                      .enc_attn = "self_attn",
-                      .dec_self_attn = "self_attn",
-                      .dec_cross_attn = "multihead_attn",
-                      .linear1 = "linear1",
-                      .linear2 = "linear2",
-                      .norm = {"norm1", "norm2", "norm3"},
-                      .packed_attn = true,
-                      .ffn_dropout = true,
-                      .enc_norm = FINAL_ALWAYS,
-                      .dec_norm = FINAL_ALWAYS},
-    [QKV_TF_DETR] = {.layer = "layers.",
-                     .enc_attn = "self_attn",
-                     .dec_self_attn = "self_attn",
-                     .dec_cross_attn = "multihead_attn",
-                     .linear1 = "linear1",
-                     .linear2 = "linear2",
-                     .norm = {"norm1", "norm2", "norm3"},
-                     .packed_attn = true,
-                     .ffn_dropout = true,
-                     .enc_norm = FINAL_PRE_NORM_ONLY,
-                     .dec_norm = FINAL_ALWAYS},
+    /* nn.Transformer's names; DETR's transformer has the same, but its
+     * encoder ends in a norm only when the layers are pre-norm */
+    [QKV_TF_TORCH] = {TORCH_NAMES, .enc_norm = FINAL_ALWAYS},
+    [QKV_TF_DETR] = {TORCH_NAMES, .enc_norm = FINAL_PRE_NORM_ONLY},
 };
 
 static qkv_status check_config(const qkv_tf_config *c)
