@@ -217,6 +217,10 @@ QKV_API double qkv_rng_normal(qkv_rng *r);
 QKV_API uint64_t qkv_rng_below(qkv_rng *r, uint64_t n);
 /* Fisher-Yates shuffle of idx[0..n). */
 QKV_API void qkv_rng_shuffle(qkv_rng *r, int64_t *idx, int64_t n);
+/* *out = a stream of its own for `key` (e.g. an example's index), seeded
+ * from r's state and key; r does not advance. Streams split from equal rngs
+ * with equal keys are equal, wherever and in whatever order they are made. */
+QKV_API void qkv_rng_split(qkv_rng *out, const qkv_rng *r, uint64_t key);
 
 /* ------------------------------------------------------------------------ */
 /* Arena: a bump allocator that grows by chunks. Reset frees everything at   */
@@ -1127,6 +1131,11 @@ typedef struct {
                                of each global batch of n, so that the ranks
                                together see what one process would. 0 and 0
                                mean rank 0 of 1. */
+    int rng_per_example;    /* 1: the fill's rng is the global batch's on every
+                               rank (else mixed with the rank), for a fill that
+                               draws each example from a stream of its own
+                               (qkv_rng_split(&r, rng, idx[i])): then the ranks'
+                               examples are what one process's would be */
 } qkv_loader_config;
 typedef struct qkv_loader qkv_loader;
 
@@ -2440,24 +2449,31 @@ QKV_API void qkv_moco_free(qkv_moco *m);
 QKV_API void qkv_moco_reset(qkv_moco *m, qkv_rng *r);
 
 /* A batch as the loss and keys see it: the two views of B images, the
- * keys written by qkv_moco_keys, and the shuffle-BN order. */
+ * keys written by qkv_moco_keys, and the shuffle-BN order. Over several
+ * ranks the keys are the global batch's: image i of x1, x2 has key row
+ * row0 + i of k1, k2 (n_keys rows). */
 typedef struct {
     const float *x1, *x2;     /* (B, Cin, H, W): the views                       */
     int64_t B;
-    float *k1, *k2;           /* (B, dim): normalised keys of x1 (v3) and x2      */
+    float *k1, *k2;           /* (n_keys, dim): normalised keys of x1 (v3) and x2 */
     const int64_t *perm;      /* (B): the key encoder's order (NULL: in order)   */
     int64_t groups;           /* batch-norm groups per call (shuffle BN)         */
+    int64_t row0;             /* key row of image 0 (0: one process; rank r of
+                                 equal shares: r B)                              */
+    int64_t n_keys;           /* rows of k1, k2 (0: B); v3's negatives are all   */
 } qkv_moco_batch;
 /* Rows [lo, hi) of the key encoder's batch, without gradients: v1, v2
- * f_k(x2[perm[lo..hi)]) normalised into k2 at rows perm[lo..hi) (shuffled
- * in, put back out); v3 f_k(x1) and f_k(x2) of rows lo..hi into k1 and k2.
- * Shards may write their rows of one batch at once. Uses ctx (its training
- * flag: batch statistics). */
+ * f_k(x2[perm[lo..hi)]) normalised into k2 at rows row0 + perm[lo..hi)
+ * (shuffled in, put back out); v3 f_k(x1) and f_k(x2) of rows lo..hi into
+ * k1 and k2 at rows row0 + lo... Shards may write their rows of one batch
+ * at once. Uses ctx (its training flag: batch statistics). */
 QKV_API qkv_status qkv_moco_keys(qkv_ctx *ctx, qkv_moco *m, const qkv_moco_batch *b,
                                  int64_t lo, int64_t hi);
 /* The loss of rows [lo, hi), summed over them (divide by B for the batch's
- * mean): v1, v2 the InfoNCE of q = f_q(x1) against k2 and the queue; v3
- * ctr(q1, k2) + ctr(q2, k1) against every key of the batch. A scalar. */
+ * mean): v1, v2 the InfoNCE of q = f_q(x1) against its key (k2 row row0 +
+ * i) and the queue; v3 ctr(q1, k2) + ctr(q2, k1) against all n_keys keys
+ * (the global batch's: moco-v3's concat_all_gather), image i's own at row
+ * row0 + i. A scalar. */
 QKV_API qkv_tensor *qkv_moco_loss(qkv_ctx *ctx, qkv_moco *m, const qkv_moco_batch *b,
                                   int64_t lo, int64_t hi);
 /* theta_k = m theta_k + (1 - m) theta_q over the key encoder's parameters
@@ -3219,6 +3235,13 @@ typedef struct {
     const char *out_dir;            /* model.safetensors (qkv_moco_open), checkpoint,
                                        metrics.jsonl, curves.png; NULL: none */
     int resume, threads, quiet;
+    qkv_comm *comm;                 /* ranks training together (NULL: one process):
+                                       each takes batch_size / ranks images of every
+                                       batch (a multiple of the ranks); the keys are
+                                       all-gathered (shuffle BN over the global
+                                       batch, every rank's keys into the queue, v3's
+                                       negatives), the kNN monitor's work is split;
+                                       rank 0 alone prints and writes */
 } qkv_moco_recipe;
 typedef struct {
     double knn_accuracy;            /* the last kNN monitor's test accuracy (NaN: none) */

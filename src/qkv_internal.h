@@ -118,7 +118,10 @@ struct qkv_ctx {
     int64_t grad_n;
     float *grad_to;
     /* Batch norm in training mode: with bn_defer, running statistics are not
-     * written but listed here (call order) for qkv__bn_apply_deferred. */
+     * written but listed here (call order) for qkv__bn_apply_deferred (1:
+     * one of several shards) or qkv__bn_apply_deferred_ranks (2: the one
+     * shard of a rank; a synchronised batch norm, whose moments are every
+     * rank's already, updates at once). */
     int bn_defer;
     qkv__bn_update *bn_first, *bn_last;
     /* Called after each node's backward with the node's place on the tape,
@@ -138,6 +141,13 @@ void qkv__ctx_redirect_grads(qkv_ctx *ctx, const float *lo, int64_t n, float *to
  * a grouped call, every group's update in shard order. Clears the lists.
  * An error (nothing applied) if the contexts' calls differ. */
 qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n);
+/* The same over ranks: every rank's n contexts' updates gathered (two
+ * all-gathers through c, called by every rank) and applied on each in rank
+ * order, as one process of (ranks x n) shards would; so the ranks' running
+ * statistics stay equal and equal one process's. Scratch in ctx[0]'s
+ * arena. Clears the lists. An error (nothing applied) if the ranks' calls
+ * differ, or the communicator's. */
+qkv_status qkv__bn_apply_deferred_ranks(qkv_ctx *const *ctx, int n, qkv_comm *c);
 /* Sets ctx->after_node and its argument (fn NULL: none). */
 void qkv__ctx_set_backward_hook(qkv_ctx *ctx, void (*fn)(void *user, int64_t k), void *user);
 /* Where a backward adds t's gradient: t->grad, redirected (see qkv_ctx). */

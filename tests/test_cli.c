@@ -61,11 +61,13 @@ TEST(cli_single_process_commands_refuse_ranks)
 {
     static char out[8192];
     char cmd[4200];
-    snprintf(cmd, sizeof cmd, "OMPI_COMM_WORLD_SIZE=2 %s train moco --epochs 0 2>&1",
+    snprintf(cmd, sizeof cmd, "OMPI_COMM_WORLD_SIZE=2 %s kernel-regression --epochs 0 2>&1",
              test_qkv_bin());
     int rc = test_run(cmd, out, sizeof out);
-    CHECK(rc == 2 && strstr(out, "qkv train moco: started by a launcher as one of several ranks") &&
-              strstr(out, "train vit"),
+    CHECK(rc == 2 &&
+              strstr(out, "qkv kernel-regression: started by a launcher as one of several "
+                          "ranks") &&
+              strstr(out, "train vit") && strstr(out, "train moco") && strstr(out, "train detr"),
           "exit %d:\n%s", rc, out);
     snprintf(cmd, sizeof cmd, "OMPI_COMM_WORLD_SIZE=2 %s version 2>&1", test_qkv_bin());
     rc = test_run(cmd, out, sizeof out);

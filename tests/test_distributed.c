@@ -127,9 +127,9 @@ static void remove_dir(const char *dir)
     CHECK(system(cmd) == 0, "cleanup of %s", dir);
 }
 
-/* Every float tensor of two safetensors files within atol; returns the
- * largest difference (+inf if a file or a tensor is missing). */
-static double compare_files(const char *a, const char *b, double atol)
+/* Every float tensor of two safetensors files within atol + rtol |b|;
+ * returns the largest difference (+inf if a file or a tensor is missing). */
+static double compare_files(const char *a, const char *b, double atol, double rtol)
 {
     qkv_st_file *fa = qkv_st_open(a), *fb = qkv_st_open(b);
     qkv_ctx *ctx = qkv_ctx_new();
@@ -151,7 +151,7 @@ static double compare_files(const char *a, const char *b, double atol)
             worst = INFINITY;
             continue;
         }
-        check_close(__FILE__, __LINE__, name, x, y, atol, 0.0);
+        check_close(__FILE__, __LINE__, name, x, y, atol, rtol);
         for (int64_t k = 0; k < qkv_numel(x) && qkv_numel(x) == qkv_numel(y); k++)
             worst = fmax(worst, fabs((double)x->data[k] - (double)y->data[k]));
         qkv_ctx_reset(ctx);
@@ -251,11 +251,11 @@ TEST(ddp_vit_two_ranks_give_one_process_weights)
     CHECK(count_lines(a) == 1, "%s has %d lines, not 1", a, count_lines(a));
     snprintf(a, sizeof a, "%s/model.safetensors", one);
     snprintf(b, sizeof b, "%s/model.safetensors", two);
-    double d = compare_files(a, b, 1e-5);
+    double d = compare_files(a, b, 1e-5, 0.0);
     printf("    ViT, 20 steps: max |two ranks - one process| = %.3g\n", d);
     snprintf(a, sizeof a, "%s/checkpoint.safetensors", one);
     snprintf(b, sizeof b, "%s/checkpoint.safetensors", two);
-    compare_files(a, b, 1e-5); /* the optimizer's moments too */
+    compare_files(a, b, 1e-5, 0.0); /* the optimizer's moments too */
     remove_dir(one);
     remove_dir(two);
 }
@@ -283,10 +283,78 @@ TEST(ddp_transformer_two_ranks_give_one_process_weights)
     CHECK(g && !strstr(g + 1, "go . =>"), "translations printed twice or never:\n%s", out);
     snprintf(a, sizeof a, "%s/model.safetensors", one);
     snprintf(b, sizeof b, "%s/model.safetensors", two);
-    double d = compare_files(a, b, 1e-5);
+    double d = compare_files(a, b, 1e-5, 0.0);
     printf("    Transformer, 20 steps: max |two ranks - one process| = %.3g\n", d);
     remove_dir(one);
     remove_dir(two);
+}
+
+/* The text after `key` in out up to the line's end ("" if absent). */
+static void line_after(char *dst, size_t n, const char *out, const char *key)
+{
+    const char *a = strstr(out, key);
+    size_t k = 0;
+    for (a = a ? a + strlen(key) : ""; *a && *a != '\n' && k + 1 < n; a++)
+        dst[k++] = *a;
+    dst[k] = '\0';
+}
+
+/* MoCo v2 on a ResNet-18 of width 8 (`qkv train moco`'s default model,
+ * narrower), 4 steps of 16 images with augmentation, the queue of 64 and
+ * shuffle BN in 8 groups: two ranks of one thread (each 8 images: 4 groups
+ * of 2, the permutation over all 16, the keys all-gathered) against one
+ * process of two threads (each shard 8 images in 4 groups): the same
+ * query and key encoders (batch norms' running statistics included), the
+ * same queue and SGD momentum within 1e-5 relative (they are equal bit for
+ * bit), and the same kNN monitor. */
+static void moco_two_ranks(const char *flags, const char *what)
+{
+    char one[256], two[256], cmd[2048], out[8192], a[300], b[300];
+    temp_dir(one, sizeof one, "moco1");
+    temp_dir(two, sizeof two, "moco2");
+    REQUIRE(one[0] && two[0], "mkdtemp");
+    char args[512];
+    snprintf(args, sizeof args, "train moco %s --limit 64 --batch-size 16 --queue 64 --epochs 1 "
+             "--eval-limit 40 --knn-bank 64", flags);
+    snprintf(cmd, sizeof cmd, "QKV_PROGRESS=0 %s --threads 2 %s --out-dir %s 2>&1",
+             test_qkv_bin(), args, one);
+    int rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0, "one process: rc %d\n%s", rc, out);
+    char knn1[64], knn2[64];
+    line_after(knn1, sizeof knn1, out, "kNN test accuracy ");
+    snprintf(cmd, sizeof cmd, "QKV_PROGRESS=0 %s %s %s --out-dir %s 2>&1", MPIRUN,
+             test_qkv_bin(), args, two);
+    rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "on each of 2 ranks (mpi)"), "two ranks: rc %d\n%s", rc, out);
+    line_after(knn2, sizeof knn2, out, "kNN test accuracy ");
+    const char *e1 = strstr(out, "epoch 1/1:");
+    CHECK(e1 && !strstr(e1 + 1, "epoch 1/1:"), "the epoch's line twice or never:\n%s", out);
+    CHECK(knn1[0] && !strcmp(knn1, knn2), "kNN accuracy: one process '%s', two ranks '%s'",
+          knn1, knn2);
+    snprintf(a, sizeof a, "%s/metrics.jsonl", two);
+    CHECK(count_lines(a) == 1, "%s has %d lines, not 1", a, count_lines(a));
+    snprintf(a, sizeof a, "%s/model.safetensors", one);
+    snprintf(b, sizeof b, "%s/model.safetensors", two);
+    double d = compare_files(a, b, 0.0, 1e-5);
+    printf("    MoCo %s, 4 steps: max |two ranks - one process| = %.3g\n", what, d);
+    snprintf(a, sizeof a, "%s/checkpoint.safetensors", one);
+    snprintf(b, sizeof b, "%s/checkpoint.safetensors", two);
+    compare_files(a, b, 0.0, 1e-5);
+    remove_dir(one);
+    remove_dir(two);
+}
+
+TEST(ddp_moco_v2_shuffle_bn_two_ranks_give_one_process_weights)
+{
+    if (have_mpi())
+        moco_two_ranks("--version 2 --arch resnet18 --width 8", "v2 ResNet-18");
+}
+
+/* v3: no queue; every rank's keys are the negatives of every query */
+TEST(ddp_moco_v3_two_ranks_give_one_process_weights)
+{
+    if (have_mpi())
+        moco_two_ranks("--version 3 --arch resnet18 --width 8", "v3 ResNet-18");
 }
 
 /* Two ranks train an epoch; one process of two threads resumes for the
@@ -315,7 +383,7 @@ TEST(ddp_run_resumes_on_another_number_of_ranks)
     CHECK(rc == 0 && strstr(out, "resumed at epoch 1"), "resumed: rc %d\n%s", rc, out);
     snprintf(a, sizeof a, "%s/model.safetensors", one);
     snprintf(b, sizeof b, "%s/model.safetensors", two);
-    compare_files(a, b, 1e-5);
+    compare_files(a, b, 1e-5, 0.0);
     snprintf(a, sizeof a, "%s/metrics.jsonl", two);
     CHECK(count_lines(a) == 4, "%s: %d lines, not 2 x (an epoch + the final scores)", a,
           count_lines(a));

@@ -204,14 +204,14 @@ static bool bn_check(const char *op, qkv_tensor *x, qkv_tensor *weight, qkv_tens
 /* The running statistics' update of one call: applied now, or listed for
  * qkv_shards_run when the context defers them. false if out of memory. */
 static bool bn_update(qkv_ctx *ctx, const qkv_bn_opts *o, double *mean, double *m2, int64_t G,
-                      int64_t C, int64_t count)
+                      int64_t C, int64_t count, bool synced)
 {
     float *rm = o->running_mean ? o->running_mean->data : NULL;
     float *rv = o->running_var ? o->running_var->data : NULL;
     float *nbt = o->num_batches_tracked ? o->num_batches_tracked->data : NULL;
     if (!rm && !rv && !nbt)
         return true;
-    if (ctx->bn_defer) {
+    if (ctx->bn_defer && !synced) { /* synchronised moments are every rank's already */
         qkv__bn_update *u = qkv__alloc(ctx, sizeof *u);
         if (!u)
             return false;
@@ -231,37 +231,38 @@ static bool bn_update(qkv_ctx *ctx, const qkv_bn_opts *o, double *mean, double *
     return true;
 }
 
-qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n)
+/* Applies n lists of deferred updates (at[i]: list i's first; the k-th of
+ * each belongs to the same call) in call order, as qkv__bn_apply_deferred
+ * describes; `what` names a list in messages ("shard"). Nothing is applied
+ * if the lists' calls differ. */
+static qkv_status apply_lists(qkv__bn_update **at, int n, const char *what)
 {
-    /* first check that every context made the same calls */
+    /* first check that every list holds the same calls */
     int64_t calls = 0;
-    for (qkv__bn_update *u = ctx[0]->bn_first; u; u = u->next)
+    for (qkv__bn_update *u = at[0]; u; u = u->next)
         calls++;
     for (int i = 1; i < n; i++) {
         int64_t k = 0;
-        qkv__bn_update *u0 = ctx[0]->bn_first, *u = ctx[i]->bn_first;
+        qkv__bn_update *u0 = at[0], *u = at[i];
         for (; u && u0; u = u->next, u0 = u0->next, k++)
             if (u->running_mean != u0->running_mean || u->running_var != u0->running_var ||
                 u->num_batches_tracked != u0->num_batches_tracked || u->C != u0->C ||
                 (u->groups > 1) != (u0->groups > 1))
-                return qkv_set_error(QKV_ERR_STATE, "batch norm: shard %d's call %lld is not "
-                                     "shard 0's (another layer or grouping); running "
-                                     "statistics left as they were", i, (long long)k);
+                return qkv_set_error(QKV_ERR_STATE, "batch norm: %s %d's call %lld is not "
+                                     "%s 0's (another layer or grouping); running "
+                                     "statistics left as they were", what, i, (long long)k,
+                                     what);
         if (u || u0)
-            return qkv_set_error(QKV_ERR_STATE, "batch norm: shard %d made %s calls in "
-                                 "training mode than shard 0 (%lld); running statistics left "
-                                 "as they were", i, u ? "more" : "fewer", (long long)calls);
+            return qkv_set_error(QKV_ERR_STATE, "batch norm: %s %d made %s calls in "
+                                 "training mode than %s 0 (%lld); running statistics left "
+                                 "as they were", what, i, u ? "more" : "fewer", what,
+                                 (long long)calls);
     }
-    qkv__bn_update **at = qkv__alloc(ctx[0], (size_t)n * sizeof *at);
-    if (!at)
-        return qkv_error_status();
-    for (int i = 0; i < n; i++)
-        at[i] = ctx[i]->bn_first;
     while (at[0]) {
         qkv__bn_update *u = at[0];
         float *nbt = u->num_batches_tracked;
         if (u->groups == 1) {
-            /* the whole batch's moments from the shards', then one update */
+            /* the whole batch's moments from the lists', then one update */
             int64_t count = u->count;
             for (int i = 1; i < n; i++) {
                 qkv_k_moments_merge(u->mean, u->m2, count, at[i]->mean, at[i]->m2,
@@ -273,7 +274,7 @@ qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n)
             if (nbt)
                 *nbt += 1.0f;
         } else
-            /* whole groups in each shard: every group's update, shard order */
+            /* whole groups in each list: every group's update, list order */
             for (int i = 0; i < n; i++)
                 for (int64_t g = 0; g < at[i]->groups; g++) {
                     qkv_k_batch_norm_update(u->running_mean, u->running_var,
@@ -285,9 +286,91 @@ qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n)
         for (int i = 0; i < n; i++)
             at[i] = at[i]->next;
     }
+    return QKV_OK;
+}
+
+qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n)
+{
+    qkv__bn_update **at = qkv__alloc(ctx[0], (size_t)n * sizeof *at);
+    if (!at)
+        return qkv_error_status();
+    for (int i = 0; i < n; i++)
+        at[i] = ctx[i]->bn_first;
+    qkv_status st = apply_lists(at, n, "shard");
     for (int i = 0; i < n; i++)
         ctx[i]->bn_first = ctx[i]->bn_last = NULL;
-    return QKV_OK;
+    return st;
+}
+
+/* One update as it travels between ranks: count, groups, C, then the
+ * (groups, C) means and m2s. */
+static int64_t packed_doubles(const qkv__bn_update *u) { return 3 + 2 * u->groups * u->C; }
+
+qkv_status qkv__bn_apply_deferred_ranks(qkv_ctx *const *ctx, int n, qkv_comm *c)
+{
+    int p = qkv_comm_size(c);
+    int64_t mine = 0, calls = 0;
+    for (int i = 0; i < n; i++)
+        for (qkv__bn_update *u = ctx[i]->bn_first; u; u = u->next)
+            mine += packed_doubles(u);
+    for (qkv__bn_update *u = ctx[0]->bn_first; u; u = u->next)
+        calls++;
+    int64_t *sizes = qkv__alloc(ctx[0], (size_t)p * sizeof *sizes);
+    double *send = qkv__alloc(ctx[0], (size_t)(mine + 1) * sizeof *send);
+    double *all = qkv__alloc(ctx[0], (size_t)(p * mine + 1) * sizeof *all);
+    qkv__bn_update *nodes = qkv__alloc(ctx[0], (size_t)(p * n * calls + 1) * sizeof *nodes);
+    qkv__bn_update **at = qkv__alloc(ctx[0], (size_t)(p * n) * sizeof *at);
+    qkv__bn_update **local = qkv__alloc(ctx[0], (size_t)(calls + 1) * sizeof *local);
+    if (!sizes || !send || !all || !nodes || !at || !local)
+        return qkv_error_status();
+    qkv_status st = qkv_comm_allgather(c, &mine, sizeof mine, sizes);
+    for (int r = 0; r < p && !st; r++)
+        if (sizes[r] != mine)
+            st = qkv_set_error(QKV_ERR_STATE, "batch norm: rank %d's running-statistics "
+                               "updates take %lld values, this rank's %lld (another model or "
+                               "grouping)", r, (long long)sizes[r], (long long)mine);
+    int64_t k = 0, j = 0;
+    for (qkv__bn_update *u = ctx[0]->bn_first; u; u = u->next)
+        local[j++] = u;
+    for (int i = 0; i < n && !st; i++)
+        for (qkv__bn_update *u = ctx[i]->bn_first; u; u = u->next) {
+            int64_t gc = u->groups * u->C;
+            send[k] = (double)u->count, send[k + 1] = (double)u->groups;
+            send[k + 2] = (double)u->C;
+            memcpy(send + k + 3, u->mean, (size_t)gc * sizeof(double));
+            memcpy(send + k + 3 + gc, u->m2, (size_t)gc * sizeof(double));
+            k += packed_doubles(u);
+        }
+    if (!st && mine)
+        st = qkv_comm_allgather(c, send, (size_t)mine * sizeof(double), all);
+    /* rank r's shard i as list r n + i of one process of p n shards; each
+     * update aims at this rank's statistics of the same call */
+    for (int r = 0, q = 0; r < p && !st; r++) {
+        double *src = all + (int64_t)r * mine;
+        for (int i = 0; i < n; i++, q++) {
+            at[q] = NULL;
+            qkv__bn_update *prev = NULL;
+            for (int64_t m = 0; m < calls; m++) {
+                qkv__bn_update *u = &nodes[(int64_t)q * calls + m];
+                *u = *local[m];
+                u->count = (int64_t)src[0], u->groups = (int64_t)src[1];
+                u->C = (int64_t)src[2];
+                u->mean = src + 3, u->m2 = src + 3 + u->groups * u->C;
+                u->next = NULL;
+                src += 3 + 2 * u->groups * u->C;
+                if (prev)
+                    prev->next = u;
+                else
+                    at[q] = u;
+                prev = u;
+            }
+        }
+    }
+    if (!st)
+        st = apply_lists(at, p * n, "rank's shard");
+    for (int i = 0; i < n; i++)
+        ctx[i]->bn_first = ctx[i]->bn_last = NULL;
+    return st;
 }
 
 /* Every rank's count, mean (C) and m2 (C) gathered and merged in rank
@@ -331,7 +414,7 @@ qkv_tensor *qkv_batch_norm_ext(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
     bool batch_stats = qkv_training(ctx) && !o.frozen;
     if (!bn_check(op, x, weight, bias, &o, batch_stats))
         return NULL;
-    if (batch_stats && o.sync && (o.groups > 1 || ctx->bn_defer)) {
+    if (batch_stats && o.sync && (o.groups > 1 || ctx->bn_defer == 1)) {
         qkv_set_error(QKV_ERR_ARG, "%s: synchronised over ranks %s", op,
                       o.groups > 1 ? "and in groups (shuffle BN) at once"
                                    : "in a shard's context: it needs one shard per rank "
@@ -361,7 +444,7 @@ qkv_tensor *qkv_batch_norm_ext(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *weight,
             mean[k] = (float)dmean[k];
             rstd[k] = (float)(1.0 / sqrt(m2[k] / (double)count + o.eps)); /* biased */
         }
-        if (!bn_update(ctx, &o, dmean, m2, G, C, count))
+        if (!bn_update(ctx, &o, dmean, m2, G, C, count, sync))
             return NULL;
     } else
         for (int64_t c = 0; c < C; c++) {

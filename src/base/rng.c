@@ -23,6 +23,13 @@ void qkv_rng_seed(qkv_rng *r, uint64_t seed)
     r->spare = 0.0;
 }
 
+void qkv_rng_split(qkv_rng *out, const qkv_rng *r, uint64_t key)
+{
+    uint64_t x = r->s[0] ^ rotl(r->s[1], 17) ^ rotl(r->s[2], 31) ^ rotl(r->s[3], 47);
+    x ^= splitmix64(&key);
+    qkv_rng_seed(out, x);
+}
+
 uint64_t qkv_rng_u64(qkv_rng *r)
 {
     uint64_t *s = r->s;

@@ -91,7 +91,7 @@ static void *worker_main(void *arg)
 
         qkv_rng rng;
         seed_stream(&rng, c->seed, epoch, b + 1);
-        if (c->world > 1)
+        if (c->world > 1 && !c->rng_per_example)
             qkv_rng_seed(&rng, mix(qkv_rng_u64(&rng) ^ (uint64_t)c->rank));
         qkv_clear_error(); /* so that a fill failing silently is told apart */
         qkv_status s = c->fill(c->user, l->order + first, n, &rng, l->slot[b % 2]);

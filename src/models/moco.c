@@ -381,9 +381,12 @@ qkv_status qkv_moco_keys(qkv_ctx *ctx, qkv_moco *m, const qkv_moco_batch *b, int
                          int64_t hi)
 {
     if (!ctx || !m || !b || !b->x2 || !b->k2 || lo < 0 || hi > b->B || lo > hi ||
-        (m->cfg.version == 3 && (!b->x1 || !b->k1)))
-        return qkv_set_error(QKV_ERR_ARG, "moco_keys: bad arguments (rows %lld..%lld of %lld)",
-                             (long long)lo, (long long)hi, b ? (long long)b->B : 0LL);
+        (m->cfg.version == 3 && (!b->x1 || !b->k1)) || b->row0 < 0 ||
+        (b->n_keys > 0 && b->row0 + b->B > b->n_keys))
+        return qkv_set_error(QKV_ERR_ARG, "moco_keys: bad arguments (rows %lld..%lld of %lld, "
+                             "keys from row %lld of %lld)", (long long)lo, (long long)hi,
+                             b ? (long long)b->B : 0LL, b ? (long long)b->row0 : 0LL,
+                             b ? (long long)b->n_keys : 0LL);
     if (hi == lo)
         return QKV_OK;
     int had = qkv_set_grad_enabled(ctx, 0);
@@ -392,10 +395,10 @@ qkv_status qkv_moco_keys(qkv_ctx *ctx, qkv_moco *m, const qkv_moco_batch *b, int
     qkv_status st = rows ? QKV_OK : QKV_ERR_NOMEM;
     if (!st && m->cfg.version == 3) {
         for (int64_t r = 0; r < n; r++)
-            rows[r] = b->k1 + (lo + r) * D;
+            rows[r] = b->k1 + (b->row0 + lo + r) * D;
         st = key_rows(ctx, m, view_rows(ctx, m, b->x1, lo, hi), b->groups, rows);
         for (int64_t r = 0; !st && r < n; r++)
-            rows[r] = b->k2 + (lo + r) * D;
+            rows[r] = b->k2 + (b->row0 + lo + r) * D;
         if (!st)
             st = key_rows(ctx, m, view_rows(ctx, m, b->x2, lo, hi), b->groups, rows);
     } else if (!st) {
@@ -412,7 +415,7 @@ qkv_status qkv_moco_keys(qkv_ctx *ctx, qkv_moco *m, const qkv_moco_batch *b, int
                                    (long long)b->B);
             else {
                 memcpy(x->data + r * P, b->x2 + src * P, (size_t)P * sizeof(float));
-                rows[r] = b->k2 + src * D;
+                rows[r] = b->k2 + (b->row0 + src) * D;
             }
         }
         if (!st)
@@ -430,7 +433,7 @@ static qkv_tensor *ce_sum(qkv_ctx *ctx, qkv_tensor *logits, const int64_t *t)
 }
 
 /* v3's ctr(q, k) summed over q's rows: 2 T CE(q k^T / T, lo + row); q (N, D)
- * normalised here, k (B, D) already */
+ * normalised here, k (B, D) already (B: every key, the global batch's) */
 static qkv_tensor *ctr_sum(qkv_ctx *ctx, const qkv_moco *m, qkv_tensor *q, const float *k,
                            int64_t B, int64_t lo)
 {
@@ -451,25 +454,28 @@ qkv_tensor *qkv_moco_loss(qkv_ctx *ctx, qkv_moco *m, const qkv_moco_batch *b, in
                           int64_t hi)
 {
     if (!ctx || !m || !b || !b->x1 || !b->k2 || lo < 0 || hi > b->B || lo >= hi ||
-        (m->cfg.version == 3 && (!b->x2 || !b->k1))) {
-        qkv_set_error(QKV_ERR_ARG, "moco_loss: bad arguments (rows %lld..%lld of %lld)",
-                      (long long)lo, (long long)hi, b ? (long long)b->B : 0LL);
+        (m->cfg.version == 3 && (!b->x2 || !b->k1)) || b->row0 < 0 ||
+        (b->n_keys > 0 && b->row0 + b->B > b->n_keys)) {
+        qkv_set_error(QKV_ERR_ARG, "moco_loss: bad arguments (rows %lld..%lld of %lld, keys "
+                      "from row %lld of %lld)", (long long)lo, (long long)hi,
+                      b ? (long long)b->B : 0LL, b ? (long long)b->row0 : 0LL,
+                      b ? (long long)b->n_keys : 0LL);
         return NULL;
     }
-    int64_t n = hi - lo, D = m->cfg.dim;
+    int64_t n = hi - lo, D = m->cfg.dim, n_keys = b->n_keys > 0 ? b->n_keys : b->B;
     if (m->cfg.version == 3) {
         int64_t g = b->groups;
         qkv_tensor *q1 = mlp_forward(
             ctx, &m->predictor, net_forward(ctx, m, &m->q, view_rows(ctx, m, b->x1, lo, hi), g), g);
         qkv_tensor *q2 = mlp_forward(
             ctx, &m->predictor, net_forward(ctx, m, &m->q, view_rows(ctx, m, b->x2, lo, hi), g), g);
-        return qkv_add(ctx, ctr_sum(ctx, m, q1, b->k2, b->B, lo),
-                       ctr_sum(ctx, m, q2, b->k1, b->B, lo));
+        return qkv_add(ctx, ctr_sum(ctx, m, q1, b->k2, n_keys, b->row0 + lo),
+                       ctr_sum(ctx, m, q2, b->k1, n_keys, b->row0 + lo));
     }
     /* logits = [q.k+, q queue] / T, label 0 */
     qkv_tensor *q = qkv_l2_normalize(
         ctx, net_forward(ctx, m, &m->q, view_rows(ctx, m, b->x1, lo, hi), b->groups), 1, 1e-12f);
-    qkv_tensor *k = qkv_wrap(ctx, 2, (int64_t[]){n, D}, b->k2 + lo * D);
+    qkv_tensor *k = qkv_wrap(ctx, 2, (int64_t[]){n, D}, b->k2 + (b->row0 + lo) * D);
     qkv_tensor *queue = qkv_wrap(ctx, 2, m->queue->shape, m->queue->data);
     qkv_tensor *l_pos = qkv_sum(ctx, qkv_mul(ctx, q, k), 1, 1);  /* (N, 1) */
     qkv_tensor *l_neg = qkv_matmul(ctx, q, queue, 0, 0);          /* (N, K) */

@@ -10,6 +10,17 @@
  * share of the batch's mean); a post-step hook (the momentum update, the
  * enqueue); the key encoder and the queue kept in checkpoints; and an
  * evaluation callback, the kNN monitor on the test set.
+ *
+ * Over several ranks (docs/distributed.md) each rank holds B / p images of
+ * each global batch of B, and the keys are the global batch's on every
+ * rank, as facebookresearch/moco's DDP: with shuffle BN every rank's
+ * second views are all-gathered, a permutation of the B images is drawn
+ * from (seed, step) by every rank alike, rank r's key encoder runs on
+ * positions [r B / p, (r + 1) B / p) of it, and the keys, all-gathered,
+ * are put back in order (_batch_shuffle_ddp, _batch_unshuffle_ddp); without
+ * it each rank encodes its own images and the keys are all-gathered
+ * (concat_all_gather). Every rank then enqueues the same B keys, and v3's
+ * negatives are all B.
  */
 #include "train_internal.h"
 
@@ -51,7 +62,7 @@ static qkv_status embed_rows(qkv_ctx *ctx, const qkv_moco *m, const qkv_mnist *d
 typedef struct {
     const qkv_moco *m;
     const qkv_mnist *d;
-    int64_t n;
+    int64_t lo, n;
     int normalize;
     float *out;
 } embed_job;
@@ -61,14 +72,27 @@ static qkv_status embed_shard(qkv_ctx *ctx, int i, int n, void *arg)
     const embed_job *j = arg;
     int64_t lo, hi;
     qkv_shard_rows(j->n, i, n, &lo, &hi);
-    return embed_rows(ctx, j->m, j->d, lo, hi, j->normalize, j->out);
+    return embed_rows(ctx, j->m, j->d, j->lo + lo, j->lo + hi, j->normalize, j->out);
 }
+
+/* Features of images [lo, hi) of d into out rows lo..: qkv_moco_embed's
+ * work on part of the images */
+static qkv_status embed_range(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m,
+                              const qkv_mnist *d, int64_t lo, int64_t hi, int normalize,
+                              float *out);
 
 qkv_status qkv_moco_embed(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m, const qkv_mnist *d,
                           int64_t n, int normalize, float *out)
 {
     if ((!ctx && !sh) || !m || !d || !out || n < 0 || n > d->n)
         return qkv_set_error(QKV_ERR_ARG, "moco_embed: bad arguments");
+    return embed_range(ctx, sh, m, d, 0, n, normalize, out);
+}
+
+static qkv_status embed_range(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m,
+                              const qkv_mnist *d, int64_t lo, int64_t hi, int normalize,
+                              float *out)
+{
     int shards = sh ? qkv_shards_count(sh) : 1;
     int was[QKV_MAX_EMBED_SHARDS][2];
     if (shards > QKV_MAX_EMBED_SHARDS)
@@ -78,9 +102,9 @@ qkv_status qkv_moco_embed(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m, const
         qkv_ctx *c = sh ? qkv_shards_ctx(sh, i) : ctx;
         was[i][0] = qkv_set_training(c, 0), was[i][1] = qkv_set_grad_enabled(c, 0);
     }
-    embed_job job = {m, d, n, normalize, out};
+    embed_job job = {m, d, lo, hi - lo, normalize, out};
     qkv_status st = sh ? qkv_shards_run(sh, embed_shard, &job)
-                       : embed_rows(ctx, m, d, 0, n, normalize, out);
+                       : embed_rows(ctx, m, d, lo, hi, normalize, out);
     for (int i = 0; i < shards; i++) {
         qkv_ctx *c = sh ? qkv_shards_ctx(sh, i) : ctx;
         qkv_set_training(c, was[i][0]), qkv_set_grad_enabled(c, was[i][1]);
@@ -156,6 +180,7 @@ qkv_status qkv_moco_recipe_preset(qkv_moco_recipe *r, const char *name)
                              "demo, v1-resnet, v2-resnet, v3-resnet)", name);
     r->data_dir = keep.data_dir, r->out_dir = keep.out_dir, r->seed = keep.seed;
     r->resume = keep.resume, r->threads = keep.threads, r->quiet = keep.quiet;
+    r->comm = keep.comm;
     if (keep.limit)
         r->limit = keep.limit;
     if (keep.eval_limit)
@@ -170,30 +195,42 @@ typedef struct {
     qkv_moco m;
     qkv_mnist train, test;
     int64_t n_train, n_test, n_bank, B, S, P, D;
-    float *k1, *k2;         /* (B, D) the step's keys, written by pre_step  */
+    qkv_comm *comm;         /* NULL: one process                            */
+    int rank, world;
+    float *k1, *k2;         /* (B, D) the global batch's keys (pre_step)    */
     int64_t *perm;          /* (B) the key encoder's order                  */
-    qkv_moco_batch batch;   /* the step's, for the loss and the keys        */
+    qkv_moco_batch batch;   /* the step's, for the loss                     */
+    qkv_moco_batch kb;      /* the key encoder's batch...                   */
+    int64_t key_lo, key_n;  /* ...and its rows this rank encodes            */
     qkv_shards *keys;       /* the key encoder's shards                     */
+    float *x2_all;          /* (B, P) every rank's second views (shuffle BN) */
+    float *send, *gather;   /* all-gathers: (B / p, D) and (B, D) keys; the
+                               kNN bank's (per, F) and (p per, F)           */
+    int64_t gather_floats;
     float *bank, *queries;  /* kNN: features (n_bank, F), (n_test, F)       */
     int64_t *bank_labels, *pred;
     double knn_acc;
     uint64_t seed;
 } moco_run;
 
-/* A batch: the first views (B, 1, S, S), then the second ones */
+/* A batch: the first views (B, 1, S, S), then the second ones; each
+ * image's views from a stream of its own (the loader's rng_per_example),
+ * so that a rank's images are augmented as in one process */
 static qkv_status fill(void *user, const int64_t *idx, int64_t n, qkv_rng *rng, void *batch)
 {
     const moco_run *v = user;
     float *x1 = batch, *x2 = x1 + v->B * v->P;
     float src[64 * 64], scratch[64 * 64];
     for (int64_t i = 0; i < n; i++) {
+        qkv_rng mine;
+        qkv_rng_split(&mine, rng, (uint64_t)idx[i]);
         qkv_status st = qkv_mnist_image(src, &v->train, idx[i], v->S, NULL, NULL);
         if (!st)
-            st = qkv_augment_view(x1 + i * v->P, v->S, v->S, src, 1, v->S, v->S, &v->r->aug, rng,
-                                  scratch);
+            st = qkv_augment_view(x1 + i * v->P, v->S, v->S, src, 1, v->S, v->S, &v->r->aug,
+                                  &mine, scratch);
         if (!st)
-            st = qkv_augment_view(x2 + i * v->P, v->S, v->S, src, 1, v->S, v->S, &v->r->aug, rng,
-                                  scratch);
+            st = qkv_augment_view(x2 + i * v->P, v->S, v->S, src, 1, v->S, v->S, &v->r->aug,
+                                  &mine, scratch);
         if (st)
             return st;
     }
@@ -212,33 +249,84 @@ static qkv_status key_shard(qkv_ctx *ctx, int i, int n, void *arg)
 {
     moco_run *v = arg;
     int64_t lo, hi;
-    qkv_shard_rows(v->batch.B, i, n, &lo, &hi);
-    return qkv_moco_keys(ctx, &v->m, &v->batch, lo, hi);
+    qkv_shard_rows(v->key_n, i, n, &lo, &hi);
+    return qkv_moco_keys(ctx, &v->m, &v->kb, v->key_lo + lo, v->key_lo + hi);
 }
 
-/* The key encoder on the whole batch, before the shards' losses read it */
+/* rows [lo, lo + n) of the (B, D) keys k, every rank's, into k on every
+ * rank (the ranks' rows in rank order) */
+static qkv_status gather_keys(moco_run *v, float *k, int64_t lo, int64_t n)
+{
+    size_t bytes = (size_t)(n * v->D) * sizeof(float);
+    memcpy(v->send, k + lo * v->D, bytes);
+    return qkv_comm_allgather(v->comm, v->send, bytes, k);
+}
+
+/* The key encoder on the global batch, before the shards' losses read it:
+ * every rank ends with the same keys k2 (and v3's k1) of all B images, in
+ * the global batch's order. */
 static qkv_status pre_step(qkv_trainer *t, void *user)
 {
     moco_run *v = user;
-    int64_t n;
-    const float *x = qkv_trainer_batch(t, &n, NULL);
-    v->batch = (qkv_moco_batch){.x1 = x, .x2 = x + v->B * v->P, .B = n, .k1 = v->k1,
-                                .k2 = v->k2, .perm = NULL, .groups = 1};
-    int64_t splits = v->r->model.bn_splits;
-    if (splits > 1 && v->r->model.version < 3) {
-        /* shuffle BN: a random order from (seed, step), in groups of rows */
+    int64_t n, ng;
+    const float *x = qkv_trainer_batch(t, &n, &ng);
+    int p = v->world;
+    if (n * p != ng || ng != v->B)
+        return qkv_set_error(QKV_ERR_STATE, "moco: rank %d holds %lld of a batch of %lld "
+                             "(equal shares of %lld expected)", v->rank, (long long)n,
+                             (long long)ng, (long long)v->B);
+    int64_t splits = v->r->model.bn_splits, row0 = (int64_t)v->rank * n;
+    /* each shard of each rank is bn_splits / (ranks x shards) of the
+     * original's GPUs, for the queries as for the keys */
+    int64_t parts = (int64_t)p * qkv_shards_count(v->keys);
+    int64_t groups = splits / parts > 1 ? splits / parts : 1;
+    const float *x2 = x + v->B * v->P;
+    v->batch = (qkv_moco_batch){.x1 = x, .x2 = x2, .B = n, .k1 = v->k1, .k2 = v->k2,
+                                .groups = groups, .row0 = row0, .n_keys = ng};
+    bool shuffle = splits > 1 && v->r->model.version < 3;
+    qkv_status st = QKV_OK;
+    if (shuffle) {
+        /* shuffle BN: a random order of the global batch from (seed, step),
+         * the same on every rank; rank r encodes its part of that order */
         qkv_rng rng;
         qkv_rng_seed(&rng, mix(v->seed ^ mix((uint64_t)qkv_trainer_step(t))));
-        for (int64_t i = 0; i < n; i++)
+        for (int64_t i = 0; i < ng; i++)
             v->perm[i] = i;
-        qkv_rng_shuffle(&rng, v->perm, n);
-        v->batch.perm = v->perm;
+        qkv_rng_shuffle(&rng, v->perm, ng);
+        const float *x2_all = x2;
+        if (p > 1) {
+            x2_all = v->x2_all;
+            st = qkv_comm_allgather(v->comm, x2, (size_t)(n * v->P) * sizeof(float),
+                                    v->x2_all);
+        }
+        v->kb = (qkv_moco_batch){.x2 = x2_all, .B = ng, .k2 = v->k2, .perm = v->perm,
+                                 .groups = groups, .n_keys = ng};
+        v->key_lo = row0, v->key_n = n;
+    } else {
+        v->kb = v->batch;
+        v->key_lo = 0, v->key_n = n;
     }
-    /* each shard is bn_splits / shards of the original's GPUs, for the
-     * queries as for the keys */
-    int shards = qkv_shards_count(v->keys);
-    v->batch.groups = splits / shards > 1 ? splits / shards : 1;
-    return qkv_shards_run(v->keys, key_shard, v);
+    if (!st)
+        st = qkv_shards_run(v->keys, key_shard, v);
+    if (!st)
+        st = qkv__shards_merge_bn_ranks(v->keys);
+    if (st || p == 1)
+        return st;
+    if (!shuffle) { /* each rank's keys of its own images */
+        st = gather_keys(v, v->k2, row0, n);
+        return st || v->r->model.version < 3 ? st : gather_keys(v, v->k1, row0, n);
+    }
+    /* the keys of positions [row0, row0 + n) of the order, every rank's,
+     * in the order's positions; then back to their images' rows */
+    for (int64_t j = 0; j < n; j++)
+        memcpy(v->send + j * v->D, v->k2 + v->perm[row0 + j] * v->D,
+               (size_t)v->D * sizeof(float));
+    if ((st = qkv_comm_allgather(v->comm, v->send, (size_t)(n * v->D) * sizeof(float),
+                                 v->gather)))
+        return st;
+    for (int64_t j = 0; j < ng; j++)
+        memcpy(v->k2 + v->perm[j] * v->D, v->gather + j * v->D, (size_t)v->D * sizeof(float));
+    return QKV_OK;
 }
 
 static qkv_tensor *loss(qkv_ctx *ctx, const qkv_train_batch *b, void *user)
@@ -260,7 +348,7 @@ static qkv_status post_step(qkv_trainer *t, void *user)
 {
     moco_run *v = user;
     qkv_moco_momentum_update(&v->m, momentum_after(v, t));
-    return v->m.queue ? qkv_moco_enqueue(&v->m, v->k2, v->batch.B) : QKV_OK;
+    return v->m.queue ? qkv_moco_enqueue(&v->m, v->k2, v->batch.n_keys) : QKV_OK;
 }
 
 static qkv_status epoch_start(qkv_trainer *t, int64_t epoch, void *user)
@@ -278,15 +366,40 @@ static qkv_status evaluate(qkv_trainer *t, qkv_train_epoch *e, void *user)
     int every = v->r->knn_every > 0 ? v->r->knn_every : 1;
     if (st || v->r->knn_every < 0 || (e->epoch % every && e->epoch != e->epochs))
         return st;
+    /* over ranks each embeds its part of the bank (all-gathered: every
+     * rank holds the whole bank) and classifies its part of the test
+     * images; the counts of right answers are summed */
     qkv_shards *sh = qkv_trainer_shards(t);
-    if ((st = qkv_moco_embed(NULL, sh, &v->m, &v->train, v->n_bank, 1, v->bank)) ||
-        (st = qkv_moco_embed(NULL, sh, &v->m, &v->test, v->n_test, 1, v->queries)) ||
-        (st = qkv_knn_predict(v->pred, NULL, v->queries, v->n_test, v->bank, v->bank_labels,
-                              v->n_bank, v->m.features, v->r->knn_k, v->r->knn_t, 10)))
+    int p = v->world;
+    int64_t F = v->m.features, lo, hi, qlo, qhi, per = (v->n_bank + p - 1) / p;
+    qkv_shard_rows(v->n_bank, v->rank, p, &lo, &hi);
+    qkv_shard_rows(v->n_test, v->rank, p, &qlo, &qhi);
+    if ((st = embed_range(NULL, sh, &v->m, &v->train, lo, hi, 1, v->bank)))
+        return st;
+    if (p > 1) {
+        float *mine = v->gather + (int64_t)p * per * F;
+        memset(mine, 0, (size_t)(per * F) * sizeof(float));
+        memcpy(mine, v->bank + lo * F, (size_t)((hi - lo) * F) * sizeof(float));
+        if ((st = qkv_comm_allgather(v->comm, mine, (size_t)(per * F) * sizeof(float),
+                                     v->gather)))
+            return st;
+        for (int q = 0; q < p; q++) {
+            int64_t a, b;
+            qkv_shard_rows(v->n_bank, q, p, &a, &b);
+            memcpy(v->bank + a * F, v->gather + (int64_t)q * per * F,
+                   (size_t)((b - a) * F) * sizeof(float));
+        }
+    }
+    if ((st = embed_range(NULL, sh, &v->m, &v->test, qlo, qhi, 1, v->queries)) ||
+        (qhi > qlo && (st = qkv_knn_predict(v->pred + qlo, NULL, v->queries + qlo * F, qhi - qlo,
+                                            v->bank, v->bank_labels, v->n_bank, F,
+                                            v->r->knn_k, v->r->knn_t, 10))))
         return st;
     int64_t right = 0;
-    for (int64_t i = 0; i < v->n_test; i++)
+    for (int64_t i = qlo; i < qhi; i++)
         right += v->pred[i] == v->test.labels[i];
+    if ((st = qkv_comm_allreduce(v->comm, &right, 1, QKV_DT_I64)))
+        return st;
     v->knn_acc = (double)right / (double)v->n_test;
     return qkv_train_epoch_put(e, "knn_acc", v->knn_acc);
 }
@@ -343,6 +456,7 @@ static void run_free(moco_run *v)
     qkv_mnist_free(&v->train);
     qkv_mnist_free(&v->test);
     qkv__free(v->k1), qkv__free(v->k2), qkv__free(v->perm);
+    qkv__free(v->x2_all), qkv__free(v->send), qkv__free(v->gather);
     qkv__free(v->bank), qkv__free(v->queries), qkv__free(v->bank_labels), qkv__free(v->pred);
 }
 
@@ -356,7 +470,9 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
     if (cin > 1)
         return qkv_set_error(QKV_ERR_ARG, "moco_train: Fashion-MNIST has 1 channel, the "
                              "encoder takes %lld", (long long)cin);
-    moco_run v = {.r = r, .knn_acc = NAN, .seed = r->seed + 3};
+    moco_run v = {.r = r, .knn_acc = NAN, .seed = r->seed + 3, .comm = r->comm,
+                  .rank = qkv_comm_rank(r->comm), .world = qkv_comm_size(r->comm)};
+    bool quiet = r->quiet || v.rank != 0;
     qkv_trainer *t = NULL;
     qkv_status st = qkv_mnist_load(&v.train, r->data_dir, 1);
     if (!st)
@@ -374,6 +490,11 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
         st = qkv_set_error(QKV_ERR_ARG, "moco_train: images of at most 64 pixels a side");
         goto done;
     }
+    if (v.B % v.world) {
+        st = qkv_set_error(QKV_ERR_ARG, "moco_train: the batch of %lld does not split into "
+                           "%d equal shares, one a rank", (long long)v.B, v.world);
+        goto done;
+    }
     if (v.m.queue && r->model.K % v.B) {
         st = qkv_set_error(QKV_ERR_ARG, "moco_train: the queue (K %lld) must be a multiple of "
                            "the batch (%lld)", (long long)r->model.K, (long long)v.B);
@@ -387,7 +508,15 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
     v.queries = qkv__malloc((size_t)(v.n_test * F) * sizeof(float));
     v.bank_labels = qkv__malloc((size_t)v.n_bank * sizeof(int64_t));
     v.pred = qkv__malloc((size_t)v.n_test * sizeof(int64_t));
-    if (!v.k1 || !v.k2 || !v.perm || !v.bank || !v.queries || !v.bank_labels || !v.pred) {
+    if (v.world > 1) {
+        int64_t per = (v.n_bank + v.world - 1) / v.world, keys = v.B * v.D;
+        v.gather_floats = (v.world + 1) * per * F > keys ? (v.world + 1) * per * F : keys;
+        v.x2_all = qkv__malloc((size_t)(v.B * v.P) * sizeof(float));
+        v.send = qkv__malloc((size_t)(v.B * v.D) * sizeof(float));
+        v.gather = qkv__malloc((size_t)v.gather_floats * sizeof(float));
+    }
+    if (!v.k1 || !v.k2 || !v.perm || !v.bank || !v.queries || !v.bank_labels || !v.pred ||
+        (v.world > 1 && (!v.x2_all || !v.send || !v.gather))) {
         st = qkv_set_error(QKV_ERR_NOMEM, "moco_train: out of memory");
         goto done;
     }
@@ -406,16 +535,17 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
         .params = v.m.ps, .loss = loss, .user = &v, .epochs = r->epochs,
         .data = {.n_examples = v.n_train, .batch_size = v.B, .shuffle = 1, .drop_last = 1,
                  .seed = r->seed + 1, .batch_bytes = (size_t)(2 * v.B * v.P) * sizeof(float),
-                 .fill = fill, .user = &v},
+                 .fill = fill, .user = &v, .rng_per_example = 1},
         .optim = {.kind = r->optimizer, .lr = (float)r->lr, .momentum = r->sgd_momentum,
                   .weight_decay = (float)r->weight_decay},
         .schedule = {.kind = r->cosine ? QKV_LR_COSINE : QKV_LR_CONSTANT,
                      .warmup_epochs = r->warmup_epochs},
-        .threads = r->threads, .seed = r->seed, .pre_step = pre_step, .post_step = post_step,
+        .threads = r->threads, .seed = r->seed, .comm = r->comm, .pre_step = pre_step,
+        .post_step = post_step,
         .epoch_start = epoch_start,
         .evaluate = evaluate, .save_model = save_model, .out_dir = r->out_dir,
         .config_json = cfg, .resume = r->resume, .label = "moco",
-        .print_every = r->quiet ? -1 : 1, .curves = curves, .title = "MoCo on Fashion-MNIST"});
+        .print_every = quiet ? -1 : 1, .curves = curves, .title = "MoCo on Fashion-MNIST"});
     if (!t) {
         st = qkv_error_status();
         goto done;
@@ -424,10 +554,13 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
         st = qkv_error_status();
         goto done;
     }
+    /* the key encoder's running statistics from every rank's rows, as the
+     * trainer keeps the query encoder's */
+    qkv__shards_defer_bn_to_ranks(v.keys, v.comm);
     if ((st = qkv_trainer_add_state(t, "key", v.m.ps_k)) ||
         (v.m.queue && (st = qkv_trainer_add_state(t, "queue", v.m.ps_queue))))
         goto done;
-    if (!r->quiet) {
+    if (!quiet) {
         const qkv_vit_config *c = &r->model.vit;
         char enc[160];
         if (r->model.arch == QKV_MOCO_VIT)
@@ -441,11 +574,12 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
                      (long long)v.m.q.resnet.cfg.width);
         printf("MoCo v%d, %s: %lld parameters\n"
                "training on %lld images without labels, %lld steps of %lld, K %lld, T %g, "
-               "m %g, %d threads\n", r->model.version, enc,
+               "m %g, %d threads%s\n", r->model.version, enc,
                (long long)qkv_params_numel(v.m.ps),
                (long long)v.n_train, (long long)qkv_trainer_steps_per_epoch(t), (long long)v.B,
                (long long)(v.m.queue ? r->model.K : 0), (double)r->model.T,
-               (double)r->momentum, qkv_shards_count(qkv_trainer_shards(t)));
+               (double)r->momentum, qkv_shards_count(qkv_trainer_shards(t)),
+               qkv__ranks_note(r->comm));
         if (r->resume)
             printf("resumed at epoch %lld, step %lld\n", (long long)qkv_trainer_epoch(t),
                    (long long)qkv_trainer_step(t));
@@ -453,7 +587,9 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
     }
     if ((st = qkv_trainer_run(t)) != QKV_OK)
         goto done;
-    if (r->out_dir) { /* the test set's embedding, 2000 images */
+    if (!quiet)
+        qkv__print_comm_summary(t);
+    if (r->out_dir && v.rank == 0) { /* the test set's embedding, 2000 images */
         int64_t n = v.n_test < 2000 ? v.n_test : 2000, *labels = v.pred;
         char path[4200];
         snprintf(path, sizeof path, "%s/embedding.png", r->out_dir);

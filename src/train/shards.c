@@ -18,6 +18,7 @@
  * update as one context over the whole batch.
  */
 #include "params.h"
+#include "train_internal.h"
 
 #include <stdio.h>
 #ifdef _OPENMP
@@ -33,6 +34,8 @@ struct qkv_shards {
     float *own;           /* (n - 1) * ps->total floats, zero between runs */
     qkv_status *status;   /* n */
     char (*msg)[MSG];     /* n: a failed shard's message */
+    qkv_comm *ranks;      /* running statistics merged over these ranks
+                             (qkv__shards_merge_bn_ranks), not at the join */
 };
 
 void qkv_shard_rows(int64_t B, int i, int n, int64_t *lo, int64_t *hi)
@@ -170,5 +173,32 @@ qkv_status qkv_shards_run(qkv_shards *s, qkv_shard_fn fn, void *arg)
     for (int i = 0; i < s->n; i++)
         if (s->status[i] != QKV_OK)
             return qkv_set_error(s->status[i], "shard %d of %d: %s", i, s->n, s->msg[i]);
-    return qkv__bn_apply_deferred(s->ctx, s->n);
+    return s->ranks ? QKV_OK : qkv__bn_apply_deferred(s->ctx, s->n);
+}
+
+void qkv__shards_defer_bn_to_ranks(qkv_shards *s, qkv_comm *c)
+{
+    bool on = qkv_comm_size(c) > 1;
+    s->ranks = on ? c : NULL;
+    for (int i = 0; i < s->n; i++)
+        s->ctx[i]->bn_defer = s->n > 1 ? 1 : on ? 2 : 0;
+}
+
+qkv_status qkv__shards_merge_bn_ranks(qkv_shards *s)
+{
+    if (!s->ranks)
+        return QKV_OK;
+    qkv_status st = qkv__bn_apply_deferred_ranks(s->ctx, s->n, s->ranks);
+    if (st) {
+        char msg[900];
+        snprintf(msg, sizeof msg, "%s", qkv_error());
+        return qkv_set_error(st, "merging batch norm's running statistics over ranks: %s", msg);
+    }
+    return QKV_OK;
+}
+
+void qkv__shards_drop_bn(qkv_shards *s)
+{
+    for (int i = 0; i < s->n; i++)
+        s->ctx[i]->bn_first = s->ctx[i]->bn_last = NULL;
 }

@@ -46,6 +46,17 @@ const char *qkv__ranks_note(const qkv_comm *c);
 /* One line on stdout: the all-reduce's buckets and the time waited for
  * them after backward (nothing without a communicator of several ranks). */
 void qkv__print_comm_summary(qkv_trainer *t);
+/* Batch norm's running statistics over ranks (shards.c): with c of several
+ * ranks, the shards' contexts defer their updates past qkv_shards_run (which
+ * no longer applies them) to qkv__shards_merge_bn_ranks, which every rank
+ * calls after the same runs: the updates of every rank's shards merged in
+ * rank order (qkv__bn_apply_deferred_ranks), so that N ranks of S shards
+ * keep the running statistics of one process of N S shards, on every rank.
+ * c NULL or of one rank: back to the join's update. */
+void qkv__shards_defer_bn_to_ranks(qkv_shards *s, qkv_comm *c);
+qkv_status qkv__shards_merge_bn_ranks(qkv_shards *s);
+/* Forgets the deferred updates (a step run again to find a NaN). */
+void qkv__shards_drop_bn(qkv_shards *s);
 /* The trainer's buckets (trainer.c), NULL for one process. */
 qkv__ddp *qkv__trainer_ddp(qkv_trainer *t);
 

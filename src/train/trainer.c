@@ -16,6 +16,7 @@
  * Over several ranks (a communicator) every rank runs this loop on its
  * rows of each global batch; rank 0's state is broadcast when a run
  * starts, the gradients and the step's sums are all-reduced (ddp.c) and
+ * batch norm's running statistics merged from every rank's (shards.c),
  * the buffers broadcast after each step, so that all ranks stay equal and
  * everything they print or write is the global batch's. Only rank 0
  * writes files. A failing rank abandons the communicator so that it does
@@ -408,6 +409,10 @@ qkv_trainer *qkv_trainer_new(const qkv_trainer_config *cfg)
                 t->n_bufs += qkv_numel(qkv_params_at(cfg->params, i));
         if (t->n_bufs && !(t->bufs = qkv__malloc((size_t)t->n_bufs * sizeof(float))))
             goto fail;
+        /* batch norm's running statistics from every rank's rows, as one
+         * process's (buffers: the model may have batch norms) */
+        if (t->n_bufs)
+            qkv__shards_defer_bn_to_ranks(t->sh, t->comm);
     }
     t->spe = qkv_loader_batches(t->loader);
     t->shard_loss = qkv__calloc((size_t)t->n_shards, sizeof *t->shard_loss);
@@ -511,6 +516,7 @@ static qkv_status nan_stop(qkv_trainer *t, double loss, double norm)
                  "again%s%s", t->cfg.grad_hook ? " (the gradient hook may have made it)" : "",
                  distributed(t) ? " on this rank's rows (another rank's may hold it)" : "");
     t->rerun = 0;
+    qkv__shards_drop_bn(t->sh);
     for (int i = 0; i < t->n_shards; i++)
         qkv_set_check_nan(qkv_shards_ctx(t->sh, i), 0);
     qkv_params_zero_grad(t->cfg.params);
@@ -619,6 +625,8 @@ static qkv_status train_step(qkv_trainer *t)
         return qkv_set_error(st, "step %lld, summing the gradients over ranks: %s",
                              (long long)t->step + 1, msg);
     }
+    if (distributed(t) && t->n_bufs && (st = qkv__shards_merge_bn_ranks(t->sh)) != QKV_OK)
+        return st;
     double loss = sums[SUM_LOSS];
     if (t->cfg.grad_hook && (st = t->cfg.grad_hook(t, t->cfg.user)) != QKV_OK)
         return st;

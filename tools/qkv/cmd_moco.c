@@ -23,10 +23,25 @@ typedef struct {
     int resume;
 } train_options;
 
+static int train_on(const train_options *o, qkv_comm *comm);
+
+/* Under mpirun each rank trains on its share of every batch
+ * (docs/distributed.md); a rank that fails abandons the run. */
 static int train(const train_options *o)
 {
+    qkv_comm *comm = cli_comm_open("train moco");
+    if (!comm)
+        return 1;
+    int rc = train_on(o, comm);
+    cli_comm_close(comm, rc != 0);
+    return rc;
+}
+
+static int train_on(const train_options *o, qkv_comm *comm)
+{
     qkv_moco_recipe r = {.data_dir = o->data, .out_dir = o->out_dir, .seed = o->seed,
-                         .resume = o->resume, .limit = o->limit, .eval_limit = o->eval_limit};
+                         .resume = o->resume, .limit = o->limit, .eval_limit = o->eval_limit,
+                         .comm = comm};
     char preset[32];
     bool demo = !strcmp(o->version, "demo"), resnet = !demo && !strcmp(o->arch, "resnet18");
     if (demo)
@@ -63,9 +78,11 @@ static int train(const train_options *o)
     qkv_moco_result res;
     qkv_status st = qkv_moco_train(&r, &res);
     if (st != QKV_OK) {
-        fprintf(stderr, "qkv train moco: %s\n", qkv_error());
+        fprintf(stderr, "qkv train moco%s: %s\n", cli_rank_note(comm), qkv_error());
         return st == QKV_ERR_INTERRUPTED ? 130 : 1;
     }
+    if (qkv_comm_rank(comm) != 0)
+        return 0;
     if (isfinite(res.knn_accuracy))
         printf("kNN test accuracy %.4f\n", res.knn_accuracy);
     if (o->out_dir)

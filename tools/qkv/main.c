@@ -51,7 +51,8 @@ static const command commands[] = {
 /* The commands that take part in data-parallel training when a launcher
  * (mpirun, srun) starts several ranks. Any other command would run as N
  * independent copies writing the same files, so it refuses. */
-static const char *const RANKED[] = {"train transformer", "train vit", "comm", "version"};
+static const char *const RANKED[] = {"train transformer", "train vit", "train moco",
+                                     "train detr", "comm", "version"};
 
 static int refuse_ranks(const char *name)
 {
