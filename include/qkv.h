@@ -2387,7 +2387,11 @@ QKV_API qkv_tensor *qkv_detr_loss(qkv_ctx *ctx, qkv_tensor *logits, qkv_tensor *
  *   optimizer
  *   post_step   qkv_moco_momentum_update, qkv_moco_enqueue (v1, v2)
  * (MoCo updates the key encoder just before its forward; after the step
- * before is the same, as nothing changes in between.) */
+ * before is the same, as nothing changes in between.) Over several ranks
+ * pre_step also gathers what the global batch needs: the second views
+ * (shuffle BN over every rank's images) and the keys, so that every rank
+ * holds the global batch's keys (qkv_moco_batch row0, n_keys) and enqueues
+ * them all. */
 typedef enum { QKV_MOCO_RESNET = 0, QKV_MOCO_VIT = 1 } qkv_moco_arch;
 typedef struct {
     int version;              /* 1, 2 or 3                                         */
@@ -3392,6 +3396,14 @@ typedef struct {
     const char *out_dir;            /* model.safetensors, checkpoint, metrics.jsonl,
                                        curves.png; NULL: none */
     int resume, threads, quiet;
+    qkv_comm *comm;                 /* ranks training together (NULL: one process):
+                                       each takes its share of every batch's images
+                                       (and of the pretraining's); the box count and
+                                       the class loss's weights are summed over
+                                       ranks (DETR's all-reduced num_boxes); each
+                                       evaluates its part of the validation images
+                                       and the detections are gathered; rank 0
+                                       alone prints and writes */
 } qkv_detr_recipe;
 /* "default" (sized for an hour on two cores on `qkv data scenes`: a
  * ResNet-18 of width 32 pretrained on Fashion-MNIST, a small transformer,
@@ -3413,6 +3425,14 @@ QKV_API qkv_status qkv_detr_train(const qkv_detr_recipe *r, qkv_detr_result *res
 QKV_API qkv_status qkv_detr_evaluate(qkv_ctx *ctx, const qkv_detr *m, const qkv_det_dataset *d,
                                      int64_t n, const qkv_detr_input *in, int64_t batch,
                                      qkv_coco_result *res);
+/* The same over the ranks of c (every rank calls it): rank r runs its
+ * part of the batches (qkv_shard_rows of them, so each batch is padded as
+ * in one process), the detections are all-gathered in image order, and
+ * every rank returns the numbers of qkv_detr_evaluate. c NULL: that. */
+QKV_API qkv_status qkv_detr_evaluate_ranks(qkv_ctx *ctx, const qkv_detr *m,
+                                           const qkv_det_dataset *d, int64_t n,
+                                           const qkv_detr_input *in, int64_t batch,
+                                           qkv_comm *c, qkv_coco_result *res);
 
 /* Kernel regression (`qkv kernel-regression`): trains *w (in place) as the
  * book, through qkv_trainer: leave-one-out keys and values (n, n - 1), loss

@@ -357,6 +357,58 @@ TEST(ddp_moco_v3_two_ranks_give_one_process_weights)
         moco_two_ranks("--version 3 --arch resnet18 --width 8", "v3 ResNet-18");
 }
 
+/* `qkv train detr`'s default model (ResNet-18 of width 32 with batch
+ * statistics, transformer width 128, 3 + 3 layers, 20 queries), no
+ * pretraining or augmentation, 2 steps of 4 of 8 scenes of 64 pixels: two
+ * ranks of one thread (2 images each; the box count and the class loss's
+ * weights summed over ranks before the loss) against one process of two
+ * threads: every weight, batch norm's running statistics and AdamW's
+ * moments within 1e-5 relative (equal bit for bit), and the same epoch
+ * line (the losses and the COCO numbers of the 4 validation images, which
+ * the ranks evaluate 2 + 2 and gather). */
+TEST(ddp_detr_two_ranks_give_one_process_weights)
+{
+    if (!have_mpi())
+        return;
+    char data[256], one[256], two[256], cmd[2048], out[8192], a[300], b[300];
+    temp_dir(data, sizeof data, "detr-data");
+    temp_dir(one, sizeof one, "detr1");
+    temp_dir(two, sizeof two, "detr2");
+    REQUIRE(data[0] && one[0] && two[0], "mkdtemp");
+    snprintf(cmd, sizeof cmd, "%s data scenes --out %s --train 8 --val 4 --size 64 --seed 4 2>&1",
+             test_qkv_bin(), data);
+    int rc = test_run(cmd, out, sizeof out);
+    REQUIRE(rc == 0, "data scenes: exit %d\n%s", rc, out);
+    char args[512], line1[512], line2[512];
+    snprintf(args, sizeof args, "train detr --data %s --epochs 1 --batch-size 4 "
+             "--pretrain-epochs 0 --no-augment", data);
+    snprintf(cmd, sizeof cmd, "QKV_PROGRESS=0 %s --threads 2 %s --out-dir %s 2>&1",
+             test_qkv_bin(), args, one);
+    rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0, "one process: rc %d\n%s", rc, out);
+    line_after(line1, sizeof line1, out, "epoch 1/1:");
+    snprintf(cmd, sizeof cmd, "QKV_PROGRESS=0 %s %s %s --out-dir %s 2>&1", MPIRUN,
+             test_qkv_bin(), args, two);
+    rc = test_run(cmd, out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "on each of 2 ranks (mpi)"), "two ranks: rc %d\n%s", rc, out);
+    line_after(line2, sizeof line2, out, "epoch 1/1:");
+    const char *e1 = strstr(out, "epoch 1/1:"), *v1 = strstr(out, "validation (");
+    CHECK(e1 && !strstr(e1 + 1, "epoch 1/1:") && v1 && !strstr(v1 + 1, "validation ("),
+          "the epoch's line or the scores twice or never:\n%s", out);
+    /* the line up to its timing, which differs */
+    char *t1 = strstr(line1, " ("), *t2 = strstr(line2, " (");
+    if (t1 && t2)
+        *t1 = *t2 = '\0';
+    CHECK(line1[0] && !strcmp(line1, line2), "one process:%s\ntwo ranks:  %s", line1, line2);
+    snprintf(a, sizeof a, "%s/checkpoint.safetensors", one);
+    snprintf(b, sizeof b, "%s/checkpoint.safetensors", two);
+    double d = compare_files(a, b, 0.0, 1e-5);
+    printf("    DETR, 2 steps: max |two ranks - one process| = %.3g\n", d);
+    remove_dir(data);
+    remove_dir(one);
+    remove_dir(two);
+}
+
 /* Two ranks train an epoch; one process of two threads resumes for the
  * second: the weights of two straight epochs. */
 TEST(ddp_run_resumes_on_another_number_of_ranks)

@@ -18,6 +18,13 @@
  * queries; times W_shard / W_batch (the weights' sums, known before
  * matching: an image with n objects has min(Q, n) matched queries) it is
  * the share, so the shards' terms add up to the loss of the whole batch.
+ *
+ * Over several ranks the batch's box count and its queries' weights are
+ * summed over ranks before the shards run (DETR's all-reduced num_boxes:
+ * official DETR divides each GPU's loss by max(boxes / p, 1) and averages
+ * the GPUs' gradients, which is dividing by max(boxes, p) and summing them,
+ * as qkv's trainer sums), and the validation images are split between the
+ * ranks by whole batches, their detections gathered.
  */
 #include "train_internal.h"
 
@@ -90,6 +97,7 @@ qkv_status qkv_detr_recipe_preset(qkv_detr_recipe *r, const char *name)
     r->data_dir = keep.data_dir, r->out_dir = keep.out_dir, r->seed = keep.seed;
     r->mnist_dir = keep.mnist_dir;
     r->resume = keep.resume, r->threads = keep.threads, r->quiet = keep.quiet;
+    r->comm = keep.comm;
     if (keep.limit)
         r->limit = keep.limit;
     if (keep.eval_limit)
@@ -102,6 +110,41 @@ qkv_status qkv_detr_recipe_preset(qkv_detr_recipe *r, const char *name)
 qkv_status qkv_detr_evaluate(qkv_ctx *ctx, const qkv_detr *m, const qkv_det_dataset *d,
                              int64_t n, const qkv_detr_input *in, int64_t batch,
                              qkv_coco_result *res)
+{
+    return qkv_detr_evaluate_ranks(ctx, m, d, n, in, batch, NULL, res);
+}
+
+/* Every rank's detections (mine, n_mine of them) into dt, in rank order */
+static qkv_status gather_dets(qkv_comm *c, const qkv_coco_det *mine, int64_t n_mine,
+                              qkv_coco_dets *dt)
+{
+    int p = qkv_comm_size(c);
+    int64_t *counts = qkv__malloc((size_t)p * sizeof *counts), most = 0;
+    qkv_status st = counts ? qkv_comm_allgather(c, &n_mine, sizeof n_mine, counts)
+                           : qkv_error_status();
+    for (int r = 0; r < p && !st; r++)
+        most = counts[r] > most ? counts[r] : most;
+    qkv_coco_det *send = st ? NULL : qkv__calloc((size_t)most + 1, sizeof *send);
+    qkv_coco_det *all = st ? NULL : qkv__calloc((size_t)(p * most) + 1, sizeof *all);
+    if (!st && (!send || !all))
+        st = qkv_set_error(QKV_ERR_NOMEM, "detr_evaluate: out of memory for %lld detections",
+                           (long long)(p * most));
+    if (!st && n_mine)
+        memcpy(send, mine, (size_t)n_mine * sizeof *send);
+    if (!st && most)
+        st = qkv_comm_allgather(c, send, (size_t)most * sizeof *send, all);
+    for (int r = 0; r < p && !st; r++)
+        for (int64_t i = 0; i < counts[r] && !st; i++)
+            st = qkv_coco_dets_add(dt, &all[r * most + i]);
+    qkv__free(counts);
+    qkv__free(send);
+    qkv__free(all);
+    return st;
+}
+
+qkv_status qkv_detr_evaluate_ranks(qkv_ctx *ctx, const qkv_detr *m, const qkv_det_dataset *d,
+                                   int64_t n, const qkv_detr_input *in, int64_t batch,
+                                   qkv_comm *c, qkv_coco_result *res)
 {
     if (!ctx || !m || !d || !in || !res)
         return qkv_set_error(QKV_ERR_ARG, "detr_evaluate: NULL argument");
@@ -119,11 +162,19 @@ qkv_status qkv_detr_evaluate(qkv_ctx *ctx, const qkv_detr *m, const qkv_det_data
     qkv_coco_dets *dt = qkv_coco_dets_new("detections");
     int64_t Q = m->cfg.num_queries, K1 = m->cfg.num_classes + 1;
     qkv_detection *dets = qkv__malloc((size_t)Q * sizeof *dets);
+    /* this rank's batches [c_lo, c_hi) of the n_batches; with several
+     * ranks its detections are kept in `mine` until they are gathered */
+    int p = qkv_comm_size(c);
+    int64_t n_batches = (n + batch - 1) / batch, c_lo, c_hi, n_mine = 0;
+    qkv_shard_rows(n_batches, qkv_comm_rank(c), p, &c_lo, &c_hi);
+    qkv_coco_det *mine = p > 1 ? qkv__malloc((size_t)((c_hi - c_lo) * batch * Q + 1) *
+                                             sizeof *mine)
+                               : NULL;
     qkv_status st = buf && idx && gt && dt && dets ? QKV_OK : qkv_error_status();
-    if (!st && !(buf && idx && dets))
+    if (!st && !(buf && idx && dets && (p == 1 || mine)))
         st = qkv_set_error(QKV_ERR_NOMEM, "detr_evaluate: out of memory");
     int was_training = qkv_set_training(ctx, 0), had_grad = qkv_set_grad_enabled(ctx, 0);
-    for (int64_t at = 0; at < n && !st; at += batch) {
+    for (int64_t at = c_lo * batch; at < n && at < c_hi * batch && !st; at += batch) {
         int64_t b = n - at < batch ? n - at : batch;
         for (int64_t i = 0; i < b; i++)
             idx[i] = at + i;
@@ -153,16 +204,27 @@ qkv_status qkv_detr_evaluate(qkv_ctx *ctx, const qkv_detr *m, const qkv_det_data
                     st = qkv_set_error(QKV_ERR_NAN, "detr_evaluate: image %lld query %lld "
                                        "has a box or score that is not finite",
                                        (long long)det.image_id, (long long)q);
-                else if (qkv_coco_gt_category_name(gt, det.category_id))
-                    st = qkv_coco_dets_add(dt, &det);
+                else if (qkv_coco_gt_category_name(gt, det.category_id)) {
+                    if (mine)
+                        mine[n_mine++] = det;
+                    else
+                        st = qkv_coco_dets_add(dt, &det);
+                }
             }
         }
         qkv_ctx_reset(ctx);
     }
     qkv_set_training(ctx, was_training);
     qkv_set_grad_enabled(ctx, had_grad);
+    if (p > 1) { /* a rank that failed leaves the others' gather to time out */
+        if (st)
+            qkv_comm_abandon(c);
+        else
+            st = gather_dets(c, mine, n_mine, dt);
+    }
     if (!st)
         st = qkv_coco_evaluate(gt, dt, res);
+    qkv__free(mine);
     qkv__free(buf);
     qkv__free(idx);
     qkv__free(dets);
@@ -185,6 +247,8 @@ typedef struct {
     int64_t n_train, n_val;
     double stats[QKV_COCO_NSTATS], last_loss;
     int evaluated;
+    qkv_comm *comm;     /* NULL: one process */
+    double boxes, w_all; /* the step's global batch: boxes, queries' CE weights */
 } detr_run;
 
 /* The weight sum of image b's queries in the cross entropy. */
@@ -192,6 +256,29 @@ static double ce_weight(int64_t Q, int64_t n, float eos)
 {
     int64_t matched = n < Q ? n : Q;
     return (double)matched + (double)eos * (double)(Q - matched);
+}
+
+/* The global batch's box count and CE weight sum (this rank's images'
+ * summed over ranks: DETR's all-reduce of num_boxes), before the shards */
+static qkv_status pre_step(qkv_trainer *t, void *user)
+{
+    detr_run *v = user;
+    int64_t n;
+    qkv_det_batch bt = qkv_det_batch_view(&v->fill, qkv_trainer_batch(t, &n, NULL));
+    double sums[2] = {0, 0};
+    for (int64_t i = 0; i < bt.n; i++) {
+        sums[0] += (double)bt.n_boxes[i];
+        sums[1] += ce_weight(v->m->cfg.num_queries, bt.n_boxes[i], v->loss.eos_coef);
+    }
+    qkv_status st = qkv_comm_allreduce(v->comm, sums, 2, QKV_DT_F64);
+    if (st) {
+        char msg[900];
+        snprintf(msg, sizeof msg, "%s", qkv_error());
+        return qkv_set_error(st, "step %lld, summing the batch's boxes over ranks: %s",
+                             (long long)qkv_trainer_step(t) + 1, msg);
+    }
+    v->boxes = sums[0], v->w_all = sums[1];
+    return QKV_OK;
 }
 
 /* DETR's loss of images [lo, hi) as their share of the batch's; stats:
@@ -202,14 +289,11 @@ static qkv_tensor *loss(qkv_ctx *ctx, const qkv_train_batch *b, void *user)
     qkv_det_batch bt = qkv_det_batch_view(&v->fill, b->batch);
     int64_t n = b->hi - b->lo, Q = v->m->cfg.num_queries, M = bt.max_objects;
     int64_t px = bt.C * bt.H * bt.W;
-    double w_all = 0, w_mine = 0, boxes = 0;
-    for (int64_t i = 0; i < bt.n; i++) {
-        double w = ce_weight(Q, bt.n_boxes[i], v->loss.eos_coef);
-        w_all += w;
-        boxes += (double)bt.n_boxes[i];
-        if (i >= b->lo && i < b->hi)
-            w_mine += w;
-    }
+    double w_all = v->w_all, w_mine = 0;
+    /* official DETR: max(boxes / p, 1) per GPU, gradients averaged */
+    double p = (double)qkv_comm_size(v->comm), boxes = v->boxes > p ? v->boxes : p;
+    for (int64_t i = b->lo; i < b->hi; i++)
+        w_mine += ce_weight(Q, bt.n_boxes[i], v->loss.eos_coef);
     qkv_detr_target *tg = qkv__alloc(ctx, (size_t)n * sizeof *tg);
     if (!tg)
         return NULL;
@@ -217,7 +301,7 @@ static qkv_tensor *loss(qkv_ctx *ctx, const qkv_train_batch *b, void *user)
         tg[i] = (qkv_detr_target){.n = bt.n_boxes[b->lo + i], .labels = bt.labels + (b->lo + i) * M,
                                   .boxes = bt.boxes + 4 * (b->lo + i) * M};
     qkv_detr_loss_opts o = v->loss;
-    o.num_boxes = (float)(boxes > 1 ? boxes : 1);
+    o.num_boxes = (float)boxes;
     o.weight_ce = (float)(v->loss.weight_ce * w_mine / w_all);
     qkv_tensor *x = qkv_wrap(ctx, 4, (int64_t[]){n, bt.C, bt.H, bt.W}, bt.pixels + b->lo * px);
     qkv_detr_output out;
@@ -237,8 +321,8 @@ static qkv_status evaluate(qkv_trainer *t, qkv_train_epoch *e, void *user)
 {
     detr_run *v = user;
     qkv_coco_result res;
-    qkv_status st = qkv_detr_evaluate(qkv_trainer_eval_ctx(t), v->m, v->val, v->n_val, &v->in,
-                                      EVAL_BATCH, &res);
+    qkv_status st = qkv_detr_evaluate_ranks(qkv_trainer_eval_ctx(t), v->m, v->val, v->n_val,
+                                            &v->in, EVAL_BATCH, v->comm, &res);
     if (st)
         return st;
     memcpy(v->stats, res.stats, sizeof v->stats);
@@ -332,7 +416,8 @@ static qkv_status pretrain_evaluate(qkv_trainer *t, qkv_train_epoch *e, void *us
 
 /* Trains the backbone as a Fashion-MNIST classifier and copies its weights
  * and batch-norm statistics into DETR's (the same names, fc left out). */
-static qkv_status pretrain_backbone(const qkv_detr_recipe *r, qkv_detr *m, qkv_params *dst)
+static qkv_status pretrain_backbone(const qkv_detr_recipe *r, qkv_detr *m, qkv_params *dst,
+                                    bool quiet)
 {
     pretrain_run p = {.size = r->pretrain_size > 0 ? r->pretrain_size : 32,
                       .channels = m->cfg.in_channels,
@@ -357,7 +442,7 @@ static qkv_status pretrain_backbone(const qkv_detr_recipe *r, qkv_detr *m, qkv_p
         p.B = r->pretrain_limit;
     size_t bytes = (size_t)(p.B * p.channels * p.size * p.size) * sizeof(float) +
                    (size_t)p.B * sizeof(int64_t);
-    if (!r->quiet) {
+    if (!quiet) {
         printf("pretraining the backbone: ResNet-%d classifying Fashion-MNIST at %lldx%lld, "
                "%lld epochs\n", m->cfg.backbone_depth, (long long)p.size, (long long)p.size,
                (long long)r->pretrain_epochs);
@@ -374,8 +459,9 @@ static qkv_status pretrain_backbone(const qkv_detr_recipe *r, qkv_detr *m, qkv_p
         .optim = {.kind = QKV_ADAMW, .lr = (float)(r->pretrain_lr > 0 ? r->pretrain_lr : 2e-3),
                   .weight_decay = 0.05f},
         .schedule = {.kind = QKV_LR_COSINE, .warmup_epochs = 0.2},
-        .threads = r->threads, .seed = r->seed + 5, .evaluate = pretrain_evaluate,
-        .label = "pretrain", .print_every = r->quiet ? -1 : 1, .curves = curves});
+        .threads = r->threads, .seed = r->seed + 5, .comm = r->comm,
+        .evaluate = pretrain_evaluate, .label = "pretrain", .print_every = quiet ? -1 : 1,
+        .curves = curves});
     if (!t || (st = qkv_trainer_run(t)) != QKV_OK) {
         st = t ? st : qkv_error_status();
         goto done;
@@ -400,22 +486,29 @@ static bool exists(const char *path)
 }
 
 /* Opens dir's split; makes the scenes set first when dir is the default
- * and has none. */
-static qkv_status open_data(detr_run *v, const char *dir, bool make)
+ * and has none (rank 0 alone, the others wait for it). */
+static qkv_status open_data(detr_run *v, const char *dir, bool make, bool quiet)
 {
     char ann[4200], img[4200];
     snprintf(ann, sizeof ann, "%s/annotations/train.json", dir);
-    if (make && !exists(ann)) {
-        if (!v->r->quiet) {
+    bool lead = qkv_comm_rank(v->comm) == 0;
+    if (make && lead && !exists(ann)) {
+        if (!quiet) {
             printf("no data set in %s: making it (qkv data scenes --out %s)\n", dir, dir);
             fflush(stdout);
         }
         qkv_scenes_config sc = {.out_dir = dir, .n_train = 10000, .n_val = 1000,
                                 .seed = 0};
         qkv_status st = qkv_scenes_make(&sc);
-        if (st)
+        if (st) {
+            if (qkv_comm_size(v->comm) > 1)
+                qkv_comm_abandon(v->comm);
             return st;
+        }
     }
+    qkv_status st = make && qkv_comm_size(v->comm) > 1 ? qkv_comm_barrier(v->comm) : QKV_OK;
+    if (st)
+        return st;
     snprintf(img, sizeof img, "%s/train", dir);
     if (!(v->train = qkv_det_dataset_open(ann, img)))
         return qkv_error_status();
@@ -433,10 +526,11 @@ qkv_status qkv_detr_train(const qkv_detr_recipe *r, qkv_detr_result *res)
         r->n_crop_scales > QKV_DETR_MAX_SCALES)
         return qkv_set_error(QKV_ERR_ARG, "detr_train: %s", r ? "need epochs >= 0, a batch "
                              "size >= 1 and at most 16 scales" : "the recipe is NULL");
-    detr_run v = {.r = r};
+    detr_run v = {.r = r, .comm = r->comm};
+    bool quiet = r->quiet || qkv_comm_rank(r->comm) != 0;
     qkv_trainer *t = NULL;
     const char *dir = r->data_dir ? r->data_dir : "data/scenes";
-    qkv_status st = open_data(&v, dir, r->data_dir == NULL);
+    qkv_status st = open_data(&v, dir, r->data_dir == NULL, quiet);
     if (st)
         goto done;
     v.n_train = qkv_det_dataset_size(v.train);
@@ -479,7 +573,7 @@ qkv_status qkv_detr_train(const qkv_detr_recipe *r, qkv_detr_result *res)
     qkv_rng_seed(&init, r->seed + 2);
     qkv_detr_reset(v.m, &init);
     if (r->pretrain_epochs > 0 && !r->resume &&
-        (st = pretrain_backbone(r, v.m, qkv_model_params(v.model))))
+        (st = pretrain_backbone(r, v.m, qkv_model_params(v.model), quiet)))
         goto done;
     /* the loss: DETR's unless the recipe says otherwise */
     v.loss = qkv_detr_loss_defaults();
@@ -522,29 +616,29 @@ qkv_status qkv_detr_train(const qkv_detr_recipe *r, qkv_detr_result *res)
         .optim = {.kind = QKV_ADAMW, .lr = (float)r->lr, .weight_decay = (float)r->weight_decay},
         .schedule = {.kind = r->lr_drop > 0 ? QKV_LR_STEP : QKV_LR_CONSTANT,
                      .step_epochs = r->lr_drop},
-        .clip = (float)r->clip, .threads = r->threads, .seed = r->seed,
-        .evaluate = evaluate, .save_model = save_model, .out_dir = r->out_dir,
-        .config_json = cfg, .resume = r->resume, .label = "epoch",
-        .print_every = r->quiet ? -1 : 1, .curves = curves, .title = "DETR"});
+        .clip = (float)r->clip, .threads = r->threads, .seed = r->seed, .comm = r->comm,
+        .pre_step = pre_step, .evaluate = evaluate, .save_model = save_model,
+        .out_dir = r->out_dir, .config_json = cfg, .resume = r->resume, .label = "epoch",
+        .print_every = quiet ? -1 : 1, .curves = curves, .title = "DETR"});
     if (!t) {
         st = qkv_error_status();
         goto done;
     }
     qkv_optim_set_group_scale(qkv_trainer_optim(t), 1, (float)(r->lr > 0 ? r->lr_backbone / r->lr
                                                                           : 0.0));
-    if (!r->quiet) {
+    if (!quiet) {
         printf("DETR: ResNet-%d of width %lld (%s), transformer width %lld, %lld heads, "
                "%lld + %lld layers, %lld queries, "
                "%lld classes: %lld parameters\n"
                "training on %lld images (%s), %lld steps of %lld, AdamW lr %g (backbone %g), "
-               "%d threads\n",
+               "%d threads%s\n",
                mc.backbone_depth, (long long)v.m->backbone.cfg.width,
                mc.backbone_bn ? "batch norm" : "frozen batch norm",
                (long long)mc.hidden_dim, (long long)mc.num_heads, (long long)mc.enc_layers,
                (long long)mc.dec_layers, (long long)mc.num_queries, (long long)mc.num_classes,
                (long long)qkv_params_numel(ps), (long long)v.n_train, dir,
                (long long)qkv_trainer_steps_per_epoch(t), (long long)B, r->lr, r->lr_backbone,
-               qkv_shards_count(qkv_trainer_shards(t)));
+               qkv_shards_count(qkv_trainer_shards(t)), qkv__ranks_note(r->comm));
         if (r->resume)
             printf("resumed at epoch %lld, step %lld\n", (long long)qkv_trainer_epoch(t),
                    (long long)qkv_trainer_step(t));
@@ -553,10 +647,12 @@ qkv_status qkv_detr_train(const qkv_detr_recipe *r, qkv_detr_result *res)
     int64_t first = qkv_trainer_epoch(t);
     if ((st = qkv_trainer_run(t)) != QKV_OK)
         goto done;
+    if (!quiet)
+        qkv__print_comm_summary(t);
     if (!v.evaluated) { /* nothing left to train: the model as it stands */
         qkv_coco_result cr;
-        if ((st = qkv_detr_evaluate(qkv_trainer_eval_ctx(t), v.m, v.val, v.n_val, &v.in,
-                                    EVAL_BATCH, &cr)))
+        if ((st = qkv_detr_evaluate_ranks(qkv_trainer_eval_ctx(t), v.m, v.val, v.n_val, &v.in,
+                                          EVAL_BATCH, v.comm, &cr)))
             goto done;
         memcpy(v.stats, cr.stats, sizeof v.stats);
         qkv_coco_result_free(&cr);

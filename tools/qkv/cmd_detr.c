@@ -50,13 +50,28 @@ typedef struct {
     int64_t epochs, batch, limit, eval_limit, pretrain_epochs;
     double lr, lr_backbone;
     uint64_t seed;
-    int resume;
+    int resume, no_augment;
 } train_options;
 
+static int train_on(const train_options *o, qkv_comm *comm);
+
+/* Under mpirun each rank trains on its share of every batch
+ * (docs/distributed.md); a rank that fails abandons the run. */
 static int train(const train_options *o)
 {
+    qkv_comm *comm = cli_comm_open("train detr");
+    if (!comm)
+        return 1;
+    int rc = train_on(o, comm);
+    cli_comm_close(comm, rc != 0);
+    return rc;
+}
+
+static int train_on(const train_options *o, qkv_comm *comm)
+{
     qkv_detr_recipe r = {.data_dir = o->data, .out_dir = o->out_dir, .seed = o->seed,
-                         .resume = o->resume, .limit = o->limit, .eval_limit = o->eval_limit};
+                         .resume = o->resume, .limit = o->limit, .eval_limit = o->eval_limit,
+                         .comm = comm};
     if (qkv_detr_recipe_preset(&r, o->preset) != QKV_OK) {
         fprintf(stderr, "qkv train detr: %s\n", qkv_error());
         return 2;
@@ -71,13 +86,17 @@ static int train(const train_options *o)
         r.lr_backbone = o->lr_backbone;
     if (o->pretrain_epochs >= 0)
         r.pretrain_epochs = o->pretrain_epochs;
+    if (o->no_augment)
+        r.n_scales = r.n_crop_scales = 0;
     qkv_detr_result res;
     double t0 = qkv_now();
     qkv_status st = qkv_detr_train(&r, &res);
     if (st != QKV_OK) {
-        fprintf(stderr, "qkv train detr: %s\n", qkv_error());
+        fprintf(stderr, "qkv train detr%s: %s\n", cli_rank_note(comm), qkv_error());
         return st == QKV_ERR_INTERRUPTED ? 130 : 1;
     }
+    if (qkv_comm_rank(comm) != 0)
+        return 0;
     printf("validation (%s):\n", r.data_dir ? r.data_dir : "data/scenes");
     print_stats(res.stats);
     printf("%.1f minutes; wrote %s/model.safetensors, checkpoint.safetensors, metrics.jsonl, "
@@ -120,6 +139,8 @@ int cmd_train_detr(int argc, char **argv)
          .help = "evaluate on the first N validation images only (0: all)"},
         {.name = "seed", .kind = ARG_U64, .value = &o.seed,
          .help = "seed of the initialisation, shuffling, augmentation and dropout"},
+        {.name = "no-augment", .kind = ARG_FLAG, .value = &o.no_augment,
+         .help = "no flips, rescaling or crops: every image at the evaluation size"},
         {.name = "resume", .kind = ARG_FLAG, .value = &o.resume,
          .help = "continue from OUT-DIR/checkpoint.safetensors (same options)"},
     };
