@@ -2408,6 +2408,12 @@ typedef struct {
     int64_t bn_splits;        /* v1, v2 shuffle BN groups (0 or 1: off)            */
     int vit_v3_init;          /* a ViT as moco-v3's: fixed 2-D sin-cos positions,
                                  a random patch projection kept frozen, its init   */
+    qkv_comm *sync_bn;        /* every batch norm (the ResNet's, v3's MLPs')
+                                 synchronised over these ranks, as moco-v3 trains
+                                 (SyncBatchNorm; qkv_bn_opts.sync): not with
+                                 shuffle BN (bn_splits > 1), one shard per rank.
+                                 NULL: each process's (or shard's) batch. Not
+                                 kept in the model file                            */
 } qkv_moco_config;
 
 /* v3's MLPs: Linear without bias, then (but after the last, only with
@@ -2420,6 +2426,7 @@ typedef struct {
     qkv_tensor *bn_weight[QKV_MOCO_MLP_MAX], *bn_bias[QKV_MOCO_MLP_MAX];
     qkv_tensor *bn_mean[QKV_MOCO_MLP_MAX], *bn_var[QKV_MOCO_MLP_MAX];
     qkv_tensor *bn_count[QKV_MOCO_MLP_MAX]; /* num_batches_tracked; NULL: no BN */
+    qkv_comm *sync;                   /* the config's sync_bn */
 } qkv_moco_mlp;
 
 /* One branch: the encoder and its head. */
@@ -2908,8 +2915,11 @@ QKV_API double qkv_comm_time_allreduce(qkv_comm *c, int64_t n, int iters);
  * extra stores are broadcast to all; each step the gradients, the loss and
  * the stats are summed over ranks, so every rank takes the same update and
  * prints, logs and checkpoints (rank 0 alone writes) what one process with
- * the whole batch would. Buffers (batch norm's running statistics) are
- * rank 0's, broadcast after every step. A rank that fails abandons the
+ * the whole batch would. Batch norm's running statistics are updated after
+ * each step from every rank's batch statistics, merged in rank order as
+ * one process's shards' are (so they are equal on every rank, and equal
+ * one process's; PyTorch's DDP keeps rank 0's); buffers are then rank 0's,
+ * broadcast after every step. A rank that fails abandons the
  * communicator (qkv_comm_abandon); the others then fail in their next
  * collective within its timeout, or stop on mpirun's SIGTERM.
  *
@@ -3239,6 +3249,9 @@ typedef struct {
     const char *out_dir;            /* model.safetensors (qkv_moco_open), checkpoint,
                                        metrics.jsonl, curves.png; NULL: none */
     int resume, threads, quiet;
+    int sync_bn;                    /* 1: every batch norm synchronised over comm's
+                                       ranks (moco-v3's SyncBatchNorm) instead of
+                                       shuffle BN; one thread per rank */
     qkv_comm *comm;                 /* ranks training together (NULL: one process):
                                        each takes batch_size / ranks images of every
                                        batch (a multiple of the ranks); the keys are

@@ -30,10 +30,12 @@
  * `name` ("head" or "predictor"): layer l's Linear is number 3 l and its
  * BatchNorm1d 3 l + 1 (a ReLU, which has no state, is 3 l + 2). */
 static qkv_status mlp_init(qkv_moco_mlp *p, qkv_params *ps, const char *name, int layers,
-                           int64_t in, int64_t hidden, int64_t out, bool last_bn)
+                           int64_t in, int64_t hidden, int64_t out, bool last_bn,
+                           qkv_comm *sync)
 {
     memset(p, 0, sizeof *p);
     p->n = layers;
+    p->sync = sync;
     char pre[160], buf[200];
     for (int l = 0; l < layers; l++) {
         int64_t d1 = l == 0 ? in : hidden, d2 = l == layers - 1 ? out : hidden;
@@ -97,7 +99,7 @@ static qkv_tensor *mlp_forward(qkv_ctx *ctx, const qkv_moco_mlp *p, qkv_tensor *
                                                   .running_var = p->bn_var[l],
                                                   .num_batches_tracked = p->bn_count[l],
                                                   .momentum = BN_MOMENTUM, .eps = BN_EPS,
-                                                  .groups = groups});
+                                                  .groups = groups, .sync = p->sync});
         if (l < p->n - 1)
             x = qkv_relu(ctx, x);
     }
@@ -124,17 +126,18 @@ static qkv_status net_init(qkv_moco_net *n, qkv_params *ps, const qkv_moco_confi
             st = qkv_nn_linear_init(&n->fc0, ps, "heads.head.0", F, H, 1);
             return st ? st : qkv_nn_linear_init(&n->fc2, ps, "heads.head.2", H, c->dim, 1);
         }
-        return mlp_init(&n->projector, ps, "head", 3, F, c->mlp_dim, c->dim, true);
+        return mlp_init(&n->projector, ps, "head", 3, F, c->mlp_dim, c->dim, true, c->sync_bn);
     }
     /* a ResNet: v1's fc, v2's fc.0 and fc.2 (moco's mlp=True); v3 drops fc
      * for moco-v3's 2-layer projector under the same name */
     qkv_resnet_config rc = c->resnet;
     rc.num_classes = c->version < 3 ? c->dim : 0;
     rc.fc_hidden = c->version == 2 ? (c->mlp_dim > 0 ? c->mlp_dim : F) : 0;
+    rc.sync_bn = c->sync_bn;
     st = qkv_resnet_init(&n->resnet, ps, "", &rc);
     if (st || c->version < 3)
         return st;
-    return mlp_init(&n->projector, ps, "fc", 2, F, c->mlp_dim, c->dim, true);
+    return mlp_init(&n->projector, ps, "fc", 2, F, c->mlp_dim, c->dim, true, c->sync_bn);
 }
 
 /* x (N, Cin, H, W) -> the encoder's features (N, F); batch norms in
@@ -179,6 +182,9 @@ static qkv_status check_config(const qkv_moco_config *c)
                              "for v1 and v2 (%lld), an MLP width >= 1 for v3 (%lld) and "
                              "bn_splits >= 0 (%lld)", (long long)c->dim, (double)c->T,
                              (long long)c->K, (long long)c->mlp_dim, (long long)c->bn_splits);
+    if (c->sync_bn && c->bn_splits > 1)
+        return qkv_set_error(QKV_ERR_ARG, "moco: shuffle BN (bn_splits %lld) and batch norm "
+                             "synchronised over ranks (sync_bn) at once", (long long)c->bn_splits);
     return QKV_OK;
 }
 
@@ -223,7 +229,7 @@ qkv_status qkv_moco_init(qkv_moco *m, const qkv_moco_config *cfg)
         goto fail;
     if (v3 && ((st = qkv_params_set_prefix(m->ps, "")) ||
                (st = mlp_init(&m->predictor, m->ps, "predictor", 2, cfg->dim, cfg->mlp_dim,
-                              cfg->dim, false))))
+                              cfg->dim, false, cfg->sync_bn))))
         goto fail;
     if (!v3) {
         m->queue = qkv_params_add(m->ps_queue, "queue", 2, (int64_t[]){cfg->dim, cfg->K},

@@ -180,7 +180,7 @@ qkv_status qkv_moco_recipe_preset(qkv_moco_recipe *r, const char *name)
                              "demo, v1-resnet, v2-resnet, v3-resnet)", name);
     r->data_dir = keep.data_dir, r->out_dir = keep.out_dir, r->seed = keep.seed;
     r->resume = keep.resume, r->threads = keep.threads, r->quiet = keep.quiet;
-    r->comm = keep.comm;
+    r->comm = keep.comm, r->sync_bn = keep.sync_bn;
     if (keep.limit)
         r->limit = keep.limit;
     if (keep.eval_limit)
@@ -275,7 +275,7 @@ static qkv_status pre_step(qkv_trainer *t, void *user)
         return qkv_set_error(QKV_ERR_STATE, "moco: rank %d holds %lld of a batch of %lld "
                              "(equal shares of %lld expected)", v->rank, (long long)n,
                              (long long)ng, (long long)v->B);
-    int64_t splits = v->r->model.bn_splits, row0 = (int64_t)v->rank * n;
+    int64_t splits = v->m.cfg.bn_splits, row0 = (int64_t)v->rank * n;
     /* each shard of each rank is bn_splits / (ranks x shards) of the
      * original's GPUs, for the queries as for the keys */
     int64_t parts = (int64_t)p * qkv_shards_count(v->keys);
@@ -477,8 +477,12 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
     qkv_status st = qkv_mnist_load(&v.train, r->data_dir, 1);
     if (!st)
         st = qkv_mnist_load(&v.test, r->data_dir, 0);
+    /* SyncBatchNorm over the ranks in place of shuffle BN (moco-v3's) */
+    qkv_moco_config mc = r->model;
+    if (r->sync_bn)
+        mc.sync_bn = r->comm, mc.bn_splits = 1;
     if (!st)
-        st = qkv_moco_init(&v.m, &r->model);
+        st = qkv_moco_init(&v.m, &mc);
     if (st)
         goto done;
     v.n_train = r->limit > 0 && r->limit < v.train.n ? r->limit : v.train.n;
@@ -557,6 +561,12 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
     /* the key encoder's running statistics from every rank's rows, as the
      * trainer keeps the query encoder's */
     qkv__shards_defer_bn_to_ranks(v.keys, v.comm);
+    if (r->sync_bn && qkv_shards_count(v.keys) > 1) {
+        st = qkv_set_error(QKV_ERR_ARG, "moco_train: batch norm synchronised over ranks needs "
+                           "one thread per rank (--threads 1), not %d",
+                           qkv_shards_count(v.keys));
+        goto done;
+    }
     if ((st = qkv_trainer_add_state(t, "key", v.m.ps_k)) ||
         (v.m.queue && (st = qkv_trainer_add_state(t, "queue", v.m.ps_queue))))
         goto done;
@@ -574,12 +584,12 @@ qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res)
                      (long long)v.m.q.resnet.cfg.width);
         printf("MoCo v%d, %s: %lld parameters\n"
                "training on %lld images without labels, %lld steps of %lld, K %lld, T %g, "
-               "m %g, %d threads%s\n", r->model.version, enc,
+               "m %g, %d threads%s%s\n", r->model.version, enc,
                (long long)qkv_params_numel(v.m.ps),
                (long long)v.n_train, (long long)qkv_trainer_steps_per_epoch(t), (long long)v.B,
                (long long)(v.m.queue ? r->model.K : 0), (double)r->model.T,
                (double)r->momentum, qkv_shards_count(qkv_trainer_shards(t)),
-               qkv__ranks_note(r->comm));
+               qkv__ranks_note(r->comm), r->sync_bn ? ", batch norm synchronised" : "");
         if (r->resume)
             printf("resumed at epoch %lld, step %lld\n", (long long)qkv_trainer_epoch(t),
                    (long long)qkv_trainer_step(t));

@@ -20,7 +20,7 @@ typedef struct {
     int64_t epochs, batch, limit, eval_limit, K, knn_bank, knn_every, stop_after;
     double lr, T, m, crop_min, blur;
     uint64_t seed;
-    int resume;
+    int resume, sync_bn;
 } train_options;
 
 static int train_on(const train_options *o, qkv_comm *comm);
@@ -41,7 +41,7 @@ static int train_on(const train_options *o, qkv_comm *comm)
 {
     qkv_moco_recipe r = {.data_dir = o->data, .out_dir = o->out_dir, .seed = o->seed,
                          .resume = o->resume, .limit = o->limit, .eval_limit = o->eval_limit,
-                         .comm = comm};
+                         .comm = comm, .sync_bn = o->sync_bn};
     char preset[32];
     bool demo = !strcmp(o->version, "demo"), resnet = !demo && !strcmp(o->arch, "resnet18");
     if (demo)
@@ -139,6 +139,9 @@ int cmd_train_moco(int argc, char **argv)
         {.name = "stop-after", .kind = ARG_INT, .value = &o.stop_after, .min = 0, .max = 10000,
          .help = "stop with a checkpoint once N epochs are done, to go on with --resume (0: "
                  "never)"},
+        {.name = "sync-bn", .kind = ARG_FLAG, .value = &o.sync_bn,
+         .help = "under mpirun: batch norm synchronised over the ranks (SyncBatchNorm, as "
+                 "moco-v3 trains) instead of shuffle BN; needs --threads 1"},
         {.name = "resume", .kind = ARG_FLAG, .value = &o.resume,
          .help = "continue from OUT-DIR/checkpoint.safetensors (same options)"},
     };
