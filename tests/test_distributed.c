@@ -558,6 +558,31 @@ TEST(ddp_dead_rank_stops_the_other_with_a_message)
     remove_dir("/tmp/qkv-dist-dead");
 }
 
+/* MoCo's own collectives (the keys' all-gathers before the shards run):
+ * rank 1 dies at step 2 and rank 0 stops with a message naming them. */
+TEST(ddp_moco_dead_rank_stops_the_other_with_a_message)
+{
+    if (!have_mpi())
+        return;
+    char cmd[2048], out[8192];
+    snprintf(cmd, sizeof cmd,
+             "QKV_PROGRESS=0 QKV_TEST_FAULT=kill:1:2 %s %s train moco --width 8 --limit 64 "
+             "--batch-size 16 --queue 64 --epochs 1 --knn-every -1 "
+             "--out-dir /tmp/qkv-dist-moco-dead 2>&1",
+             MPIRUN, test_qkv_bin());
+    double s;
+    int rc = run_timed(cmd, out, sizeof out, &s);
+    CHECK(rc != 0 && s < 60, "rc %d after %.1f s", rc, s);
+    /* (were rank 0 descheduled from the end of step 2 until mpirun's SIGTERM,
+     * it would stop at the step boundary instead, saying so) */
+    CHECK(strstr(out, "killing this rank at step 2") &&
+              (strstr(out, "qkv train moco (rank 0 of 2): step 3, the keys of the global "
+                           "batch") ||
+               strstr(out, "qkv train moco (rank 0 of 2): interrupted at epoch 1")),
+          "no clear message from rank 0:\n%s", out);
+    remove_dir("/tmp/qkv-dist-moco-dead");
+}
+
 /* Rank 1 stops answering at step 3: rank 0 gives up after the 3 s
  * timeout, says so, and the run ends. */
 TEST(ddp_hung_rank_times_out_the_other)

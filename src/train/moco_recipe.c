@@ -262,12 +262,26 @@ static qkv_status gather_keys(moco_run *v, float *k, int64_t lo, int64_t n)
     return qkv_comm_allgather(v->comm, v->send, bytes, k);
 }
 
+static qkv_status keys_of_batch(qkv_trainer *t, moco_run *v);
+
 /* The key encoder on the global batch, before the shards' losses read it:
  * every rank ends with the same keys k2 (and v3's k1) of all B images, in
- * the global batch's order. */
+ * the global batch's order. Over ranks an error names the step. */
 static qkv_status pre_step(qkv_trainer *t, void *user)
 {
     moco_run *v = user;
+    qkv_status st = keys_of_batch(t, v);
+    if (st && v->world > 1) {
+        char msg[900];
+        snprintf(msg, sizeof msg, "%s", qkv_error());
+        return qkv_set_error(st, "step %lld, the keys of the global batch: %s",
+                             (long long)qkv_trainer_step(t) + 1, msg);
+    }
+    return st;
+}
+
+static qkv_status keys_of_batch(qkv_trainer *t, moco_run *v)
+{
     int64_t n, ng;
     const float *x = qkv_trainer_batch(t, &n, &ng);
     int p = v->world;
