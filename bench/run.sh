@@ -10,7 +10,7 @@
 #   --rounds N      rounds per model case (default 5)
 #   --cases LIST    model cases to run (default all): mha_small, mha_large,
 #                   tf_book, tf_large, vit_train, vitb16_b1, vitb16_b8, moco_v2,
-#                   detr_r50, detr_train
+#                   moco_vit, detr_r50, detr_train
 #   --debian        Debian's PyTorch 1.13 as one more model peer (the ops
 #                   table always has it)
 #   --no-compile    leave torch.compile out (it compiles in every round)
@@ -89,7 +89,8 @@ if [ $venv = 0 ]; then compile=0 ort=0; fi
 all_cases=(mha:mha_small:- mha:mha_large:- transformer:tf_book_full:tf_book
            transformer:tf_large_full:tf_large vit:vit_train_full:vit_train
            vit:vitb16_b1_full:vitb16_b1 vit:vitb16_b8_full:vitb16_b8
-           moco:moco_v2_full:moco_v2 detr:detr_r50_full:- detr:detr_train_full:-)
+           moco:moco_v2_full:- moco:moco_vit_full:moco_vit
+           detr:detr_r50_full:- detr:detr_train_full:-)
 cases=()
 for c in "${all_cases[@]}"; do
     rest=${c#*:} trick=${c##*:}

@@ -40,8 +40,11 @@ CASES = [
      "qkv computing the class token alone in the last block"),
     ("vitb16_b8_full", "ViT-B/16 inference, 224x224, batch 8, every token", "vitb16_b8",
      "qkv computing the class token alone in the last block"),
-    ("moco_v2_full", "MoCo v2 train step, ViT 28x28x1 (patch 4, E 96, 4 blocks), MLP head, "
-     "batch 256, K 4096, AdamW, every token", "moco_v2",
+    ("moco_v2_full", "MoCo v2 train step, `qkv train moco`'s default (ResNet-18 of width 16, "
+     "small-image stem, 28x28x1, MLP head, batch 256, K 4096, shuffle BN in 8 groups, SGD)",
+     None, None),
+    ("moco_vit_full", "MoCo v2 train step, ViT 28x28x1 (patch 4, E 96, 4 blocks), MLP head, "
+     "batch 256, K 4096, AdamW, every token", "moco_vit",
      "qkv computing the class token alone in the last block"),
     ("detr_r50_full", "DETR-R50 inference, 800x1066, batch 1 (frozen BN, 6 + 6 layers, "
      "100 queries)", None, None),
