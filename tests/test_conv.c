@@ -76,6 +76,97 @@ TEST(conv2d_matches_direct_reference)
     qkv_ctx_free(ctx);
 }
 
+/* ---- im2col and col2im against their definitions ---- */
+
+/* col[(c taps + t) ld + oh Wo + ow] = x[c][oh sh - ph + i dh][ow sw - pw + j
+ * dw], 0 outside the image */
+static void im2col_def(float *col, int64_t ld, const float *x, int64_t C,
+                       const qkv_conv_geom *g)
+{
+    int64_t taps = (int64_t)g->kh * g->kw;
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t t = 0; t < taps; t++)
+            for (int64_t oh = 0; oh < g->Ho; oh++)
+                for (int64_t ow = 0; ow < g->Wo; ow++) {
+                    int64_t ih = oh * g->sh - g->ph + t / g->kw * g->dh;
+                    int64_t iw = ow * g->sw - g->pw + t % g->kw * g->dw;
+                    bool in = ih >= 0 && ih < g->H && iw >= 0 && iw < g->W;
+                    col[(c * taps + t) * ld + oh * g->Wo + ow] =
+                        in ? x[(c * g->H + ih) * g->W + iw] : 0.0f;
+                }
+}
+
+/* Every geometry the kernels tell apart: a tap's row as the shifted plane
+ * (stride 1, output as wide as the input: 3x3 "same" on 28, 7, 4, 1 pixel
+ * sides, dilated, a window wider than the image, a kernel taller than
+ * wide, 9x9), and row by row (padding 0, stride 2 with 3x3, 7x7 and 1x1);
+ * one image and two side by side (qkv_k_im2col_images). Values
+ * are small integers, so that col2im's sums are exact in any order. */
+TEST(im2col_and_col2im_match_their_definitions)
+{
+    static const struct {
+        int64_t C, H, W;
+        int kh, kw, sh, sw, ph, pw, dh, dw;
+    } cases[] = {
+        {3, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1}, {4, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1},
+        {2, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1},   {2, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1},
+        {2, 9, 8, 3, 3, 1, 1, 2, 2, 2, 2},   {1, 3, 3, 5, 5, 1, 1, 2, 2, 1, 1},
+        {2, 6, 5, 5, 3, 1, 1, 0, 1, 1, 1},   {2, 6, 6, 3, 3, 1, 1, 0, 0, 1, 1},
+        {2, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1}, {1, 15, 13, 7, 7, 2, 2, 3, 3, 1, 1},
+        {3, 7, 7, 1, 1, 2, 2, 0, 0, 1, 1},   {2, 8, 6, 3, 3, 1, 2, 1, 1, 1, 1},
+        {1, 11, 10, 9, 9, 1, 1, 4, 4, 1, 1}, /* more taps than the stack's table */
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        qkv_conv_geom g = {.H = cases[k].H, .W = cases[k].W, .kh = cases[k].kh,
+                           .kw = cases[k].kw, .sh = cases[k].sh, .sw = cases[k].sw,
+                           .ph = cases[k].ph, .pw = cases[k].pw, .dh = cases[k].dh,
+                           .dw = cases[k].dw};
+        g.Ho = (g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+        g.Wo = (g.W + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+        /* two images side by side, rows 3 floats longer than their columns */
+        int64_t C = cases[k].C, HW = g.H * g.W, P = g.Ho * g.Wo, ld = 2 * P + 3;
+        int64_t rows = C * g.kh * g.kw, ncol = rows * ld, nx = 2 * C * HW;
+        float *x = malloc(sizeof(float) * (size_t)nx);
+        float *col = malloc(sizeof(float) * (size_t)ncol);
+        float *want = malloc(sizeof(float) * (size_t)ncol);
+        float *dx = malloc(sizeof(float) * (size_t)nx);
+        float *dx_want = malloc(sizeof(float) * (size_t)nx);
+        REQUIRE(x && col && want && dx && dx_want, "out of memory");
+        for (int64_t i = 0; i < nx; i++) {
+            x[i] = (float)(i % 13) - 6.0f;
+            dx[i] = dx_want[i] = (float)(i % 5) - 2.0f;
+        }
+        for (int64_t i = 0; i < ncol; i++)
+            col[i] = want[i] = 99.0f; /* the gaps between rows stay as they are */
+        test_note("case %zu: %lldx%lld, kernel %dx%d, stride %d,%d, padding %d,%d", k,
+                  (long long)g.H, (long long)g.W, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw);
+        for (int64_t n = 0; n < 2; n++)
+            im2col_def(want + n * P, ld, x + n * C * HW, C, &g);
+        qkv_k_im2col_images(col, ld, x, C * HW, 2, C, &g);
+        CHECK_CLOSE_N(col, want, ncol, 0, 0);
+        qkv_k_im2col(col, ld, x + C * HW, C, &g); /* one image alone */
+        for (int64_t r = 0; r < rows; r++)
+            CHECK_CLOSE_N(col + r * ld, want + r * ld + P, P, 0, 0);
+        /* col2im: dx += every entry of col at the pixel im2col read it from */
+        for (int64_t i = 0; i < ncol; i++)
+            col[i] = (float)(i % 7) - 3.0f;
+        int64_t taps = (int64_t)g.kh * g.kw;
+        for (int64_t n = 0; n < 2; n++)
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t t = 0; t < taps; t++)
+                    for (int64_t p = 0; p < P; p++) {
+                        int64_t ih = p / g.Wo * g.sh - g.ph + t / g.kw * g.dh;
+                        int64_t iw = p % g.Wo * g.sw - g.pw + t % g.kw * g.dw;
+                        if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
+                            dx_want[((n * C + c) * g.H + ih) * g.W + iw] +=
+                                col[(c * taps + t) * ld + n * P + p];
+                    }
+        qkv_k_col2im_images(dx, C * HW, col, ld, 2, C, &g);
+        CHECK_CLOSE_N(dx, dx_want, nx, 0, 0);
+        free(x), free(col), free(want), free(dx), free(dx_want);
+    }
+}
+
 /* ---- gradient checks ---- */
 
 static qkv_tensor *f_conv(qkv_ctx *c, qkv_tensor **t, void *u)

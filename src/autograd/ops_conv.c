@@ -56,9 +56,7 @@ static conv_plan plan_of(const qkv_conv_geom *g, int64_t B, int64_t Cin, int64_t
 static void im2col_chunk(float *col, const float *x, int64_t image_stride, int64_t m,
                          int64_t cg, const qkv_conv_geom *g)
 {
-    int64_t P = g->Ho * g->Wo;
-    for (int64_t i = 0; i < m; i++)
-        qkv_k_im2col(col + i * P, m * P, x + i * image_stride, cg, g);
+    qkv_k_im2col_images(col, m * g->Ho * g->Wo, x, image_stride, m, cg, g);
 }
 
 /* Threads for a convolution over `chunks` chunks of images: qkv_threads()
@@ -125,8 +123,7 @@ static void backward_chunk(const conv_plan *pl, const qkv_tensor *x, const qkv_t
                 continue;
             }
             qkv_k_gemm(true, false, K, cols, og, 1.0f, Wg, K, G, ldg, 0.0f, dcol, cols);
-            for (int64_t i = 0; i < m; i++)
-                qkv_k_col2im(dX + i * Cin * HW, dcol + i * P, cols, cg, g);
+            qkv_k_col2im_images(dX, Cin * HW, dcol, cols, m, cg, g);
         }
     }
 }

@@ -2,6 +2,7 @@
  * tests check them against. The GEMMs around them are in ops_conv.c. */
 #include "conv.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 /* The output positions o in [0, n) whose input coordinate o s - p + t lies
@@ -19,64 +20,179 @@ static void valid_range(int64_t n, int64_t size, int s, int p, int64_t t, int64_
         *lo = *hi;
 }
 
-void qkv_k_im2col(float *col, int64_t ld, const float *x, int64_t C, const qkv_conv_geom *g)
+/* What one tap (i, j) reads, the same for every channel and image: output
+ * rows [oh0, oh1) and columns [ow0, ow1) fall inside the image; output
+ * pixel (oh, ow) there reads input pixel (oh sh + ih, ow sw + iw). */
+typedef struct {
+    int64_t oh0, oh1, ow0, ow1, ih, iw;
+} tap_span;
+
+/* Taps whose spans are computed once per call on the stack; a larger
+ * kernel computes each tap's span as it goes. */
+#define TAPS_MAX 64
+
+static tap_span span_of(int64_t t, const qkv_conv_geom *g)
 {
-    /* col (C kh kw, Ho Wo) with row stride ld, x (C, H, W) */
-    int64_t HW = g->H * g->W, P = g->Ho * g->Wo, taps = (int64_t)g->kh * g->kw;
-#pragma omp parallel for if (C * taps * P > 262144) schedule(static)
-    for (int64_t c = 0; c < C; c++)
-        for (int64_t t = 0; t < taps; t++) {
-            int64_t i = t / g->kw, j = t % g->kw;
-            float *row = col + (c * taps + t) * ld;
-            const float *xc = x + c * HW;
-            int64_t oh0, oh1, ow0, ow1;
-            valid_range(g->Ho, g->H, g->sh, g->ph, i * g->dh, &oh0, &oh1);
-            valid_range(g->Wo, g->W, g->sw, g->pw, j * g->dw, &ow0, &ow1);
-            memset(row, 0, (size_t)(oh0 * g->Wo) * sizeof(float));
-            for (int64_t oh = oh0; oh < oh1; oh++) {
-                float *r = row + oh * g->Wo;
-                const float *xr = xc + (oh * g->sh - g->ph + i * g->dh) * g->W;
-                int64_t iw0 = ow0 * g->sw - g->pw + j * g->dw;
-                for (int64_t ow = 0; ow < ow0; ow++)
+    tap_span s;
+    int64_t i = t / g->kw, j = t % g->kw;
+    valid_range(g->Ho, g->H, g->sh, g->ph, i * g->dh, &s.oh0, &s.oh1);
+    valid_range(g->Wo, g->W, g->sw, g->pw, j * g->dw, &s.ow0, &s.ow1);
+    s.ih = i * g->dh - g->ph;
+    s.iw = j * g->dw - g->pw;
+    return s;
+}
+
+/* Fills the spans of every tap if they fit on the stack; else returns NULL
+ * and the loops call span_of per tap. */
+static const tap_span *spans_of(tap_span *buf, const qkv_conv_geom *g)
+{
+    int64_t taps = (int64_t)g->kh * g->kw;
+    if (taps > TAPS_MAX)
+        return NULL;
+    for (int64_t t = 0; t < taps; t++)
+        buf[t] = span_of(t, g);
+    return buf;
+}
+
+/* Whether a tap's whole row of col is the input plane shifted: stride 1
+ * and an output as wide as the input ("same" padding across), so that
+ * output pixel p = oh Wo + ow reads input pixel p + ih W + iw wherever that
+ * pixel is inside the image. */
+static bool shifted_plane(const qkv_conv_geom *g)
+{
+    return g->sh == 1 && g->sw == 1 && g->Wo == g->W;
+}
+
+/* Below this many floats a copy or fill is a loop, not a call. */
+#define SHORT_RUN 32
+
+static inline void zero_floats(float *p, int64_t n)
+{
+    if (n >= SHORT_RUN)
+        memset(p, 0, (size_t)n * sizeof(float));
+    else
+        for (int64_t k = 0; k < n; k++)
+            p[k] = 0.0f;
+}
+
+static inline void copy_floats(float *restrict d, const float *restrict s, int64_t n)
+{
+    if (n >= SHORT_RUN)
+        memcpy(d, s, (size_t)n * sizeof(float));
+    else
+        for (int64_t k = 0; k < n; k++)
+            d[k] = s[k];
+}
+
+/* One tap's row of col (Ho Wo) from one channel's plane xc (H, W). */
+static void im2col_row(float *row, const float *xc, const tap_span *s, bool plane,
+                       const qkv_conv_geom *g)
+{
+    int64_t P = g->Ho * g->Wo, Wo = g->Wo;
+    if (plane) {
+        /* one copy of the valid rows, then the columns that fell off the
+         * image's sides (they read a neighbouring row's pixel) zeroed */
+        int64_t shift = s->ih * g->W + s->iw, HW = g->H * g->W;
+        int64_t p0 = s->oh0 * Wo, p1 = s->oh1 * Wo;
+        int64_t lo = p0 > -shift ? p0 : -shift, hi = p1 < HW - shift ? p1 : HW - shift;
+        lo = lo < p1 ? lo : p1;
+        hi = hi > lo ? hi : lo; /* p0 <= lo <= hi <= p1 */
+        zero_floats(row, lo);
+        copy_floats(row + lo, xc + lo + shift, hi - lo);
+        zero_floats(row + hi, P - hi);
+        if (s->ow0 > 0 || s->ow1 < Wo)
+            for (int64_t oh = s->oh0; oh < s->oh1; oh++) {
+                float *r = row + oh * Wo;
+                for (int64_t ow = 0; ow < s->ow0; ow++)
                     r[ow] = 0;
-                if (g->sw == 1 && ow1 > ow0)
-                    memcpy(r + ow0, xr + iw0, (size_t)(ow1 - ow0) * sizeof(float));
-                else if (g->sw != 1)
-                    for (int64_t ow = ow0; ow < ow1; ow++)
-                        r[ow] = xr[iw0 + (ow - ow0) * g->sw];
-                for (int64_t ow = ow1; ow < g->Wo; ow++)
+                for (int64_t ow = s->ow1; ow < Wo; ow++)
                     r[ow] = 0;
             }
-            memset(row + oh1 * g->Wo, 0, (size_t)((g->Ho - oh1) * g->Wo) * sizeof(float));
+        return;
+    }
+    zero_floats(row, s->oh0 * Wo);
+    for (int64_t oh = s->oh0; oh < s->oh1; oh++) {
+        float *r = row + oh * Wo;
+        const float *xr = xc + (oh * g->sh + s->ih) * g->W + s->ow0 * g->sw + s->iw;
+        for (int64_t ow = 0; ow < s->ow0; ow++)
+            r[ow] = 0;
+        if (g->sw == 1)
+            copy_floats(r + s->ow0, xr, s->ow1 - s->ow0);
+        else
+            for (int64_t ow = s->ow0; ow < s->ow1; ow++)
+                r[ow] = xr[(ow - s->ow0) * g->sw];
+        for (int64_t ow = s->ow1; ow < Wo; ow++)
+            r[ow] = 0;
+    }
+    zero_floats(row + s->oh1 * Wo, P - s->oh1 * Wo);
+}
+
+void qkv_k_im2col_images(float *col, int64_t ld, const float *x, int64_t image_stride,
+                         int64_t m, int64_t C, const qkv_conv_geom *g)
+{
+    /* col (C kh kw, m Ho Wo) with row stride ld, image n's columns at n P;
+     * image n is x + n image_stride, (C, H, W) */
+    int64_t HW = g->H * g->W, P = g->Ho * g->Wo, taps = (int64_t)g->kh * g->kw;
+    tap_span buf[TAPS_MAX];
+    const tap_span *spans = spans_of(buf, g);
+    bool plane = shifted_plane(g);
+#pragma omp parallel for collapse(2) if (m * C * taps * P > 262144) schedule(static)
+    for (int64_t n = 0; n < m; n++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t t = 0; t < taps; t++) {
+                tap_span one = spans ? spans[t] : span_of(t, g);
+                im2col_row(col + (c * taps + t) * ld + n * P, x + n * image_stride + c * HW,
+                           &one, plane, g);
+            }
+}
+
+void qkv_k_im2col(float *col, int64_t ld, const float *x, int64_t C, const qkv_conv_geom *g)
+{
+    qkv_k_im2col_images(col, ld, x, 0, 1, C, g);
+}
+
+void qkv_k_col2im_images(float *dx, int64_t image_stride, const float *col, int64_t ld,
+                         int64_t m, int64_t C, const qkv_conv_geom *g)
+{
+    /* col = im2col_images(x): image n's dx (C, H, W) at dx + n image_stride
+     * += every column entry at the pixel it was read from. Channels of
+     * each image are disjoint, so they run in parallel. */
+    int64_t HW = g->H * g->W, P = g->Ho * g->Wo, taps = (int64_t)g->kh * g->kw;
+    tap_span buf[TAPS_MAX];
+    const tap_span *spans = spans_of(buf, g);
+    bool plane = shifted_plane(g);
+#pragma omp parallel for collapse(2) if (m * C * taps * P > 262144) schedule(static)
+    for (int64_t n = 0; n < m; n++)
+        for (int64_t c = 0; c < C; c++) {
+            float *dc = dx + n * image_stride + c * HW;
+            for (int64_t t = 0; t < taps; t++) {
+                tap_span s = spans ? spans[t] : span_of(t, g);
+                const float *row = col + (c * taps + t) * ld + n * P;
+                if (plane && s.ow0 == 0 && s.ow1 == g->Wo) {
+                    /* every column valid: the valid rows are one run of pixels */
+                    float *d = dc + s.ih * g->W + s.iw;
+                    for (int64_t p = s.oh0 * g->Wo; p < s.oh1 * g->Wo; p++)
+                        d[p] += row[p];
+                    continue;
+                }
+                for (int64_t oh = s.oh0; oh < s.oh1; oh++) {
+                    const float *r = row + oh * g->Wo + s.ow0;
+                    float *dr = dc + (oh * g->sh + s.ih) * g->W + s.ow0 * g->sw + s.iw;
+                    int64_t len = s.ow1 - s.ow0;
+                    if (g->sw == 1)
+                        for (int64_t k = 0; k < len; k++)
+                            dr[k] += r[k];
+                    else
+                        for (int64_t k = 0; k < len; k++)
+                            dr[k * g->sw] += r[k];
+                }
+            }
         }
 }
 
 void qkv_k_col2im(float *dx, const float *col, int64_t ld, int64_t C, const qkv_conv_geom *g)
 {
-    /* col = im2col(x): dx (C, H, W) += col (C kh kw, Ho Wo; row stride ld)
-     * at the pixels read. Channels are disjoint, so they run in parallel. */
-    int64_t HW = g->H * g->W, P = g->Ho * g->Wo, taps = (int64_t)g->kh * g->kw;
-#pragma omp parallel for if (C * taps * P > 262144) schedule(static)
-    for (int64_t c = 0; c < C; c++)
-        for (int64_t t = 0; t < taps; t++) {
-            int64_t i = t / g->kw, j = t % g->kw;
-            const float *row = col + (c * taps + t) * ld;
-            float *dc = dx + c * HW;
-            int64_t oh0, oh1, ow0, ow1;
-            valid_range(g->Ho, g->H, g->sh, g->ph, i * g->dh, &oh0, &oh1);
-            valid_range(g->Wo, g->W, g->sw, g->pw, j * g->dw, &ow0, &ow1);
-            for (int64_t oh = oh0; oh < oh1; oh++) {
-                const float *r = row + oh * g->Wo;
-                float *dr = dc + (oh * g->sh - g->ph + i * g->dh) * g->W;
-                int64_t iw0 = ow0 * g->sw - g->pw + j * g->dw;
-                if (g->sw == 1)
-                    for (int64_t ow = ow0; ow < ow1; ow++)
-                        dr[iw0 + ow - ow0] += r[ow];
-                else
-                    for (int64_t ow = ow0; ow < ow1; ow++)
-                        dr[iw0 + (ow - ow0) * g->sw] += r[ow];
-            }
-        }
+    qkv_k_col2im_images(dx, 0, col, ld, 1, C, g);
 }
 
 void qkv_k_conv2d_depthwise(float *out, const float *x, const float *w, const float *bias,

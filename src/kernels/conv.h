@@ -23,6 +23,13 @@ void qkv_k_im2col(float *col, int64_t ld, const float *x, int64_t C, const qkv_c
 /* Backward of im2col: dx (C, H, W) += every column entry at the pixel it
  * was read from; col as in im2col. */
 void qkv_k_col2im(float *dx, const float *col, int64_t ld, int64_t C, const qkv_conv_geom *g);
+/* The same over m images side by side: col (C kh kw, m Ho Wo), image n's
+ * columns from n Ho Wo, image n at x + n image_stride (dx likewise). One
+ * call per chunk of images: each tap's geometry is worked out once. */
+void qkv_k_im2col_images(float *col, int64_t ld, const float *x, int64_t image_stride,
+                         int64_t m, int64_t C, const qkv_conv_geom *g);
+void qkv_k_col2im_images(float *dx, int64_t image_stride, const float *col, int64_t ld,
+                         int64_t m, int64_t C, const qkv_conv_geom *g);
 
 /* Depthwise (one input channel per group): input channel c feeds outputs
  * c m .. c m + m - 1. out (B, C m, Ho, Wo) = sum over taps of w (C m, 1, kh,
