@@ -99,7 +99,8 @@ static void im2col_def(float *col, int64_t ld, const float *x, int64_t C,
 /* Every geometry the kernels tell apart: a tap's row as the shifted plane
  * (stride 1, output as wide as the input: 3x3 "same" on 28, 7, 4, 1 pixel
  * sides, dilated, a window wider than the image, a kernel taller than
- * wide, 9x9), and row by row (padding 0, stride 2 with 3x3, 7x7 and 1x1);
+ * wide, 9x9), and row by row (padding 0, stride 2 with 3x3, 7x7 and 1x1,
+ * stride 3);
  * one image and two side by side (qkv_k_im2col_images). Values
  * are small integers, so that col2im's sums are exact in any order. */
 TEST(im2col_and_col2im_match_their_definitions)
@@ -115,6 +116,8 @@ TEST(im2col_and_col2im_match_their_definitions)
         {2, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1}, {1, 15, 13, 7, 7, 2, 2, 3, 3, 1, 1},
         {3, 7, 7, 1, 1, 2, 2, 0, 0, 1, 1},   {2, 8, 6, 3, 3, 1, 2, 1, 1, 1, 1},
         {1, 11, 10, 9, 9, 1, 1, 4, 4, 1, 1}, /* more taps than the stack's table */
+        {1, 5, 40, 3, 3, 2, 2, 1, 1, 1, 1},  /* stride 2, rows of 20: 16 lanes and 4 */
+        {1, 4, 67, 1, 3, 1, 3, 0, 1, 1, 1},  /* stride 3 */
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         qkv_conv_geom g = {.H = cases[k].H, .W = cases[k].W, .kh = cases[k].kh,

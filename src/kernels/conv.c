@@ -5,6 +5,10 @@
 #include <stdbool.h>
 #include <string.h>
 
+#ifdef __AVX512F__
+#include "lanes512.h"
+#endif
+
 /* The output positions o in [0, n) whose input coordinate o s - p + t lies
  * in [0, size): [*lo, *hi). Keeps the inner loops free of bounds tests. */
 static void valid_range(int64_t n, int64_t size, int s, int p, int64_t t, int64_t *lo,
@@ -63,26 +67,73 @@ static bool shifted_plane(const qkv_conv_geom *g)
     return g->sh == 1 && g->sw == 1 && g->Wo == g->W;
 }
 
-/* Below this many floats a copy or fill is a loop, not a call. */
-#define SHORT_RUN 32
+/* Below this many floats a copy or fill is done inline (16 lanes at a time
+ * with AVX-512), not by a call: the runs here are a row of a small image. */
+#define SHORT_RUN 256
 
+#ifdef __AVX512F__
 static inline void zero_floats(float *p, int64_t n)
 {
-    if (n >= SHORT_RUN)
+    if (n >= SHORT_RUN) {
         memset(p, 0, (size_t)n * sizeof(float));
-    else
-        for (int64_t k = 0; k < n; k++)
-            p[k] = 0.0f;
+        return;
+    }
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16)
+        _mm512_storeu_ps(p + k, _mm512_setzero_ps());
+    if (k < n)
+        _mm512_mask_storeu_ps(p + k, qkv_lanes(n - k), _mm512_setzero_ps());
 }
 
 static inline void copy_floats(float *restrict d, const float *restrict s, int64_t n)
 {
-    if (n >= SHORT_RUN)
+    if (n >= SHORT_RUN) {
         memcpy(d, s, (size_t)n * sizeof(float));
-    else
-        for (int64_t k = 0; k < n; k++)
-            d[k] = s[k];
+        return;
+    }
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16)
+        _mm512_storeu_ps(d + k, _mm512_loadu_ps(s + k));
+    if (k < n) {
+        __mmask16 m = qkv_lanes(n - k);
+        _mm512_mask_storeu_ps(d + k, m, _mm512_maskz_loadu_ps(m, s + k));
+    }
 }
+
+/* d[k] = s[2 k], k < n: two loads of 16 and the even lanes of both */
+static inline void copy_floats_stride2(float *restrict d, const float *restrict s, int64_t n)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                           28, 30);
+    for (int64_t k = 0; k < n; k += 16) {
+        int64_t left = n - k < 16 ? n - k : 16, reads = 2 * left - 1; /* s[2k .. 2k + reads) */
+        __mmask16 lo = reads >= 16 ? QKV_ALL : qkv_lanes(reads);
+        __mmask16 hi = reads > 16 ? (reads - 16 >= 16 ? QKV_ALL : qkv_lanes(reads - 16)) : 0;
+        __m512 a = _mm512_maskz_loadu_ps(lo, s + 2 * k);
+        __m512 b = _mm512_maskz_loadu_ps(hi, s + 2 * k + 16);
+        __m512 v = _mm512_permutex2var_ps(a, even, b);
+        _mm512_mask_storeu_ps(d + k, left == 16 ? QKV_ALL : qkv_lanes(left), v);
+    }
+}
+#else
+static inline void zero_floats(float *p, int64_t n)
+{
+    if (n > 0)
+        memset(p, 0, (size_t)n * sizeof(float));
+}
+
+static inline void copy_floats(float *restrict d, const float *restrict s, int64_t n)
+{
+    if (n > 0)
+        memcpy(d, s, (size_t)n * sizeof(float));
+}
+
+static inline void copy_floats_stride2(float *restrict d, const float *restrict s, int64_t n)
+{
+    for (int64_t k = 0; k < n; k++)
+        d[k] = s[2 * k];
+}
+#endif
 
 /* One tap's row of col (Ho Wo) from one channel's plane xc (H, W). */
 static void im2col_row(float *row, const float *xc, const tap_span *s, bool plane,
@@ -103,10 +154,8 @@ static void im2col_row(float *row, const float *xc, const tap_span *s, bool plan
         if (s->ow0 > 0 || s->ow1 < Wo)
             for (int64_t oh = s->oh0; oh < s->oh1; oh++) {
                 float *r = row + oh * Wo;
-                for (int64_t ow = 0; ow < s->ow0; ow++)
-                    r[ow] = 0;
-                for (int64_t ow = s->ow1; ow < Wo; ow++)
-                    r[ow] = 0;
+                zero_floats(r, s->ow0);
+                zero_floats(r + s->ow1, Wo - s->ow1);
             }
         return;
     }
@@ -114,15 +163,16 @@ static void im2col_row(float *row, const float *xc, const tap_span *s, bool plan
     for (int64_t oh = s->oh0; oh < s->oh1; oh++) {
         float *r = row + oh * Wo;
         const float *xr = xc + (oh * g->sh + s->ih) * g->W + s->ow0 * g->sw + s->iw;
-        for (int64_t ow = 0; ow < s->ow0; ow++)
-            r[ow] = 0;
+        int64_t len = s->ow1 - s->ow0;
+        zero_floats(r, s->ow0);
         if (g->sw == 1)
-            copy_floats(r + s->ow0, xr, s->ow1 - s->ow0);
+            copy_floats(r + s->ow0, xr, len);
+        else if (g->sw == 2)
+            copy_floats_stride2(r + s->ow0, xr, len);
         else
-            for (int64_t ow = s->ow0; ow < s->ow1; ow++)
-                r[ow] = xr[(ow - s->ow0) * g->sw];
-        for (int64_t ow = s->ow1; ow < Wo; ow++)
-            r[ow] = 0;
+            for (int64_t k = 0; k < len; k++)
+                r[s->ow0 + k] = xr[k * g->sw];
+        zero_floats(r + s->ow1, Wo - s->ow1);
     }
     zero_floats(row + s->oh1 * Wo, P - s->oh1 * Wo);
 }
