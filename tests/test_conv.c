@@ -35,6 +35,12 @@ static const conv_case conv_cases[] = {
     {1, 1, 3, 3, 2, 5, 5, {.pad_h = 2, .pad_w = 2}, true}, /* window wider than the image */
     {1, 5, 4, 4, 3, 1, 1, {0}, true},                      /* 1x1 direct, one image */
     {2, 4, 7, 8, 4, 3, 3, {2, 2, 1, 2, 1, 2, 4}, false},   /* depthwise, strided, dilated */
+    /* stride 1, as many out-channels as in or fewer (ResNet's blocks): one
+     * image alone; two in a chunk; dilated; grouped */
+    {1, 4, 6, 6, 4, 3, 3, {.pad_h = 1, .pad_w = 1}, true},
+    {2, 4, 7, 6, 3, 3, 3, {.pad_h = 1, .pad_w = 1}, false},
+    {1, 3, 9, 8, 2, 3, 3, {.pad_h = 2, .pad_w = 1, .dil_h = 2}, true},
+    {2, 4, 6, 6, 4, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 2}, true},
     /* 200 output pixels: GEMMs over chunks of 3 images, then 1 */
     {4, 2, 10, 20, 4, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 2}, true},
     /* 576 and 529 output pixels: one image per chunk, the chunks shared out
