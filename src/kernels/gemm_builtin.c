@@ -72,7 +72,12 @@ static void pack_a(float *restrict Ap, const float *A, int64_t lda, bool ta, int
                 for (int64_t r = 0; r < MR; r++)
                     Ap[k * MR + r] = r < m ? src[r] : 0.0f;
             }
-        } else { /* each row is contiguous along k */
+        } else if (m == MR) { /* each row is contiguous along k: MR streams */
+            const float *src = A + (i0 + p) * lda + k0;
+            for (int64_t k = 0; k < kc; k++)
+                for (int64_t r = 0; r < MR; r++)
+                    Ap[k * MR + r] = src[r * lda + k];
+        } else {
             for (int64_t r = 0; r < MR; r++) {
                 const float *src = A + (i0 + p + r) * lda + k0;
                 for (int64_t k = 0; k < kc; k++)
@@ -82,11 +87,62 @@ static void pack_a(float *restrict Ap, const float *A, int64_t lda, bool ta, int
     }
 }
 
+#if defined(__AVX512F__)
+/* Bp[k * NR + c] <- src[c * ld + k] for c, k < 16: the 16 x 16 block at
+ * src, transposed into 16 rows of a packed panel. Pairs of rows interleave
+ * by 32 and 64 bits, then 128-bit lanes gather, twice. */
+static inline void transpose16(float *restrict Bp, const float *src, int64_t ld)
+{
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = _mm512_loadu_ps(src + i * ld);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+        __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    /* r[4q + j] holds, in each 128-bit lane l, column 4l + j of rows
+     * 4q .. 4q + 3; gather lanes: rows 0-7, then all 16 */
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+    }
+    for (int j = 0; j < 8; j++) {
+        _mm512_store_ps(Bp + j * NR, _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88));
+        _mm512_store_ps(Bp + (j + 8) * NR, _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd));
+    }
+}
+#endif
+
 /* One NR-wide panel: Bp (kc, NR) <- op(B)[k0 : k0 + kc, j0 : j0 + n], columns
  * past n zero. B is (K, N) with ldb, or (N, K) if tb. */
 static void pack_b_panel(float *restrict Bp, const float *B, int64_t ldb, bool tb, int64_t k0,
                          int64_t kc, int64_t j0, int64_t n)
 {
+#if defined(__AVX512F__)
+    if (tb && n == NR) { /* a whole panel of rows of B: 16 x 16 transposes */
+        int64_t k16 = kc / 16 * 16;
+        /* 16 rows at a time, along k: 16 streams for the prefetchers */
+        for (int64_t c = 0; c < NR; c += 16)
+            for (int64_t k = 0; k < k16; k += 16)
+                transpose16(Bp + k * NR + c, B + (j0 + c) * ldb + k0 + k, ldb);
+        for (int64_t c = 0; c < NR; c++) { /* the last kc % 16 */
+            const float *src = B + (j0 + c) * ldb + k0;
+            for (int64_t k = k16; k < kc; k++)
+                Bp[k * NR + c] = src[k];
+        }
+        return;
+    }
+#endif
     if (tb) {
         for (int64_t c = 0; c < NR; c++) {
             const float *src = B + (j0 + c) * ldb + k0;
@@ -103,19 +159,21 @@ static void pack_b_panel(float *restrict Bp, const float *B, int64_t ldb, bool t
 }
 
 /* ---- micro-kernels: C (MR, NR) with ldc = beta C + alpha a b, where
- * a (kc, MR) and b (kc, NR) are packed panels. beta == 0 does not read C. ---- */
+ * a (kc, MR) and b (kc, NR) are packed panels, written to C's first m rows
+ * (m <= MR: a panel cut by the matrix's last rows is zero-padded, its
+ * extra rows computed and dropped). beta == 0 does not read C. ---- */
 
 #if defined(__AVX512F__)
 #define NV (NR / 16)
 static void micro(int64_t kc, const float *restrict a, const float *restrict b, float *C,
-                  int64_t ldc, float alpha, float beta)
+                  int64_t ldc, int m, float alpha, float beta)
 {
     __m512 acc[MR][NV];
     for (int r = 0; r < MR; r++)
         for (int v = 0; v < NV; v++)
             acc[r][v] = _mm512_setzero_ps();
     /* C is needed only after the loop; ask for it now so that it is there */
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < m; r++)
         for (int v = 0; v < NV; v++)
             _mm_prefetch((const char *)(C + r * ldc + 16 * v), _MM_HINT_T0);
     for (int64_t k = 0; k < kc; k++, a += MR, b += NR) {
@@ -129,7 +187,7 @@ static void micro(int64_t kc, const float *restrict a, const float *restrict b, 
         }
     }
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < m; r++)
         for (int v = 0; v < NV; v++) {
             float *c = C + r * ldc + 16 * v;
             __m512 x = _mm512_mul_ps(va, acc[r][v]);
@@ -141,7 +199,7 @@ static void micro(int64_t kc, const float *restrict a, const float *restrict b, 
 #elif defined(__AVX2__) && defined(__FMA__)
 #define NV (NR / 8)
 static void micro(int64_t kc, const float *restrict a, const float *restrict b, float *C,
-                  int64_t ldc, float alpha, float beta)
+                  int64_t ldc, int m, float alpha, float beta)
 {
     __m256 acc[MR][NV];
     for (int r = 0; r < MR; r++)
@@ -158,7 +216,7 @@ static void micro(int64_t kc, const float *restrict a, const float *restrict b, 
         }
     }
     __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < m; r++)
         for (int v = 0; v < NV; v++) {
             float *c = C + r * ldc + 8 * v;
             __m256 x = _mm256_mul_ps(va, acc[r][v]);
@@ -169,14 +227,14 @@ static void micro(int64_t kc, const float *restrict a, const float *restrict b, 
 }
 #else
 static void micro(int64_t kc, const float *restrict a, const float *restrict b, float *C,
-                  int64_t ldc, float alpha, float beta)
+                  int64_t ldc, int m, float alpha, float beta)
 {
     float acc[MR][NR] = {{0}};
     for (int64_t k = 0; k < kc; k++, a += MR, b += NR)
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NR; c++)
                 acc[r][c] += a[r] * b[c];
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < m; r++)
         for (int c = 0; c < NR; c++) {
             float x = alpha * acc[r][c];
             C[r * ldc + c] = beta != 0.0f ? beta * C[r * ldc + c] + x : x;
@@ -184,13 +242,14 @@ static void micro(int64_t kc, const float *restrict a, const float *restrict b, 
 }
 #endif
 
-/* A tile cut by the matrix edge (m <= MR rows, n <= NR columns): the kernel
- * writes a whole tile to the stack and the valid part is merged into C. */
+/* A tile cut by the matrix's last columns (m <= MR rows, n < NR columns):
+ * the kernel writes a whole tile to the stack and the valid part is merged
+ * into C. */
 static void micro_edge(int64_t kc, const float *a, const float *b, float *C, int64_t ldc,
                        int64_t m, int64_t n, float alpha, float beta)
 {
     _Alignas(64) float tile[MR * NR];
-    micro(kc, a, b, tile, NR, alpha, 0.0f);
+    micro(kc, a, b, tile, NR, MR, alpha, 0.0f);
     for (int64_t r = 0; r < m; r++)
         for (int64_t c = 0; c < n; c++) {
             float *y = C + r * ldc + c;
@@ -264,8 +323,8 @@ static void run_tasks(const gemm_block *g, float *Ap, int64_t t_lo, int64_t t_hi
                 int64_t m = min64(MR, m_blk - i);
                 float *c = g->C + (i0 + i) * g->ldc + j;
                 const float *a = Ap + i * g->kc, *b = g->Bp + p * g->kc * NR;
-                if (m == MR && n == NR)
-                    micro(g->kc, a, b, c, g->ldc, g->alpha, g->beta);
+                if (n == NR)
+                    micro(g->kc, a, b, c, g->ldc, (int)m, g->alpha, g->beta);
                 else
                     micro_edge(g->kc, a, b, c, g->ldc, m, n, g->alpha, g->beta);
             }
