@@ -35,6 +35,16 @@ static inline double bench_now(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* CPU seconds the process has used, all its threads (user + sys): on a
+ * loaded machine far steadier than the clock on the wall, at one thread;
+ * at more it counts OpenMP's spinning waits too. */
+static inline double bench_cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static inline int bench_by_value(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -150,6 +160,7 @@ typedef int (*bench_step)(qkv_ctx *ctx, void *state);
 
 typedef struct {
     double ms;          /* median milliseconds per step, -1 if a step failed */
+    double cpu_ms;      /* median CPU milliseconds (user + sys, every thread) per step */
     size_t arena_peak;  /* the largest step arena of all steps, in bytes */
     double peak_mib;    /* VmHWM over the timed steps */
 } bench_result;
@@ -159,26 +170,28 @@ typedef struct {
 static inline bench_result bench_time(qkv_ctx *ctx, bench_step step, void *state, int warmup,
                                       int reps)
 {
-    bench_result r = {-1.0, 0, 0.0};
-    double ms[BENCH_MAX_REPS];
+    bench_result r = {-1.0, -1.0, 0, 0.0};
+    double ms[BENCH_MAX_REPS], cpu[BENCH_MAX_REPS];
     reps = reps > BENCH_MAX_REPS ? BENCH_MAX_REPS : reps;
     for (int i = 0; i < warmup + reps; i++) {
-        double t0 = bench_now();
+        double t0 = bench_now(), c0 = bench_cpu_now();
         if (step(ctx, state)) {
             fprintf(stderr, "bench: %s\n", qkv_error());
             return r;
         }
-        double t = bench_now() - t0;
+        double t = bench_now() - t0, c = bench_cpu_now() - c0;
         size_t peak = qkv_arena_peak(qkv_ctx_arena(ctx));
         r.arena_peak = peak > r.arena_peak ? peak : r.arena_peak;
         qkv_ctx_reset(ctx);
         if (i == warmup - 1)
             bench_reset_hwm(); /* the timed steps' peak from here */
         if (i >= warmup)
-            ms[i - warmup] = 1e3 * t;
+            ms[i - warmup] = 1e3 * t, cpu[i - warmup] = 1e3 * c;
     }
     qsort(ms, (size_t)reps, sizeof ms[0], bench_by_value);
+    qsort(cpu, (size_t)reps, sizeof cpu[0], bench_by_value);
     r.ms = ms[reps / 2];
+    r.cpu_ms = cpu[reps / 2];
     r.peak_mib = bench_hwm_mib();
     return r;
 }
@@ -203,6 +216,7 @@ static inline void bench_report(const char *key, bench_result r, qkv_params *ps,
         printf("%s_ms n/a\n", key);
     } else {
         printf("%s_ms %.3f\n", key, r.ms);
+        printf("%s_cpu_ms %.3f\n", key, r.cpu_ms);
         printf("%s_arena_mib %.1f\n", key, bench_mib((double)r.arena_peak));
         printf("%s_peak_mib %.1f\n", key, r.peak_mib);
     }

@@ -85,6 +85,7 @@ class Peer:
         print(f"impl {impl}")
         print(f"threads {torch.get_num_threads()}")
         self.base = 0.0
+        self.cpu_ms = None
 
     def compile(self, fn):
         """fn itself when eager, else torch.compile(fn) (default mode)."""
@@ -111,8 +112,9 @@ class Peer:
 
     def time_steps(self, step, warmup, reps):
         """Median milliseconds of `reps` calls of step() after `warmup`
-        calls; with --compile also the compile time (the warm-up calls'
-        time beyond as many steady steps), in seconds."""
+        calls, and their median CPU time in self.cpu_ms; with --compile
+        also the compile time (the warm-up calls' time beyond as many
+        steady steps), in seconds."""
         if self.compiling:  # the first call compiles, the second may still
             warmup = max(warmup, 2)
         t0 = time.perf_counter()
@@ -120,13 +122,16 @@ class Peer:
             step()
         warm = time.perf_counter() - t0
         reset_hwm()
-        ms = []
+        ms, cpu = [], []
         for _ in range(reps):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             step()
             ms.append(1e3 * (time.perf_counter() - t))
+            cpu.append(1e3 * (time.process_time() - c))
         ms.sort()
+        cpu.sort()
         med = ms[len(ms) // 2]
+        self.cpu_ms = cpu[len(cpu) // 2]
         self.compile_s = max(0.0, warm - warmup * med * 1e-3)
         return med
 
@@ -140,6 +145,8 @@ class Peer:
             for s in optim.state.values():
                 state += sum(v.numel() for v in s.values() if hasattr(v, "numel") and v.dim() > 0)
         print(f"{key}_ms {ms:.3f}")
+        if self.cpu_ms is not None:  # user + sys of every thread, as bench_util.h
+            print(f"{key}_cpu_ms {self.cpu_ms:.3f}")
         print(f"{key}_peak_mib {peak:.1f}")
         print(f"{key}_params_mib {4 * (n + grads) / 1048576:.1f}")
         print(f"{key}_optim_mib {4 * state / 1048576:.1f}")
