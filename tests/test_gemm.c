@@ -153,48 +153,6 @@ TEST(gemm_builtin_same_bits_any_thread_count)
     free(A), free(B), free(C1), free(C2);
 }
 
-/* Products qkv_k_gemm hands to the built-in GEMM (all without BLAS; with
- * OpenBLAS and AVX-512, x W^T) come out of it to the bit, at 1 thread and
- * cut into one band per thread at 2 (beta 0 and 1: the sums run in the
- * same order whatever the cut). A product sent to OpenBLAS instead would
- * differ in its last bits. */
-TEST(gemm_backend_routes_to_builtin_to_the_bit)
-{
-    int saved = qkv_threads();
-    int64_t M = 200, N = 300, K = 300;
-    qkv_rng r;
-    qkv_rng_seed(&r, 7);
-    float *A = rand_buf(&r, M * K), *B = rand_buf(&r, K * N), *C0 = rand_buf(&r, M * N);
-    float *C1 = malloc((size_t)(M * N) * sizeof *C1), *C2 = malloc((size_t)(M * N) * sizeof *C2);
-    int routed = 0;
-    for (int t = 0; t < 4; t++) {
-        bool ta = t & 1, tb = t & 2;
-        if (!qkv__gemm_uses_builtin(ta, tb))
-            continue;
-        routed++;
-        for (int threads = 1; threads <= 2; threads++)
-            for (int bi = 0; bi < 2; bi++) {
-                float beta = (float)bi;
-                qkv_set_threads(threads);
-                memcpy(C1, C0, (size_t)(M * N) * sizeof *C1);
-                memcpy(C2, C0, (size_t)(M * N) * sizeof *C2);
-                qkv_k_gemm(ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, beta, C1, N);
-                qkv_k_gemm_builtin(ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, beta, C2,
-                                   N);
-                CHECK(memcmp(C1, C2, (size_t)(M * N) * sizeof *C1) == 0,
-                      "ta=%d tb=%d, %d threads, beta %g: qkv_k_gemm differs from the built-in",
-                      ta, tb, threads, beta);
-            }
-    }
-#if defined(QKV_OPENBLAS) && defined(__AVX512F__)
-    CHECK(routed == 1 && qkv__gemm_uses_builtin(false, true), "x W^T not routed (%d)", routed);
-#elif !defined(QKV_OPENBLAS)
-    CHECK(routed == 4, "without BLAS every product is the built-in's (%d)", routed);
-#endif
-    qkv_set_threads(saved);
-    free(A), free(B), free(C0), free(C1), free(C2);
-}
-
 TEST(gemm_builtin_allocates_nothing_once_warm)
 {
     int64_t M = 300, N = 300, K = 300;

@@ -1,7 +1,6 @@
 /* gemm.c - C = alpha op(A) op(B) + beta C, through OpenBLAS's CBLAS when
- * built with it (BLAS=openblas), except the products the built-in kernel of
- * gemm_builtin.c runs faster (qkv__gemm_uses_builtin), else through the
- * built-in alone; and the plain reference both are tested against. */
+ * built with it (BLAS=openblas), else through the built-in kernel of
+ * gemm_builtin.c; and the plain reference both are tested against. */
 #include "gemm.h"
 
 #include "../qkv_internal.h"
@@ -47,13 +46,9 @@ static void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha
                 (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 
-typedef void (*gemm_fn)(bool, bool, int64_t, int64_t, int64_t, float, const float *, int64_t,
-                        const float *, int64_t, float, float *, int64_t);
-
-/* f on one band of C per OpenMP thread (f runs single-threaded in each) */
-static void banded_gemm(gemm_fn f, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
-                        float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
-                        float beta, float *C, int64_t ldc)
+static void openblas_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                          float *C, int64_t ldc)
 {
     qkv__threads_init(); /* OpenBLAS single-threaded before the first call */
     int threads = 1;
@@ -66,37 +61,21 @@ static void banded_gemm(gemm_fn f, bool ta, bool tb, int64_t M, int64_t N, int64
     band = (band + 15) / 16 * 16;
     int bands = (int)((len + band - 1) / band);
     if (bands <= 1) {
-        f(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
 #pragma omp parallel for num_threads(bands) schedule(static)
     for (int t = 0; t < bands; t++) {
         int64_t lo = t * band, n = len - lo < band ? len - lo : band;
         if (by_rows) /* rows lo.. of op(A) and of C */
-            f(ta, tb, n, N, K, alpha, A + (ta ? lo : lo * lda), lda, B, ldb, beta, C + lo * ldc,
-              ldc);
+            sgemm(ta, tb, n, N, K, alpha, A + (ta ? lo : lo * lda), lda, B, ldb, beta,
+                  C + lo * ldc, ldc);
         else /* columns lo.. of op(B) and of C */
-            f(ta, tb, M, n, K, alpha, A, lda, B + (tb ? lo * ldb : lo), ldb, beta, C + lo, ldc);
+            sgemm(ta, tb, M, n, K, alpha, A, lda, B + (tb ? lo * ldb : lo), ldb, beta, C + lo,
+                  ldc);
     }
 }
 #endif
-
-bool qkv__gemm_uses_builtin(bool trans_a, bool trans_b)
-{
-#if defined(QKV_OPENBLAS) && defined(__AVX512F__)
-    /* x W^T, every linear layer's forward: the built-in kernel packs the
-     * weight with register transposes; ViT-B/16's batch-1 forward took
-     * 0.94x OpenBLAS's CPU time, the ViT and Transformer training steps
-     * 0.98-0.99x (BENCHMARKS.md, "Where the peers are still ahead") */
-    return !trans_a && trans_b;
-#elif defined(QKV_OPENBLAS)
-    (void)trans_a, (void)trans_b;
-    return false;
-#else
-    (void)trans_a, (void)trans_b;
-    return true;
-#endif
-}
 
 void qkv_k_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                 const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
@@ -105,8 +84,7 @@ void qkv_k_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, flo
     if (M == 0 || N == 0)
         return;
 #ifdef QKV_OPENBLAS
-    banded_gemm(qkv__gemm_uses_builtin(trans_a, trans_b) ? qkv_k_gemm_builtin : sgemm, trans_a,
-                trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    openblas_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #else
     qkv_k_gemm_builtin(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #endif

@@ -30,11 +30,6 @@ void qkv_k_gemm_builtin(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_
 void qkv_k_gemv_rows(int64_t K, int64_t n, float alpha, const float *x, int64_t xs,
                      const float *B, int64_t ldb, float beta, float *y);
 
-/* Whether qkv_k_gemm sends a product with these transpose flags to the
- * built-in GEMM (always when qkv is built without BLAS; with OpenBLAS, the
- * products the built-in runs faster: x W^T when it has AVX-512). */
-bool qkv__gemm_uses_builtin(bool trans_a, bool trans_b);
-
 /* The micro-kernel the built-in GEMM was compiled with ("avx512", "avx2"
  * or "scalar"). */
 const char *qkv_k_gemm_builtin_isa(void);
