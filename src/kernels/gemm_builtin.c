@@ -13,14 +13,16 @@
  * others add. OpenMP splits the blocks of rows (and, when there are fewer row
  * blocks than threads, the columns too).
  *
- * Memory: one workspace per calling thread (packed B plus one A block per
- * OpenMP thread), grown on first use and kept, so that a training step of
- * unchanged shapes allocates nothing. If it cannot be allocated, the plain
- * reference GEMM runs instead (slow, but never wrong).
+ * Memory: a workspace per call running at once (packed B plus one A block
+ * per OpenMP thread), from a pool that grows on first use and is kept, so
+ * that a training step of unchanged shapes allocates nothing. If none can be
+ * had, the plain reference GEMM runs instead (slow, but never wrong).
  */
 #include "gemm.h"
 
 #include "../qkv_internal.h"
+
+#include <stdatomic.h>
 #include "kernels.h"
 
 #ifdef _OPENMP
@@ -259,25 +261,51 @@ static void micro_edge(int64_t kc, const float *a, const float *b, float *C, int
 
 /* ---- workspace ---- */
 
-/* Per calling thread: packed B (KC x NC) then one packed A block (MC x KC)
- * per OpenMP thread. Kept for the life of the thread. */
-static _Thread_local float *ws;
-static _Thread_local int ws_threads;
+/* A pool of workspaces, each packed B (KC x NC) then one packed A block
+ * (MC x KC) per OpenMP thread of the call. A call claims the first free one
+ * and gives it back when done, so the calls that run at once (at most one
+ * per thread of the loops around them) use the first few, which grow to the
+ * largest call they have served and are kept: a training step of unchanged
+ * shapes allocates nothing, whichever threads call (a workspace per thread
+ * would not do: a team nested in another, even in an inactive one, is made
+ * of new threads each time). */
+#define WS_SLOTS 64
+static struct {
+    atomic_int busy;
+    int threads;
+    float *p;
+} ws[WS_SLOTS];
 
-static float *workspace(int threads)
+/* A free workspace for `threads` threads, claimed (*slot), or NULL when all
+ * are taken or it cannot grow. */
+static float *workspace_claim(int threads, int *slot)
 {
-    if (ws_threads < threads) {
-        /* quiet: the slow path answers instead, and a kernel leaves the
-         * thread's error as its caller set it */
-        float *p = qkv__aligned_alloc_quiet(sizeof(float) * ((size_t)KC * NC +
-                                                             (size_t)threads * MC * KC));
-        if (!p)
-            return NULL;
-        qkv__free(ws);
-        ws = p;
-        ws_threads = threads;
+    for (int i = 0; i < WS_SLOTS; i++) {
+        if (atomic_load_explicit(&ws[i].busy, memory_order_relaxed) ||
+            atomic_exchange_explicit(&ws[i].busy, 1, memory_order_acquire))
+            continue;
+        if (ws[i].threads < threads) {
+            /* quiet: the slow path answers instead, and a kernel leaves the
+             * thread's error as its caller set it */
+            float *p = qkv__aligned_alloc_quiet(sizeof(float) * ((size_t)KC * NC +
+                                                                 (size_t)threads * MC * KC));
+            if (!p) {
+                atomic_store_explicit(&ws[i].busy, 0, memory_order_release);
+                return NULL;
+            }
+            qkv__free(ws[i].p);
+            ws[i].p = p;
+            ws[i].threads = threads;
+        }
+        *slot = i;
+        return ws[i].p;
     }
-    return ws;
+    return NULL;
+}
+
+static void workspace_release(int slot)
+{
+    atomic_store_explicit(&ws[slot].busy, 0, memory_order_release);
 }
 
 /* ---- driver ---- */
@@ -438,7 +466,8 @@ void qkv_k_gemm_builtin(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_
     if ((double)M * N * K >= QKV_GEMM_PARALLEL_WORK && !omp_in_parallel())
         threads = omp_get_max_threads();
 #endif
-    float *Bp = workspace(threads);
+    int slot;
+    float *Bp = workspace_claim(threads, &slot);
     if (!Bp) { /* an answer is still given, through the slow path */
         qkv_k_gemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
@@ -478,4 +507,5 @@ void qkv_k_gemm_builtin(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_
             }
         }
     }
+    workspace_release(slot);
 }
