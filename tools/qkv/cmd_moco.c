@@ -97,7 +97,7 @@ int cmd_train_moco(int argc, char **argv)
                        .epochs = -1, .crop_min = 0, .blur = -1};
     arg_opt opts[] = {
         {.name = "version", .kind = ARG_CHOICE, .value = &o.version, .choices = "1|2|3|demo",
-         .help = "MoCo v1 (linear head, T 0.07), v2 (MLP head, T 0.2, blur), v3 "
+         .help = "MoCo v1 (linear head, T 0.07), v2 (MLP head, T 0.1 or 0.2, blur), v3 "
                  "(projector and predictor, symmetric loss, no queue); demo: v2 on the ViT for a "
                  "minute"},
         {.name = "arch", .kind = ARG_CHOICE, .value = &o.arch, .choices = "vit|resnet18",
@@ -119,7 +119,8 @@ int cmd_train_moco(int argc, char **argv)
         {.name = "queue", .kind = ARG_INT, .value = &o.K, .min = 0, .max = 1e8,
          .help = "keys in the queue, a multiple of the batch (0: the preset's, 4096)"},
         {.name = "temperature", .kind = ARG_FLOAT, .value = &o.T, .min = 0, .max = 100,
-         .help = "softmax temperature (0: the preset's, 0.07, 0.2)"},
+         .help = "softmax temperature (0: the preset's: v1 0.07, v2 0.1 on the ResNet, 0.2 on "
+                 "the ViT)"},
         {.name = "momentum", .kind = ARG_FLOAT, .value = &o.m, .min = 0, .max = 1,
          .help = "the key encoder's momentum m (0: the preset's, 0.99)"},
         {.name = "crop-min", .kind = ARG_FLOAT, .value = &o.crop_min, .min = 0, .max = 1,
