@@ -140,6 +140,47 @@ TEST(plot_training_curves)
     CHECK(qkv_plot_lines(path, 1, &bad, NULL) == QKV_ERR_ARG, "no data");
 }
 
+/* A scatter (every series dots, as qkv_plot_embedding's classes) has its
+ * legend right of the frame, so that no dot is hidden under it; a plot with
+ * lines keeps it inside, at the frame's top right. */
+TEST(plot_scatter_legend_outside_the_frame)
+{
+    enum { N = 400 };
+    float x[2][N], y[2][N];
+    for (int i = 0; i < N; i++) /* dots over the whole frame, corners included */
+        for (int k = 0; k < 2; k++) {
+            x[k][i] = (float)(i % 20) + 0.5f * (float)k;
+            y[k][i] = (float)(i / 20);
+        }
+    qkv_series s[2] = {{.name = "class a", .x = x[0], .y = y[0], .n = N, .points = 1},
+                       {.name = "class b", .x = x[1], .y = y[1], .n = N, .points = 1}};
+    char path[256];
+    plot_path(path, sizeof path, "scatter.png");
+    REQUIRE(qkv_plot_lines(path, 2, s, NULL) == QKV_OK, "%s", qkv_error());
+    qkv_image im;
+    REQUIRE(qkv_image_read(&im, path) == QKV_OK, "%s", qkv_error());
+    /* the frame ends at x 616 whatever the legend; dots of class b's colour
+     * (magenta) right of it are the legend's sample */
+    int right = 0, rgb[3];
+    for (int64_t yy = 0; yy < im.h; yy++)
+        for (int64_t xx = 620; xx < im.w; xx++) {
+            pixel(&im, xx, yy, rgb);
+            right += rgb[0] == 191 && rgb[1] == 0 && rgb[2] == 191;
+        }
+    CHECK(im.w > 640 && im.h == 440, "scatter canvas %lld x %lld (wider than 640 x 440)",
+          (long long)im.w, (long long)im.h);
+    CHECK(right > 10, "the legend's magenta dot right of the frame: %d pixels", right);
+    qkv_image_free(&im);
+    done_with(path);
+    /* one series drawn as a line: the canvas stays 640 wide */
+    s[1].points = 0;
+    REQUIRE(qkv_plot_lines(path, 2, s, NULL) == QKV_OK, "%s", qkv_error());
+    REQUIRE(qkv_image_read(&im, path) == QKV_OK, "%s", qkv_error());
+    CHECK(im.w == 640, "a plot with a line: width %lld, want 640", (long long)im.w);
+    qkv_image_free(&im);
+    done_with(path);
+}
+
 TEST(metrics_json_lines)
 {
     char path[] = "/tmp/qkv_test_metrics_XXXXXX";

@@ -325,15 +325,21 @@ static void style(int k, qkv_rgb *col, qkv_dash *dash)
     *dash = k < 4 ? dashes[k] : QKV_SOLID;
 }
 
-static void legend(qkv_canvas *c, const frame *f, int n, const qkv_series *s)
+static int legend_width(int n, const qkv_series *s)
 {
-    int row = qkv__text_height(TEXT) + 8, wmax = 0;
+    int wmax = 0;
     for (int k = 0; k < n; k++) {
         int tw = qkv__text_width(s[k].name ? s[k].name : "", TEXT);
         wmax = tw > wmax ? tw : wmax;
     }
-    int bw = 10 + 36 + 8 + wmax + 10, bh = 6 + n * row + 2;
-    int bx = f->x1 - 10 - bw, by = f->y0 + 10;
+    return 10 + 36 + 8 + wmax + 10;
+}
+
+/* The legend's box with its top-left corner at (bx, by). */
+static void legend(qkv_canvas *c, int bx, int by, int n, const qkv_series *s)
+{
+    int row = qkv__text_height(TEXT) + 8;
+    int bw = legend_width(n, s), bh = 6 + n * row + 2;
     qkv__fill_rect(c, bx, by, bx + bw, by + bh, WHITE);
     qkv__stroke_rect(c, bx, by, bx + bw, by + bh, (qkv_rgb){200, 200, 200});
     for (int k = 0; k < n; k++) {
@@ -370,9 +376,14 @@ qkv_status qkv_plot_lines(const char *path, int nseries, const qkv_series *serie
         int tw = qkv__text_width(buf, TEXT);
         label_w = tw > label_w ? tw : label_w;
     }
-    const int W = 640, H = 440;
+    /* a scatter (every series dots, as an embedding's classes) fills its
+     * frame: its legend goes to the right of it, where it hides no point */
+    bool outside = true;
+    for (int k = 0; k < nseries; k++)
+        outside = outside && series[k].points;
+    const int lw = legend_width(nseries, series), W = 640 + (outside ? lw + 16 : 0), H = 440;
     f.x0 = 10 + (opts && opts->ylabel ? qkv__text_height(TEXT) + 10 : 0) + label_w + 4 + TICK;
-    f.x1 = W - 24;
+    f.x1 = 640 - 24;
     f.y0 = 14 + (opts && opts->title ? qkv__text_height(TEXT) + 10 : 0);
     f.y1 = H - (10 + qkv__text_height(TEXT) + 10 + qkv__text_height(TEXT) + 4 + TICK);
     qkv_canvas c;
@@ -406,7 +417,8 @@ qkv_status qkv_plot_lines(const char *path, int nseries, const qkv_series *serie
                           s->n == 1 ? QKV_SOLID : dash);
         qkv__free(px);
     }
-    legend(&c, &f, nseries, series);
+    legend(&c, outside ? f.x1 + 16 : f.x1 - 10 - lw, outside ? f.y0 : f.y0 + 10, nseries,
+           series);
     qkv_status st = qkv__canvas_write(&c, path);
     qkv__canvas_free(&c);
     return st;
