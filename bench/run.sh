@@ -98,6 +98,16 @@ for c in "${all_cases[@]}"; do
     short=${short%_full}
     if [ -z "$cases_arg" ] || [[ ",$cases_arg," == *",$short,"* ]]; then cases+=("$c"); fi
 done
+# a name that matches no case is an error, not an empty table
+known=" "
+for c in "${all_cases[@]}"; do rest=${c#*:}; short=${rest%%:*}; known+="${short%_full} "; done
+IFS=, read -r -a asked <<<"$cases_arg"
+for a in "${asked[@]}"; do
+    if [[ "$known" != *" $a "* ]]; then
+        echo "bench/run.sh: unknown case '$a' (cases:$known)" >&2
+        exit 2
+    fi
+done
 
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 if [ $ort = 1 ] && want models && [[ " ${cases[*]} " == *vitb16* ]]; then
