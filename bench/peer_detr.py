@@ -35,9 +35,8 @@ def main():
         import cases_detr_model as D
         import cases_resnet as R
         from detr_export import NarrowResNet
-    except ImportError:  # scripts/bench-setup.sh installs torchvision and scipy
-        print(f"{case}_ms n/a")
-        return
+    except ImportError as e:  # scripts/bench-setup.sh installs torchvision and scipy
+        sys.exit(f"peer_detr: {e} (scripts/bench-setup.sh installs torchvision and scipy)")
     from torch import nn
     from torchvision.models import resnet18, resnet50
     peer.start()

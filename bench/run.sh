@@ -74,9 +74,9 @@ export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-300000}
 # scratch (the compile time the report quotes), later ones hit the cache
 export TORCHINDUCTOR_CACHE_DIR=$PWD/$out/inductor-cache
 
-if ! .venv/bin/python -c 'import torch, torchvision, onnxruntime, onnx, pycocotools, faster_coco_eval' \
+if ! .venv/bin/python -c 'import torch, torchvision, onnxruntime, onnx, pycocotools, faster_coco_eval, scipy' \
     2>/dev/null; then
-    echo "the .venv lacks torch, torchvision, onnxruntime, onnx, pycocotools or faster-coco-eval:" \
+    echo "the .venv lacks torch, torchvision, onnxruntime, onnx, pycocotools, faster-coco-eval or scipy:" \
          "running scripts/bench-setup.sh" >&2
     bash scripts/bench-setup.sh >&2 || echo "bench-setup failed: PyPI peers left out" >&2
 fi

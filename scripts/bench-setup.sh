@@ -4,13 +4,14 @@
 # Inductor compiles C++ with the system's g++), torchvision (with pillow)
 # for the ViT benchmarks, and onnxruntime with onnx and onnxscript (what
 # torch.onnx.export needs) for the ONNX Runtime peer, pycocotools and
-# faster-coco-eval for the COCO one. Does nothing if .venv already imports
+# faster-coco-eval for the COCO one, scipy for the DETR one (its Hungarian
+# matching: scipy.optimize.linear_sum_assignment). Does nothing if .venv already imports
 # all of them; waits if another bench-setup is installing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec 9>"${TMPDIR:-/tmp}/qkv-bench-setup.lock"
 flock 9
-mods=torch,numpy,torchvision,onnxruntime,onnx,onnxscript,pycocotools,faster_coco_eval
+mods=torch,numpy,torchvision,onnxruntime,onnx,onnxscript,pycocotools,faster_coco_eval,scipy
 if .venv/bin/python -c "import $mods" 2>/dev/null; then
     echo ".venv has torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
     exit 0
@@ -33,4 +34,6 @@ trap 'rm -f "$pin"' EXIT
 .venv/bin/python -c 'import pycocotools, faster_coco_eval' 2>/dev/null ||
     .venv/bin/python -m pip install --quiet pycocotools faster-coco-eval ||
     echo "bench-setup: no pycocotools or faster-coco-eval: the COCO rows read n/a" >&2
+.venv/bin/python -c 'import scipy' 2>/dev/null || .venv/bin/python -m pip install --quiet scipy ||
+    echo "bench-setup: no scipy: the DETR rows' PyTorch side fails" >&2
 echo ".venv has torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
