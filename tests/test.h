@@ -124,6 +124,12 @@ int test_run(const char *cmd, char *out, size_t n);
  * makes *ps (the caller frees both). False, with the test failed, on error. */
 bool test_book_seq2seq(qkv_nmt_data *d, qkv_seq2seq *m, qkv_params **ps, float dropout,
                        uint64_t seed);
+/* Makes m's FFNs GELU, for tests that compare two orders of summation of
+ * the same gradients: with ReLU, a hidden unit whose input lies within
+ * rounding of 0 (one in a few thousand, seen with OpenBLAS's Haswell
+ * kernels) is on in one order and off in the other, and the gradients
+ * through it differ by its whole contribution, not by rounding. */
+void test_seq2seq_gelu(qkv_seq2seq *m);
 
 /* Opens $QKV_FIXTURES/<name>.safetensors (and notes the name, test_note);
  * fails the test if absent. */

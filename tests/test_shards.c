@@ -67,6 +67,7 @@ TEST(shards_gradients_add_up_to_the_batch)
     state *s = book_batch(&d, &ps, 0.0f, 5, 100);
     if (!s)
         return;
+    test_seq2seq_gelu(&s->m);
     int64_t n;
     float *g = qkv_params_grads(ps, &n);
     float *want = malloc((size_t)n * sizeof *want);
@@ -76,6 +77,9 @@ TEST(shards_gradients_add_up_to_the_batch)
     REQUIRE(rows_loss(ctx, s, 0, B) == QKV_OK, "%s", qkv_error());
     memcpy(want, g, (size_t)n * sizeof *want);
     qkv_ctx_free(ctx);
+    double scale = 0; /* sums in another order: 1e-5 of the largest gradient */
+    for (int64_t i = 0; i < n; i++)
+        scale = fmax(scale, fabs(want[i]));
 
     for (int shards = 1; shards <= 3; shards++) {
         qkv_shards *sh = qkv_shards_new(ps, shards);
@@ -84,7 +88,7 @@ TEST(shards_gradients_add_up_to_the_batch)
             qkv_params_zero_grad(ps);
             REQUIRE(qkv_shards_run(sh, shard_fn, s) == QKV_OK, "%s", qkv_error());
             test_note("%d shards, run %d", shards, run);
-            CHECK_CLOSE_N(g, want, n, 1e-6, 2e-6); /* sums in another order */
+            CHECK_CLOSE_N(g, want, n, 1e-5 * scale, 2e-6);
         }
         if (shards > 1) {
             s->fail_shard = shards - 1;

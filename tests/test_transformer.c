@@ -401,9 +401,11 @@ static void incremental_equals_full(qkv_tf_layout layout, int norm_first)
         qkv_tensor *x = qkv_contiguous(ctx, qkv_slice(ctx, tgt, 1, i, i + 1, 1));
         qkv_tensor *y = qkv_transformer_decode_step(ctx, &m, &c, x);
         REQUIRE(y, "%s", qkv_error());
-        /* the same sums in other orders (one query against a cache) */
+        /* the same sums in other orders (one query against a cache): the
+         * outputs are layer-normed, of size 1, so rounding is absolute
+         * (1.8e-7 with OpenBLAS's Haswell kernels, their FMAs) */
         test_note("step %lld", (long long)i);
-        CHECK_CLOSE(y, qkv_slice(ctx, full, 1, i, i + 1, 1), 0, 1e-6);
+        CHECK_CLOSE(y, qkv_slice(ctx, full, 1, i, i + 1, 1), 1e-6, 1e-6);
     }
     CHECK(c.len == t && !qkv_transformer_decode_step(ctx, &m, &c, qkv_slice(ctx, tgt, 1, 0, 1, 1)),
           "a full cache is an error");
@@ -801,6 +803,7 @@ TEST(transformer_seq2seq_loss_skips_padding_exactly)
     qkv_params *ps;
     if (!test_book_seq2seq(&d, &m, &ps, 0.0f, 9))
         return;
+    test_seq2seq_gelu(&m);
     int64_t bos = qkv_vocab_id(d.tgt_vocab, "<bos>"), pad = qkv_vocab_id(d.tgt_vocab, "<pad>");
     int64_t src[B * T], valid[B], tgt[B * T], dec_in[B * T];
     for (int i = 0; i < B; i++) { /* every 40th pair: short and long ones */
@@ -833,7 +836,11 @@ TEST(transformer_seq2seq_loss_skips_padding_exactly)
     REQUIRE(loss && qkv_numel(loss) == 1 && qkv_backward(ctx, loss) == QKV_OK, "%s",
             qkv_error());
     CHECK_SCALAR(loss->data[0], want_loss, 0, 1e-6);
-    CHECK_CLOSE_N(g, want, n, 2e-7, 1e-6);
+    double scale = 0;
+    for (int64_t i = 0; i < n; i++)
+        scale = fmax(scale, fabs(want[i]));
+    test_note("largest gradient %.3g", scale);
+    CHECK_CLOSE_N(g, want, n, 1e-5 * scale, 1e-6);
     /* all targets padding: zero, with a graph */
     qkv_ctx_reset(ctx);
     for (int i = 0; i < B * T; i++)

@@ -247,6 +247,15 @@ bool test_book_seq2seq(qkv_nmt_data *d, qkv_seq2seq *m, qkv_params **ps, float d
     return true;
 }
 
+void test_seq2seq_gelu(qkv_seq2seq *m)
+{
+    for (int64_t l = 0; l < m->tf.cfg.n_enc; l++)
+        m->tf.enc[l].ffn.activation = QKV_ACT_GELU;
+    for (int64_t l = 0; l < m->tf.cfg.n_dec; l++)
+        m->tf.dec[l].ffn.activation = QKV_ACT_GELU;
+    m->tf.cfg.activation = QKV_ACT_GELU;
+}
+
 qkv_st_file *fixture_open(const char *name)
 {
     const char *dir = getenv("QKV_FIXTURES");
