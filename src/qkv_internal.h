@@ -124,6 +124,11 @@ struct qkv_ctx {
      * rank's already, updates at once). */
     int bn_defer;
     qkv__bn_update *bn_first, *bn_last;
+    /* The deferred updates and their moments live here, not in the step's
+     * arena, so that a forward without gradients may rewind the arena past
+     * them (ResNet's lean trunk, MoCo's key encoder); made on first use,
+     * emptied with the lists (qkv__bn_clear). */
+    qkv_arena *bn_arena;
     /* Called after each node's backward with the node's place on the tape,
      * 0 the newest (the trainer starts the all-reduce of gradients that no
      * later backward will touch); NULL: none. */
@@ -148,6 +153,8 @@ qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n);
  * arena. Clears the lists. An error (nothing applied) if the ranks' calls
  * differ, or the communicator's. */
 qkv_status qkv__bn_apply_deferred_ranks(qkv_ctx *const *ctx, int n, qkv_comm *c);
+/* Empties ctx's list of deferred batch-norm updates (and their arena). */
+void qkv__bn_clear(qkv_ctx *ctx);
 /* Sets ctx->after_node and its argument (fn NULL: none). */
 void qkv__ctx_set_backward_hook(qkv_ctx *ctx, void (*fn)(void *user, int64_t k), void *user);
 /* Where a backward adds t's gradient: t->grad, redirected (see qkv_ctx). */
@@ -180,8 +187,18 @@ void qkv__comm_set_cancel(qkv_comm *c, const volatile sig_atomic_t *flag);
 /* Arena memory of the step; NULL with an error if out of memory. */
 void *qkv__alloc(qkv_ctx *ctx, size_t bytes);
 float *qkv__floats(qkv_ctx *ctx, int64_t n);
+/* Gives back n floats at p (from qkv__floats; NULL: nothing), a scratch
+ * buffer the op has finished with, for the step's later allocations to
+ * reuse (an im2col buffer, a kernel's workspace): without it every
+ * convolution's columns would stay held until the step's reset. */
+void qkv__floats_done(qkv_ctx *ctx, float *p, int64_t n);
 /* A new contiguous arena tensor, uninitialised. */
 qkv_tensor *qkv__tensor(qkv_ctx *ctx, int ndim, const int64_t *shape);
+/* relu(x) written over x's values (PyTorch's ReLU(inplace=True)), a
+ * tensor of its own for autograd: for a contiguous x whose values no later
+ * op and no backward rule reads (batch norm's and add's outputs: their
+ * backward rules read their inputs), it spares a copy of the activation. */
+qkv_tensor *qkv__relu_inplace(qkv_ctx *ctx, qkv_tensor *x);
 /* A view of x's data with the given shape and strides (no node). */
 qkv_tensor *qkv__view(qkv_ctx *ctx, qkv_tensor *x, int ndim, const int64_t *shape,
                       const int64_t *stride, int64_t offset);

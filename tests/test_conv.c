@@ -486,3 +486,33 @@ TEST(parity_pooling)
     parity_pool("adaptive_avg_pool2d_down", 2);
     parity_pool("adaptive_avg_pool2d_up_nhwc", 2);
 }
+
+/* A convolution gives its im2col columns and GEMM scratch back to the arena
+ * once done: after the forward the step holds the output (plus its node),
+ * after the backward the gradients, not 9 times the input's columns. */
+TEST(conv2d_gives_scratch_back)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_rng_seed(qkv_ctx_rng(ctx), 7);
+    const int64_t B = 2, C = 16, H = 24, W = 24;
+    qkv_tensor *x = qkv_requires_grad(qkv_randn(ctx, 4, SHAPE(B, C, H, W), 0, 1));
+    qkv_tensor *w = qkv_requires_grad(qkv_randn(ctx, 4, SHAPE(C, C, 3, 3), 0, 1));
+    qkv_tensor *g = qkv_randn(ctx, 4, SHAPE(B, C, H, W), 0, 1);
+    REQUIRE(x && w && g, "%s", qkv_error());
+    const size_t act = (size_t)(B * C * H * W) * sizeof(float); /* 73,728 bytes */
+    const size_t cols = act * 9 / (size_t)B;                     /* one image's columns */
+    qkv_conv2d_opts o = {.pad_h = 1, .pad_w = 1};
+    size_t before = qkv_arena_used(qkv_ctx_arena(ctx));
+    qkv_tensor *y = qkv_conv2d(ctx, x, w, NULL, &o);
+    REQUIRE(y, "%s", qkv_error());
+    size_t fwd = qkv_arena_used(qkv_ctx_arena(ctx)) - before;
+    test_note("forward held %zu bytes, output %zu, columns %zu", fwd, act, cols);
+    CHECK(fwd >= act && fwd < act + 8192, "forward held %zu bytes", fwd);
+    REQUIRE(qkv_backward_with(ctx, y, g->data) == QKV_OK, "%s", qkv_error());
+    size_t bwd = qkv_arena_used(qkv_ctx_arena(ctx)) - before;
+    /* gradients of x and w (and of y, seeded) at most, with alignment */
+    size_t grads = 2 * act + (size_t)(C * C * 9) * sizeof(float);
+    test_note("after backward %zu bytes, gradients %zu", bwd, grads);
+    CHECK(bwd < grads + act + 16384 && bwd < grads + cols, "backward held %zu bytes", bwd);
+    qkv_ctx_free(ctx);
+}

@@ -5,6 +5,7 @@
 #include "test.h"
 
 #include "kernels/unary.h"
+#include "qkv_internal.h"
 
 #define SHAPE(...) ((int64_t[]){__VA_ARGS__})
 
@@ -265,4 +266,53 @@ TEST(sigmoid_family_matches_reference)
     free(want);
     free(x);
     free(y);
+}
+
+/* qkv__relu_inplace (ResNet's ReLU(inplace=True)) over an add's output:
+ * the result shares the add's storage, equals qkv_relu's values, and the
+ * gradients through it equal those through qkv_relu exactly (both rules
+ * read only the output); a gradient check through it besides. */
+static qkv_tensor *f_relu_inplace(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    (void)u;
+    return qkv__relu_inplace(c, qkv_add(c, t[0], t[1]));
+}
+
+TEST(relu_inplace_equals_relu_in_place)
+{
+    qkv_tensor *got[2][3] = {{0}};
+    qkv_ctx *ctx[2];
+    for (int k = 0; k < 2; k++) {
+        ctx[k] = qkv_ctx_new();
+        qkv_rng_seed(qkv_ctx_rng(ctx[k]), 21);
+        qkv_tensor *a = qkv_requires_grad(qkv_randn(ctx[k], 2, SHAPE(6, 7), 0, 1));
+        qkv_tensor *b = qkv_requires_grad(qkv_randn(ctx[k], 2, SHAPE(6, 7), 0, 1));
+        qkv_tensor *s = qkv_add(ctx[k], a, b);
+        qkv_tensor *y = k ? qkv__relu_inplace(ctx[k], s) : qkv_relu(ctx[k], s);
+        qkv_tensor *g = qkv_randn(ctx[k], 2, SHAPE(6, 7), 0, 1);
+        REQUIRE(y && g, "%s", qkv_error());
+        CHECK(y->ndim == 2 && y->shape[0] == 6 && y->shape[1] == 7, "shape");
+        if (k)
+            CHECK(y->data == s->data, "in place: the add's storage");
+        REQUIRE(qkv_backward_with(ctx[k], y, g->data) == QKV_OK, "%s", qkv_error());
+        got[k][0] = y;
+        got[k][1] = qkv_wrap(ctx[k], 2, a->shape, a->grad);
+        got[k][2] = qkv_wrap(ctx[k], 2, b->shape, b->grad);
+    }
+    for (int j = 0; j < 3; j++)
+        CHECK_CLOSE(got[1][j], got[0][j], 0, 0);
+    for (int k = 0; k < 2; k++)
+        qkv_ctx_free(ctx[k]);
+
+    qkv_rng r;
+    qkv_rng_seed(&r, 22);
+    gc_input in[2] = {gc_rand(&r, 2, SHAPE(3, 4), -2, 2, true),
+                      gc_rand(&r, 2, SHAPE(3, 4), -2, 2, true)};
+    for (int i = 0; i < 12; i++) { /* keep the sum away from the kink */
+        float s = in[0].data[i] + in[1].data[i];
+        if (fabsf(s) < 0.1f)
+            in[0].data[i] += s < 0 ? -0.2f : 0.2f;
+    }
+    CHECK_GRAD(f_relu_inplace, 2, in, NULL, 1e-5, 1e-3);
+    gc_free(2, in);
 }

@@ -93,6 +93,8 @@ void qkv_ctx_free(qkv_ctx *ctx)
         qkv__free(ctx->prof);
     }
     qkv_arena_free(ctx->arena);
+    if (ctx->bn_arena)
+        qkv_arena_free(ctx->bn_arena);
     qkv__free(ctx);
 }
 
@@ -106,7 +108,7 @@ void qkv_ctx_reset(qkv_ctx *ctx)
     qkv_arena_reset(ctx->arena);
     ctx->tape = NULL;
     ctx->n_nodes = 0;
-    ctx->bn_first = ctx->bn_last = NULL;
+    qkv__bn_clear(ctx);
 }
 
 qkv_arena *qkv_ctx_arena(qkv_ctx *ctx) { return ctx->arena; }
@@ -151,6 +153,12 @@ void *qkv__alloc(qkv_ctx *ctx, size_t bytes) { return qkv_arena_alloc(ctx->arena
 float *qkv__floats(qkv_ctx *ctx, int64_t n)
 {
     return qkv_arena_alloc(ctx->arena, (size_t)(n > 0 ? n : 1) * sizeof(float));
+}
+
+void qkv__floats_done(qkv_ctx *ctx, float *p, int64_t n)
+{
+    if (p)
+        qkv__arena_release(ctx->arena, p, (size_t)(n > 0 ? n : 1) * sizeof(float));
 }
 
 static bool shape_ok(int ndim, const int64_t *shape, const char *op)

@@ -180,10 +180,12 @@ static void attention_backward(qkv_ctx *ctx, qkv_node *n)
         dv = qkv__wants(n, 2) ? qkv__grad(ctx, n->in[2]) : NULL;
     }
     int threads = qkv_threads();
-    float *work = qkv__floats(ctx, (int64_t)qkv_k_attn_backward_work(a, threads));
+    int64_t nwork = (int64_t)qkv_k_attn_backward_work(a, threads);
+    float *work = qkv__floats(ctx, nwork);
     if (!work)
         return;
     qkv_k_attn_backward(a, n->out->data, n->saved[1], n->out->grad, dq, dk, dv, work, threads);
+    qkv__floats_done(ctx, work, nwork);
 }
 
 static qkv_tensor *attention_fused(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, qkv_tensor *v,
@@ -198,12 +200,14 @@ static qkv_tensor *attention_fused(qkv_ctx *ctx, qkv_tensor *q, qkv_tensor *k, q
     int threads = qkv_threads();
     qkv_tensor *out = qkv__tensor(ctx, nd, shape);
     float *lse = qkv__floats(ctx, 2 * args->B * args->H * args->N);
-    float *work = qkv__floats(ctx, (int64_t)qkv_k_attn_forward_work(args, threads));
+    int64_t nwork = (int64_t)qkv_k_attn_forward_work(args, threads);
+    float *work = qkv__floats(ctx, nwork);
     qkv_k_attn *saved = qkv__alloc(ctx, sizeof *saved);
     if (!out || !lse || !work || !saved)
         return NULL;
     *saved = *args;
     qkv_k_attn_forward(args, out->data, lse, work, threads);
+    qkv__floats_done(ctx, work, nwork);
     /* k == v == NULL: q is the packed (B, N, 3 H D) of qkv__attention_packed */
     qkv_node *n = qkv__record(ctx, QKV_OP_ATTENTION, attention_backward, out, k ? 3 : 1,
                               (qkv_tensor *[]){q, k, v});

@@ -62,6 +62,7 @@ static void accumulate(qkv_ctx *ctx, qkv_node *n, int i, qkv_binop k, qkv_tensor
         g = tmp;
     }
     qkv__reduce_to(gi, in, g, nd, out->shape);
+    qkv__floats_done(ctx, tmp, total);
 }
 
 static void add_backward(qkv_ctx *ctx, qkv_node *n)

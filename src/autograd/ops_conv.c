@@ -7,7 +7,8 @@
  * when it is not (ResNet's late stages, small images), so the column buffer
  * stays below K (CONV_COLS + P) floats. A 1x1, stride-1, unpadded
  * convolution over one image is a GEMM on the image as it lies and skips
- * im2col. The backward recomputes col rather than keeping B of them.
+ * im2col. The backward recomputes col rather than keeping B of them, and
+ * both directions give their column buffers back to the arena when done.
  * Depthwise convolutions (one input channel per group) would make GEMMs of
  * one row; they go to a direct kernel instead.
  *
@@ -175,6 +176,10 @@ static void conv2d_backward(qkv_ctx *ctx, qkv_node *n)
         for (int64_t i = 0; gb && i < Cout; i++)
             gb[i] += pw[nw + i];
     }
+    qkv__floats_done(ctx, part, (T - 1) * (nw + Cout));
+    qkv__floats_done(ctx, gtmp, T * og * nb * P);
+    qkv__floats_done(ctx, dcol, T * ncol);
+    qkv__floats_done(ctx, col, T * ncol);
 }
 
 /* Checks the shapes and fills the geometry; false (with the error) if bad. */
@@ -286,6 +291,8 @@ qkv_tensor *qkv_conv2d(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *w, qkv_tensor *b
                 }
         }
     }
+    qkv__floats_done(ctx, ytmp, T * ny);
+    qkv__floats_done(ctx, col, T * ncol);
     qkv_node *n = qkv__record(ctx, QKV_OP_CONV2D, conv2d_backward, out, 3,
                               (qkv_tensor *[]){x, w, bias});
     if (n)

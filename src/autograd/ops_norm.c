@@ -212,10 +212,15 @@ static bool bn_update(qkv_ctx *ctx, const qkv_bn_opts *o, double *mean, double *
     if (!rm && !rv && !nbt)
         return true;
     if (ctx->bn_defer && !synced) { /* synchronised moments are every rank's already */
-        qkv__bn_update *u = qkv__alloc(ctx, sizeof *u);
-        if (!u)
+        if (!ctx->bn_arena && !(ctx->bn_arena = qkv_arena_new(0)))
             return false;
-        *u = (qkv__bn_update){rm, rv, nbt, C, G, count, o->momentum, mean, m2, NULL};
+        qkv__bn_update *u = qkv_arena_alloc(ctx->bn_arena, sizeof *u);
+        double *keep = qkv_arena_alloc(ctx->bn_arena, (size_t)(2 * G * C) * sizeof(double));
+        if (!u || !keep)
+            return false;
+        memcpy(keep, mean, (size_t)(G * C) * sizeof(double));
+        memcpy(keep + G * C, m2, (size_t)(G * C) * sizeof(double));
+        *u = (qkv__bn_update){rm, rv, nbt, C, G, count, o->momentum, keep, keep + G * C, NULL};
         if (ctx->bn_last)
             ctx->bn_last->next = u;
         else
@@ -298,8 +303,15 @@ qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n)
         at[i] = ctx[i]->bn_first;
     qkv_status st = apply_lists(at, n, "shard");
     for (int i = 0; i < n; i++)
-        ctx[i]->bn_first = ctx[i]->bn_last = NULL;
+        qkv__bn_clear(ctx[i]);
     return st;
+}
+
+void qkv__bn_clear(qkv_ctx *ctx)
+{
+    ctx->bn_first = ctx->bn_last = NULL;
+    if (ctx->bn_arena)
+        qkv_arena_reset(ctx->bn_arena);
 }
 
 /* One update as it travels between ranks: count, groups, C, then the
@@ -369,7 +381,7 @@ qkv_status qkv__bn_apply_deferred_ranks(qkv_ctx *const *ctx, int n, qkv_comm *c)
     if (!st)
         st = apply_lists(at, p * n, "rank's shard");
     for (int i = 0; i < n; i++)
-        ctx[i]->bn_first = ctx[i]->bn_last = NULL;
+        qkv__bn_clear(ctx[i]);
     return st;
 }
 

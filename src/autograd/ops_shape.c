@@ -438,6 +438,7 @@ static void masked_fill_backward(qkv_ctx *ctx, qkv_node *n)
     qkv__contig_strides(out->ndim, out->shape, gs);
     choose(tmp, mask->data, ms, NULL, NULL, 0.0f, out->grad, gs, 0.0f, out->ndim, out->shape);
     qkv__reduce_to(gx, x, tmp, out->ndim, out->shape);
+    qkv__floats_done(ctx, tmp, qkv_numel(out));
 }
 
 qkv_tensor *qkv_masked_fill(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *mask, float value)
@@ -483,6 +484,7 @@ static void where_backward(qkv_ctx *ctx, qkv_node *n)
             choose(tmp, cond->data, cs, NULL, NULL, 0, out->grad, gs, 0, out->ndim, out->shape);
         qkv__reduce_to(gi, n->in[i], tmp, out->ndim, out->shape);
     }
+    qkv__floats_done(ctx, tmp, qkv_numel(out));
 }
 
 qkv_tensor *qkv_where(qkv_ctx *ctx, qkv_tensor *cond, qkv_tensor *a, qkv_tensor *b)

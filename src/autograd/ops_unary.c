@@ -92,6 +92,23 @@ qkv_tensor *qkv_relu(qkv_ctx *ctx, qkv_tensor *x)
     return unary(ctx, QKV_OP_RELU, QKV_UN_RELU, x, 0, 0);
 }
 
+qkv_tensor *qkv__relu_inplace(qkv_ctx *ctx, qkv_tensor *x)
+{
+    /* out = max(x, 0) written over x; the backward reads only out (the
+     * kernel's relu rule looks at y, not x), so x's values are not needed */
+    QKV_INPUTS("relu", x);
+    if (!qkv_is_contiguous(x))
+        return qkv_relu(ctx, x);
+    qkv_tensor *out = qkv__view(ctx, x, x->ndim, x->shape, x->stride, 0);
+    if (!out)
+        return NULL;
+    qkv_k_unary(QKV_UN_RELU, out->data, x->data, qkv_numel(x), 0, 0);
+    qkv_node *n = qkv__record(ctx, QKV_OP_RELU, unary_backward, out, 1, &x);
+    if (n)
+        n->iarg[0] = QKV_UN_RELU;
+    return qkv__done(ctx, QKV_OP_RELU, out);
+}
+
 qkv_tensor *qkv_leaky_relu(qkv_ctx *ctx, qkv_tensor *x, float slope)
 {
     return unary(ctx, QKV_OP_LEAKY_RELU, QKV_UN_LEAKY_RELU, x, slope, 0);

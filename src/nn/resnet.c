@@ -204,21 +204,23 @@ static qkv_tensor *conv_bn(qkv_ctx *ctx, const qkv_nn_conv2d *c, const qkv_nn_ba
 
 static qkv_tensor *stem_forward(qkv_ctx *ctx, const qkv_resnet *m, qkv_tensor *x, int64_t g)
 {
-    x = qkv_relu(ctx, conv_bn(ctx, &m->conv1, &m->bn1, x, g));
+    x = qkv__relu_inplace(ctx, conv_bn(ctx, &m->conv1, &m->bn1, x, g));
     return m->maxpool.kernel ? qkv_nn_max_pool2d_forward(ctx, &m->maxpool, x) : x;
 }
 
 static qkv_tensor *block_forward(qkv_ctx *ctx, const qkv_resnet *m, const qkv_resnet_block *b,
                                  qkv_tensor *x, int64_t g)
 {
-    qkv_tensor *y = qkv_relu(ctx, conv_bn(ctx, &b->conv1, &b->bn1, x, g));
+    /* every relu here overwrites a batch norm's or add's output, which
+     * nothing else reads (as torchvision's ReLU(inplace=True)) */
+    qkv_tensor *y = qkv__relu_inplace(ctx, conv_bn(ctx, &b->conv1, &b->bn1, x, g));
     y = conv_bn(ctx, &b->conv2, &b->bn2, y, g);
     if (m->bottleneck)
-        y = conv_bn(ctx, &b->conv3, &b->bn3, qkv_relu(ctx, y), g);
+        y = conv_bn(ctx, &b->conv3, &b->bn3, qkv__relu_inplace(ctx, y), g);
     qkv_tensor *id = b->downsample_conv.weight
                          ? conv_bn(ctx, &b->downsample_conv, &b->downsample_bn, x, g)
                          : x;
-    return qkv_relu(ctx, qkv_add(ctx, y, id));
+    return qkv__relu_inplace(ctx, qkv_add(ctx, y, id));
 }
 
 /* out size of a k x k window, stride s, padding p */
@@ -254,7 +256,7 @@ void qkv_resnet_c5_size(const qkv_resnet *m, int64_t H, int64_t W, int64_t *h, i
     stage_sizes(m, H, W, h, w);
 }
 
-/* Runs the stem and every block. Lean (inference without updates): each
+/* Runs the stem and every block. Lean (no gradients recorded): each
  * stage's output is copied into one of two buffers and the arena rewound
  * to before the stage, so its intermediates are gone. */
 static qkv_tensor *trunk_forward(qkv_ctx *ctx, const qkv_resnet *m, qkv_tensor *x, int64_t g,
@@ -302,8 +304,9 @@ qkv_tensor *qkv_resnet_forward(qkv_ctx *ctx, const qkv_resnet *m, qkv_tensor *x,
         qkv_set_error(QKV_ERR_ARG, "resnet: unknown output %d", (int)output);
         return NULL;
     }
-    /* nothing recorded and no running statistics written: intermediates can go */
-    bool lean = !qkv_grad_enabled(ctx) && (!qkv_training(ctx) || m->cfg.frozen_bn);
+    /* nothing recorded: intermediates can go (batch norm's running statistics,
+     * written at once or deferred, keep nothing in the arena) */
+    bool lean = !qkv_grad_enabled(ctx);
     x = trunk_forward(ctx, m, x, bn_groups, lean);
     if (!x || output == QKV_RESNET_C5)
         return x;

@@ -200,5 +200,5 @@ qkv_status qkv__shards_merge_bn_ranks(qkv_shards *s)
 void qkv__shards_drop_bn(qkv_shards *s)
 {
     for (int i = 0; i < s->n; i++)
-        s->ctx[i]->bn_first = s->ctx[i]->bn_last = NULL;
+        qkv__bn_clear(s->ctx[i]);
 }
