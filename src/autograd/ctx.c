@@ -111,6 +111,14 @@ void qkv_ctx_reset(qkv_ctx *ctx)
     qkv__bn_clear(ctx);
 }
 
+/* here, not beside batch norm: the context owns the list and its arena */
+void qkv__bn_clear(qkv_ctx *ctx)
+{
+    ctx->bn_first = ctx->bn_last = NULL;
+    if (ctx->bn_arena)
+        qkv_arena_reset(ctx->bn_arena);
+}
+
 qkv_arena *qkv_ctx_arena(qkv_ctx *ctx) { return ctx->arena; }
 
 void qkv__ctx_redirect_grads(qkv_ctx *ctx, const float *lo, int64_t n, float *to)

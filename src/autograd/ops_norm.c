@@ -307,13 +307,6 @@ qkv_status qkv__bn_apply_deferred(qkv_ctx *const *ctx, int n)
     return st;
 }
 
-void qkv__bn_clear(qkv_ctx *ctx)
-{
-    ctx->bn_first = ctx->bn_last = NULL;
-    if (ctx->bn_arena)
-        qkv_arena_reset(ctx->bn_arena);
-}
-
 /* One update as it travels between ranks: count, groups, C, then the
  * (groups, C) means and m2s. */
 static int64_t packed_doubles(const qkv__bn_update *u) { return 3 + 2 * u->groups * u->C; }
