@@ -130,6 +130,8 @@ bool test_book_seq2seq(qkv_nmt_data *d, qkv_seq2seq *m, qkv_params **ps, float d
  * kernels) is on in one order and off in the other, and the gradients
  * through it differ by its whole contribution, not by rounding. */
 void test_seq2seq_gelu(qkv_seq2seq *m);
+/* max |x[i]| over i < n (0 for none): the scale of a tolerance */
+double test_max_abs(const float *x, int64_t n);
 
 /* Opens $QKV_FIXTURES/<name>.safetensors (and notes the name, test_note);
  * fails the test if absent. */

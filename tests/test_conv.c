@@ -256,9 +256,7 @@ TEST(conv2d_threads_share_chunks_exactly_as_one)
             CHECK_CLOSE(got[t][0], got[0][0], 0, 0);
             CHECK_CLOSE(got[t][1], got[0][1], 0, 0);
             for (int k = 2; k < 4; k++) {
-                double scale = 0;
-                for (int64_t j = 0; j < qkv_numel(got[0][k]); j++)
-                    scale = fmax(scale, fabs(got[0][k]->data[j]));
+                double scale = test_max_abs(got[0][k]->data, qkv_numel(got[0][k]));
                 CHECK_CLOSE(got[t][k], got[0][k], 1e-6 * scale, 1e-6);
             }
         }

@@ -77,9 +77,7 @@ TEST(shards_gradients_add_up_to_the_batch)
     REQUIRE(rows_loss(ctx, s, 0, B) == QKV_OK, "%s", qkv_error());
     memcpy(want, g, (size_t)n * sizeof *want);
     qkv_ctx_free(ctx);
-    double scale = 0; /* sums in another order: 1e-5 of the largest gradient */
-    for (int64_t i = 0; i < n; i++)
-        scale = fmax(scale, fabs(want[i]));
+    double scale = test_max_abs(want, n); /* sums in another order: 1e-5 of it */
 
     for (int shards = 1; shards <= 3; shards++) {
         qkv_shards *sh = qkv_shards_new(ps, shards);

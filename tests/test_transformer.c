@@ -836,9 +836,7 @@ TEST(transformer_seq2seq_loss_skips_padding_exactly)
     REQUIRE(loss && qkv_numel(loss) == 1 && qkv_backward(ctx, loss) == QKV_OK, "%s",
             qkv_error());
     CHECK_SCALAR(loss->data[0], want_loss, 0, 1e-6);
-    double scale = 0;
-    for (int64_t i = 0; i < n; i++)
-        scale = fmax(scale, fabs(want[i]));
+    double scale = test_max_abs(want, n);
     test_note("largest gradient %.3g", scale);
     CHECK_CLOSE_N(g, want, n, 1e-5 * scale, 1e-6);
     /* all targets padding: zero, with a graph */

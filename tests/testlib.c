@@ -247,6 +247,14 @@ bool test_book_seq2seq(qkv_nmt_data *d, qkv_seq2seq *m, qkv_params **ps, float d
     return true;
 }
 
+double test_max_abs(const float *x, int64_t n)
+{
+    double m = 0;
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs(x[i]));
+    return m;
+}
+
 void test_seq2seq_gelu(qkv_seq2seq *m)
 {
     for (int64_t l = 0; l < m->tf.cfg.n_enc; l++)
