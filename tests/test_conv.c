@@ -41,8 +41,11 @@ static const conv_case conv_cases[] = {
     {2, 4, 7, 6, 3, 3, 3, {.pad_h = 1, .pad_w = 1}, false},
     {1, 3, 9, 8, 2, 3, 3, {.pad_h = 2, .pad_w = 1, .dil_h = 2}, true},
     {2, 4, 6, 6, 4, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 2}, true},
-    /* 200 output pixels: GEMMs over chunks of 3 images, then 1 */
-    {4, 2, 10, 20, 4, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 2}, true},
+    /* padded more than the kernel reaches: the input gradient by col2im,
+     * not by the flipped convolution (its padding would be negative) */
+    {2, 3, 5, 4, 2, 3, 3, {.pad_h = 3, .pad_w = 1}, true},
+    /* 48 output pixels: GEMMs over chunks of 3 images, then 1 */
+    {4, 2, 6, 8, 4, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 2}, true},
     /* 576 and 529 output pixels: one image per chunk, the chunks shared out
      * to the threads, each thread's dw and dbias summed apart (too large
      * for a gradient check: conv2d_threads_share_chunks_exactly_as_one) */

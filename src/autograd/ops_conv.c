@@ -9,6 +9,9 @@
  * convolution over one image is a GEMM on the image as it lies and skips
  * im2col. The backward recomputes col rather than keeping B of them, and
  * both directions give their column buffers back to the arena when done.
+ * The input gradient of a stride-1 convolution is a convolution of the
+ * output gradient by the flipped weights (flip_geom), one more im2col and a
+ * GEMM into dx; other strides take col2im of w^T G.
  * Depthwise convolutions (one input channel per group) would make GEMMs of
  * one row; they go to a direct kernel instead.
  *
@@ -28,9 +31,12 @@
 #include "../kernels/kernels.h"
 #include "../qkv_internal.h"
 
-/* The GEMM width a chunk of images aims at: below a few hundred columns
- * OpenBLAS runs well under its peak. */
-#define CONV_COLS 512
+/* The GEMM width a chunk of images aims at. Small: the column buffer of a
+ * chunk should stay in L2 between im2col and the GEMM that reads it (MoCo's
+ * ResNet-18 on 28x28 images, batch 128 a thread, two processes at once,
+ * fwd + bwd of its convolutions: 512 columns 443 ms, 128 columns 406 ms;
+ * the MoCo step 780 -> 733 ms with the flipped backward below). */
+#define CONV_COLS 128
 
 typedef struct {
     qkv_conv_geom g;
@@ -81,11 +87,46 @@ static int thread_id(int threads)
 #endif
 }
 
+/* The input gradient of a stride-1 convolution is itself a stride-1
+ * convolution: of G (og, Ho, Wo) by the weights flipped in both axes with
+ * in- and out-channels swapped, padded (k - 1) d - p, to (cg, H, W):
+ *   dx[c, y, x] = sum over o, i, j of w[o, c, i, j] G[o, y + p - i d, x + p - j d]
+ * So dx = wf (cg, og kh kw) im2col(G): a GEMM as well shaped as the
+ * forward's, added into dx where it lies, instead of a GEMM of inner size og
+ * to a column buffer kh kw times dx's size and col2im. flip_geom fills that
+ * convolution's geometry; false if the padding would be negative (then the
+ * column buffer and col2im). */
+static bool flip_geom(const qkv_conv_geom *g, qkv_conv_geom *f)
+{
+    int ph = (g->kh - 1) * g->dh - g->ph, pw = (g->kw - 1) * g->dw - g->pw;
+    if (g->sh != 1 || g->sw != 1 || ph < 0 || pw < 0)
+        return false;
+    *f = (qkv_conv_geom){.H = g->Ho, .W = g->Wo, .Ho = g->H, .Wo = g->W, .kh = g->kh,
+                         .kw = g->kw, .sh = 1, .sw = 1, .ph = ph, .pw = pw, .dh = g->dh,
+                         .dw = g->dw};
+    return true;
+}
+
+/* wf (groups, cg, og kh kw): wf[gi, c, (o kh + i) kw + j] = w[gi og + o, c, kh-1-i, kw-1-j] */
+static void flip_weights(float *wf, const float *w, int64_t groups, int64_t og, int64_t cg,
+                         int kh, int kw)
+{
+    int64_t taps = (int64_t)kh * kw;
+    for (int64_t gi = 0; gi < groups; gi++)
+        for (int64_t o = 0; o < og; o++)
+            for (int64_t c = 0; c < cg; c++)
+                for (int64_t t = 0; t < taps; t++)
+                    wf[(gi * cg + c) * og * taps + o * taps + t] =
+                        w[((gi * og + o) * cg + c) * taps + taps - 1 - t];
+}
+
 /* One chunk's backward (images b0 .. b0 + m): dx of its images, and its
- * share of dw, dbias added into gw, gb; col, dcol, gtmp its thread's. */
+ * share of dw, dbias added into gw, gb; col, dcol, gtmp, xtmp its thread's;
+ * wf and fg the flipped weights and geometry (NULL: col2im). */
 static void backward_chunk(const conv_plan *pl, const qkv_tensor *x, const qkv_tensor *w,
                            const float *gout, int64_t b0, int64_t m, float *gx, float *gw,
-                           float *gb, float *col, float *dcol, float *gtmp)
+                           float *gb, float *col, float *dcol, float *gtmp, const float *wf,
+                           const qkv_conv_geom *fg, float *xtmp)
 {
     const qkv_conv_geom *g = &pl->g;
     int64_t Cin = x->shape[1], Cout = w->shape[0], nb = pl->nb;
@@ -117,7 +158,27 @@ static void backward_chunk(const conv_plan *pl, const qkv_tensor *x, const qkv_t
             qkv_k_gemm(false, true, og, K, cols, 1.0f, G, ldg, pl->direct ? X : col, cols, 1.0f,
                        gw + gi * og * K, K);
         }
-        if (gx) {
+        if (gx && wf) {
+            /* dx (cg, m H W) += wf_gi (cg, og kh kw) im2col(G) (og kh kw, m H W) */
+            float *dX = gx + (b0 * Cin + gi * cg) * HW;
+            const float *Gi = gout + (b0 * Cout + gi * og) * P;
+            int64_t K2 = og * g->kh * g->kw, cols2 = m * HW;
+            qkv_k_im2col_images(dcol, cols2, Gi, Cout * P, m, og, fg);
+            if (m == 1) {
+                qkv_k_gemm(false, false, cg, HW, K2, 1.0f, wf + gi * cg * K2, K2, dcol, HW, 1.0f,
+                           dX, HW);
+                continue;
+            }
+            qkv_k_gemm(false, false, cg, cols2, K2, 1.0f, wf + gi * cg * K2, K2, dcol, cols2,
+                       0.0f, xtmp, cols2);
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t c = 0; c < cg; c++) {
+                    float *d = dX + i * Cin * HW + c * HW;
+                    const float *r = xtmp + c * cols2 + i * HW;
+                    for (int64_t p = 0; p < HW; p++)
+                        d[p] += r[p];
+                }
+        } else if (gx) {
             float *dX = gx + (b0 * Cin + gi * cg) * HW;
             if (pl->direct) {
                 qkv_k_gemm(true, false, cg, P, og, 1.0f, Wg, K, G, ldg, 1.0f, dX, P);
@@ -149,15 +210,23 @@ static void conv2d_backward(qkv_ctx *ctx, qkv_node *n)
         return;
     }
     int T = chunk_threads(chunks);
-    int64_t ncol = K * nb * P;
+    qkv_conv_geom fg;
+    bool flip = gx && !pl->direct && flip_geom(g, &fg);
+    int64_t HW = g->H * g->W, ncol = K * nb * P;
+    int64_t ndcol = flip ? og * g->kh * g->kw * nb * HW : ncol, nx = nb > 1 ? cg * nb * HW : 0;
     float *col = gw && !pl->direct ? qkv__floats(ctx, T * ncol) : NULL;
-    float *dcol = gx && !pl->direct ? qkv__floats(ctx, T * ncol) : NULL;
+    float *dcol = gx && !pl->direct ? qkv__floats(ctx, T * ndcol) : NULL;
     float *gtmp = nb > 1 ? qkv__floats(ctx, T * og * nb * P) : NULL;
+    float *wf = flip ? qkv__floats(ctx, nw) : NULL;
+    float *xtmp = flip && nx ? qkv__floats(ctx, T * nx) : NULL;
     /* threads after the first sum their dw and dbias apart, added in order */
     float *part = T > 1 && (gw || gb) ? qkv__floats(ctx, (T - 1) * (nw + Cout)) : NULL;
     if ((qkv__wants(n, 0) && !gx) || (qkv__wants(n, 1) && !gw) || (nb > 1 && !gtmp) ||
-        (!pl->direct && ((gw && !col) || (gx && !dcol))) || (T > 1 && (gw || gb) && !part))
+        (!pl->direct && ((gw && !col) || (gx && !dcol))) || (T > 1 && (gw || gb) && !part) ||
+        (flip && (!wf || (nx && !xtmp))))
         return;
+    if (wf)
+        flip_weights(wf, w->data, pl->groups, og, cg, g->kh, g->kw);
     if (part)
         memset(part, 0, (size_t)((T - 1) * (nw + Cout)) * sizeof(float));
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
@@ -167,7 +236,8 @@ static void conv2d_backward(qkv_ctx *ctx, qkv_node *n)
         int64_t b0 = c * nb, m = B - b0 < nb ? B - b0 : nb;
         backward_chunk(pl, x, w, out->grad, b0, m, gx, gw ? (t ? pw : gw) : NULL,
                        gb ? (t ? pw + nw : gb) : NULL, col ? col + t * ncol : NULL,
-                       dcol ? dcol + t * ncol : NULL, gtmp ? gtmp + t * og * nb * P : NULL);
+                       dcol ? dcol + t * ndcol : NULL, gtmp ? gtmp + t * og * nb * P : NULL, wf,
+                       &fg, xtmp ? xtmp + t * nx : NULL);
     }
     for (int t = 1; t < T; t++) {
         const float *pw = part ? part + (t - 1) * (nw + Cout) : NULL;
@@ -177,8 +247,10 @@ static void conv2d_backward(qkv_ctx *ctx, qkv_node *n)
             gb[i] += pw[nw + i];
     }
     qkv__floats_done(ctx, part, (T - 1) * (nw + Cout));
+    qkv__floats_done(ctx, xtmp, T * nx);
+    qkv__floats_done(ctx, wf, nw);
     qkv__floats_done(ctx, gtmp, T * og * nb * P);
-    qkv__floats_done(ctx, dcol, T * ncol);
+    qkv__floats_done(ctx, dcol, T * ndcol);
     qkv__floats_done(ctx, col, T * ncol);
 }
 
