@@ -46,6 +46,13 @@ static const conv_case conv_cases[] = {
     {2, 3, 5, 4, 2, 3, 3, {.pad_h = 3, .pad_w = 1}, true},
     /* 48 output pixels: GEMMs over chunks of 3 images, then 1 */
     {4, 2, 6, 8, 4, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 2}, true},
+    /* more than 256 output pixels in one image: cut into tiles of output
+     * rows (stride 1, its input gradient by tiles too; strided, by col2im
+     * over the whole image; dilated; a 1x1 direct one) */
+    {1, 1, 17, 16, 2, 3, 3, {.pad_h = 1, .pad_w = 1}, true},
+    {1, 2, 40, 30, 2, 3, 3, {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1}, true},
+    {1, 1, 18, 16, 2, 3, 3, {.pad_h = 2, .pad_w = 2, .dil_h = 2, .dil_w = 2}, false},
+    {1, 2, 17, 16, 3, 1, 1, {0}, true},
     /* 576 and 529 output pixels: one image per chunk, the chunks shared out
      * to the threads, each thread's dw and dbias summed apart (too large
      * for a gradient check: conv2d_threads_share_chunks_exactly_as_one) */

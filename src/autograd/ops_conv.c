@@ -5,9 +5,11 @@
  *   out[chunk, gi's outputs] (og, m P) = w_gi (og, K) col + bias
  * One image per chunk when P is wide enough for GEMM to run well; several
  * when it is not (ResNet's late stages, small images), so the column buffer
- * stays below K (CONV_COLS + P) floats. A 1x1, stride-1, unpadded
- * convolution over one image is a GEMM on the image as it lies and skips
- * im2col. The backward recomputes col rather than keeping B of them, and
+ * stays below K (CONV_COLS + P) floats. An image of more than TILE_COLS
+ * output pixels is cut the other way, into tiles of whole output rows, each
+ * with its own im2col and GEMM written where the rows lie in out. A 1x1,
+ * stride-1, unpadded convolution over one image is a GEMM on the image as
+ * it lies and skips im2col. The backward recomputes col rather than keeping B of them, and
  * both directions give their column buffers back to the arena when done.
  * The input gradient of a stride-1 convolution is a convolution of the
  * output gradient by the flipped weights (flip_geom), one more im2col and a
@@ -15,15 +17,18 @@
  * Depthwise convolutions (one input channel per group) would make GEMMs of
  * one row; they go to a direct kernel instead.
  *
- * Threads: when the batch makes at least two chunks, the chunks are the
- * parallel loop (each thread its own column buffer, its GEMMs on one
- * thread; the backward sums each thread's dw and dbias in thread order).
+ * Threads: when the batch makes at least two units of work (chunks, or
+ * images times tiles), the units are the parallel loop (each thread its own
+ * column buffer, its GEMMs on one thread; the backward sums each thread's
+ * dw and dbias in thread order; tiles write disjoint rows of out and dx).
  * One parallel region per convolution instead of several per image: with a
  * thread descheduled by a busy machine every region waits for it (layer1's
  * 3x3 conv of ResNet-18 on 28x28 images, batch 64, 2 threads, loaded
  * machine: forward 2270 -> 159 ms, backward 2240 -> 360 ms; PyTorch 2.15
- * 187 and 484 ms). A batch of one chunk (DETR's one large image) cuts each
- * GEMM across the threads instead. */
+ * 187 and 484 ms). DETR-R50's one 800x1066 image, 2 threads: 2160 ms
+ * with one GEMM cut across the threads after a parallel im2col of the whole
+ * image, 1570-1590 ms by tiles of 256 columns (128: 1660, 512: 1570, 1024:
+ * 1620-1710). A single unit cuts its GEMM across the threads. */
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -38,10 +43,19 @@
  * the MoCo step 780 -> 733 ms with the flipped backward below). */
 #define CONV_COLS 128
 
+/* An image of more output pixels than this is cut into tiles of whole
+ * output rows, each tile a unit of work with a column buffer of its own
+ * (TILE_COLS columns or so): the buffer stays in cache, and one large image
+ * (DETR's) is shared out to the threads tile by tile, with no barrier
+ * between im2col and its GEMM. */
+#define TILE_COLS 256
+
 typedef struct {
     qkv_conv_geom g;
     int64_t groups;
     int64_t nb;         /* images per chunk */
+    int64_t rows;       /* output rows per tile (nb = 1), else Ho */
+    int64_t tiles;      /* tiles per image (1: whole chunks) */
     bool direct;        /* 1x1 GEMM on x itself */
     bool depthwise;     /* direct kernel, no GEMM */
 } conv_plan;
@@ -52,10 +66,59 @@ static conv_plan plan_of(const qkv_conv_geom *g, int64_t B, int64_t Cin, int64_t
     /* depthwise: one input channel per group, several groups. A single-channel
      * input (Cin = groups = 1, e.g. a grey image's patch embedding) is an
      * ordinary convolution and goes to GEMM, which spreads over the threads. */
-    conv_plan p = {*g, groups, nb < B ? nb : B, false, Cin == groups && groups > 1};
+    conv_plan p = {*g, groups, nb < B ? nb : B, g->Ho, 1, false, Cin == groups && groups > 1};
     p.direct = p.nb == 1 && g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 &&
                g->ph == 0 && g->pw == 0;
+    if (p.nb == 1 && P > TILE_COLS && g->Ho > 1) {
+        int64_t t = (P + TILE_COLS - 1) / TILE_COLS;
+        p.rows = (g->Ho + (t < g->Ho ? t : g->Ho) - 1) / (t < g->Ho ? t : g->Ho);
+        p.tiles = (g->Ho + p.rows - 1) / p.rows;
+    }
     return p;
+}
+
+/* Output rows [a, b) of g as a convolution of their own: tg's input starts
+ * at the returned input row, padded above only where the tile reaches above
+ * the image; rows below tg's input read zeros as the image's padding does. */
+static int64_t tile_geom(const qkv_conv_geom *g, int64_t a, int64_t b, qkv_conv_geom *tg)
+{
+    int64_t r0 = a * g->sh - g->ph; /* the first input row the tile's taps reach */
+    int64_t off = r0 < 0 ? 0 : r0 < g->H ? r0 : g->H;
+    *tg = *g;
+    tg->Ho = b - a;
+    tg->H = g->H - off;
+    tg->ph = (int)(off - r0);
+    return off;
+}
+
+/* Output rows r of image b (all groups): out where it lies (rows P apart)
+ * = w_gi im2col(the tile) + bias; col the thread's buffer. */
+static void forward_tile(const conv_plan *pl, const float *x, const float *w,
+                         const float *bias, float *out, int64_t Cin, int64_t Cout, int64_t b,
+                         int64_t r, float *col)
+{
+    const qkv_conv_geom *g = &pl->g;
+    int64_t cg = Cin / pl->groups, og = Cout / pl->groups, K = cg * g->kh * g->kw;
+    int64_t HW = g->H * g->W, P = g->Ho * g->Wo;
+    int64_t a = r * pl->rows, e = a + pl->rows < g->Ho ? a + pl->rows : g->Ho;
+    int64_t p0 = a * g->Wo, cols = (e - a) * g->Wo;
+    qkv_conv_geom tg;
+    int64_t off = tile_geom(g, a, e, &tg);
+    for (int64_t gi = 0; gi < pl->groups; gi++) {
+        const float *X = x + (b * Cin + gi * cg) * HW;
+        float *Y = out + (b * Cout + gi * og) * P + p0;
+        if (pl->direct) { /* stride 1, no padding: the tile's pixels are x's */
+            qkv_k_gemm(false, false, og, cols, K, 1.0f, w + gi * og * K, K, X + p0, P, 0.0f, Y,
+                       P);
+        } else {
+            qkv_k_im2col_planes(col, cols, X + off * g->W, HW, cg, &tg);
+            qkv_k_gemm(false, false, og, cols, K, 1.0f, w + gi * og * K, K, col, cols, 0.0f, Y,
+                       P);
+        }
+        for (int64_t oc = 0; bias && oc < og; oc++)
+            for (int64_t p = 0; p < cols; p++)
+                Y[oc * P + p] += bias[gi * og + oc];
+    }
 }
 
 /* col (K, m P) = im2col of images x_0 .. x_{m-1}, each x_i (cg, H, W) at
@@ -190,6 +253,55 @@ static void backward_chunk(const conv_plan *pl, const qkv_tensor *x, const qkv_t
     }
 }
 
+/* One tile's backward (output rows r of image b, all groups): its share of
+ * dw and dbias added into gw, gb (the thread's), and the rows of dx it owns:
+ * for a 1x1 direct convolution the tile's own pixels (w^T G), else tile r of
+ * the flipped convolution (wf, fg; rx rows of dx a tile). col, dcol the
+ * thread's buffers. */
+static void backward_tile(const conv_plan *pl, const qkv_tensor *x, const qkv_tensor *w,
+                          const float *gout, int64_t b, int64_t r, float *gx, float *gw,
+                          float *gb, float *col, float *dcol, const float *wf,
+                          const qkv_conv_geom *fg, int64_t rx)
+{
+    const qkv_conv_geom *g = &pl->g;
+    int64_t Cin = x->shape[1], Cout = w->shape[0];
+    int64_t cg = Cin / pl->groups, og = Cout / pl->groups, K = cg * g->kh * g->kw;
+    int64_t HW = g->H * g->W, P = g->Ho * g->Wo, K2 = og * g->kh * g->kw;
+    int64_t a = r * pl->rows, e = a + pl->rows < g->Ho ? a + pl->rows : g->Ho;
+    int64_t p0 = a * g->Wo, cols = (e - a) * g->Wo;
+    int64_t ax = r * rx, ex = ax + rx < g->H ? ax + rx : g->H;
+    qkv_conv_geom tg, tf;
+    int64_t off = tile_geom(g, a, e, &tg), offg = wf && ax < ex ? tile_geom(fg, ax, ex, &tf) : 0;
+    for (int64_t gi = 0; gi < pl->groups; gi++) {
+        const float *G = gout + (b * Cout + gi * og) * P; /* (og, Ho Wo) */
+        const float *X = x->data + (b * Cin + gi * cg) * HW;
+        float *dX = gx ? gx + (b * Cin + gi * cg) * HW : NULL;
+        for (int64_t o = 0; gb && o < og; o++) {
+            double acc = 0;
+            for (int64_t c = 0; c < cols; c++)
+                acc += G[o * P + p0 + c];
+            gb[gi * og + o] += (float)acc;
+        }
+        if (gw && pl->direct) /* dw_gi (og, cg) += G_tile x_tile^T */
+            qkv_k_gemm(false, true, og, K, cols, 1.0f, G + p0, P, X + p0, P, 1.0f,
+                       gw + gi * og * K, K);
+        else if (gw) {
+            qkv_k_im2col_planes(col, cols, X + off * g->W, HW, cg, &tg);
+            qkv_k_gemm(false, true, og, K, cols, 1.0f, G + p0, P, col, cols, 1.0f,
+                       gw + gi * og * K, K);
+        }
+        if (dX && pl->direct)
+            qkv_k_gemm(true, false, cg, cols, og, 1.0f, w->data + gi * og * K, K, G + p0, P,
+                       1.0f, dX + p0, HW);
+        else if (dX && ax < ex) { /* dx rows [ax, ex) += wf_gi im2col(G's tile) */
+            int64_t colsx = (ex - ax) * g->W;
+            qkv_k_im2col_planes(dcol, colsx, G + offg * fg->W, P, og, &tf);
+            qkv_k_gemm(false, false, cg, colsx, K2, 1.0f, wf + gi * cg * K2, K2, dcol, colsx,
+                       1.0f, dX + ax * g->W, HW);
+        }
+    }
+}
+
 static void conv2d_backward(qkv_ctx *ctx, qkv_node *n)
 {
     /* out = w_gi col(x) + bias, per chunk and group (G = out's gradient):
@@ -209,11 +321,15 @@ static void conv2d_backward(qkv_ctx *ctx, qkv_node *n)
         qkv_k_conv2d_depthwise_backward(gx, gw, gb, out->grad, x->data, w->data, B, Cin, og, g);
         return;
     }
-    int T = chunk_threads(chunks);
     qkv_conv_geom fg;
     bool flip = gx && !pl->direct && flip_geom(g, &fg);
-    int64_t HW = g->H * g->W, ncol = K * nb * P;
-    int64_t ndcol = flip ? og * g->kh * g->kw * nb * HW : ncol, nx = nb > 1 ? cg * nb * HW : 0;
+    /* tiles unless dx comes by col2im, whose tiles would overlap */
+    int64_t tiles = !gx || pl->direct || flip ? pl->tiles : 1, units = chunks * tiles;
+    int64_t HW = g->H * g->W, rx = (g->H + tiles - 1) / tiles;
+    int T = chunk_threads(units);
+    int64_t ncol = K * (tiles > 1 ? pl->rows * g->Wo : nb * P);
+    int64_t ndcol = flip ? og * g->kh * g->kw * (tiles > 1 ? rx * g->W : nb * HW) : ncol;
+    int64_t nx = nb > 1 ? cg * nb * HW : 0;
     float *col = gw && !pl->direct ? qkv__floats(ctx, T * ncol) : NULL;
     float *dcol = gx && !pl->direct ? qkv__floats(ctx, T * ndcol) : NULL;
     float *gtmp = nb > 1 ? qkv__floats(ctx, T * og * nb * P) : NULL;
@@ -230,10 +346,16 @@ static void conv2d_backward(qkv_ctx *ctx, qkv_node *n)
     if (part)
         memset(part, 0, (size_t)((T - 1) * (nw + Cout)) * sizeof(float));
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
-    for (int64_t c = 0; c < chunks; c++) {
+    for (int64_t u = 0; u < units; u++) {
         int t = thread_id(T);
         float *pw = t ? part + (t - 1) * (nw + Cout) : NULL;
-        int64_t b0 = c * nb, m = B - b0 < nb ? B - b0 : nb;
+        int64_t c = u / tiles, b0 = c * nb, m = B - b0 < nb ? B - b0 : nb;
+        if (tiles > 1) {
+            backward_tile(pl, x, w, out->grad, c, u % tiles, gx, gw ? (t ? pw : gw) : NULL,
+                          gb ? (t ? pw + nw : gb) : NULL, col ? col + t * ncol : NULL,
+                          dcol ? dcol + t * ndcol : NULL, wf, &fg, rx);
+            continue;
+        }
         backward_chunk(pl, x, w, out->grad, b0, m, gx, gw ? (t ? pw : gw) : NULL,
                        gb ? (t ? pw + nw : gb) : NULL, col ? col + t * ncol : NULL,
                        dcol ? dcol + t * ndcol : NULL, gtmp ? gtmp + t * og * nb * P : NULL, wf,
@@ -329,8 +451,9 @@ qkv_tensor *qkv_conv2d(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *w, qkv_tensor *b
     if (!out)
         return NULL;
     bool gemm = !pl->depthwise;
-    int64_t chunks = (B + nb - 1) / nb, ncol = K * nb * P, ny = og * nb * P;
-    int T = gemm ? chunk_threads(chunks) : 1;
+    int64_t chunks = (B + nb - 1) / nb, tiles = pl->tiles, units = chunks * tiles;
+    int64_t ncol = K * (tiles > 1 ? pl->rows * g->Wo : nb * P), ny = og * nb * P;
+    int T = gemm ? chunk_threads(units) : 1;
     float *col = gemm && !pl->direct ? qkv__floats(ctx, T * ncol) : NULL;
     float *ytmp = gemm && nb > 1 ? qkv__floats(ctx, T * ny) : NULL;
     if (gemm && ((!pl->direct && !col) || (nb > 1 && !ytmp)))
@@ -339,10 +462,15 @@ qkv_tensor *qkv_conv2d(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *w, qkv_tensor *b
         qkv_k_conv2d_depthwise(out->data, x->data, w->data, bias ? bias->data : NULL, B, Cin,
                                og, g);
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
-    for (int64_t c = 0; c < (gemm ? chunks : 0); c++) {
+    for (int64_t u = 0; u < (gemm ? units : 0); u++) {
         int t = thread_id(T);
-        int64_t b0 = c * nb, m = B - b0 < nb ? B - b0 : nb, cols = m * P;
+        int64_t c = u / tiles, b0 = c * nb, m = B - b0 < nb ? B - b0 : nb, cols = m * P;
         float *colt = col ? col + t * ncol : NULL, *yt = ytmp ? ytmp + t * ny : NULL;
+        if (tiles > 1) {
+            forward_tile(pl, x->data, w->data, bias ? bias->data : NULL, out->data, Cin, Cout, c,
+                         u % tiles, colt);
+            continue;
+        }
         for (int64_t gi = 0; gi < groups; gi++) {
             const float *X = x->data + (b0 * Cin + gi * cg) * HW;
             float *Y = out->data + (b0 * Cout + gi * og) * P;

@@ -177,12 +177,12 @@ static void im2col_row(float *row, const float *xc, const tap_span *s, bool plan
     zero_floats(row + s->oh1 * Wo, P - s->oh1 * Wo);
 }
 
-void qkv_k_im2col_images(float *col, int64_t ld, const float *x, int64_t image_stride,
-                         int64_t m, int64_t C, const qkv_conv_geom *g)
+/* col (C kh kw, m Ho Wo) with row stride ld, image n's columns at n P;
+ * image n is x + n image_stride, its channels cstride floats apart */
+static void im2col(float *col, int64_t ld, const float *x, int64_t image_stride, int64_t m,
+                   int64_t C, int64_t cstride, const qkv_conv_geom *g)
 {
-    /* col (C kh kw, m Ho Wo) with row stride ld, image n's columns at n P;
-     * image n is x + n image_stride, (C, H, W) */
-    int64_t HW = g->H * g->W, P = g->Ho * g->Wo, taps = (int64_t)g->kh * g->kw;
+    int64_t P = g->Ho * g->Wo, taps = (int64_t)g->kh * g->kw;
     tap_span buf[TAPS_MAX];
     const tap_span *spans = spans_of(buf, g);
     bool plane = shifted_plane(g);
@@ -191,9 +191,21 @@ void qkv_k_im2col_images(float *col, int64_t ld, const float *x, int64_t image_s
         for (int64_t c = 0; c < C; c++)
             for (int64_t t = 0; t < taps; t++) {
                 tap_span one = spans ? spans[t] : span_of(t, g);
-                im2col_row(col + (c * taps + t) * ld + n * P, x + n * image_stride + c * HW,
-                           &one, plane, g);
+                im2col_row(col + (c * taps + t) * ld + n * P,
+                           x + n * image_stride + c * cstride, &one, plane, g);
             }
+}
+
+void qkv_k_im2col_images(float *col, int64_t ld, const float *x, int64_t image_stride,
+                         int64_t m, int64_t C, const qkv_conv_geom *g)
+{
+    im2col(col, ld, x, image_stride, m, C, g->H * g->W, g);
+}
+
+void qkv_k_im2col_planes(float *col, int64_t ld, const float *x, int64_t plane, int64_t C,
+                         const qkv_conv_geom *g)
+{
+    im2col(col, ld, x, 0, 1, C, plane, g);
 }
 
 void qkv_k_im2col(float *col, int64_t ld, const float *x, int64_t C, const qkv_conv_geom *g)

@@ -28,6 +28,10 @@ void qkv_k_col2im(float *dx, const float *col, int64_t ld, int64_t C, const qkv_
  * call per chunk of images: each tap's geometry is worked out once. */
 void qkv_k_im2col_images(float *col, int64_t ld, const float *x, int64_t image_stride,
                          int64_t m, int64_t C, const qkv_conv_geom *g);
+/* One image whose channels lie plane >= H W floats apart (g's H rows of a
+ * taller image: a tile of output rows, ops_conv.c): col (C kh kw, Ho Wo). */
+void qkv_k_im2col_planes(float *col, int64_t ld, const float *x, int64_t plane, int64_t C,
+                         const qkv_conv_geom *g);
 void qkv_k_col2im_images(float *dx, int64_t image_stride, const float *col, int64_t ld,
                          int64_t m, int64_t C, const qkv_conv_geom *g);
 
