@@ -58,9 +58,10 @@ static const conv_case conv_cases[] = {
      * for a gradient check: conv2d_threads_share_chunks_exactly_as_one) */
     {3, 4, 24, 24, 6, 3, 3, {.pad_h = 1, .pad_w = 1, .groups = 2}, true},
     {3, 3, 23, 23, 4, 1, 1, {0}, true}, /* 1x1 direct over several chunks */
+    {1, 4, 30, 30, 4, 3, 3, {.pad_h = 1, .pad_w = 1}, true}, /* one image, 4 tiles */
 };
 #define N_CONV_CASES (int)(sizeof conv_cases / sizeof conv_cases[0])
-#define N_BIG_CASES 2 /* the last ones */
+#define N_BIG_CASES 3 /* the last ones */
 
 TEST(conv2d_matches_direct_reference)
 {

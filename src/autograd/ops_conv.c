@@ -43,12 +43,15 @@
  * the MoCo step 780 -> 733 ms with the flipped backward below). */
 #define CONV_COLS 128
 
-/* An image of more output pixels than this is cut into tiles of whole
+/* An image of more output pixels than TILE_COLS is cut into tiles of whole
  * output rows, each tile a unit of work with a column buffer of its own
- * (TILE_COLS columns or so): the buffer stays in cache, and one large image
- * (DETR's) is shared out to the threads tile by tile, with no barrier
- * between im2col and its GEMM. */
+ * (TILE_COLS columns or so), when it is alone in its batch or its column
+ * buffer would be larger than TILE_FLOATS (half a Zen 4 core's L2): the
+ * buffer stays in cache, and one large image (DETR's) is shared out to the
+ * threads tile by tile, with no barrier between im2col and its GEMM. Not
+ * below: MoCo's 28x28 images (K P = 144 x 784) ran 2-3% slower by tiles. */
 #define TILE_COLS 256
+#define TILE_FLOATS 131072
 
 typedef struct {
     qkv_conv_geom g;
@@ -69,7 +72,8 @@ static conv_plan plan_of(const qkv_conv_geom *g, int64_t B, int64_t Cin, int64_t
     conv_plan p = {*g, groups, nb < B ? nb : B, g->Ho, 1, false, Cin == groups && groups > 1};
     p.direct = p.nb == 1 && g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 &&
                g->ph == 0 && g->pw == 0;
-    if (p.nb == 1 && P > TILE_COLS && g->Ho > 1) {
+    int64_t K = Cin / groups * g->kh * g->kw;
+    if (p.nb == 1 && P > TILE_COLS && g->Ho > 1 && (B == 1 || K * P > TILE_FLOATS)) {
         int64_t t = (P + TILE_COLS - 1) / TILE_COLS;
         p.rows = (g->Ho + (t < g->Ho ? t : g->Ho) - 1) / (t < g->Ho ? t : g->Ho);
         p.tiles = (g->Ho + p.rows - 1) / p.rows;
