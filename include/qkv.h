@@ -3343,6 +3343,12 @@ typedef struct {
     double lr, weight_decay, warmup_epochs, label_smoothing;
     qkv_augment aug;
     int eval_every;
+    /* the pretrained run only (scratch trains every layer at lr from the
+     * start): the encoder's lr as a multiple of lr (1: all alike), and
+     * head_epochs epochs of the head alone first, the encoder frozen (a
+     * linear probe before fine-tuning: LP-FT) */
+    double encoder_lr;
+    int64_t head_epochs;
     /* the run */
     const char *data_dir;
     int64_t eval_limit;

@@ -139,6 +139,34 @@ TEST(moco_probe_and_finetune_run_on_a_trained_model)
     REQUIRE(qkv_finetune_train(&ft, &fr) == QKV_OK, "%s", qkv_error());
     CHECK(fr.labels == 300 && fr.test_accuracy > 0.0, "%lld labels, accuracy %g",
           (long long)fr.labels, fr.test_accuracy);
+    /* LP-FT: with every epoch the head's alone, the encoder leaves as it came;
+     * with none, it moves */
+    ft.epochs = 1, ft.eval_every = 1;
+    for (int head = 1; head >= 0; head--) {
+        ft.head_epochs = head, ft.encoder_lr = 0.5, ft.out_dir = "build/test-moco-finetune";
+        REQUIRE(qkv_finetune_train(&ft, &fr) == QKV_OK, "%s", qkv_error());
+        qkv_st_file *a = qkv_st_open("build/test-moco-probe/model.safetensors");
+        qkv_st_file *b = qkv_st_open("build/test-moco-finetune/model.safetensors");
+        REQUIRE(a && b, "%s", qkv_error());
+        const char *names[][2] = {
+            {"encoder_q.conv_proj.weight", "conv_proj.weight"},
+            {"encoder_q.encoder.layers.encoder_layer_0.self_attention.in_proj_weight",
+             "encoder.layers.encoder_layer_0.self_attention.in_proj_weight"}};
+        for (int k = 0; k < 2; k++) {
+            int64_t i = qkv_st_find(a, names[k][0]), j = qkv_st_find(b, names[k][1]);
+            REQUIRE(i >= 0 && j >= 0 && qkv_st_numel(a, i) == qkv_st_numel(b, j), "%s",
+                    names[k][1]);
+            int64_t n = qkv_st_numel(a, i);
+            float *x = malloc((size_t)n * sizeof(float)), *y = malloc((size_t)n * sizeof(float));
+            REQUIRE(x && y && !qkv_st_read_f32(a, i, x) && !qkv_st_read_f32(b, j, y), "read");
+            test_note("head epochs %d, %s", head, names[k][1]);
+            CHECK(head ? !memcmp(x, y, (size_t)n * sizeof(float))
+                       : memcmp(x, y, (size_t)n * sizeof(float)) != 0,
+                  "the encoder %s", head ? "moved while frozen" : "did not move");
+            free(x), free(y);
+        }
+        qkv_st_close(a), qkv_st_close(b);
+    }
 }
 
 TEST(label_subsets_take_each_class_alike)

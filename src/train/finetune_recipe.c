@@ -22,7 +22,8 @@ void qkv_finetune_recipe_default(qkv_finetune_recipe *r)
     *r = (qkv_finetune_recipe){.fraction = 0.01, .epochs = 100, .batch_size = 128,
                                .optimizer = QKV_ADAMW, .lr = 1e-3, .weight_decay = 0.05,
                                .warmup_epochs = 5, .label_smoothing = 0.1,
-                               .aug = {.crop = 2, .flip = 1}, .eval_every = 10};
+                               .aug = {.crop = 2, .flip = 1}, .eval_every = 10,
+                               .encoder_lr = 1.0};
     r->model = keep.model, r->scratch = keep.scratch, r->data_dir = keep.data_dir;
     r->out_dir = keep.out_dir, r->seed = keep.seed, r->threads = keep.threads;
     r->quiet = keep.quiet, r->eval_limit = keep.eval_limit;
@@ -153,9 +154,18 @@ static int64_t resnet_right(qkv_ctx *ctx, const ft_run *v)
     return right;
 }
 
+/* The encoder's lr multiple after epoch `epoch` (0: before the first) */
+static float encoder_scale(const qkv_finetune_recipe *r, int64_t epoch)
+{
+    if (r->scratch)
+        return 1.0f;
+    return epoch < r->head_epochs ? 0.0f : (float)r->encoder_lr;
+}
+
 static qkv_status evaluate(qkv_trainer *t, qkv_train_epoch *e, void *user)
 {
     ft_run *v = user;
+    qkv_optim_set_group_scale(qkv_trainer_optim(t), 1, encoder_scale(v->r, e->epoch));
     v->train_acc = e->examples ? e->stats[0] / (double)e->examples : NAN;
     qkv_status st = qkv_train_epoch_put(e, "train_acc", v->train_acc);
     int every = v->r->eval_every > 0 ? v->r->eval_every : 1;
@@ -252,6 +262,11 @@ qkv_status qkv_finetune_train(const qkv_finetune_recipe *r, qkv_finetune_result 
     }
     if (!r->scratch && (st = copy_encoder(v.ps, &m)))
         goto done;
+    for (int64_t i = 0; i < qkv_params_count(v.ps); i++) { /* the encoder: group 1 */
+        const char *name = qkv_params_at(v.ps, i)->name;
+        if (strncmp(name, "heads.", 6) && strncmp(name, "fc.", 3))
+            qkv_params_set_group(v.ps, i, 1);
+    }
     v.B = r->batch_size < v.n_subset ? r->batch_size : v.n_subset;
     static const char *const curves[] = {"loss", "train_acc", "test_acc", NULL};
     t = qkv_trainer_new(&(qkv_trainer_config){
@@ -273,11 +288,15 @@ qkv_status qkv_finetune_train(const qkv_finetune_recipe *r, qkv_finetune_result 
         st = qkv_error_status();
         goto done;
     }
+    qkv_optim_set_group_scale(qkv_trainer_optim(t), 1, encoder_scale(r, 0));
     if (!r->quiet) {
         printf("%s on %lld labelled images (%.3g%% of each class), %lld steps of %lld\n",
                r->scratch ? "from scratch" : "fine-tuning the MoCo encoder",
                (long long)v.n_subset, 100.0 * r->fraction,
                (long long)(qkv_trainer_steps_per_epoch(t) * r->epochs), (long long)v.B);
+        if (!r->scratch && (r->head_epochs > 0 || r->encoder_lr != 1.0))
+            printf("the head alone for %lld epochs, then the encoder at %g times the lr\n",
+                   (long long)r->head_epochs, r->encoder_lr);
         fflush(stdout);
     }
     if ((st = qkv_trainer_run(t)) != QKV_OK)

@@ -220,7 +220,7 @@ int cmd_finetune(int argc, char **argv)
 {
     qkv_finetune_recipe r = {.model = "runs/moco", .data_dir = QKV_MNIST_DIR};
     qkv_finetune_recipe_default(&r);
-    const char *labels = "both", *out_dir = "runs/finetune";
+    const char *labels = "both", *out_dir = "runs/finetune", *runs = "both";
     int64_t epochs = -1;
     arg_opt opts[] = {
         {.name = "model", .kind = ARG_STRING, .value = &r.model, .metavar = "FILE|DIR",
@@ -235,6 +235,12 @@ int cmd_finetune(int argc, char **argv)
          .help = "epochs (-1: 100 on 1%, 30 on 10%)"},
         {.name = "lr", .kind = ARG_FLOAT, .value = &r.lr, .min = 0, .max = 10,
          .help = "AdamW's peak learning rate"},
+        {.name = "encoder-lr", .kind = ARG_FLOAT, .value = &r.encoder_lr, .min = 0, .max = 100,
+         .help = "the pretrained encoder's lr as a multiple of --lr (the head's)"},
+        {.name = "head-epochs", .kind = ARG_INT, .value = &r.head_epochs, .min = 0, .max = 100000,
+         .help = "epochs of the head alone before the pretrained encoder trains too (LP-FT)"},
+        {.name = "runs", .kind = ARG_CHOICE, .value = &runs, .choices = "pretrained|scratch|both",
+         .help = "which runs"},
         {.name = "eval-limit", .kind = ARG_INT, .value = &r.eval_limit, .min = 0, .max = 1e9,
          .help = "test on the first N test images only (0: all 10000)"},
         {.name = "seed", .kind = ARG_U64, .value = &r.seed,
@@ -257,6 +263,8 @@ int cmd_finetune(int argc, char **argv)
         if ((f == 0 && !strcmp(labels, "10%")) || (f == 1 && !strcmp(labels, "1%")))
             continue;
         for (int scratch = 0; scratch < 2; scratch++) {
+            if ((scratch && !strcmp(runs, "pretrained")) || (!scratch && !strcmp(runs, "scratch")))
+                continue;
             qkv_finetune_recipe run = r;
             char dir[4200];
             snprintf(dir, sizeof dir, "%s/%s-%d", out_dir, scratch ? "scratch" : "pretrained",
