@@ -5,12 +5,12 @@
  *   out[chunk, gi's outputs] (og, m P) = w_gi (og, K) col + bias
  * One image per chunk when P is wide enough for GEMM to run well; several
  * when it is not (ResNet's late stages, small images), so the column buffer
- * stays below K (CONV_COLS + P) floats. An image of more than TILE_COLS
- * output pixels is cut the other way, into tiles of whole output rows, each
- * with its own im2col and GEMM written where the rows lie in out. A 1x1,
- * stride-1, unpadded convolution over one image is a GEMM on the image as
- * it lies and skips im2col. The backward recomputes col rather than keeping B of them, and
- * both directions give their column buffers back to the arena when done.
+ * stays below K (CONV_COLS + P) floats. A large image is cut the other
+ * way, into tiles of whole output rows (TILE_COLS), each with its own
+ * im2col and GEMM written where the rows lie in out. A 1x1, stride-1,
+ * unpadded convolution over one image is a GEMM on the image as it lies and
+ * skips im2col. The backward recomputes col rather than keeping B of them,
+ * and both directions give their column buffers back to the arena when done.
  * The input gradient of a stride-1 convolution is a convolution of the
  * output gradient by the flipped weights (flip_geom), one more im2col and a
  * GEMM into dx; other strides take col2im of w^T G.
