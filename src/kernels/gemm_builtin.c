@@ -199,34 +199,43 @@ static void micro(int64_t kc, const float *restrict a, const float *restrict b, 
         }
 }
 #elif defined(__AVX2__) && defined(__FMA__)
-#define NV (NR / 8)
+/* The 12 accumulators are named variables: as an array indexed by a loop
+ * bounded by m, GCC 12 kept them in memory and stored all 12 on every k
+ * (41 GFLOP/s on one Zen 2 core; OpenBLAS 76). */
+#define ROW(r) __m256 c##r##0 = _mm256_setzero_ps(), c##r##1 = _mm256_setzero_ps()
+#define FMA(r)                                                                                 \
+    do {                                                                                       \
+        __m256 av = _mm256_broadcast_ss(a + r);                                                \
+        c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0);                                            \
+        c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1);                                            \
+    } while (0)
+#define STORE(r)                                                                               \
+    do {                                                                                       \
+        if (r >= m)                                                                            \
+            return;                                                                            \
+        float *c = C + r * ldc;                                                                \
+        __m256 x0 = _mm256_mul_ps(va, c##r##0), x1 = _mm256_mul_ps(va, c##r##1);               \
+        if (beta != 0.0f) {                                                                    \
+            x0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c), x0);                                  \
+            x1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 8), x1);                              \
+        }                                                                                      \
+        _mm256_storeu_ps(c, x0);                                                               \
+        _mm256_storeu_ps(c + 8, x1);                                                           \
+    } while (0)
 static void micro(int64_t kc, const float *restrict a, const float *restrict b, float *C,
                   int64_t ldc, int m, float alpha, float beta)
 {
-    __m256 acc[MR][NV];
-    for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NV; v++)
-            acc[r][v] = _mm256_setzero_ps();
+    ROW(0); ROW(1); ROW(2); ROW(3); ROW(4); ROW(5);
     for (int64_t k = 0; k < kc; k++, a += MR, b += NR) {
-        __m256 bv[NV];
-        for (int v = 0; v < NV; v++)
-            bv[v] = _mm256_load_ps(b + 8 * v);
-        for (int r = 0; r < MR; r++) {
-            __m256 av = _mm256_broadcast_ss(a + r);
-            for (int v = 0; v < NV; v++)
-                acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
-        }
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        FMA(0); FMA(1); FMA(2); FMA(3); FMA(4); FMA(5);
     }
     __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-    for (int r = 0; r < m; r++)
-        for (int v = 0; v < NV; v++) {
-            float *c = C + r * ldc + 8 * v;
-            __m256 x = _mm256_mul_ps(va, acc[r][v]);
-            if (beta != 0.0f)
-                x = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c), x);
-            _mm256_storeu_ps(c, x);
-        }
+    STORE(0); STORE(1); STORE(2); STORE(3); STORE(4); STORE(5);
 }
+#undef ROW
+#undef FMA
+#undef STORE
 #else
 static void micro(int64_t kc, const float *restrict a, const float *restrict b, float *C,
                   int64_t ldc, int m, float alpha, float beta)
