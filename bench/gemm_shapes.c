@@ -4,7 +4,7 @@
  * `make bench`; BENCHMARKS.md shows what it measured. Build as bench/run.sh
  * builds the others, with -Isrc:
  *
- *   gemm_shapes [book|vit|large]   (QKV_THREADS=1 OMP_NUM_THREADS=1)
+ *   gemm_shapes [book|vit|large|conv]   (QKV_THREADS=1 OMP_NUM_THREADS=1)
  *
  * book: the book Transformer's training step (640 tokens, width 32, FFN
  * 64, 201 target words). vit: ViT-B/16 inference (197 tokens a image at
@@ -12,7 +12,11 @@
  * training step (one shard of 2368 tokens at two threads; width 512, MLP
  * 2048). large: the large Transformer's step (a shard of 2240 tokens,
  * width 256, FFN 1024; the output layer 17851 wide, 469 rows at a time as
- * qkv_linear_cross_entropy runs it). For vit and large, B (the weight)
+ * qkv_linear_cross_entropy runs it). conv: the forward GEMMs of the 3x3
+ * convolutions of ResNet-18 on 28x28 images, w (og, K) times the column
+ * buffer (K, columns), one image a GEMM at 28x28 and 14x14, 3 and 8 at 7x7
+ * and 4x4, as ops_conv.c chunks them: at `qkv train moco`'s width 16
+ * (16 .. 128 planes), and at 4 times that. For vit and large, B (the weight)
  * moves through copies of itself (up to 40, 256 MiB in all) from call to
  * call, so that it comes from memory as in a model step, not from cache.
  *
@@ -70,6 +74,18 @@ static const shape large[] = {
     {NULL, 0, 0, 0, 0, 0},
 };
 
+static const shape conv[] = {
+    {"w16 layer1 16x784, K 144", 0, 0, 16, 784, 144},
+    {"w16 layer2 32x196, K 288", 0, 0, 32, 196, 288},
+    {"w16 layer3 64x147, K 576", 0, 0, 64, 147, 576},
+    {"w16 layer4 128x128, K 1152", 0, 0, 128, 128, 1152},
+    {"layer1 64x784, K 576", 0, 0, 64, 784, 576},
+    {"layer2 128x196, K 1152", 0, 0, 128, 196, 1152},
+    {"layer3 256x147, K 2304", 0, 0, 256, 147, 2304},
+    {"layer4 512x128, K 4608", 0, 0, 512, 128, 4608},
+    {NULL, 0, 0, 0, 0, 0},
+};
+
 static double cpu_now(void)
 {
     struct timespec t;
@@ -109,12 +125,13 @@ int main(int argc, char **argv)
 {
     const char *set = argc > 1 ? argv[1] : "book";
     const shape *cs = !strcmp(set, "book") ? book : !strcmp(set, "vit") ? vit
-                                                : !strcmp(set, "large") ? large : NULL;
+                                                : !strcmp(set, "large") ? large
+                                                : !strcmp(set, "conv") ? conv : NULL;
     if (!cs) {
-        fprintf(stderr, "usage: gemm_shapes [book|vit|large]\n");
+        fprintf(stderr, "usage: gemm_shapes [book|vit|large|conv]\n");
         return 2;
     }
-    bool cold = cs != book;
+    bool cold = cs != book && cs != conv;
     size_t na = 0, nb = 0, nc = 0;
     for (const shape *s = cs; s->name; s++) {
         size_t a = (size_t)(s->M * s->K), b = (size_t)(s->N * s->K) * copies_of(s, cold);
