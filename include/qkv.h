@@ -2500,6 +2500,13 @@ QKV_API qkv_status qkv_moco_enqueue(qkv_moco *m, const float *keys, int64_t n);
  * what a linear probe reads. Uses ctx as it is (set eval mode for frozen
  * batch norms). */
 QKV_API qkv_tensor *qkv_moco_features(qkv_ctx *ctx, const qkv_moco *m, qkv_tensor *x);
+/* The same with the ResNet's last map (B, F, h, w) average-pooled to
+ * grid x grid cells (torch's adaptive_avg_pool2d bins) instead of one:
+ * (B, F grid^2), each channel's cells row-major, channels in order. grid 1
+ * is qkv_moco_features; QKV_ERR_ARG for a ViT encoder (its features are a
+ * token, not a map) or a grid larger than the map. */
+QKV_API qkv_tensor *qkv_moco_features_grid(qkv_ctx *ctx, const qkv_moco *m, qkv_tensor *x,
+                                           int64_t grid);
 
 /* The side of the square images the encoder takes. */
 QKV_API int64_t qkv_moco_image_size(const qkv_moco *m);
@@ -3275,6 +3282,10 @@ QKV_API qkv_status qkv_moco_train(const qkv_moco_recipe *r, qkv_moco_result *res
  * are restored after), or with sh NULL on ctx. Resets the contexts. */
 QKV_API qkv_status qkv_moco_embed(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m,
                                   const qkv_mnist *d, int64_t n, int normalize, float *out);
+/* The same through qkv_moco_features_grid: out (n, F grid^2). */
+QKV_API qkv_status qkv_moco_embed_grid(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m,
+                                       const qkv_mnist *d, int64_t n, int normalize,
+                                       int64_t grid, float *out);
 /* Weighted k-nearest neighbours (Wu et al. 2018; MoCo's monitor): for each
  * query row (nq, dim) the k bank rows (nb, dim) of highest dot product (the
  * cosine for unit rows) vote for their labels (nb, in 0..classes-1) with
@@ -3314,6 +3325,9 @@ typedef struct {
     double lr, weight_decay;        /* lr 0: 30 (ResNet), 3 (ViT), 0.1 standardised */
     float momentum;
     int standardize;
+    int64_t grid;                   /* 0 or 1: the global average pool (MoCo's); g: a
+                                       ResNet's last map pooled to g x g cells, F g^2
+                                       features (qkv_moco_features_grid) */
     /* the run */
     const char *data_dir;
     int64_t limit, eval_limit;      /* the first N training / test images (0: all) */
@@ -3324,7 +3338,7 @@ typedef struct {
 typedef struct {
     double test_accuracy, train_accuracy;
 } qkv_probe_result;
-/* MoCo's training fields (above), keeping the run's and standardize. */
+/* MoCo's training fields (above), keeping the run's, standardize and grid. */
 QKV_API void qkv_probe_recipe_default(qkv_probe_recipe *r);
 QKV_API qkv_status qkv_probe_train(const qkv_probe_recipe *r, qkv_probe_result *res);
 

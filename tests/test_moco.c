@@ -316,3 +316,64 @@ TEST(moco_errors)
     CHECK(qkv_moco_open(&other, "build/no-such-moco.safetensors") != QKV_OK,
           "a missing file opened");
 }
+
+/* The probe's grid features: grid 1 is qkv_moco_features; grid 2 on a 4x4
+ * last map is each channel's four 2x2 blocks averaged, row-major, channels
+ * in order; a ViT or a grid larger than the map is an error. */
+TEST(moco_features_grid_pools_the_last_map)
+{
+    qkv_moco m;
+    qkv_moco_config c = {.version = 2, .arch = QKV_MOCO_RESNET, .dim = 8, .K = 16, .T = 0.2f,
+                         .bn_splits = 1, .image_size = 32,
+                         .resnet = {.depth = 18, .width = 4, .in_channels = 1,
+                                    .small_stem = 1}};
+    REQUIRE(qkv_moco_init(&m, &c) == QKV_OK, "%s", qkv_error());
+    qkv_rng r;
+    qkv_rng_seed(&r, 3);
+    qkv_moco_reset(&m, &r);
+    qkv_ctx *ctx = qkv_ctx_new();
+    REQUIRE(ctx, "%s", qkv_error());
+    qkv_set_training(ctx, 0);
+    qkv_set_grad_enabled(ctx, 0);
+    qkv_tensor *x = qkv_randn(ctx, 4, (int64_t[]){3, 1, 32, 32}, 0, 1);
+    REQUIRE(x, "%s", qkv_error());
+    qkv_tensor *c5 = qkv_resnet_forward(ctx, &m.q.resnet, x, QKV_RESNET_C5, 1);
+    qkv_tensor *g1 = qkv_moco_features_grid(ctx, &m, x, 1);
+    qkv_tensor *f = qkv_moco_features(ctx, &m, x);
+    qkv_tensor *g2 = qkv_moco_features_grid(ctx, &m, x, 2);
+    REQUIRE(c5 && g1 && f && g2, "%s", qkv_error());
+    REQUIRE(c5->ndim == 4 && c5->shape[2] == 4 && c5->shape[3] == 4, "C5 is not 4x4");
+    int64_t B = 3, F = c5->shape[1];
+    CHECK(g1->ndim == 2 && g1->shape[0] == B && g1->shape[1] == F, "grid 1 shape");
+    CHECK(g2->ndim == 2 && g2->shape[0] == B && g2->shape[1] == F * 4,
+          "grid 2 shape (%lld, %lld), want (%lld, %lld)", (long long)g2->shape[0],
+          (long long)g2->shape[1], (long long)B, (long long)(F * 4));
+    for (int64_t i = 0; i < B * F; i++)
+        CHECK_SCALAR(g1->data[i], f->data[i], 0, 0);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t ch = 0; ch < F; ch++)
+            for (int gy = 0; gy < 2; gy++)
+                for (int gx = 0; gx < 2; gx++) {
+                    const float *map = c5->data + (b * F + ch) * 16;
+                    double s = 0;
+                    for (int y = 2 * gy; y < 2 * gy + 2; y++)
+                        for (int xx = 2 * gx; xx < 2 * gx + 2; xx++)
+                            s += map[y * 4 + xx];
+                    float got = g2->data[b * F * 4 + ch * 4 + gy * 2 + gx];
+                    CHECK_SCALAR(got, s / 4, 1e-6, 1e-6);
+                }
+    CHECK(!qkv_moco_features_grid(ctx, &m, x, 5) && strstr(qkv_error(), "larger"),
+          "a grid of 5 on a 4x4 map accepted: %s", qkv_error());
+    CHECK(!qkv_moco_features_grid(ctx, &m, x, 0), "a grid of 0 accepted");
+    qkv_ctx_free(ctx);
+    qkv_moco_free(&m);
+    qkv_moco vit;
+    c = small(2);
+    REQUIRE(qkv_moco_init(&vit, &c) == QKV_OK, "%s", qkv_error());
+    ctx = qkv_ctx_new();
+    qkv_tensor *xv = qkv_randn(ctx, 4, (int64_t[]){1, 1, 8, 8}, 0, 1);
+    CHECK(!qkv_moco_features_grid(ctx, &vit, xv, 2) && strstr(qkv_error(), "ResNet"),
+          "a grid on a ViT accepted: %s", qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_moco_free(&vit);
+}

@@ -542,6 +542,36 @@ qkv_tensor *qkv_moco_features(qkv_ctx *ctx, const qkv_moco *m, qkv_tensor *x)
     return net_features(ctx, m, &m->q, x, 1);
 }
 
+qkv_tensor *qkv_moco_features_grid(qkv_ctx *ctx, const qkv_moco *m, qkv_tensor *x,
+                                   int64_t grid)
+{
+    if (!m || grid < 1) {
+        qkv_set_error(QKV_ERR_ARG, "moco_features_grid: %s",
+                      !m ? "the model is NULL" : "the grid must be at least 1");
+        return NULL;
+    }
+    if (grid == 1)
+        return qkv_moco_features(ctx, m, x);
+    if (m->cfg.arch != QKV_MOCO_RESNET) {
+        qkv_set_error(QKV_ERR_ARG, "moco_features_grid: a grid of %lld cells needs a ResNet "
+                      "encoder (a ViT's features are its class token)", (long long)grid);
+        return NULL;
+    }
+    /* layer4's map (B, F, h, w) -> (B, F, grid, grid) -> (B, F grid^2) */
+    qkv_tensor *c5 = qkv_resnet_forward(ctx, &m->q.resnet, x, QKV_RESNET_C5, 1);
+    if (!c5)
+        return NULL;
+    if (grid > c5->shape[2] || grid > c5->shape[3]) {
+        qkv_set_error(QKV_ERR_ARG, "moco_features_grid: a grid of %lld cells is larger than "
+                      "the encoder's last map (%lldx%lld)", (long long)grid,
+                      (long long)c5->shape[2], (long long)c5->shape[3]);
+        return NULL;
+    }
+    qkv_tensor *p = qkv_adaptive_avg_pool2d(ctx, c5, (int)grid, (int)grid);
+    return p ? qkv_reshape(ctx, p, 2, (int64_t[]){p->shape[0], p->shape[1] * grid * grid})
+             : NULL;
+}
+
 /* ---- the model file ---- */
 
 /* moco-v3's ViT is timm's: its names for qkv's (torchvision's), the part

@@ -35,9 +35,9 @@
 
 /* Features of images [lo, hi) of d into out rows lo.. on one context */
 static qkv_status embed_rows(qkv_ctx *ctx, const qkv_moco *m, const qkv_mnist *d, int64_t lo,
-                             int64_t hi, int normalize, float *out)
+                             int64_t hi, int normalize, int64_t grid, float *out)
 {
-    int64_t S = qkv_moco_image_size(m), P = S * S, F = m->features;
+    int64_t S = qkv_moco_image_size(m), P = S * S, F = m->features * grid * grid;
     qkv_status st = QKV_OK;
     for (int64_t at = lo; at < hi && !st; at += EVAL_BATCH) {
         int64_t b = hi - at < EVAL_BATCH ? hi - at : EVAL_BATCH;
@@ -47,7 +47,7 @@ static qkv_status embed_rows(qkv_ctx *ctx, const qkv_moco *m, const qkv_mnist *d
             return qkv_error_status();
         for (int64_t i = 0; i < b && !st; i++)
             st = qkv_mnist_image(x->data + i * P, d, at + i, S, NULL, NULL);
-        qkv_tensor *f = st ? NULL : qkv_moco_features(ctx, m, x);
+        qkv_tensor *f = st ? NULL : qkv_moco_features_grid(ctx, m, x, grid);
         if (f && normalize)
             f = qkv_l2_normalize(ctx, f, 1, 1e-12f);
         if (!st && !f)
@@ -64,6 +64,7 @@ typedef struct {
     const qkv_mnist *d;
     int64_t lo, n;
     int normalize;
+    int64_t grid;
     float *out;
 } embed_job;
 
@@ -72,26 +73,33 @@ static qkv_status embed_shard(qkv_ctx *ctx, int i, int n, void *arg)
     const embed_job *j = arg;
     int64_t lo, hi;
     qkv_shard_rows(j->n, i, n, &lo, &hi);
-    return embed_rows(ctx, j->m, j->d, j->lo + lo, j->lo + hi, j->normalize, j->out);
+    return embed_rows(ctx, j->m, j->d, j->lo + lo, j->lo + hi, j->normalize, j->grid, j->out);
 }
 
 /* Features of images [lo, hi) of d into out rows lo..: qkv_moco_embed's
  * work on part of the images */
 static qkv_status embed_range(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m,
                               const qkv_mnist *d, int64_t lo, int64_t hi, int normalize,
-                              float *out);
+                              int64_t grid, float *out);
 
 qkv_status qkv_moco_embed(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m, const qkv_mnist *d,
                           int64_t n, int normalize, float *out)
 {
-    if ((!ctx && !sh) || !m || !d || !out || n < 0 || n > d->n)
+    return qkv_moco_embed_grid(ctx, sh, m, d, n, normalize, 1, out);
+}
+
+qkv_status qkv_moco_embed_grid(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m,
+                               const qkv_mnist *d, int64_t n, int normalize, int64_t grid,
+                               float *out)
+{
+    if ((!ctx && !sh) || !m || !d || !out || n < 0 || n > d->n || grid < 1)
         return qkv_set_error(QKV_ERR_ARG, "moco_embed: bad arguments");
-    return embed_range(ctx, sh, m, d, 0, n, normalize, out);
+    return embed_range(ctx, sh, m, d, 0, n, normalize, grid, out);
 }
 
 static qkv_status embed_range(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m,
                               const qkv_mnist *d, int64_t lo, int64_t hi, int normalize,
-                              float *out)
+                              int64_t grid, float *out)
 {
     int shards = sh ? qkv_shards_count(sh) : 1;
     int was[QKV_MAX_EMBED_SHARDS][2];
@@ -102,9 +110,9 @@ static qkv_status embed_range(qkv_ctx *ctx, qkv_shards *sh, const qkv_moco *m,
         qkv_ctx *c = sh ? qkv_shards_ctx(sh, i) : ctx;
         was[i][0] = qkv_set_training(c, 0), was[i][1] = qkv_set_grad_enabled(c, 0);
     }
-    embed_job job = {m, d, lo, hi - lo, normalize, out};
+    embed_job job = {m, d, lo, hi - lo, normalize, grid, out};
     qkv_status st = sh ? qkv_shards_run(sh, embed_shard, &job)
-                       : embed_rows(ctx, m, d, lo, hi, normalize, out);
+                       : embed_rows(ctx, m, d, lo, hi, normalize, grid, out);
     for (int i = 0; i < shards; i++) {
         qkv_ctx *c = sh ? qkv_shards_ctx(sh, i) : ctx;
         qkv_set_training(c, was[i][0]), qkv_set_grad_enabled(c, was[i][1]);
@@ -389,7 +397,7 @@ static qkv_status evaluate(qkv_trainer *t, qkv_train_epoch *e, void *user)
     int64_t F = v->m.features, lo, hi, qlo, qhi, per = (v->n_bank + p - 1) / p;
     qkv_shard_rows(v->n_bank, v->rank, p, &lo, &hi);
     qkv_shard_rows(v->n_test, v->rank, p, &qlo, &qhi);
-    if ((st = embed_range(NULL, sh, &v->m, &v->train, lo, hi, 1, v->bank)))
+    if ((st = embed_range(NULL, sh, &v->m, &v->train, lo, hi, 1, 1, v->bank)))
         return st;
     if (p > 1) {
         float *mine = v->gather + (int64_t)p * per * F;
@@ -405,7 +413,7 @@ static qkv_status evaluate(qkv_trainer *t, qkv_train_epoch *e, void *user)
                    (size_t)((b - a) * F) * sizeof(float));
         }
     }
-    if ((st = embed_range(NULL, sh, &v->m, &v->test, qlo, qhi, 1, v->queries)) ||
+    if ((st = embed_range(NULL, sh, &v->m, &v->test, qlo, qhi, 1, 1, v->queries)) ||
         (qhi > qlo && (st = qkv_knn_predict(v->pred + qlo, NULL, v->queries + qlo * F, qhi - qlo,
                                             v->bank, v->bank_labels, v->n_bank, F,
                                             v->r->knn_k, v->r->knn_t, 10))))

@@ -7,7 +7,9 @@
  * is one (n, F) x (F, 10) product instead of n forwards of the encoder
  * (MoCo crops and flips each epoch). Optionally they are standardised with
  * the training set's per-dimension mean and deviation, which lets plain
- * SGD converge in a few epochs (docs/moco.md).
+ * SGD converge in a few epochs (docs/moco.md). With a grid the features are
+ * the encoder's last map pooled to grid x grid cells rather than one: a
+ * linear classifier on more of what the frozen encoder computed.
  */
 #include "train_internal.h"
 
@@ -25,7 +27,7 @@ void qkv_probe_recipe_default(qkv_probe_recipe *r)
     r->model = keep.model, r->data_dir = keep.data_dir, r->out_dir = keep.out_dir;
     r->seed = keep.seed, r->threads = keep.threads, r->quiet = keep.quiet;
     r->limit = keep.limit, r->eval_limit = keep.eval_limit;
-    r->standardize = keep.standardize;
+    r->standardize = keep.standardize, r->grid = keep.grid;
 }
 
 typedef struct {
@@ -128,9 +130,11 @@ static void standardize(float *train, int64_t n, float *test, int64_t nt, int64_
 
 qkv_status qkv_probe_train(const qkv_probe_recipe *r, qkv_probe_result *res)
 {
-    if (!r || !r->model || r->epochs < 0 || r->batch_size < 1)
+    if (!r || !r->model || r->epochs < 0 || r->batch_size < 1 || r->grid < 0)
         return qkv_set_error(QKV_ERR_ARG, "probe_train: %s",
-                             !r || !r->model ? "no model" : "need epochs >= 0 and a batch >= 1");
+                             !r || !r->model ? "no model"
+                                             : "need epochs >= 0, a batch >= 1 and a grid >= 0");
+    int64_t grid = r->grid > 1 ? r->grid : 1;
     probe_run v = {.r = r, .test_acc = NAN, .train_acc = NAN};
     qkv_moco m = {0};
     qkv_mnist train = {0}, test = {0};
@@ -144,7 +148,7 @@ qkv_status qkv_probe_train(const qkv_probe_recipe *r, qkv_probe_result *res)
         st = qkv_mnist_load(&test, r->data_dir, 0);
     if (st)
         goto done;
-    v.F = m.features;
+    v.F = m.features * grid * grid;
     v.n_train = r->limit > 0 && r->limit < train.n ? r->limit : train.n;
     v.n_test = r->eval_limit > 0 && r->eval_limit < test.n ? r->eval_limit : test.n;
     v.train_x = qkv__malloc((size_t)(v.n_train * v.F) * sizeof(float));
@@ -160,8 +164,8 @@ qkv_status qkv_probe_train(const qkv_probe_recipe *r, qkv_probe_result *res)
         st = qkv_error_status();
         goto done;
     }
-    if ((st = qkv_moco_embed(NULL, sh, &m, &train, v.n_train, 0, v.train_x)) ||
-        (st = qkv_moco_embed(NULL, sh, &m, &test, v.n_test, 0, v.test_x)))
+    if ((st = qkv_moco_embed_grid(NULL, sh, &m, &train, v.n_train, 0, grid, v.train_x)) ||
+        (st = qkv_moco_embed_grid(NULL, sh, &m, &test, v.n_test, 0, grid, v.test_x)))
         goto done;
     for (int64_t i = 0; i < v.n_train; i++)
         v.train_y[i] = train.labels[i];
@@ -170,8 +174,9 @@ qkv_status qkv_probe_train(const qkv_probe_recipe *r, qkv_probe_result *res)
     if (r->standardize)
         standardize(v.train_x, v.n_train, v.test_x, v.n_test, v.F);
     if (!r->quiet) {
-        printf("features of %lld training and %lld test images (F %lld) in %.1f s\n",
-               (long long)v.n_train, (long long)v.n_test, (long long)v.F, qkv_now() - t0);
+        printf("features of %lld training and %lld test images (F %lld%s) in %.1f s\n",
+               (long long)v.n_train, (long long)v.n_test, (long long)v.F,
+               grid > 1 ? ", the last map pooled to a grid" : "", qkv_now() - t0);
         fflush(stdout);
     }
     /* the classifier: main_lincls.py's fc, N(0, 0.01) and zero */

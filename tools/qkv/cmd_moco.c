@@ -184,6 +184,9 @@ int cmd_probe(int argc, char **argv)
          .help = "SGD's weight decay (MoCo's: none)"},
         {.name = "standardize", .kind = ARG_FLAG, .value = &r.standardize,
          .help = "scale the features to zero mean and unit variance first (a faster solver)"},
+        {.name = "grid", .kind = ARG_INT, .value = &r.grid, .min = 0, .max = 64,
+         .help = "a ResNet's last map average-pooled to N x N cells, F N^2 features (0 or 1: "
+                 "the global pool, MoCo's)"},
         {.name = "limit", .kind = ARG_INT, .value = &r.limit, .min = 0, .max = 1e9,
          .help = "the first N training images only (0: all 60000)"},
         {.name = "eval-limit", .kind = ARG_INT, .value = &r.eval_limit, .min = 0, .max = 1e9,
