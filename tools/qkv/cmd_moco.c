@@ -286,9 +286,16 @@ int cmd_finetune(int argc, char **argv)
         }
     }
     printf("\nlabels  images  fine-tuned  from scratch  gain\n");
-    for (int f = 0; f < 2; f++)
-        if (n_labels[f])
-            printf("%3s%%    %6lld  %10.4f  %12.4f  %+.4f\n", f ? "10" : "1",
-                   (long long)n_labels[f], acc[f][0], acc[f][1], acc[f][0] - acc[f][1]);
+    for (int f = 0; f < 2; f++) {
+        if (!n_labels[f])
+            continue;
+        char cell[3][32]; /* a run not asked for (--runs) prints as "-" */
+        for (int c = 0; c < 3; c++) {
+            double v = c < 2 ? acc[f][c] : acc[f][0] - acc[f][1];
+            snprintf(cell[c], sizeof cell[c], isnan(v) ? "-" : c < 2 ? "%.4f" : "%+.4f", v);
+        }
+        printf("%3s%%    %6lld  %10s  %12s  %s\n", f ? "10" : "1", (long long)n_labels[f],
+               cell[0], cell[1], cell[2]);
+    }
     return 0;
 }
