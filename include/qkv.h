@@ -3356,6 +3356,10 @@ typedef struct {
     qkv_optim_kind optimizer;
     double lr, weight_decay, warmup_epochs, label_smoothing;
     qkv_augment aug;
+    /* view.crop_max > 0: each training image a random view (qkv_augment_view:
+     * MoCo's random resized crop, jitter, blur, flip, as set) instead of aug's
+     * shifts; both runs alike */
+    qkv_view_aug view;
     int eval_every;
     /* the pretrained run only (scratch trains every layer at lr from the
      * start): the encoder's lr as a multiple of lr (1: all alike), and

@@ -167,6 +167,24 @@ TEST(moco_probe_and_finetune_run_on_a_trained_model)
         }
         qkv_st_close(a), qkv_st_close(b);
     }
+    /* random resized crops instead of shifts: the same run otherwise, so the
+     * encoder must come out different from the last one (shifts, head 0) */
+    ft.view = (qkv_view_aug){.crop_min = 0.5f, .crop_max = 1, .flip = 0.5f};
+    ft.out_dir = "build/test-moco-finetune-view";
+    REQUIRE(qkv_finetune_train(&ft, &fr) == QKV_OK, "%s", qkv_error());
+    CHECK(fr.test_accuracy > 0.0, "accuracy %g with views", fr.test_accuracy);
+    qkv_st_file *a = qkv_st_open("build/test-moco-finetune/model.safetensors");
+    qkv_st_file *b = qkv_st_open("build/test-moco-finetune-view/model.safetensors");
+    REQUIRE(a && b, "%s", qkv_error());
+    int64_t i = qkv_st_find(a, "conv_proj.weight"), j = qkv_st_find(b, "conv_proj.weight");
+    REQUIRE(i >= 0 && j >= 0 && qkv_st_numel(a, i) == qkv_st_numel(b, j), "conv_proj.weight");
+    int64_t n = qkv_st_numel(a, i);
+    float *x = malloc((size_t)n * sizeof(float)), *y = malloc((size_t)n * sizeof(float));
+    REQUIRE(x && y && !qkv_st_read_f32(a, i, x) && !qkv_st_read_f32(b, j, y), "read");
+    test_note("random resized crops");
+    CHECK(memcmp(x, y, (size_t)n * sizeof(float)) != 0, "the views changed nothing");
+    free(x), free(y);
+    qkv_st_close(a), qkv_st_close(b);
 }
 
 TEST(label_subsets_take_each_class_alike)

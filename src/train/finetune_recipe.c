@@ -88,11 +88,16 @@ static qkv_status fill(void *user, const int64_t *idx, int64_t n, qkv_rng *rng, 
 {
     const ft_run *v = user;
     int64_t P = v->S * v->S, *y = (int64_t *)(void *)((float *)batch + v->B * P);
+    const qkv_view_aug *view = v->r->view.crop_max > 0 ? &v->r->view : NULL;
+    float src[64 * 64], scratch[64 * 64]; /* S <= 64 with a view (checked) */
     for (int64_t i = 0; i < n; i++) {
         int64_t at = v->subset[idx[i]];
+        float *dst = (float *)batch + i * P;
         y[i] = v->train.labels[at];
-        qkv_status st = qkv_mnist_image((float *)batch + i * P, &v->train, at, v->S, rng,
-                                        &v->r->aug);
+        qkv_status st = view ? qkv_mnist_image(src, &v->train, at, v->S, NULL, NULL)
+                             : qkv_mnist_image(dst, &v->train, at, v->S, rng, &v->r->aug);
+        if (!st && view)
+            st = qkv_augment_view(dst, v->S, v->S, src, 1, v->S, v->S, view, rng, scratch);
         if (st)
             return st;
     }
@@ -239,6 +244,11 @@ qkv_status qkv_finetune_train(const qkv_finetune_recipe *r, qkv_finetune_result 
     qkv_rng init;
     qkv_rng_seed(&init, r->seed + 2);
     v.S = qkv_moco_image_size(&m);
+    if (r->view.crop_max > 0 && v.S > 64) {
+        st = qkv_set_error(QKV_ERR_ARG, "finetune: random views of images up to 64 pixels "
+                           "only, not %lld", (long long)v.S);
+        goto done;
+    }
     if (m.cfg.arch == QKV_MOCO_VIT) {
         qkv_vit_config vc = m.cfg.vit;
         vc.num_classes = 10;

@@ -225,6 +225,7 @@ int cmd_finetune(int argc, char **argv)
     qkv_finetune_recipe_default(&r);
     const char *labels = "both", *out_dir = "runs/finetune", *runs = "both";
     int64_t epochs = -1;
+    double crop_min = 0;
     arg_opt opts[] = {
         {.name = "model", .kind = ARG_STRING, .value = &r.model, .metavar = "FILE|DIR",
          .help = "a MoCo model (model.safetensors of `qkv train moco`), or its run directory"},
@@ -242,6 +243,9 @@ int cmd_finetune(int argc, char **argv)
          .help = "the pretrained encoder's lr as a multiple of --lr (the head's)"},
         {.name = "head-epochs", .kind = ARG_INT, .value = &r.head_epochs, .min = 0, .max = 100000,
          .help = "epochs of the head alone before the pretrained encoder trains too (LP-FT)"},
+        {.name = "crop-min", .kind = ARG_FLOAT, .value = &crop_min, .min = 0, .max = 1,
+         .help = "each training image a random resized crop of area crop-min..1 and a flip "
+                 "(MoCo's crop, no jitter or blur) instead of 2-pixel shifts (0: the shifts)"},
         {.name = "runs", .kind = ARG_CHOICE, .value = &runs, .choices = "pretrained|scratch|both",
          .help = "which runs"},
         {.name = "eval-limit", .kind = ARG_INT, .value = &r.eval_limit, .min = 0, .max = 1e9,
@@ -260,6 +264,8 @@ int cmd_finetune(int argc, char **argv)
     int rc = args_parse(&s, argc, argv);
     if (rc != ARGS_CONTINUE)
         return rc;
+    if (crop_min > 0)
+        r.view = (qkv_view_aug){.crop_min = (float)crop_min, .crop_max = 1, .flip = 0.5f};
     double fractions[2] = {0.01, 0.10}, acc[2][2] = {{NAN, NAN}, {NAN, NAN}};
     int64_t n_labels[2] = {0, 0};
     for (int f = 0; f < 2; f++) {
