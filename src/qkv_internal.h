@@ -199,6 +199,10 @@ qkv_tensor *qkv__tensor(qkv_ctx *ctx, int ndim, const int64_t *shape);
  * op and no backward rule reads (batch norm's and add's outputs: their
  * backward rules read their inputs), it spares a copy of the activation. */
 qkv_tensor *qkv__relu_inplace(qkv_ctx *ctx, qkv_tensor *x);
+/* GELU written over x when nothing is recorded (gradients off, or x needs
+ * none) and x is contiguous: for a caller that reads x no more, as an
+ * inference MLP's hidden layer; else qkv_gelu. Returns x or the new output. */
+qkv_tensor *qkv__gelu_over(qkv_ctx *ctx, qkv_tensor *x);
 /* A view of x's data with the given shape and strides (no node). */
 qkv_tensor *qkv__view(qkv_ctx *ctx, qkv_tensor *x, int ndim, const int64_t *shape,
                       const int64_t *stride, int64_t offset);

@@ -109,6 +109,16 @@ qkv_tensor *qkv__relu_inplace(qkv_ctx *ctx, qkv_tensor *x)
     return qkv__done(ctx, QKV_OP_RELU, out);
 }
 
+qkv_tensor *qkv__gelu_over(qkv_ctx *ctx, qkv_tensor *x)
+{
+    /* GELU's backward reads x, so with a tape it keeps its own output */
+    QKV_INPUTS("gelu", x);
+    if ((ctx->grad_enabled && x->requires_grad) || !qkv_is_contiguous(x))
+        return qkv_gelu(ctx, x);
+    qkv_k_unary(QKV_UN_GELU, x->data, x->data, qkv_numel(x), 0, 0);
+    return qkv__done(ctx, QKV_OP_GELU, x);
+}
+
 qkv_tensor *qkv_leaky_relu(qkv_ctx *ctx, qkv_tensor *x, float slope)
 {
     return unary(ctx, QKV_OP_LEAKY_RELU, QKV_UN_LEAKY_RELU, x, slope, 0);

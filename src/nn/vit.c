@@ -196,6 +196,10 @@ static qkv_tensor *block_forward(qkv_ctx *ctx, const qkv_vit *m, const qkv_vit_b
                                  qkv_tensor *x, qkv_tensor **attn, bool cls_only)
 {
     float p = m->cfg.dropout;
+    /* with gradients off (and no maps wanted), the attention half's
+     * intermediates go once the residual sum exists, and GELU overwrites
+     * its input: one block's peak is its input, the sum and the MLP's */
+    qkv_arena_pos half = qkv_arena_mark(qkv_ctx_arena(ctx));
     qkv_tensor *h = ln(ctx, m, x, b->ln_1_weight, b->ln_1_bias);
     qkv_tensor *q = h;
     if (cls_only) {
@@ -206,8 +210,10 @@ static qkv_tensor *block_forward(qkv_ctx *ctx, const qkv_vit *m, const qkv_vit_b
     /* each dropout's input is read by nothing else: in place */
     h = qkv_dropout_inplace(ctx, qkv_nn_mha_forward(ctx, &b->self_attention, q, h, h, &o), p);
     x = qkv_add(ctx, x, h);
+    if (!attn)
+        x = qkv_ctx_rewind_keep(ctx, half, x);
     h = ln(ctx, m, x, b->ln_2_weight, b->ln_2_bias);
-    h = qkv_gelu(ctx, qkv_nn_linear_forward(ctx, &b->mlp_0, h));
+    h = qkv__gelu_over(ctx, qkv_nn_linear_forward(ctx, &b->mlp_0, h));
     h = qkv_dropout_inplace(
         ctx, qkv_nn_linear_forward(ctx, &b->mlp_3, qkv_dropout_inplace(ctx, h, p)), p);
     return qkv_add(ctx, x, h);
