@@ -541,6 +541,14 @@ QKV_API qkv_tensor *qkv_dropout(qkv_ctx *ctx, qkv_tensor *x, float p);
  * view, another op's output, an x already read) a copy, as qkv_dropout.
  * The same values and gradients as qkv_dropout, one tensor fewer. */
 QKV_API qkv_tensor *qkv_dropout_inplace(qkv_ctx *ctx, qkv_tensor *x, float p);
+/* y (..., out) = linear(dropout(gelu(x), p), w (out, in), bias (out) or
+ * NULL), x (..., in): a transformer MLP's second half. The same values and
+ * gradients as composing qkv_gelu, qkv_dropout and qkv_linear (the mask is
+ * drawn at the same point of the context's RNG), but the hidden layer
+ * dropout(gelu(x)) is recomputed in the backward instead of kept: one
+ * tensor of x's size less held per call in training. */
+QKV_API qkv_tensor *qkv_gelu_linear(qkv_ctx *ctx, qkv_tensor *x, float p, qkv_tensor *w,
+                                    qkv_tensor *bias);
 
 /* Convolution and pooling, NCHW.
  * x (B, Cin, H, W), w (Cout, Cin/groups, kh, kw), bias (Cout) or NULL

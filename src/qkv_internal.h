@@ -49,7 +49,7 @@ char *qkv__strdup(const char *s);
     X(L1_LOSS, "l1_loss") X(SMOOTH_L1_LOSS, "smooth_l1_loss")                   \
     X(MASKED_SOFTMAX, "masked_softmax") X(ATTENTION, "attention")               \
     X(ROWS_PACK, "rows_pack") X(ROWS_UNPACK, "rows_unpack")                     \
-    X(L2_NORMALIZE, "l2_normalize")                                             \
+    X(L2_NORMALIZE, "l2_normalize") X(GELU_LINEAR, "gelu_linear")               \
     X(BOX_CXCYWH_TO_XYXY, "box_cxcywh_to_xyxy")                                 \
     X(BOX_XYXY_TO_CXCYWH, "box_xyxy_to_cxcywh") X(BOX_IOU, "box_iou")           \
     X(GENERALIZED_BOX_IOU, "generalized_box_iou") X(GIOU_LOSS, "giou_loss")     \
@@ -199,6 +199,18 @@ qkv_tensor *qkv__tensor(qkv_ctx *ctx, int ndim, const int64_t *shape);
  * op and no backward rule reads (batch norm's and add's outputs: their
  * backward rules read their inputs), it spares a copy of the activation. */
 qkv_tensor *qkv__relu_inplace(qkv_ctx *ctx, qkv_tensor *x);
+/* Dropout's mask (ops_dropout.c): element i kept, as keep = 1 / (1 - p),
+ * when hash(seed, i) clears the threshold; nothing but these is stored. */
+typedef struct {
+    uint64_t seed, threshold;
+    float keep; /* 1 / (1 - p), 0 when p == 1 */
+} qkv__dropout_mask;
+/* a mask for probability p, its seed one draw of the context's RNG */
+qkv__dropout_mask qkv__dropout_draw(qkv_ctx *ctx, float p);
+/* y (n) = x * mask, or y += x * mask if accumulate; and y *= mask */
+void qkv__dropout_apply(float *y, const float *x, int64_t n, const qkv__dropout_mask *d,
+                        bool accumulate);
+void qkv__dropout_apply_inplace(float *y, int64_t n, const qkv__dropout_mask *d);
 /* GELU written over x when nothing is recorded (gradients off, or x needs
  * none) and x is contiguous: for a caller that reads x no more, as an
  * inference MLP's hidden layer; else qkv_gelu. Returns x or the new output. */

@@ -316,3 +316,115 @@ TEST(relu_inplace_equals_relu_in_place)
     CHECK_GRAD(f_relu_inplace, 2, in, NULL, 1e-5, 1e-3);
     gc_free(2, in);
 }
+
+/* ---- gelu_linear: linear(dropout(gelu(x))), the hidden layer recomputed ---- */
+
+static qkv_tensor *f_gelu_linear(qkv_ctx *c, qkv_tensor **t, void *u)
+{
+    /* x through a view; dropout 0.3 (the harness reseeds the RNG, so every
+     * evaluation draws the same mask) */
+    return qkv_gelu_linear(c, qkv_transpose(c, t[0], 0, 1), 0.3f, t[1], t[2]);
+}
+
+TEST(gradcheck_gelu_linear)
+{
+    qkv_rng r;
+    qkv_rng_seed(&r, 29);
+    gc_input in[3] = {gc_rand(&r, 3, SHAPE(6, 4, 5), -3, 3, true),
+                      gc_rand(&r, 2, SHAPE(3, 5), -1, 1, true),
+                      gc_rand(&r, 1, SHAPE(3), -1, 1, true)};
+    /* the loss is linear in w and b, so their numeric gradient is float32's
+     * rounding of the 24 outputs over a step: a step of 1e-2 keeps that
+     * near 1e-5, while GELU's curvature over x's step stays inside rtol */
+    CHECK_GRAD_STEP(f_gelu_linear, 3, in, NULL, 1e-2, 2e-5, 1e-3);
+    gc_free(3, in);
+}
+
+TEST(gelu_linear_equals_the_composition)
+{
+    /* training, dropout 0.25, a size that takes both threads: the fused op
+     * against qkv_linear(qkv_dropout(qkv_gelu(x))) from the same RNG state,
+     * outputs and the three gradients (the same kernels in the same order:
+     * equal to rounding) */
+    const int64_t R = 300, in = 96, out = 40;
+    qkv_tensor *got[4], *want[4];
+    for (int k = 0; k < 2; k++) {
+        qkv_ctx *ctx = qkv_ctx_new();
+        qkv_rng_seed(qkv_ctx_rng(ctx), 3);
+        qkv_tensor *x = qkv_requires_grad(qkv_randn(ctx, 3, SHAPE(3, R / 3, in), 0, 2));
+        qkv_tensor *w = qkv_requires_grad(qkv_randn(ctx, 2, SHAPE(out, in), 0, 0.1f));
+        qkv_tensor *b = qkv_requires_grad(qkv_randn(ctx, 1, SHAPE(out), 0, 1));
+        qkv_tensor *g = qkv_randn(ctx, 3, SHAPE(3, R / 3, out), 0, 1);
+        qkv_tensor *y = k ? qkv_linear(ctx, qkv_dropout(ctx, qkv_gelu(ctx, x), 0.25f), w, b)
+                          : qkv_gelu_linear(ctx, x, 0.25f, w, b);
+        REQUIRE(y && qkv_backward_with(ctx, y, g->data) == QKV_OK, "%s", qkv_error());
+        qkv_tensor **dst = k ? want : got;
+        /* copies that outlive the context, in a context of their own */
+        static qkv_ctx *keep;
+        if (!keep)
+            keep = qkv_ctx_new();
+        dst[0] = qkv_from_data(keep, y->ndim, y->shape, y->data);
+        dst[1] = qkv_from_data(keep, x->ndim, x->shape, x->grad);
+        dst[2] = qkv_from_data(keep, w->ndim, w->shape, w->grad);
+        dst[3] = qkv_from_data(keep, b->ndim, b->shape, b->grad);
+        qkv_ctx_free(ctx);
+        if (k) {
+            static const char *const what[4] = {"y", "dx", "dw", "db"};
+            for (int i = 0; i < 4; i++)
+                if (!CHECK_CLOSE(got[i], want[i], 1e-6, 1e-6))
+                    break;
+            (void)what;
+            /* and the dropout acted: without it the output moves */
+            qkv_ctx *c0 = qkv_ctx_new();
+            qkv_rng_seed(qkv_ctx_rng(c0), 3);
+            qkv_tensor *x0 = qkv_randn(c0, 3, SHAPE(3, R / 3, in), 0, 2);
+            qkv_tensor *w0 = qkv_randn(c0, 2, SHAPE(out, in), 0, 0.1f);
+            qkv_tensor *b0 = qkv_randn(c0, 1, SHAPE(out), 0, 1);
+            qkv_tensor *y0 = qkv_gelu_linear(c0, x0, 0.0f, w0, b0);
+            double moved = 0;
+            for (int64_t i = 0; y0 && i < qkv_numel(y0); i++)
+                moved = fmax(moved, fabs((double)y0->data[i] - got[0]->data[i]));
+            CHECK(moved > 1e-2, "dropout 0.25 moved the output by only %g", moved);
+            qkv_ctx_free(c0);
+            qkv_ctx_free(keep);
+            keep = NULL;
+        }
+    }
+}
+
+TEST(gelu_linear_errors)
+{
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_zeros(ctx, 2, SHAPE(4, 5)), *w = qkv_zeros(ctx, 2, SHAPE(3, 6));
+    CHECK(!qkv_gelu_linear(ctx, x, 0.1f, w, NULL) && strstr(qkv_error(), "gelu_linear"),
+          "in 5 against a weight's 6 is not refused: %s", qkv_error());
+    w = qkv_zeros(ctx, 2, SHAPE(3, 5));
+    CHECK(!qkv_gelu_linear(ctx, x, 1.5f, w, NULL) && strstr(qkv_error(), "probability"),
+          "p 1.5 is not refused: %s", qkv_error());
+    CHECK(!qkv_gelu_linear(ctx, x, 0.1f, w, qkv_zeros(ctx, 1, SHAPE(4))),
+          "a bias of 4 for 3 outputs is not refused");
+    qkv_ctx_free(ctx);
+}
+
+TEST(parity_gelu_linear)
+{
+    /* F.linear(F.gelu(x), w, b) (no dropout: PyTorch's mask is its own) */
+    qkv_st_file *fx = fixture_open("gelu_linear");
+    if (!fx)
+        return;
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_tensor *x = qkv_requires_grad(fixture_get(ctx, fx, "x"));
+    qkv_tensor *w = qkv_requires_grad(fixture_get(ctx, fx, "w"));
+    qkv_tensor *b = qkv_requires_grad(fixture_get(ctx, fx, "b"));
+    qkv_tensor *out = qkv_gelu_linear(ctx, x, 0.0f, w, b);
+    qkv_tensor *want = fixture_get(ctx, fx, "out"), *gout = fixture_get(ctx, fx, "gout");
+    CHECK_CLOSE(out, want, 1e-5, 1e-5);
+    if (out && gout && qkv_backward_with(ctx, out, gout->data) == QKV_OK) {
+        CHECK_CLOSE_GRAD(x, fixture_get(ctx, fx, "grad_x"), 1e-5, 1e-5);
+        CHECK_CLOSE_GRAD(w, fixture_get(ctx, fx, "grad_w"), 1e-5, 1e-5);
+        CHECK_CLOSE_GRAD(b, fixture_get(ctx, fx, "grad_b"), 1e-5, 1e-5);
+    } else
+        CHECK(0, "gelu_linear: %s", qkv_error());
+    qkv_ctx_free(ctx);
+    qkv_st_close(fx);
+}

@@ -14,10 +14,7 @@
  * 64-bit draw of the context RNG as the seed. The mask is a function of
  * (seed, i): the forward and the backward each compute it in the same
  * vector loop as their multiply, and nothing is stored but the seed. */
-typedef struct {
-    uint64_t seed, threshold;
-    float keep; /* 1 / (1 - p), 0 when p == 1 */
-} dropout_mask;
+typedef qkv__dropout_mask dropout_mask;
 
 static inline float mask_at(uint64_t seed, uint64_t threshold, float keep, int64_t i)
 {
@@ -39,8 +36,8 @@ static void mask_range(float *restrict y, const float *restrict x, int64_t lo, i
     }
 }
 
-static void apply_mask(float *y, const float *x, int64_t m, const dropout_mask *d,
-                       bool accumulate)
+void qkv__dropout_apply(float *y, const float *x, int64_t m, const dropout_mask *d,
+                        bool accumulate)
 {
     if (m <= PAR_WORK || qkv_threads() == 1) { /* no OpenMP region */
         mask_range(y, x, 0, m, d->seed, d->threshold, d->keep, accumulate);
@@ -63,7 +60,7 @@ static void mask_range_inplace(float *y, int64_t lo, int64_t hi, uint64_t seed, 
         y[i] *= mask_at(seed, thr, keep, i);
 }
 
-static void apply_mask_inplace(float *y, int64_t m, const dropout_mask *d)
+void qkv__dropout_apply_inplace(float *y, int64_t m, const dropout_mask *d)
 {
     if (m <= PAR_WORK || qkv_threads() == 1) {
         mask_range_inplace(y, 0, m, d->seed, d->threshold, d->keep);
@@ -82,7 +79,7 @@ static void dropout_backward(qkv_ctx *ctx, qkv_node *n)
     bool acc;
     float *gx = qkv__grad_for_write(ctx, n->in[0], &acc);
     if (gx)
-        apply_mask(gx, n->out->grad, qkv_numel(n->out), n->saved[0], acc);
+        qkv__dropout_apply(gx, n->out->grad, qkv_numel(n->out), n->saved[0], acc);
 }
 
 /* Whether x's values may be overwritten: an op's own contiguous output
@@ -99,6 +96,13 @@ static bool overwritable(const qkv_ctx *ctx, const qkv_tensor *x)
             if (n->in[i] == x)
                 return false;
     return true;
+}
+
+dropout_mask qkv__dropout_draw(qkv_ctx *ctx, float p)
+{
+    /* p == 1 drops everything: keep 0, as 1 / (1 - p) would make 0 * inf */
+    return (dropout_mask){.seed = qkv_rng_u64(&ctx->rng), .threshold = qkv_k_attn_threshold(p),
+                          .keep = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f};
 }
 
 static qkv_tensor *dropout(qkv_ctx *ctx, qkv_tensor *x, float p, bool inplace)
@@ -121,13 +125,11 @@ static qkv_tensor *dropout(qkv_ctx *ctx, qkv_tensor *x, float p, bool inplace)
     dropout_mask *d = qkv__alloc(ctx, sizeof *d);
     if (!y || !d)
         return NULL;
-    /* p == 1 drops everything: keep 0, as 1 / (1 - p) would make 0 * inf */
-    *d = (dropout_mask){.seed = qkv_rng_u64(&ctx->rng), .threshold = qkv_k_attn_threshold(p),
-                        .keep = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f};
+    *d = qkv__dropout_draw(ctx, p);
     if (inplace)
-        apply_mask_inplace(y->data, qkv_numel(x), d);
+        qkv__dropout_apply_inplace(y->data, qkv_numel(x), d);
     else
-        apply_mask(y->data, x->data, qkv_numel(x), d, false);
+        qkv__dropout_apply(y->data, x->data, qkv_numel(x), d, false);
     qkv_node *n = qkv__record(ctx, QKV_OP_DROPOUT, dropout_backward, y, 1, &x);
     if (n)
         n->saved[0] = d;

@@ -213,10 +213,15 @@ static qkv_tensor *block_forward(qkv_ctx *ctx, const qkv_vit *m, const qkv_vit_b
     if (!attn)
         x = qkv_ctx_rewind_keep(ctx, half, x);
     h = ln(ctx, m, x, b->ln_2_weight, b->ln_2_bias);
-    h = qkv__gelu_over(ctx, qkv_nn_linear_forward(ctx, &b->mlp_0, h));
-    h = qkv_dropout_inplace(
-        ctx, qkv_nn_linear_forward(ctx, &b->mlp_3, qkv_dropout_inplace(ctx, h, p)), p);
-    return qkv_add(ctx, x, h);
+    h = qkv_nn_linear_forward(ctx, &b->mlp_0, h);
+    /* training: the hidden layer GELU(h) is recomputed in the backward, not
+     * kept; inference: GELU overwrites h */
+    if (qkv_grad_enabled(ctx))
+        h = qkv_gelu_linear(ctx, h, p, b->mlp_3.weight, b->mlp_3.bias);
+    else
+        h = qkv_nn_linear_forward(ctx, &b->mlp_3,
+                                  qkv_dropout_inplace(ctx, qkv__gelu_over(ctx, h), p));
+    return qkv_add(ctx, x, qkv_dropout_inplace(ctx, h, p));
 }
 
 /* x (B, Cin, image, image) -> logits (B, K), or features (B, C) without a

@@ -46,4 +46,9 @@ CASES = {
     "unary_softplus_beta": _t(lambda x: F.softplus(x, beta=2.0, threshold=5.0)),
     # contiguous and above the kernels' threshold for two threads, odd length
     "unary_gelu_large": lambda g: _grad_case(g, F.gelu, {"x": 3 * torch.randn(301, 129, generator=g)}),
+    # qkv_gelu_linear: F.linear(F.gelu(x), w, b), x (2, 7, 24) -> (2, 7, 10)
+    "gelu_linear": lambda g: _grad_case(
+        g, lambda x, w, b: F.linear(F.gelu(x), w, b),
+        {"x": 2 * torch.randn(2, 7, 24, generator=g), "w": 0.2 * torch.randn(10, 24, generator=g),
+         "b": torch.randn(10, generator=g)}),
 }
