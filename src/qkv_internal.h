@@ -211,6 +211,11 @@ qkv__dropout_mask qkv__dropout_draw(qkv_ctx *ctx, float p);
 void qkv__dropout_apply(float *y, const float *x, int64_t n, const qkv__dropout_mask *d,
                         bool accumulate);
 void qkv__dropout_apply_inplace(float *y, int64_t n, const qkv__dropout_mask *d);
+/* A linear layer's weight and bias gradients (ops_matmul.c): dW (out, in)
+ * += G^T (out, R) X (R, in), db (out) += the sum of G's rows; either NULL
+ * when not wanted. */
+void qkv__linear_dw(const float *G, const float *X, float *gw, float *gb, int64_t R, int64_t in,
+                    int64_t outf);
 /* GELU written over x when nothing is recorded (gradients off, or x needs
  * none) and x is contiguous: for a caller that reads x no more, as an
  * inference MLP's hidden layer; else qkv_gelu. Returns x or the new output. */

@@ -34,19 +34,11 @@ static void gelu_linear_backward(qkv_ctx *ctx, qkv_node *n)
     float *h = qkv__floats(ctx, nh);
     if (!h)
         return;
-    if (qkv__wants(n, 1)) {
+    float *gw = qkv__wants(n, 1) ? qkv__grad(ctx, w) : NULL;
+    float *gb = bias && qkv__wants(n, 2) ? qkv__grad(ctx, bias) : NULL;
+    if (gw)
         hidden(h, x->data, nh, d);
-        qkv_k_gemm(true, false, outf, in, R, 1.0f, G, outf, h, in, 1.0f, qkv__grad(ctx, w), in);
-    }
-    if (bias && qkv__wants(n, 2)) {
-        float *gb = qkv__grad(ctx, bias);
-        for (int64_t r = 0; r < R; r++) {
-            const float *g = G + r * outf;
-#pragma omp simd
-            for (int64_t j = 0; j < outf; j++)
-                gb[j] += g[j];
-        }
-    }
+    qkv__linear_dw(G, h, gw, gb, R, in, outf);
     if (qkv__wants(n, 0)) {
         bool acc;
         float *dx = qkv__grad_for_write(ctx, x, &acc);

@@ -157,8 +157,8 @@ static void bias_grad_cols(const float *G, float *gb, int64_t R, int64_t outf, i
 }
 
 /* dW (out,in) += G^T (out,R) x (R,in); db += the sum of G's rows */
-static void linear_dw(const float *G, const float *X, float *gw, float *gb, int64_t R,
-                      int64_t in, int64_t outf)
+void qkv__linear_dw(const float *G, const float *X, float *gw, float *gb, int64_t R, int64_t in,
+                    int64_t outf)
 {
     if (gw)
         qkv_k_gemm(true, false, outf, in, R, 1.0f, G, outf, X, in, 1.0f, gw, in);
@@ -197,13 +197,13 @@ static void linear_backward(qkv_ctx *ctx, qkv_node *n)
 #pragma omp section
             linear_dx(G, w->data, gx, acc_x, R, in, outf);
 #pragma omp section
-            linear_dw(G, x->data, gw, gb, R, in, outf);
+            qkv__linear_dw(G, x->data, gw, gb, R, in, outf);
         }
         return;
     }
     if (gx)
         linear_dx(G, w->data, gx, acc_x, R, in, outf);
-    linear_dw(G, x->data, gw, gb, R, in, outf);
+    qkv__linear_dw(G, x->data, gw, gb, R, in, outf);
 }
 
 qkv_tensor *qkv_linear(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *w, qkv_tensor *bias)
