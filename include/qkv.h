@@ -536,7 +536,7 @@ QKV_API qkv_tensor *qkv_batch_norm_ext(qkv_ctx *ctx, qkv_tensor *x, qkv_tensor *
 QKV_API qkv_tensor *qkv_dropout(qkv_ctx *ctx, qkv_tensor *x, float p);
 /* The same with x's memory reused for the result (PyTorch's inplace=True),
  * when x is an op's output that no op has read yet and whose op's
- * backward does not read it (linear, GELU, add): x's values become the
+ * backward does not read it (linear, GELU, add, gelu_linear): x's values become the
  * result's, so the caller must not read x afterwards. Otherwise (a leaf, a
  * view, another op's output, an x already read) a copy, as qkv_dropout.
  * The same values and gradients as qkv_dropout, one tensor fewer. */

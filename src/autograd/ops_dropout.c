@@ -84,12 +84,13 @@ static void dropout_backward(qkv_ctx *ctx, qkv_node *n)
 
 /* Whether x's values may be overwritten: an op's own contiguous output
  * that no recorded op has read yet, made by an op whose backward reads
- * only its inputs (linear, GELU, add), not its output. */
+ * only its inputs (linear, GELU, add, gelu_linear), not its output. */
 static bool overwritable(const qkv_ctx *ctx, const qkv_tensor *x)
 {
     const qkv_node *made = x->node;
     if (!made || made->out != x || !qkv_is_contiguous(x) ||
-        (made->op != QKV_OP_LINEAR && made->op != QKV_OP_GELU && made->op != QKV_OP_ADD))
+        (made->op != QKV_OP_LINEAR && made->op != QKV_OP_GELU && made->op != QKV_OP_ADD &&
+         made->op != QKV_OP_GELU_LINEAR))
         return false;
     for (const qkv_node *n = ctx->tape; n && n != made; n = n->prev)
         for (int i = 0; i < n->n_in; i++)
