@@ -340,56 +340,48 @@ TEST(gradcheck_gelu_linear)
     gc_free(3, in);
 }
 
+/* y and the gradients of x, w, b (copied into keep) of the fused op, or of
+ * qkv_linear(qkv_dropout(qkv_gelu(x))), on inputs drawn from seed 3 */
+static void gelu_linear_run(qkv_ctx *keep, bool fused, float p, qkv_tensor *res[4])
+{
+    const int64_t R = 300, in = 96, out = 40;
+    qkv_ctx *ctx = qkv_ctx_new();
+    qkv_rng_seed(qkv_ctx_rng(ctx), 3);
+    qkv_tensor *x = qkv_requires_grad(qkv_randn(ctx, 3, SHAPE(3, R / 3, in), 0, 2));
+    qkv_tensor *w = qkv_requires_grad(qkv_randn(ctx, 2, SHAPE(out, in), 0, 0.1f));
+    qkv_tensor *b = qkv_requires_grad(qkv_randn(ctx, 1, SHAPE(out), 0, 1));
+    qkv_tensor *g = qkv_randn(ctx, 3, SHAPE(3, R / 3, out), 0, 1);
+    qkv_tensor *y = fused ? qkv_gelu_linear(ctx, x, p, w, b)
+                          : qkv_linear(ctx, qkv_dropout(ctx, qkv_gelu(ctx, x), p), w, b);
+    bool ok = y && qkv_backward_with(ctx, y, g->data) == QKV_OK;
+    CHECK(ok, "%s", qkv_error());
+    res[0] = ok ? qkv_from_data(keep, y->ndim, y->shape, y->data) : NULL;
+    res[1] = ok ? qkv_from_data(keep, x->ndim, x->shape, x->grad) : NULL;
+    res[2] = ok ? qkv_from_data(keep, w->ndim, w->shape, w->grad) : NULL;
+    res[3] = ok ? qkv_from_data(keep, b->ndim, b->shape, b->grad) : NULL;
+    qkv_ctx_free(ctx);
+}
+
 TEST(gelu_linear_equals_the_composition)
 {
     /* training, dropout 0.25, a size that takes both threads: the fused op
-     * against qkv_linear(qkv_dropout(qkv_gelu(x))) from the same RNG state,
-     * outputs and the three gradients (the same kernels in the same order:
-     * equal to rounding) */
-    const int64_t R = 300, in = 96, out = 40;
-    qkv_tensor *got[4], *want[4];
-    for (int k = 0; k < 2; k++) {
-        qkv_ctx *ctx = qkv_ctx_new();
-        qkv_rng_seed(qkv_ctx_rng(ctx), 3);
-        qkv_tensor *x = qkv_requires_grad(qkv_randn(ctx, 3, SHAPE(3, R / 3, in), 0, 2));
-        qkv_tensor *w = qkv_requires_grad(qkv_randn(ctx, 2, SHAPE(out, in), 0, 0.1f));
-        qkv_tensor *b = qkv_requires_grad(qkv_randn(ctx, 1, SHAPE(out), 0, 1));
-        qkv_tensor *g = qkv_randn(ctx, 3, SHAPE(3, R / 3, out), 0, 1);
-        qkv_tensor *y = k ? qkv_linear(ctx, qkv_dropout(ctx, qkv_gelu(ctx, x), 0.25f), w, b)
-                          : qkv_gelu_linear(ctx, x, 0.25f, w, b);
-        REQUIRE(y && qkv_backward_with(ctx, y, g->data) == QKV_OK, "%s", qkv_error());
-        qkv_tensor **dst = k ? want : got;
-        /* copies that outlive the context, in a context of their own */
-        static qkv_ctx *keep;
-        if (!keep)
-            keep = qkv_ctx_new();
-        dst[0] = qkv_from_data(keep, y->ndim, y->shape, y->data);
-        dst[1] = qkv_from_data(keep, x->ndim, x->shape, x->grad);
-        dst[2] = qkv_from_data(keep, w->ndim, w->shape, w->grad);
-        dst[3] = qkv_from_data(keep, b->ndim, b->shape, b->grad);
-        qkv_ctx_free(ctx);
-        if (k) {
-            static const char *const what[4] = {"y", "dx", "dw", "db"};
-            for (int i = 0; i < 4; i++)
-                if (!CHECK_CLOSE(got[i], want[i], 1e-6, 1e-6))
-                    break;
-            (void)what;
-            /* and the dropout acted: without it the output moves */
-            qkv_ctx *c0 = qkv_ctx_new();
-            qkv_rng_seed(qkv_ctx_rng(c0), 3);
-            qkv_tensor *x0 = qkv_randn(c0, 3, SHAPE(3, R / 3, in), 0, 2);
-            qkv_tensor *w0 = qkv_randn(c0, 2, SHAPE(out, in), 0, 0.1f);
-            qkv_tensor *b0 = qkv_randn(c0, 1, SHAPE(out), 0, 1);
-            qkv_tensor *y0 = qkv_gelu_linear(c0, x0, 0.0f, w0, b0);
-            double moved = 0;
-            for (int64_t i = 0; y0 && i < qkv_numel(y0); i++)
-                moved = fmax(moved, fabs((double)y0->data[i] - got[0]->data[i]));
-            CHECK(moved > 1e-2, "dropout 0.25 moved the output by only %g", moved);
-            qkv_ctx_free(c0);
-            qkv_ctx_free(keep);
-            keep = NULL;
-        }
-    }
+     * against the composition from the same RNG state, outputs and the
+     * three gradients (the same kernels in the same order: equal to
+     * rounding) */
+    qkv_ctx *keep = qkv_ctx_new();
+    qkv_tensor *got[4], *want[4], *nodrop[4];
+    gelu_linear_run(keep, true, 0.25f, got);
+    gelu_linear_run(keep, false, 0.25f, want);
+    gelu_linear_run(keep, true, 0.0f, nodrop);
+    for (int i = 0; i < 4; i++)
+        if (!CHECK_CLOSE(got[i], want[i], 1e-6, 1e-6))
+            break;
+    /* and the dropout acted: without it the output moves */
+    double moved = 0;
+    for (int64_t i = 0; got[0] && nodrop[0] && i < qkv_numel(got[0]); i++)
+        moved = fmax(moved, fabs((double)nodrop[0]->data[i] - got[0]->data[i]));
+    CHECK(moved > 1e-2, "dropout 0.25 moved the output by only %g", moved);
+    qkv_ctx_free(keep);
 }
 
 TEST(gelu_linear_errors)
